@@ -1,0 +1,85 @@
+"""Shared by the microbenchmarks: one case list per op, timed by pytest-benchmark on CPU (`make bench`)
+and by CUDA events in `make gpu-check`, so both measure the same calls."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Callable
+
+
+@dataclasses.dataclass
+class Case:
+    """One timed call: `fn` runs `provider`'s implementation of `op` at `size`. Within an (op, size)
+    group, the case marked `baseline` is what the others' speedups are measured against."""
+
+    op: str
+    size: str
+    provider: str
+    fn: Callable[[], object]
+    baseline: bool = False
+    bytes_moved: int | None = None  # for GB/s
+    flops: int | None = None  # for TFLOP/s
+
+    @property
+    def group(self) -> str:
+        return f"{self.op} {self.size}"
+
+
+def time_cpu_ms(fn: Callable[[], object], min_seconds: float = 0.2, min_runs: int = 5) -> float:
+    fn()  # warm up
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def time_cuda_ms(fn: Callable[[], object]) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def measure(cases: list[Case], timer: Callable[[Callable[[], object]], float]) -> list[dict]:
+    """Time every case; add each one's speedup over its group's baseline, measured in the same run."""
+    rows = []
+    for case in cases:
+        row = {"op": case.op, "size": case.size, "provider": case.provider, "baseline": case.baseline}
+        try:
+            row["ms"] = timer(case.fn)
+        except Exception as error:  # noqa: BLE001 - a failing provider is reported, not fatal
+            row["error"] = f"{type(error).__name__}: {error}"[:300]
+            rows.append(row)
+            continue
+        if case.bytes_moved:
+            row["GB/s"] = case.bytes_moved / row["ms"] / 1e6
+        if case.flops:
+            row["TFLOP/s"] = case.flops / row["ms"] / 1e9
+        rows.append(row)
+    baselines = {(r["op"], r["size"]): r.get("ms") for r in rows if r["baseline"]}
+    for row in rows:
+        base = baselines.get((row["op"], row["size"]))
+        if base and row.get("ms"):
+            row["speedup"] = base / row["ms"]
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    header = f"{'op':<18} {'size':<28} {'provider':<16} {'ms':>10} {'speedup':>8} {'GB/s':>8} {'TFLOP/s':>8}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"{row['op']:<18} {row['size']:<28} {row['provider']:<16} error: {row['error'][:60]}")
+            continue
+        speedup = f"{row['speedup']:.2f}x" if "speedup" in row else "-"
+        bandwidth = f"{row['GB/s']:.0f}" if "GB/s" in row else "-"
+        tflops = f"{row['TFLOP/s']:.1f}" if "TFLOP/s" in row else "-"
+        lines.append(
+            f"{row['op']:<18} {row['size']:<28} {row['provider']:<16} {row['ms']:>10.4f} {speedup:>8} "
+            f"{bandwidth:>8} {tflops:>8}"
+        )
+    return "\n".join(lines)

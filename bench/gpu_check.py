@@ -1,0 +1,202 @@
+"""`make gpu-check`: everything a GPU can tell us, in one command that ends within 8 minutes.
+
+Made for a lent machine with one GPU, no internet, and its own Python + torch + triton + CMake + ninja: it
+creates no venv and downloads nothing. Stages, each in a subprocess with its own timeout:
+
+1. build ``_C`` in place with CUDA for the present card (``setup.py build_ext --inplace``);
+2. ``pytest -m gpu`` over tests/;
+3. every registered GPU microbenchmark (``cases(device)`` in each bench/bench_*.py) against its baselines.
+
+It writes one JSON (card, driver, versions, every figure) into ``$OUT`` when set, else bench/results/, and
+prints a short table last. ``--dry-run`` runs the same stages on CPU without a GPU (no build, test
+collection only, the quick benchmark cases on CPU) to prove the script itself works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+TOTAL_BUDGET_S = 450  # the whole run must end within 8 minutes
+STAGE_BUDGET_S = {"build": 210, "tests": 150, "bench": 150}
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", PYTHONUNBUFFERED="1")
+
+
+class Stages:
+    """Runs stages against one deadline, recording each one's status, time and output tail."""
+
+    def __init__(self, budget_s: float):
+        self.deadline = time.monotonic() + budget_s
+        self.results: dict[str, dict] = {}
+
+    def run(self, name: str, command: list[str], env: dict[str, str] | None = None) -> dict:
+        timeout = max(5.0, min(STAGE_BUDGET_S[name], self.deadline - time.monotonic()))
+        start = time.monotonic()
+        print(f"[gpu-check] {name}: {' '.join(command)} (timeout {timeout:.0f} s)", flush=True)
+        try:
+            done = subprocess.run(command, cwd=ROOT, env=env or _env(), capture_output=True, text=True, timeout=timeout)
+            status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
+            output = done.stdout + done.stderr
+        except subprocess.TimeoutExpired as expired:
+            status = f"timed out after {timeout:.0f} s"
+            output = (expired.stdout or b"").decode(errors="replace") if isinstance(expired.stdout, bytes) else (expired.stdout or "")
+        result = {"status": status, "seconds": round(time.monotonic() - start, 1), "tail": output[-4000:]}
+        self.results[name] = result
+        print(f"[gpu-check] {name}: {status} in {result['seconds']} s", flush=True)
+        if status != "ok":
+            print(output[-4000:], flush=True)
+        return result
+
+
+def machine_info(dry_run: bool) -> dict:
+    import torch
+    import triton
+
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda_runtime": torch.version.cuda,
+        "dry_run": dry_run,
+    }
+    if torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(0)
+        info.update(card=properties.name, capability=f"{properties.major}.{properties.minor}",
+                    sms=properties.multi_processor_count, memory_gib=round(properties.total_memory / 2**30, 1))
+        try:
+            info["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=20,
+            ).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            info["driver"] = "unknown"
+    else:
+        info.update(card="none (CPU)", capability=None, driver=None)
+    return info
+
+
+def cuda_arch_list(capability: str) -> str:
+    # Hopper's wgmma and TMA need the arch-specific target.
+    return "9.0a" if capability == "9.0" else capability
+
+
+def junit_counts(path: Path) -> dict[str, int]:
+    if not path.exists():
+        return {}
+    root = ElementTree.parse(path).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root)
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for suite in suites:
+        for key in counts:
+            counts[key] += int(suite.get(key, 0))
+    counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    return counts
+
+
+def bench_modules() -> list[Path]:
+    return sorted(BENCH.glob("bench_*.py"))
+
+
+def run_benchmarks(device_name: str, quick: bool, out_file: Path) -> None:
+    """The bench stage's body (run in its own process): every module's cases, timed, into out_file."""
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    import common
+
+    device = torch.device(device_name)
+    timer = common.time_cuda_ms if device.type == "cuda" else common.time_cpu_ms
+    rows = []
+    for path in bench_modules():
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if not hasattr(module, "cases"):
+            continue
+        try:
+            rows += common.measure(module.cases(device, quick=quick), timer)
+        except Exception as error:  # noqa: BLE001 - one broken module must not hide the others
+            rows.append({"op": path.stem, "size": "-", "provider": "-", "error": f"{type(error).__name__}: {error}"})
+        out_file.write_text(json.dumps(rows))  # after each module, so a timeout keeps what was measured
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build, test and benchmark on one GPU within 8 minutes.")
+    parser.add_argument("--dry-run", action="store_true", help="no GPU: prove the script works on CPU")
+    parser.add_argument("--out-dir", type=Path, default=None, help="default: $OUT, else bench/results/")
+    parser.add_argument("--bench-only", metavar="DEVICE", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bench-out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.bench_only:
+        run_benchmarks(args.bench_only, args.quick, args.bench_out)
+        return 0
+
+    out_dir = args.out_dir or (Path(os.environ["OUT"]) if os.environ.get("OUT") else BENCH / "results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = machine_info(args.dry_run)
+    if not args.dry_run and info["capability"] is None:
+        print("[gpu-check] no CUDA device found; use --dry-run to check the script on CPU", file=sys.stderr)
+        return 2
+    stages = Stages(TOTAL_BUDGET_S)
+    python = sys.executable
+
+    if args.dry_run:
+        stages.results["build"] = {"status": "skipped (dry run)", "seconds": 0.0, "tail": ""}
+    else:
+        env = dict(_env(), TORCH_CUDA_ARCH_LIST=cuda_arch_list(info["capability"]), MAX_JOBS=str(os.cpu_count() or 4))
+        stages.run("build", [python, "setup.py", "build_ext", "--inplace"], env)
+
+    junit = out_dir / "gpu-tests.xml"
+    test_command = [python, "-m", "pytest", "tests", "-m", "gpu", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+    if args.dry_run:
+        test_command.append("--collect-only")
+    tests = stages.run("tests", test_command)
+    tests["counts"] = junit_counts(junit)
+    if args.dry_run:
+        tests["collected"] = sum(1 for line in tests["tail"].splitlines() if "::" in line)
+
+    bench_file = out_dir / "bench-rows.json"
+    bench_file.unlink(missing_ok=True)
+    device = "cpu" if args.dry_run else "cuda"
+    bench_command = [python, str(Path(__file__)), "--bench-only", device, "--bench-out", str(bench_file)]
+    stages.run("bench", bench_command + (["--quick"] if args.dry_run else []))
+    rows = json.loads(bench_file.read_text()) if bench_file.exists() else []
+    bench_file.unlink(missing_ok=True)
+
+    report = {"machine": info, "stages": stages.results, "benchmarks": rows}
+    card = re.sub(r"[^A-Za-z0-9]+", "-", info.get("card") or "cpu").strip("-").lower()
+    name = f"gpu-check-{info['date'][:10]}-{card}{'-dry-run' if args.dry_run else ''}.json"
+    (out_dir / name).write_text(json.dumps(report, indent=1))
+
+    sys.path.insert(0, str(BENCH))
+    import common
+
+    print(f"\n== gpu-check on {info['card']} (driver {info.get('driver')}, torch {info['torch']}, triton {info['triton']})")
+    for stage, result in stages.results.items():
+        extra = f" {result['counts']}" if result.get("counts") else ""
+        print(f"{stage:<6} {result['status']:<24} {result['seconds']:>7.1f} s{extra}")
+    print(common.format_rows(rows))
+    print(f"written: {out_dir / name}")
+    failed = [s for s, r in stages.results.items() if r["status"] not in ("ok",) and not r["status"].startswith("skipped")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

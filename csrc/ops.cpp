@@ -1,0 +1,52 @@
+// Op schemas of the internvideo_fast library, and the Python module `internvideo_fast._C`.
+//
+// Importing `_C` only loads this shared library: the static TORCH_LIBRARY blocks below (schemas)
+// and in the kernel files (CPU and CUDA implementations) register the ops with the dispatcher,
+// where Python finds them as torch.ops.internvideo_fast.*. Fake (meta) implementations and autograd
+// formulas are registered in Python, next to each op's reference (internvideo_fast/ops/).
+#include <Python.h>
+#include <torch/library.h>
+
+#include "output_alloc.h"
+
+namespace internvideo_fast {
+
+std::atomic<bool>& poison_outputs_flag() {
+  static std::atomic<bool> flag{false};
+  return flag;
+}
+
+void set_poison_outputs(bool enabled) { poison_outputs_flag().store(enabled); }
+
+}  // namespace internvideo_fast
+
+TORCH_LIBRARY(internvideo_fast, m) {
+  // Test support: fill every output with a poison value before the kernel writes it.
+  m.def("_set_poison_outputs(bool enabled) -> ()", &internvideo_fast::set_poison_outputs);
+  // Tube masking (internvideo_fast/ops/tube_mask.py). `seed` is a one-element int64 tensor on the
+  // target device, so a captured CUDA graph can draw a new mask per step without a host sync.
+  m.def(
+      "tube_mask(Tensor seed, int batch, int frames, int height, int width, int num_masked) -> "
+      "(Tensor ids_keep, Tensor ids_masked, Tensor mask)");
+}
+
+#ifndef IVF_CUDA_ARCHS
+#define IVF_CUDA_ARCHS ""
+#endif
+
+static PyModuleDef ivf_module = {PyModuleDef_HEAD_INIT, "_C",
+                                 "Compiled ops of internvideo_fast (registered with torch.library).",
+                                 -1, nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* module = PyModule_Create(&ivf_module);
+  if (module == nullptr) return nullptr;
+  // What this build holds, for `ivf info` and the build tests.
+  PyModule_AddStringConstant(module, "cuda_archs", IVF_CUDA_ARCHS);
+#ifdef IVF_WITH_CUDA
+  PyModule_AddIntConstant(module, "with_cuda", 1);
+#else
+  PyModule_AddIntConstant(module, "with_cuda", 0);
+#endif
+  return module;
+}

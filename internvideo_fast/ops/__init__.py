@@ -1,0 +1,9 @@
+"""The public op interface: one import for every fused op (flash-attention's `flash_attn_interface`).
+
+Each op lives in its own module with its kernels, its autograd formula and its PyTorch reference;
+`backend` chooses between them (see internvideo_fast/ops/backend.py)."""
+
+from internvideo_fast.ops.backend import BACKENDS, get_backend, set_backend, use_backend
+from internvideo_fast.ops.tube_mask import TubeMask, tube_mask, tube_mask_ref
+
+__all__ = ["BACKENDS", "TubeMask", "get_backend", "set_backend", "tube_mask", "tube_mask_ref", "use_backend"]

@@ -1,0 +1,156 @@
+"""Ahead-of-time check of every registered Triton kernel for the H100 (sm_90a), with no GPU needed.
+
+For each kernel and each of its registered configs: compile with ``triton.compile`` for
+``GPUTarget("cuda", 90, 32)``, then assemble its PTX with the ``ptxas`` bundled in Triton (``-v``) and
+check that it
+
+- compiles at all,
+- fits the H100's shared memory (227 KB per block),
+- spills nothing (no spill stores or loads, which would put registers in local memory),
+- uses ``wgmma`` when it multiplies matrices (otherwise Hopper runs it on the older mma path).
+
+Run it as ``python -m internvideo_fast.ops.aot`` (a table, exit 1 on any problem) with ``TRITON_INTERPRET``
+unset; ``make test`` runs it through tests/test_aot_sm90.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, triton_kernels
+
+H100_SHARED_MEMORY_PER_BLOCK = 227 * 1024
+
+
+@dataclasses.dataclass
+class AotReport:
+    kernel: str
+    config: str
+    shared_bytes: int | None = None
+    registers: int | None = None
+    spill_stores: int | None = None
+    spill_loads: int | None = None
+    has_wgmma: bool | None = None
+    multiplies_matrices: bool = False
+    error: str | None = None
+
+    def problems(self) -> list[str]:
+        if self.error is not None:
+            return [f"does not compile: {self.error}"]
+        found = []
+        if self.shared_bytes is not None and self.shared_bytes > H100_SHARED_MEMORY_PER_BLOCK:
+            found.append(f"needs {self.shared_bytes} B of shared memory > {H100_SHARED_MEMORY_PER_BLOCK} B")
+        if self.spill_stores or self.spill_loads:
+            found.append(f"spills registers ({self.spill_stores} B stores, {self.spill_loads} B loads)")
+        if self.multiplies_matrices and not self.has_wgmma:
+            found.append("multiplies matrices without wgmma")
+        return found
+
+
+def ptxas_path() -> str:
+    """The ptxas that Triton bundles (it matches the PTX version Triton emits)."""
+    import triton
+
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    return os.environ.get("TRITON_PTXAS_PATH", str(bundled))
+
+
+def parse_ptxas_verbose(log: str) -> dict[str, int]:
+    """Registers and spill bytes from ``ptxas -v`` output."""
+    def number(pattern: str) -> int:
+        match = re.search(pattern, log)
+        return int(match.group(1)) if match else 0
+
+    return {
+        "registers": number(r"Used (\d+) registers"),
+        "spill_stores": number(r"(\d+) bytes spill stores"),
+        "spill_loads": number(r"(\d+) bytes spill loads"),
+    }
+
+
+def compile_for_sm90(spec: TritonKernelSpec, config: KernelConfig) -> AotReport:
+    """Compile one kernel at one config for sm_90a and read its resource use."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile as triton_compile
+
+    report = AotReport(spec.name, config.label(), multiplies_matrices=spec.multiplies_matrices)
+    signature = dict(spec.signature)
+    signature.update({name: "constexpr" for name in config.constexprs})
+    try:
+        source = ASTSource(fn=spec.kernel, signature=signature, constexprs=dict(config.constexprs))
+        compiled = triton_compile(
+            source,
+            target=GPUTarget("cuda", 90, 32),
+            options={"num_warps": config.num_warps, "num_stages": config.num_stages},
+        )
+    except Exception as error:  # noqa: BLE001 - any compiler failure is the finding
+        report.error = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+        return report
+    ptx = compiled.asm["ptx"]
+    report.shared_bytes = int(compiled.metadata.shared)
+    report.has_wgmma = "wgmma" in ptx
+    with tempfile.TemporaryDirectory() as folder:
+        ptx_file = Path(folder) / "kernel.ptx"
+        ptx_file.write_text(ptx)
+        result = subprocess.run(
+            [ptxas_path(), "-arch=sm_90a", "-v", str(ptx_file), "-o", str(Path(folder) / "kernel.cubin")],
+            capture_output=True, text=True, check=False,
+        )
+    if result.returncode != 0:
+        report.error = f"ptxas failed: {result.stderr.strip()[-300:]}"
+        return report
+    resources = parse_ptxas_verbose(result.stderr + result.stdout)
+    report.registers = resources["registers"]
+    report.spill_stores = resources["spill_stores"]
+    report.spill_loads = resources["spill_loads"]
+    return report
+
+
+def check_all(kernels: list[TritonKernelSpec] | None = None) -> list[AotReport]:
+    kernels = triton_kernels() if kernels is None else kernels
+    return [compile_for_sm90(spec, config) for spec in kernels for config in spec.configs]
+
+
+def format_table(reports: list[AotReport]) -> str:
+    header = f"{'kernel':<28} {'config':<44} {'smem KB':>8} {'regs':>5} {'spill B':>8} {'wgmma':>6}  verdict"
+    lines = [header, "-" * len(header)]
+    for report in reports:
+        problems = report.problems()
+        smem = f"{report.shared_bytes / 1024:.1f}" if report.shared_bytes is not None else "-"
+        spill = (report.spill_stores or 0) + (report.spill_loads or 0) if report.error is None else "-"
+        wgmma = "-" if report.has_wgmma is None else ("yes" if report.has_wgmma else "no")
+        lines.append(
+            f"{report.kernel:<28} {report.config:<44} {smem:>8} {report.registers or '-':>5} {spill:>8} "
+            f"{wgmma:>6}  {'ok' if not problems else '; '.join(problems)}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kernel", action="append", help="only these kernels (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print the reports as JSON instead of a table")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("unset TRITON_INTERPRET: the interpreter replaces the kernels this check compiles")
+    kernels = [k for k in triton_kernels() if not args.kernel or k.name in args.kernel]
+    reports = check_all(kernels)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) | {"problems": r.problems()} for r in reports]))
+        return 0
+    print(format_table(reports))
+    failed = [r for r in reports if r.problems()]
+    print(f"\n{len(reports) - len(failed)} ok, {len(failed)} with problems ({len(kernels)} kernels)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Test set-up shared by every test: the interpreter for Triton on CPU, seeding, the `gpu` marker."""
+
+import os
+
+# Triton reads this at import, so it must be set before anything imports triton: with no GPU, every
+# Triton kernel runs in the interpreter on CPU tensors.
+if os.environ.get("IVF_TEST_NO_INTERPRET") != "1":
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+    except ImportError:  # pragma: no cover
+        pass
+
+import random
+import zlib
+
+import pytest
+import torch
+
+from hypothesis import settings
+
+# Hypothesis: deterministic in CI, no deadline (the interpreter and first compiles are slow).
+settings.register_profile("ivf", deadline=None, derandomize=True, max_examples=25, print_blob=True)
+settings.load_profile("ivf")
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything(request):
+    """A fresh, reproducible seed per test: derived from the test's id, so reruns see the same inputs
+    while different tests see different ones."""
+    seed = zlib.crc32(request.node.nodeid.encode())
+    random.seed(seed)
+    torch.manual_seed(seed)
+    yield

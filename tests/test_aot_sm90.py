@@ -1,0 +1,65 @@
+"""The ahead-of-time sm_90a check: every registered Triton kernel at every config compiles for the H100,
+fits its shared memory, spills nothing and uses wgmma where it multiplies matrices; and the check itself
+can fail. Both run in a subprocess without TRITON_INTERPRET, which would replace the kernels."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from internvideo_fast.ops.kernel_registry import triton_kernels
+
+TESTS = Path(__file__).parent
+
+
+def _run_without_interpreter(*command: str):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, *command], capture_output=True, text=True, env=env, cwd=TESTS.parent, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def registered_reports():
+    return _run_without_interpreter("-m", "internvideo_fast.ops.aot", "--json")
+
+
+@pytest.fixture(scope="module")
+def subject_reports():
+    return _run_without_interpreter(str(TESTS / "aot_subjects.py"))
+
+
+def test_every_registered_config_fits_the_h100(registered_reports):
+    expected = {(spec.name, config.label()) for spec in triton_kernels() for config in spec.configs}
+    assert {(r["kernel"], r["config"]) for r in registered_reports} == expected
+    for report in registered_reports:
+        assert report["problems"] == [], report
+        assert report["registers"] > 0 and report["shared_bytes"] is not None
+
+
+def test_every_op_module_registers_its_kernels():
+    assert {"tube_mask"} <= {spec.name for spec in triton_kernels()}
+
+
+def test_a_good_matmul_config_passes_with_wgmma(subject_reports):
+    report = subject_reports["good_matmul"]
+    assert report["has_wgmma"] and report["problems"] == [], report
+
+
+def test_an_oversized_config_is_flagged_for_spills(subject_reports):
+    report = subject_reports["spilling_matmul"]
+    assert report["spill_stores"] > 0 and any("spills" in p for p in report["problems"]), report
+
+
+def test_an_oversized_config_is_flagged_for_shared_memory(subject_reports):
+    report = subject_reports["oversized_smem_matmul"]
+    assert any("shared memory" in p for p in report["problems"]), report
+
+
+def test_a_matmul_kernel_without_wgmma_is_flagged(subject_reports):
+    assert subject_reports["claims_matmul"]["problems"] == ["multiplies matrices without wgmma"]

@@ -1,0 +1,38 @@
+"""`make gpu-check`'s script, in its dry mode on CPU: every stage runs and one JSON comes out."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_dry_run(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    reports = list(tmp_path.glob("gpu-check-*-dry-run.json"))
+    assert len(reports) == 1
+    report = json.loads(reports[0].read_text())
+    assert report["machine"]["torch"] and report["machine"]["dry_run"] is True
+    assert report["stages"]["tests"]["status"] == "ok" and report["stages"]["tests"]["collected"] > 0
+    assert report["stages"]["bench"]["status"] == "ok"
+    providers = {(row["op"], row["provider"]) for row in report["benchmarks"]}
+    assert ("tube_mask", "official-numpy") in providers and ("tube_mask", "reference") in providers
+    assert all("ms" in row and "error" not in row for row in report["benchmarks"])
+    # The table is printed last.
+    assert "written:" in result.stdout.strip().splitlines()[-1]
+
+
+def test_gpu_check_without_a_gpu_says_so(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--out-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    import torch
+
+    if not torch.cuda.is_available():
+        assert result.returncode == 2 and "--dry-run" in result.stderr
