@@ -28,6 +28,9 @@ TORCH_LIBRARY(internvideo_fast, m) {
   m.def(
       "tube_mask(Tensor seed, int batch, int frames, int height, int width, int num_masked) -> "
       "(Tensor ids_keep, Tensor ids_masked, Tensor mask)");
+  // Token gather / scatter (internvideo_fast/ops/token_gather.py): each is the other's backward.
+  m.def("gather_tokens(Tensor x, Tensor ids) -> Tensor");
+  m.def("scatter_tokens(Tensor x, Tensor ids, SymInt num_tokens) -> Tensor");
 }
 
 #ifndef IVF_CUDA_ARCHS

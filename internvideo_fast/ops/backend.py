@@ -84,12 +84,13 @@ def triton_runs_on(device: torch.device) -> bool:
     return device.type == "cpu" and triton_interpreter_on()
 
 
-def available_backends(op: str, device: torch.device, has_triton: bool = True) -> set[str]:
-    """The implementations of `op` that can run on `device` in this process."""
+def available_backends(compiled_op: str, device: torch.device, has_triton: bool = True) -> set[str]:
+    """The implementations that can run on `device` in this process: the reference, the kernels that _C
+    registered for torch.ops.internvideo_fast.<compiled_op>, and Triton if the op has a Triton kernel."""
     available = {"reference"}
-    if device.type == "cpu" and has_kernel(op, "CPU"):
+    if device.type == "cpu" and has_kernel(compiled_op, "CPU"):
         available.add("cpu")
-    if device.type == "cuda" and has_kernel(op, "CUDA"):
+    if device.type == "cuda" and has_kernel(compiled_op, "CUDA"):
         available.add("cuda")
     if has_triton and triton_runs_on(device):
         available.add("triton")
