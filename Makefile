@@ -20,8 +20,9 @@ bench: build
 	  --benchmark-only --benchmark-group-by=group --benchmark-columns=min,median,mean,rounds --benchmark-sort=name
 
 # For a lent GPU machine with its own Python/torch/triton: no venv, no downloads (bench/gpu_check.py).
+# Here (DRY_RUN=1) it uses .venv's Python when there is one.
 gpu-check:
-	python3 bench/gpu_check.py $(if $(DRY_RUN),--dry-run)
+	$(if $(wildcard $(PY)),$(PY),python3) bench/gpu_check.py $(if $(DRY_RUN),--dry-run)
 
 aot-check: build
 	$(PY) -m internvideo_fast.cli aot-check

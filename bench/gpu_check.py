@@ -7,8 +7,8 @@ creates no venv and downloads nothing. Stages, each in a subprocess with its own
 2. ``pytest -m gpu`` over tests/;
 3. every registered GPU microbenchmark (``cases(device)`` in each bench/bench_*.py) against its baselines.
 
-It writes one JSON (card, driver, versions, every figure) into ``$OUT`` when set, else bench/results/, and
-prints a short table last. ``--dry-run`` runs the same stages on CPU without a GPU (no build, test
+It writes one JSON (card, driver, versions, every figure) into ``$OUT`` when set, else bench/results/ (a dry
+run: build/gpu-check-dry-run/), and prints a short table last. ``--dry-run`` runs the same stages on CPU without a GPU (no build, test
 collection only, the quick benchmark cases on CPU) to prove the script itself works.
 """
 
@@ -23,6 +23,7 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         run_benchmarks(args.bench_only, args.quick, args.bench_out)
         return 0
 
-    out_dir = args.out_dir or (Path(os.environ["OUT"]) if os.environ.get("OUT") else BENCH / "results")
+    default_dir = ROOT / "build" / "gpu-check-dry-run" if args.dry_run else BENCH / "results"
+    out_dir = args.out_dir or (Path(os.environ["OUT"]) if os.environ.get("OUT") else default_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = machine_info(args.dry_run)
     if not args.dry_run and info["capability"] is None:
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(_env(), TORCH_CUDA_ARCH_LIST=cuda_arch_list(info["capability"]), MAX_JOBS=str(os.cpu_count() or 4))
         stages.run("build", [python, "setup.py", "build_ext", "--inplace"], env)
 
-    junit = out_dir / "gpu-tests.xml"
+    junit = Path(tempfile.mkdtemp()) / "gpu-tests.xml"
     test_command = [python, "-m", "pytest", "tests", "-m", "gpu", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
     if args.dry_run:
         test_command.append("--collect-only")

@@ -256,7 +256,8 @@ def _seed_tensor(seed, generator, device) -> torch.Tensor:
     if isinstance(seed, torch.Tensor):
         if seed.dtype != torch.int64 or seed.numel() != 1:
             raise ValueError(f"seed must be an int or a one-element int64 tensor, got {seed.dtype} {tuple(seed.shape)}")
-        if device is not None and torch.device(device) != seed.device:
+        wanted = torch.device(device) if device is not None else seed.device
+        if wanted.type != seed.device.type or wanted.index not in (None, seed.device.index):
             raise ValueError(f"device {device} differs from seed's device {seed.device}")
         return seed.reshape(())
     if seed is None:
