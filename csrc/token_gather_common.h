@@ -18,4 +18,12 @@ inline void check_token_move_args(const char* op, const at::Tensor& x, const at:
                     x.device());
 }
 
+inline void check_scatter_args(const at::Tensor& x, const at::Tensor& ids, int64_t num_tokens) {
+  check_token_move_args("scatter_tokens", x, ids);
+  TORCH_CHECK_VALUE(ids.size(1) == x.size(1), "scatter_tokens: ids has ", ids.size(1),
+                    " tokens per sample but x has ", x.size(1));
+  TORCH_CHECK_VALUE(num_tokens >= ids.size(1), "scatter_tokens: num_tokens must be >= ", ids.size(1),
+                    ", got ", num_tokens);
+}
+
 }  // namespace internvideo_fast

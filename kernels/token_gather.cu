@@ -69,11 +69,7 @@ at::Tensor gather_tokens_cuda(const at::Tensor& x_in, const at::Tensor& ids_in) 
 }
 
 at::Tensor scatter_tokens_cuda(const at::Tensor& x_in, const at::Tensor& ids_in, int64_t num_tokens) {
-  check_token_move_args("scatter_tokens", x_in, ids_in);
-  TORCH_CHECK_VALUE(ids_in.size(1) == x_in.size(1), "scatter_tokens: ids has ", ids_in.size(1),
-                    " tokens per sample but x has ", x_in.size(1));
-  TORCH_CHECK_VALUE(num_tokens >= ids_in.size(1), "scatter_tokens: num_tokens must be >= ",
-                    ids_in.size(1), ", got ", num_tokens);
+  check_scatter_args(x_in, ids_in, num_tokens);
   const c10::cuda::CUDAGuard device_guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), ids = ids_in.contiguous();
   at::Tensor out = at::zeros({x.size(0), num_tokens, x.size(2)}, x.options());

@@ -4,21 +4,15 @@ import os
 
 # Triton reads this at import, so it must be set before anything imports triton: with no GPU, every
 # Triton kernel runs in the interpreter on CPU tensors.
-if os.environ.get("IVF_TEST_NO_INTERPRET") != "1":
-    try:
-        import torch
+import torch  # torch itself does not import triton
 
-        if not torch.cuda.is_available():
-            os.environ.setdefault("TRITON_INTERPRET", "1")
-    except ImportError:  # pragma: no cover
-        pass
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import random
 import zlib
 
 import pytest
-import torch
-
 from hypothesis import settings
 
 # Hypothesis: deterministic in CI, no deadline (the interpreter and first compiles are slow).
