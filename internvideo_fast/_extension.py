@@ -31,6 +31,6 @@ except ImportError as error:  # pragma: no cover - exercised only on broken inst
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """Whether `_C` registered a kernel for torch.ops.internvideo_fast.<op> under `dispatch_key`
     ("CPU" or "CUDA")."""
-    if not HAS_C:
-        return False
+    if not HAS_C or not torch._C._dispatch_has_kernel(f"internvideo_fast::{op}"):
+        return False  # _C does not define this op at all (a Triton-only or Python-only op)
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"internvideo_fast::{op}", dispatch_key)

@@ -4,12 +4,20 @@ Each op lives in its own module with its kernels, its autograd formula and its P
 `backend` chooses between them (see internvideo_fast/ops/backend.py)."""
 
 from internvideo_fast.ops.backend import BACKENDS, get_backend, set_backend, use_backend
+from internvideo_fast.ops.dropout_add_layer_norm import (
+    dropout_add_layer_norm,
+    dropout_add_layer_norm_ref,
+    dropout_keep_mask,
+)
 from internvideo_fast.ops.token_gather import gather_tokens, scatter_tokens
 from internvideo_fast.ops.tube_mask import TubeMask, tube_mask, tube_mask_ref
 
 __all__ = [
     "BACKENDS",
     "TubeMask",
+    "dropout_add_layer_norm",
+    "dropout_add_layer_norm_ref",
+    "dropout_keep_mask",
     "gather_tokens",
     "get_backend",
     "scatter_tokens",

@@ -33,6 +33,7 @@ from internvideo_fast._extension import HAS_C
 from internvideo_fast.ops.backend import available_backends, select_backend
 from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
 from internvideo_fast.ops.outputs import new_output
+from internvideo_fast.ops.seeds import seed_tensor
 
 OP_NAME = "tube_mask"
 # The Triton and CUDA kernels keep one sample's keys on chip.
@@ -252,25 +253,6 @@ def _check_positive_int(name: str, value, minimum: int) -> int:
     return value
 
 
-def _seed_tensor(seed, generator, device) -> torch.Tensor:
-    if isinstance(seed, torch.Tensor):
-        if seed.dtype != torch.int64 or seed.numel() != 1:
-            raise ValueError(f"seed must be an int or a one-element int64 tensor, got {seed.dtype} {tuple(seed.shape)}")
-        wanted = torch.device(device) if device is not None else seed.device
-        if wanted.type != seed.device.type or wanted.index not in (None, seed.device.index):
-            raise ValueError(f"device {device} differs from seed's device {seed.device}")
-        return seed.reshape(())
-    if seed is None:
-        seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator))
-    elif isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, a one-element int64 tensor or None, got {type(seed).__name__}")
-    elif not -(2**63) <= seed < 2**64:
-        raise ValueError(f"seed must fit in 64 bits, got {seed}")
-    if seed >= 2**63:
-        seed -= 2**64  # the same 64 bits, as int64
-    return torch.tensor(seed, dtype=torch.int64, device=device)
-
-
 def tube_mask(
     batch: int,
     frames: int,
@@ -306,14 +288,14 @@ def tube_mask(
     if positions >= 2**31:
         raise ValueError(f"height * width must be < 2**31, got {positions}")
     num_masked = int(mask_ratio * positions)
-    seed_tensor = _seed_tensor(seed, generator, device)
+    seed = seed_tensor(seed, device, generator)
 
-    available = available_backends(OP_NAME, seed_tensor.device)
+    available = available_backends(OP_NAME, seed.device)
     if positions > MAX_KERNEL_POSITIONS:
         available.discard("triton")
         available.discard("cuda")
-    backend = select_backend(OP_NAME, seed_tensor.device, available)
-    args = (seed_tensor, batch, frames, height, width, num_masked)
+    backend = select_backend(OP_NAME, seed.device, available)
+    args = (seed, batch, frames, height, width, num_masked)
     if backend == "reference":
         return tube_mask_ref(*args)
     if backend == "triton":

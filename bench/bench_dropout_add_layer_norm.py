@@ -1,0 +1,87 @@
+"""dropout_add_layer_norm: our fused kernel against eager PyTorch (F.dropout, drop-path multiply, add,
+F.layer_norm: four to five passes over the activations) and the reference, at the ViT-B and ViT-L widths
+with 8 clips of 1568 tokens; forward alone and forward + backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common import Case
+from internvideo_fast.ops import use_backend
+from internvideo_fast.ops.backend import triton_runs_on
+from internvideo_fast.ops.dropout_add_layer_norm import OP_NAME, dropout_add_layer_norm
+
+SIZES = [(8, 1568, 768), (8, 1568, 1024)]  # (clips, tokens, width)
+DROPOUT_P = 0.1
+EPS = 1e-6
+
+
+def _eager(x, residual, weight, bias, drop_path_scale):
+    dropped = F.dropout(x, DROPOUT_P, training=True) * drop_path_scale[:, None, None]
+    new_residual = residual + dropped
+    return F.layer_norm(new_residual, (x.shape[-1],), weight, bias, EPS), new_residual
+
+
+def _ours(provider):
+    def run(x, residual, weight, bias, drop_path_scale):
+        with use_backend(provider, OP_NAME):
+            return dropout_add_layer_norm(
+                x, residual, weight, bias, DROPOUT_P, EPS, drop_path_scale=drop_path_scale, seed=0
+            )
+
+    return run
+
+
+def cases(device: torch.device, quick: bool = False) -> list[Case]:
+    sizes = SIZES[:1] if quick else SIZES
+    providers = {"eager": _eager}
+    # On CPU the Triton interpreter is a test tool, not a backend to time, and the reference rebuilds the
+    # Philox dropout mask in int64 PyTorch (seconds a call): both are timed on GPU only.
+    if device.type == "cuda":
+        providers["reference"] = _ours("reference")
+        if triton_runs_on(device):
+            providers["triton"] = _ours("triton")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    out = []
+    for clips, tokens, width in sizes:
+        size = f"{clips}x{tokens}x{width},{str(dtype).removeprefix('torch.')}"
+        shape = (clips, tokens, width)
+        x = torch.randn(shape, device=device, dtype=dtype)
+        residual = torch.randn(shape, device=device, dtype=dtype)
+        weight = torch.ones(width, device=device, dtype=dtype)
+        bias = torch.zeros(width, device=device, dtype=dtype)
+        drop_path_scale = (torch.rand(clips, device=device) > 0.1).to(dtype) / 0.9
+        grads = (torch.randn_like(x), torch.randn_like(x))
+        leaves = [t.detach().requires_grad_() for t in (x, residual, weight, bias)]
+        activation_bytes = x.numel() * x.element_size()
+        # Forward: read x, residual; write normed, new_residual. Backward: read d normed, d new_residual,
+        # new_residual; write dx, dresidual.
+        forward_bytes = 4 * activation_bytes
+        for name, fn in providers.items():
+            def forward(fn=fn, x=x, residual=residual, weight=weight, bias=bias, scale=drop_path_scale):
+                return fn(x, residual, weight, bias, scale)
+
+            def forward_backward(fn=fn, leaves=leaves, scale=drop_path_scale, grads=grads):
+                outputs = fn(*leaves, scale)
+                torch.autograd.backward(outputs, grads)
+
+            baseline = name == "eager"
+            out.append(
+                Case("dropout_add_ln", size, name, forward, baseline=baseline, bytes_moved=forward_bytes)
+            )
+            out.append(
+                Case("dropout_add_ln+bwd", size, name, forward_backward, baseline=baseline,
+                     bytes_moved=forward_bytes + 5 * activation_bytes)
+            )
+    return out
+
+
+CPU_CASES = cases(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("case", CPU_CASES, ids=[f"{c.op}-{c.size}-{c.provider}" for c in CPU_CASES])
+def test_dropout_add_layer_norm(benchmark, case):
+    benchmark.group = case.group
+    benchmark(case.fn)

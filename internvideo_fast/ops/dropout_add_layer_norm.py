@@ -1,0 +1,515 @@
+"""Fused dropout + drop-path + residual add + LayerNorm (the pre-norm transformer block's seam).
+
+For ``x, residual [..., D]`` flattened to ``rows = x.numel() / D`` rows, a per-sample drop-path scale
+``s [B]`` (``B = x.shape[0]``, each sample owning ``rows / B`` consecutive rows; 1 when absent), a dropout
+probability ``p`` and a keep mask ``k`` (1 where kept):
+
+    h      = residual + x * k / (1 - p) * s[sample]        (new_residual; residual None: no add)
+    mean   = sum(h) / D,      rstd = 1 / sqrt(sum((h - mean)^2) / D + eps)
+    xhat   = (h - mean) * rstd
+    normed = xhat * weight + bias                           (weight / bias None: 1 / 0)
+
+Backward, for ``dy = d normed`` and ``dr = d new_residual`` (from the residual stream's later uses):
+
+    g         = dy * weight
+    dh        = rstd * (g - xhat * sum(g * xhat) / D - sum(g) / D) + dr
+    dresidual = dh,     dx = dh * k / (1 - p) * s[sample]
+    dweight   = sum_rows(dy * xhat),     dbias = sum_rows(dy)
+
+Inside the kernels every value is fp32 whatever the input dtype (fp32 / fp16 / bf16); ``normed`` and
+``new_residual`` are stored in x's dtype. ``dweight`` / ``dbias`` are summed per program into a
+``[programs, D]`` fp32 buffer and reduced with ``torch.sum(0)``, so they are deterministic.
+
+The dropout mask: element ``i`` of the flattened x (``i = row * D + col``) is kept when
+``tl.rand(seed, i) >= p`` (Triton's Philox4x32-10: counter ``(i mod 2**32, i >> 32, 0, 0)``, key
+``(seed mod 2**32, seed >> 32)``, first word to a float in [0, 1)). The mask is never stored: the backward
+kernel regenerates it from the seed, and :func:`dropout_keep_mask` reproduces it bitwise in PyTorch, so the
+reference and the Triton kernel drop the same elements for the same seed. The seed is a one-element int64
+tensor on x's device (no host sync; CUDA-graph and torch.compile friendly).
+
+Rows wider than ``MAX_KERNEL_D`` run on the reference.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from internvideo_fast.ops.backend import available_backends, select_backend
+from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
+from internvideo_fast.ops.outputs import new_output
+from internvideo_fast.ops.seeds import seed_tensor
+from internvideo_fast.ops.tube_mask import philox4x32_10_reference
+
+OP_NAME = "dropout_add_layer_norm"
+# One row lives in registers; the widest config below.
+MAX_KERNEL_D = 4096
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Triton's uint32 -> [0, 1) scale (triton.language.random.uint_to_uniform_float).
+_UNIFORM_SCALE = 4.6566127342e-10
+
+
+# ----------------------------------------------------------------------------------------------------
+# Triton kernels: math (pure functions of fp32 values) apart from loads and stores
+# ----------------------------------------------------------------------------------------------------
+@triton.jit
+def _keep(seed, offset, dropout_p):
+    """1 where the element at flat `offset` survives dropout (Philox, see the module docstring)."""
+    return tl.rand(seed, offset) >= dropout_p
+
+
+@triton.jit
+def _normalize(h, in_row, D, eps):
+    """LayerNorm statistics of one row (padding lanes of h are 0 and stay out of the variance)."""
+    mean = tl.sum(h, axis=0) / D
+    centered = tl.where(in_row, h - mean, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=0) / D + eps)
+    return centered * rstd, mean, rstd
+
+
+@triton.jit
+def _normalize_backward(g, xhat, rstd, D):
+    """d h of xhat = (h - mean) * rstd, given g = d xhat (padding lanes of g and xhat are 0)."""
+    c1 = tl.sum(g * xhat, axis=0) / D
+    c2 = tl.sum(g, axis=0) / D
+    return rstd * (g - xhat * c1 - c2)
+
+
+@triton.jit
+def _dropout_add_layer_norm_fwd_kernel(
+    x_ptr, residual_ptr, weight_ptr, bias_ptr, drop_path_ptr, seed_ptr,
+    normed_ptr, new_residual_ptr, mean_ptr, rstd_ptr,
+    D, rows_per_sample, dropout_p, keep_scale, eps,
+    BLOCK_D: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_DROP_PATH: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):
+    # One row per program.
+    row = tl.program_id(0).to(tl.int64)
+    col = tl.arange(0, BLOCK_D)
+    in_row = col < D
+    offset = row * D + col
+
+    # Loads.
+    x = tl.load(x_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
+    factor = keep_scale
+    if HAS_DROP_PATH:
+        factor = factor * tl.load(drop_path_ptr + row // rows_per_sample).to(tl.float32)
+    if HAS_DROPOUT:
+        x = tl.where(_keep(tl.load(seed_ptr), offset, dropout_p), x, 0.0)
+    h = x * factor
+    if HAS_RESIDUAL:
+        h += tl.load(residual_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
+
+    # Math.
+    xhat, mean, rstd = _normalize(h, in_row, D, eps)
+    y = xhat
+    if HAS_WEIGHT:
+        y = y * tl.load(weight_ptr + col, mask=in_row, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + col, mask=in_row, other=0.0).to(tl.float32)
+
+    # Stores.
+    tl.store(normed_ptr + offset, y.to(normed_ptr.dtype.element_ty), mask=in_row)
+    tl.store(new_residual_ptr + offset, h.to(new_residual_ptr.dtype.element_ty), mask=in_row)
+    tl.store(mean_ptr + row, mean)
+    tl.store(rstd_ptr + row, rstd)
+
+
+@triton.jit
+def _dropout_add_layer_norm_bwd_kernel(
+    dy_ptr, dnew_residual_ptr, new_residual_ptr, weight_ptr, mean_ptr, rstd_ptr, drop_path_ptr, seed_ptr,
+    dx_ptr, dresidual_ptr, dweight_partial_ptr, dbias_partial_ptr,
+    rows, D, rows_per_program, rows_per_sample, dropout_p, keep_scale,
+    BLOCK_D: tl.constexpr, HAS_DNEW_RESIDUAL: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROP_PATH: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):
+    # A contiguous block of rows per program; dweight / dbias accumulate in registers, one partial row per
+    # program.
+    program = tl.program_id(0)
+    col = tl.arange(0, BLOCK_D)
+    in_row = col < D
+    weight = tl.full([BLOCK_D], 1.0, tl.float32)
+    if HAS_WEIGHT:
+        weight = tl.load(weight_ptr + col, mask=in_row, other=0.0).to(tl.float32)
+    dweight = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    row_start = program.to(tl.int64) * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, rows)
+    for row in range(row_start, row_end):  # int64 rows
+        offset = row * D + col
+
+        # Loads.
+        h = tl.load(new_residual_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
+        mean = tl.load(mean_ptr + row)
+        rstd = tl.load(rstd_ptr + row)
+        factor = keep_scale
+        if HAS_DROP_PATH:
+            factor = factor * tl.load(drop_path_ptr + row // rows_per_sample).to(tl.float32)
+
+        # Math.
+        xhat = tl.where(in_row, (h - mean) * rstd, 0.0)
+        dh = _normalize_backward(dy * weight, xhat, rstd, D)
+        if HAS_DNEW_RESIDUAL:
+            dh += tl.load(dnew_residual_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
+        dx = dh * factor
+        if HAS_DROPOUT:
+            dx = tl.where(_keep(tl.load(seed_ptr), offset, dropout_p), dx, 0.0)
+        if HAS_WEIGHT:
+            dweight += dy * xhat
+        if HAS_BIAS:
+            dbias += dy
+
+        # Stores.
+        tl.store(dx_ptr + offset, dx.to(dx_ptr.dtype.element_ty), mask=in_row)
+        if HAS_RESIDUAL:
+            tl.store(dresidual_ptr + offset, dh.to(dresidual_ptr.dtype.element_ty), mask=in_row)
+    if HAS_WEIGHT:
+        tl.store(dweight_partial_ptr + program * D + col, dweight, mask=in_row)
+    if HAS_BIAS:
+        tl.store(dbias_partial_ptr + program * D + col, dbias, mask=in_row)
+
+
+# Launch configurations by row width: about 8 fp32 values of a row per thread at the widest.
+_TRITON_CONFIGS = tuple(
+    KernelConfig({"BLOCK_D": block}, num_warps=warps, num_stages=1)
+    for block, warps in ((64, 1), (128, 1), (256, 2), (512, 4), (1024, 4), (2048, 8), (4096, 8))
+)
+# The AOT check compiles every feature switched on (the largest kernel); the launcher switches off the
+# features a call lacks, which only removes code.
+_ALL_FEATURES_FWD = dict(
+    HAS_RESIDUAL=True, HAS_WEIGHT=True, HAS_BIAS=True, HAS_DROP_PATH=True, HAS_DROPOUT=True
+)
+_ALL_FEATURES_BWD = dict(_ALL_FEATURES_FWD, HAS_DNEW_RESIDUAL=True)
+register_triton_kernel(
+    TritonKernelSpec(
+        name="dropout_add_layer_norm_fwd",
+        kernel=_dropout_add_layer_norm_fwd_kernel,
+        signature={
+            "x_ptr": "*bf16", "residual_ptr": "*bf16", "weight_ptr": "*fp32", "bias_ptr": "*fp32",
+            "drop_path_ptr": "*fp32", "seed_ptr": "*i64",
+            "normed_ptr": "*bf16", "new_residual_ptr": "*bf16", "mean_ptr": "*fp32", "rstd_ptr": "*fp32",
+            "D": "i32", "rows_per_sample": "i32", "dropout_p": "fp32", "keep_scale": "fp32", "eps": "fp32",
+        },
+        configs=tuple(
+            KernelConfig(dict(c.constexprs, **_ALL_FEATURES_FWD), c.num_warps, c.num_stages)
+            for c in _TRITON_CONFIGS
+        ),
+    )
+)
+register_triton_kernel(
+    TritonKernelSpec(
+        name="dropout_add_layer_norm_bwd",
+        kernel=_dropout_add_layer_norm_bwd_kernel,
+        signature={
+            "dy_ptr": "*bf16", "dnew_residual_ptr": "*bf16", "new_residual_ptr": "*bf16",
+            "weight_ptr": "*fp32",
+            "mean_ptr": "*fp32", "rstd_ptr": "*fp32", "drop_path_ptr": "*fp32", "seed_ptr": "*i64",
+            "dx_ptr": "*bf16", "dresidual_ptr": "*bf16", "dweight_partial_ptr": "*fp32",
+            "dbias_partial_ptr": "*fp32",
+            "rows": "i32", "D": "i32", "rows_per_program": "i32", "rows_per_sample": "i32",
+            "dropout_p": "fp32", "keep_scale": "fp32",
+        },
+        configs=tuple(
+            KernelConfig(dict(c.constexprs, **_ALL_FEATURES_BWD), c.num_warps, c.num_stages)
+            for c in _TRITON_CONFIGS
+        ),
+    )
+)
+
+
+def _triton_config(D: int) -> KernelConfig:
+    return next(config for config in _TRITON_CONFIGS if D <= config.constexprs["BLOCK_D"])
+
+
+@functools.lru_cache(maxsize=None)
+def _backward_programs(device: torch.device) -> int:
+    """Programs of the backward kernel: a few per SM on CUDA (the interpreter: a handful)."""
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+# ----------------------------------------------------------------------------------------------------
+# Host launchers as torch.library ops (x, residual: [rows, D] contiguous; the public function reshapes)
+# ----------------------------------------------------------------------------------------------------
+def _rows_per_sample(rows: int, drop_path_scale: torch.Tensor | None) -> int:
+    if drop_path_scale is None or drop_path_scale.numel() == 0:
+        return 1
+    return max(1, rows // drop_path_scale.numel())
+
+
+@torch.library.custom_op("internvideo_fast::dropout_add_layer_norm_fwd", mutates_args=())
+def _dropout_add_layer_norm_fwd(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    drop_path_scale: torch.Tensor | None,
+    seed: torch.Tensor | None,
+    dropout_p: float,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (normed, new_residual, mean, rstd); dropout runs when `seed` is given and dropout_p > 0."""
+    rows, D = x.shape
+    normed = new_output(x, (rows, D))
+    new_residual = new_output(x, (rows, D))
+    mean = new_output(x, (rows,), torch.float32)
+    rstd = new_output(x, (rows,), torch.float32)
+    if rows > 0:
+        has_dropout = seed is not None and dropout_p > 0.0
+        config = _triton_config(D)
+        _dropout_add_layer_norm_fwd_kernel[(rows,)](
+            x, residual, weight, bias, drop_path_scale, seed if has_dropout else None,
+            normed, new_residual, mean, rstd,
+            D, _rows_per_sample(rows, drop_path_scale),
+            dropout_p if has_dropout else 0.0, 1.0 / (1.0 - dropout_p) if has_dropout else 1.0, eps,
+            **config.constexprs,
+            HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+            HAS_DROP_PATH=drop_path_scale is not None, HAS_DROPOUT=has_dropout,
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )
+    return normed, new_residual, mean, rstd
+
+
+@_dropout_add_layer_norm_fwd.register_fake
+def _dropout_add_layer_norm_fwd_fake(x, residual, weight, bias, drop_path_scale, seed, dropout_p, eps):
+    rows, D = x.shape
+    return (
+        x.new_empty((rows, D)), x.new_empty((rows, D)),
+        x.new_empty((rows,), dtype=torch.float32), x.new_empty((rows,), dtype=torch.float32),
+    )
+
+
+@torch.library.custom_op("internvideo_fast::dropout_add_layer_norm_bwd", mutates_args=())
+def _dropout_add_layer_norm_bwd(
+    dy: torch.Tensor,
+    dnew_residual: torch.Tensor | None,
+    new_residual: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    drop_path_scale: torch.Tensor | None,
+    seed: torch.Tensor | None,
+    dropout_p: float,
+    has_residual: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (dx, dresidual, dweight, dbias); each of the last three is empty when its input was None."""
+    rows, D = new_residual.shape
+    dx = new_output(new_residual, (rows, D))
+    dresidual = new_output(new_residual, (rows, D) if has_residual else (0,))
+    programs = max(1, min(rows, _backward_programs(new_residual.device)))
+    partial_shape = (programs, D)
+    dweight_partial = new_output(new_residual, partial_shape if weight is not None else (0,), torch.float32)
+    dbias_partial = new_output(new_residual, partial_shape if bias is not None else (0,), torch.float32)
+    if rows > 0:
+        has_dropout = seed is not None and dropout_p > 0.0
+        config = _triton_config(D)
+        _dropout_add_layer_norm_bwd_kernel[(programs,)](
+            dy, dnew_residual, new_residual, weight, mean, rstd, drop_path_scale,
+            seed if has_dropout else None,
+            dx, dresidual if has_residual else None,
+            dweight_partial if weight is not None else None, dbias_partial if bias is not None else None,
+            rows, D, triton.cdiv(rows, programs), _rows_per_sample(rows, drop_path_scale),
+            dropout_p if has_dropout else 0.0, 1.0 / (1.0 - dropout_p) if has_dropout else 1.0,
+            **config.constexprs,
+            HAS_DNEW_RESIDUAL=dnew_residual is not None, HAS_RESIDUAL=has_residual,
+            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+            HAS_DROP_PATH=drop_path_scale is not None, HAS_DROPOUT=has_dropout,
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )
+    else:
+        dweight_partial.zero_()
+        dbias_partial.zero_()
+    # Deterministic: a fixed split of rows over programs, then one reduction over the partial rows.
+    dweight = dweight_partial.sum(0).to(weight.dtype) if weight is not None else dweight_partial
+    dbias = dbias_partial.sum(0).to(bias.dtype) if bias is not None else dbias_partial
+    return dx, dresidual, dweight, dbias
+
+
+@_dropout_add_layer_norm_bwd.register_fake
+def _dropout_add_layer_norm_bwd_fake(
+    dy, dnew_residual, new_residual, weight, bias, mean, rstd, drop_path_scale, seed, dropout_p, has_residual
+):
+    rows, D = new_residual.shape
+    return (
+        new_residual.new_empty((rows, D)),
+        new_residual.new_empty((rows, D) if has_residual else (0,)),
+        weight.new_empty((D,)) if weight is not None else new_residual.new_empty((0,), dtype=torch.float32),
+        bias.new_empty((D,)) if bias is not None else new_residual.new_empty((0,), dtype=torch.float32),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, residual, weight, bias, drop_path_scale, seed, dropout_p, eps = inputs
+    _, new_residual, mean, rstd = output
+    ctx.save_for_backward(new_residual, weight, bias, mean, rstd, drop_path_scale, seed)
+    ctx.dropout_p = dropout_p
+    ctx.has_residual = residual is not None
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _backward(ctx, dnormed, dnew_residual, _dmean, _drstd):
+    new_residual, weight, bias, mean, rstd, drop_path_scale, seed = ctx.saved_tensors
+    if dnormed is None:
+        dnormed = torch.zeros_like(new_residual)
+    dx, dresidual, dweight, dbias = _dropout_add_layer_norm_bwd(
+        dnormed.contiguous(), None if dnew_residual is None else dnew_residual.contiguous(),
+        new_residual, weight, bias, mean, rstd, drop_path_scale, seed, ctx.dropout_p, ctx.has_residual,
+    )
+    return (
+        dx,
+        dresidual if ctx.has_residual else None,
+        dweight if weight is not None else None,
+        dbias if bias is not None else None,
+        None, None, None, None,
+    )
+
+
+torch.library.register_autograd(
+    "internvideo_fast::dropout_add_layer_norm_fwd", _backward, setup_context=_setup_context
+)
+
+
+# ----------------------------------------------------------------------------------------------------
+# PyTorch reference
+# ----------------------------------------------------------------------------------------------------
+_MASK32 = 0xFFFFFFFF
+
+
+def dropout_keep_mask(seed, shape, dropout_p: float, device=None) -> torch.Tensor:
+    """The kernels' dropout keep mask (bool, True = kept) for `seed` (int or one-element int64 tensor) and a
+    tensor of `shape`, bitwise: ``tl.rand(seed, flat_index) >= dropout_p`` recomputed in PyTorch."""
+    seed = torch.as_tensor(seed, dtype=torch.int64, device=device).reshape(())
+    device = seed.device
+    numel = 1
+    for size in shape:
+        numel *= size
+    offset = torch.arange(numel, dtype=torch.int64, device=device)
+    zero = torch.zeros_like(offset)
+    word, _, _, _ = philox4x32_10_reference(
+        offset & _MASK32, offset >> 32, zero, zero, seed & _MASK32, (seed >> 32) & _MASK32
+    )
+    signed = torch.where(word >= 2**31, word - 2**32, word)  # the word bitcast to int32
+    nonnegative = torch.where(signed < 0, -signed - 1, signed)  # ~x for x < 0
+    uniform = nonnegative.to(torch.float32) * torch.tensor(_UNIFORM_SCALE, dtype=torch.float32, device=device)
+    return (uniform >= torch.tensor(dropout_p, dtype=torch.float32, device=device)).reshape(shape)
+
+
+def dropout_add_layer_norm_ref(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    keep_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    eps: float = 1e-6,
+    drop_path_scale: torch.Tensor | None = None,
+    upcast: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain PyTorch: ``(LayerNorm(h) * weight + bias, h)`` for ``h = residual + x * keep_mask / (1 - p) *
+    drop_path_scale[sample]``, computed in x's dtype (``upcast``: in float64, returned as float64).
+    `keep_mask` (bool, x's shape) is the dropout mask; None keeps everything."""
+    dtype = torch.float64 if upcast else x.dtype
+    dropped = x.to(dtype)
+    if keep_mask is not None:
+        dropped = dropped * keep_mask.to(dtype) * (1.0 / (1.0 - dropout_p))
+    if drop_path_scale is not None:
+        dropped = dropped * drop_path_scale.to(dtype).reshape(-1, *([1] * (x.dim() - 1)))
+    new_residual = dropped if residual is None else residual.to(dtype) + dropped
+    normed = F.layer_norm(
+        new_residual, (x.shape[-1],),
+        None if weight is None else weight.to(dtype), None if bias is None else bias.to(dtype), eps,
+    )
+    return normed, new_residual
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public function
+# ----------------------------------------------------------------------------------------------------
+def _check_tensor(name: str, tensor, x: torch.Tensor, shape) -> None:
+    if tensor is None:
+        return
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor or None, got {type(tensor).__name__}")
+    if tensor.device != x.device:
+        raise ValueError(f"{name} is on {tensor.device} but x is on {x.device}")
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+    if tensor.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"{name} must be float32, float16 or bfloat16, got {tensor.dtype}")
+
+
+def dropout_add_layer_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    dropout_p: float = 0.0,
+    eps: float = 1e-6,
+    drop_path_scale: torch.Tensor | None = None,
+    seed: int | torch.Tensor | None = None,
+    training: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(normed, new_residual)`` with ``new_residual = residual + dropout(x) * drop_path_scale[sample]``
+    and ``normed = LayerNorm(new_residual) * weight + bias`` over the last dim (see the module docstring).
+
+    Args:
+        x: ``[..., D]`` float32 / float16 / bfloat16 (the branch output: attention or MLP).
+        residual: x's shape and dtype, or None (then ``new_residual = dropout(x) * scale``).
+        weight, bias: ``[D]`` LayerNorm affine parameters, or None.
+        dropout_p: dropout probability in [0, 1); applied only when `training`.
+        eps: LayerNorm epsilon (1e-6 VideoMAE, 1e-5 CLIP).
+        drop_path_scale: ``[x.shape[0]]`` per-sample factor (0 or ``1 / (1 - drop_path_rate)``) multiplied
+            into the dropped x; applied as given, training or not (the caller builds it only in training).
+        seed: the dropout seed: an int or a one-element int64 tensor on x's device; None draws one from
+            torch's default generator. The same seed gives the same mask on every backend.
+        training: False turns dropout off.
+
+    Returns:
+        ``(normed, new_residual)``, both x's shape and dtype.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a tensor, got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"x must have a non-empty last dim, got shape {tuple(x.shape)}")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0.0:
+        raise ValueError(f"eps must be a positive float, got {eps!r}")
+    D = x.shape[-1]
+    _check_tensor("residual", residual, x, x.shape)
+    if residual is not None and residual.dtype != x.dtype:
+        raise ValueError(f"residual must have x's dtype {x.dtype}, got {residual.dtype}")
+    _check_tensor("weight", weight, x, (D,))
+    _check_tensor("bias", bias, x, (D,))
+    if drop_path_scale is not None and x.dim() < 2:
+        raise ValueError("drop_path_scale needs x with a leading sample dim, got a 1-D x")
+    _check_tensor("drop_path_scale", drop_path_scale, x, x.shape[:1])
+    dropout_p = float(dropout_p) if training else 0.0
+    seed = seed_tensor(seed, x.device) if dropout_p > 0.0 else None
+
+    available = available_backends(OP_NAME, x.device)
+    if D > MAX_KERNEL_D:
+        available.discard("triton")
+    backend = select_backend(OP_NAME, x.device, available)
+    if backend == "reference":
+        keep = None if seed is None else dropout_keep_mask(seed, x.shape, dropout_p)
+        return dropout_add_layer_norm_ref(
+            x, residual, weight, bias, keep, dropout_p, float(eps), drop_path_scale
+        )
+    flat_residual = None if residual is None else residual.contiguous().reshape(-1, D)
+    normed, new_residual, _, _ = _dropout_add_layer_norm_fwd(
+        x.contiguous().reshape(-1, D), flat_residual,
+        None if weight is None else weight.contiguous(), None if bias is None else bias.contiguous(),
+        None if drop_path_scale is None else drop_path_scale.contiguous(),
+        seed, dropout_p, float(eps),
+    )
+    return normed.reshape(x.shape), new_residual.reshape(x.shape)

@@ -1,0 +1,312 @@
+"""dropout_add_layer_norm: the Triton kernel against a float64 reference (forward and backward), the dropout
+mask (rate, seeding, forward/backward agreement, bitwise equal to the PyTorch reproduction), bad input,
+torch.compile, opcheck."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import assert_close_to_reference, describe_difference, poisoned_outputs
+from internvideo_fast.ops import use_backend
+from internvideo_fast.ops.backend import triton_runs_on
+from internvideo_fast.ops.dropout_add_layer_norm import (
+    OP_NAME,
+    dropout_add_layer_norm,
+    dropout_add_layer_norm_ref,
+    dropout_keep_mask,
+)
+
+CPU_TRITON = triton_runs_on(torch.device("cpu"))
+needs_triton = pytest.mark.skipif(not CPU_TRITON, reason="needs TRITON_INTERPRET=1 on CPU")
+# Tolerances of the CPU tests against float64: (outputs, gradients) per dtype.
+TOLERANCE = {torch.float32: (2e-5, 1e-4), torch.float16: (4e-3, 2e-2)}
+
+
+def _inputs(shape, dtype, device="cpu", residual=True, weight=True, bias=True, drop_path=False):
+    D = shape[-1]
+    x = torch.randn(shape, device=device).to(dtype)
+    res = torch.randn(shape, device=device).to(dtype) if residual else None
+    w = (1 + 0.5 * torch.randn(D, device=device)).to(dtype) if weight else None
+    b = (0.5 * torch.randn(D, device=device)).to(dtype) if bias else None
+    scale = None
+    if drop_path:
+        scale = (torch.rand(shape[0], device=device) > 0.5).to(dtype) / 0.75
+    return x, res, w, b, scale
+
+
+def _leaves(*tensors):
+    return [t.detach().requires_grad_() if t is not None else None for t in tensors]
+
+
+def _forward_backward(fn, x, res, w, b, dy, dr):
+    """Outputs and the grads of (x, residual, weight, bias) for upstream grads dy (of normed) and dr (of
+    new_residual)."""
+    normed, new_residual = fn(x, res, w, b)
+    loss = (normed.double() * dy).sum() + (new_residual.double() * dr).sum()
+    wanted = [t for t in (x, res, w, b) if t is not None]
+    grads = iter(torch.autograd.grad(loss, wanted))
+    return normed, new_residual, [next(grads) if t is not None else None for t in (x, res, w, b)]
+
+
+def _assert_close(actual, expected, tol, name):
+    assert actual.shape == expected.shape, name
+    assert torch.allclose(actual.double(), expected.double(), rtol=tol, atol=tol), (
+        f"{name}: " + describe_difference(actual, expected)
+    )
+
+
+def _check_against_reference(shape, dtype, dropout_p=0.0, eps=1e-6, seed=7, **features):
+    x, res, w, b, scale = _inputs(shape, dtype, **features)
+    dy, dr = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    keep = dropout_keep_mask(seed, shape, dropout_p) if dropout_p > 0 else None
+
+    def kernel(*args):
+        return dropout_add_layer_norm(*args, dropout_p=dropout_p, eps=eps, drop_path_scale=scale, seed=seed)
+
+    def reference(*args):
+        return dropout_add_layer_norm_ref(*args, keep, dropout_p, eps, scale, upcast=True)
+
+    with use_backend("triton", OP_NAME), poisoned_outputs():
+        actual = _forward_backward(kernel, *_leaves(x, res, w, b), dy, dr)
+    expected = _forward_backward(reference, *_leaves(x, res, w, b), dy, dr)
+    out_tol, grad_tol = TOLERANCE[dtype]
+    assert actual[0].dtype == dtype and actual[1].dtype == dtype
+    _assert_close(actual[0], expected[0], out_tol, "normed")
+    _assert_close(actual[1], expected[1], out_tol, "new_residual")
+    for name, a, e in zip(("dx", "dresidual", "dweight", "dbias"), actual[2], expected[2]):
+        assert (a is None) == (e is None), name
+        if a is not None:
+            assert a.dtype == dtype, name
+            _assert_close(a, e, grad_tol * (4 if name in ("dweight", "dbias") else 1), name)
+
+
+# ---------------------------------------------------------------------------------------------------- CPU
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", [(1, 40), (3, 100), (37, 40), (2, 3, 100)], ids=str)
+def test_forward_backward_match_float64_reference(shape, dtype):
+    _check_against_reference(shape, dtype)
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    "features",
+    [
+        dict(residual=False),
+        dict(weight=False),
+        dict(bias=False),
+        dict(weight=False, bias=False, residual=False),
+        dict(drop_path=True),
+    ],
+    ids=str,
+)
+def test_optional_inputs(features):
+    _check_against_reference((4, 3, 40), torch.float32, eps=1e-5, **features)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_dropout_and_drop_path_match_reference_with_the_same_mask(dtype):
+    _check_against_reference((4, 5, 100), dtype, dropout_p=0.3, seed=123, drop_path=True)
+
+
+@needs_triton
+def test_mixed_precision_parameters():
+    """fp16 activations with fp32 LayerNorm parameters (their grads come back in fp32)."""
+    x, res, _, _, _ = _inputs((5, 40), torch.float16)
+    w, b = 1 + torch.randn(40), torch.randn(40)
+    x, res, w, b = _leaves(x, res, w, b)
+    with use_backend("triton", OP_NAME):
+        normed, _ = dropout_add_layer_norm(x, res, w, b)
+    normed.float().sum().backward()
+    expected, _ = dropout_add_layer_norm_ref(x, res, w, b, upcast=True)
+    _assert_close(normed, expected, 4e-3, "normed")
+    assert w.grad.dtype == torch.float32 and b.grad.dtype == torch.float32
+
+
+@needs_triton
+def test_dropout_rate_and_kernel_mask_equals_pytorch_reproduction():
+    """Kept fraction within 0.01 of 1 - p over 1e5 elements, and exactly the mask dropout_keep_mask gives."""
+    p, shape = 0.25, (250, 400)
+    x = torch.ones(shape)
+    with use_backend("triton", OP_NAME):
+        _, new_residual = dropout_add_layer_norm(x, None, None, None, dropout_p=p, seed=2024)
+    kept = new_residual != 0
+    assert abs(kept.double().mean().item() - (1 - p)) < 0.01
+    assert torch.equal(kept, dropout_keep_mask(2024, shape, p))
+    assert torch.equal(new_residual[kept], torch.full_like(new_residual[kept], 1 / (1 - p)))
+
+
+@needs_triton
+def test_same_seed_same_mask_and_backward_uses_the_forward_mask():
+    shape, p = (6, 2, 100), 0.5
+    x0, _, w, b, _ = _inputs(shape, torch.float32)
+    res = None  # then new_residual is 0 exactly where x was dropped
+    with use_backend("triton", OP_NAME):
+        masks = []
+        for seed in (5, 5, 6):
+            x = x0.clone().requires_grad_()
+            normed, new_residual = dropout_add_layer_norm(x, res, w, b, dropout_p=p, seed=seed)
+            (normed.sum() + new_residual.sum()).backward()
+            dropped = new_residual == 0
+            assert torch.equal(x.grad == 0, dropped), f"seed {seed}: backward drops other elements"
+            masks.append(dropped)
+    assert torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], masks[2])
+    # A seed tensor and the same int agree; eval mode and p = 0 drop nothing.
+    with use_backend("triton", OP_NAME):
+        by_tensor = dropout_add_layer_norm(x0, res, w, b, dropout_p=p, seed=torch.tensor(5))[1]
+        assert torch.equal(by_tensor == 0, masks[0])
+        evaluated = dropout_add_layer_norm(x0, res, w, b, dropout_p=p, seed=5, training=False)[1]
+        assert torch.equal(evaluated, dropout_add_layer_norm(x0, res, w, b)[1])
+
+
+def test_reference_backend_draws_the_kernels_mask():
+    """The default CPU backend (the reference) drops the elements dropout_keep_mask names."""
+    x = torch.ones(3, 4, 40)
+    _, new_residual = dropout_add_layer_norm(x, None, None, None, dropout_p=0.4, seed=-3)
+    assert torch.equal(new_residual != 0, dropout_keep_mask(-3, x.shape, 0.4))
+
+
+def test_unseeded_calls_differ():
+    x = torch.ones(8, 40)
+    a = dropout_add_layer_norm(x, None, None, None, dropout_p=0.5)[1]
+    b = dropout_add_layer_norm(x, None, None, None, dropout_p=0.5)[1]
+    assert not torch.equal(a, b)
+
+
+def _bad(**kwargs):
+    x = torch.randn(2, 3, 8)
+    call = dict(
+        x=x, residual=torch.randn(2, 3, 8), weight=torch.ones(8), bias=torch.zeros(8), dropout_p=0.1, seed=0
+    )
+    return call | kwargs
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(dropout_p=1.0), "dropout_p"),
+        (dict(dropout_p=-0.1), "dropout_p"),
+        (dict(dropout_p="0.1"), "dropout_p"),
+        (dict(residual=torch.randn(2, 3, 9)), "residual"),
+        (dict(residual=torch.randn(2, 3, 8, dtype=torch.float64)), "residual"),
+        (dict(residual=torch.randn(2, 3, 8, device="meta")), "residual"),
+        (dict(weight=torch.ones(9)), "weight"),
+        (dict(weight=torch.ones(8, dtype=torch.int32)), "weight"),
+        (dict(weight=torch.ones(8, device="meta")), "weight"),
+        (dict(bias=torch.zeros(2, 8)), "bias"),
+        (dict(bias=torch.zeros(8, device="meta")), "bias"),
+        (dict(drop_path_scale=torch.ones(3)), "drop_path_scale"),
+        (dict(drop_path_scale=torch.ones(2, device="meta")), "drop_path_scale"),
+        (dict(x=torch.randn(2, 3, 8, dtype=torch.float64), residual=None), "x"),
+        (dict(x=torch.ones(2, 3, 8, dtype=torch.int64), residual=None), "x"),
+        (dict(eps=0.0), "eps"),
+        (dict(seed="7"), "seed"),
+        (dict(seed=torch.tensor([1, 2])), "seed"),
+        (dict(seed=torch.tensor(1, device="meta")), "seed"),
+    ],
+)
+def test_bad_input_names_the_argument(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        dropout_add_layer_norm(**_bad(**kwargs))
+
+
+def test_backend_choice_is_explicit():
+    with use_backend("cuda", OP_NAME), pytest.raises(ValueError, match="cuda"):
+        dropout_add_layer_norm(*_inputs((2, 40), torch.float32)[:4])
+
+
+@pytest.mark.parametrize("backend", ["reference"] + (["triton"] if CPU_TRITON else []))
+def test_torch_compile_fullgraph(backend):
+    def block(x, residual, weight, bias):
+        normed, new_residual = dropout_add_layer_norm(x, residual, weight, bias, dropout_p=0.2, seed=3)
+        return normed * 2 + new_residual
+
+    x, res, w, b, _ = _inputs((3, 2, 40), torch.float32)
+    torch._dynamo.reset()
+    with use_backend(backend, OP_NAME):
+        compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+        leaves_c, leaves_e = _leaves(x, res, w, b), _leaves(x, res, w, b)
+        out_c, out_e = compiled(*leaves_c), block(*leaves_e)
+        torch.testing.assert_close(out_c, out_e)
+        out_c.sum().backward()
+        out_e.sum().backward()
+        for c, e in zip(leaves_c, leaves_e):
+            torch.testing.assert_close(c.grad, e.grad)
+
+
+@needs_triton
+def test_opcheck():
+    """torch.library's own checks of the forward op: schema, fake, autograd registration, AOT dispatch."""
+    x, res, w, b, scale = _inputs((4, 40), torch.float32, drop_path=True)
+    seed = torch.tensor(9)
+    for args in [
+        (x, res, w, b, scale, seed, 0.25, 1e-6),
+        (x.requires_grad_(), None, w.requires_grad_(), None, None, None, 0.0, 1e-5),
+    ]:
+        torch.library.opcheck(torch.ops.internvideo_fast.dropout_add_layer_norm_fwd.default, args)
+
+
+@needs_triton
+@settings(max_examples=10)
+@given(
+    rows=st.integers(0, 6),
+    D=st.integers(1, 70),
+    residual=st.booleans(),
+    affine=st.booleans(),
+)
+def test_fuzz_shapes_no_dropout(rows, D, residual, affine):
+    x, res, w, b, _ = _inputs((rows, D), torch.float32, residual=residual, weight=affine, bias=affine)
+    with use_backend("triton", OP_NAME), poisoned_outputs():
+        actual = dropout_add_layer_norm(x, res, w, b)
+    expected = dropout_add_layer_norm_ref(x, res, w, b, upcast=True)
+    for name, a, e in zip(("normed", "new_residual"), actual, expected):
+        _assert_close(a, e, 5e-5, name)
+
+
+
+# ---------------------------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("D", [768, 1024])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
+def test_gpu_matches_reference_flash_attn_rule(D, dtype, dropout_p):
+    """ViT-B / ViT-L widths, 2 x 1568 tokens: kernel error <= 2x (outputs) / 3x (grads) PyTorch's own error
+    at the same dtype, both against float64 with the same dropout mask."""
+    shape, seed = (2, 1568, D), 11
+    x, res, w, b, scale = _inputs(shape, dtype, device="cuda", drop_path=True)
+    dy = torch.randn(shape, device="cuda", dtype=torch.float64)
+    dr = torch.randn(shape, device="cuda", dtype=torch.float64)
+    keep = dropout_keep_mask(seed, shape, dropout_p, device="cuda") if dropout_p > 0 else None
+
+    def kernel(*args):
+        return dropout_add_layer_norm(*args, dropout_p=dropout_p, drop_path_scale=scale, seed=seed)
+
+    with use_backend("triton", OP_NAME), poisoned_outputs():
+        actual = _forward_backward(kernel, *_leaves(x, res, w, b), dy, dr)
+    def reference(*args, upcast):
+        return dropout_add_layer_norm_ref(*args, keep, dropout_p, 1e-6, scale, upcast=upcast)
+
+    expected = _forward_backward(lambda *a: reference(*a, upcast=True), *_leaves(x, res, w, b), dy, dr)
+    baseline = _forward_backward(lambda *a: reference(*a, upcast=False), *_leaves(x, res, w, b), dy, dr)
+    for index, name in enumerate(("normed", "new_residual")):
+        assert_close_to_reference(actual[index], expected[index], baseline[index], name=name)
+    for name, a, e, base in zip(("dx", "dresidual", "dweight", "dbias"), actual[2], expected[2], baseline[2]):
+        assert_close_to_reference(a, e, base, factor=3.0, name=name)
+
+
+@pytest.mark.gpu
+def test_gpu_mask_equals_pytorch_reproduction_and_backward_is_deterministic():
+    shape = (8, 1568, 768)
+    ones = torch.ones(shape, device="cuda", dtype=torch.bfloat16)
+    _, dropped_ones = dropout_add_layer_norm(ones, None, None, None, dropout_p=0.1, seed=77)
+    assert torch.equal(dropped_ones != 0, dropout_keep_mask(77, shape, 0.1, "cuda"))
+    x, res, w, b, _ = _inputs(shape, torch.bfloat16, device="cuda")
+    x.requires_grad_()
+    w.requires_grad_()
+    grads = []
+    for _ in range(2):
+        normed, _ = dropout_add_layer_norm(x, res, w, b, dropout_p=0.1, seed=77)
+        grads.append(torch.autograd.grad(normed.float().sum(), (x, w)))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
