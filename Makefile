@@ -7,7 +7,7 @@ DEPS_STAMP := $(VENV)/.ivf-deps
 REQUIREMENTS := requirements/constraints.txt requirements/build.txt requirements/runtime.txt requirements/test.txt
 PYTEST_JOBS ?= 2
 
-.PHONY: demo test bench gpu-check build deps ffmpeg aot-check clean
+.PHONY: demo test bench gpu-check build deps ffmpeg aot-check cuda-resources clean
 
 demo: build
 	$(PY) -m internvideo_fast.cli demo
@@ -23,6 +23,10 @@ bench: build
 # Here (DRY_RUN=1) it uses .venv's Python when there is one.
 gpu-check:
 	$(if $(wildcard $(PY)),$(PY),python3) bench/gpu_check.py $(if $(DRY_RUN),--dry-run)
+
+# ptxas resource use of every CUDA kernel for sm_90a (no GPU needed).
+cuda-resources: build
+	$(PY) bench/cuda_resources.py | tee bench/results/cuda-resources-sm90a.txt
 
 aot-check: build
 	$(PY) -m internvideo_fast.cli aot-check

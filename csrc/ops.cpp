@@ -31,6 +31,17 @@ TORCH_LIBRARY(internvideo_fast, m) {
   // Token gather / scatter (internvideo_fast/ops/token_gather.py): each is the other's backward.
   m.def("gather_tokens(Tensor x, Tensor ids) -> Tensor");
   m.def("scatter_tokens(Tensor x, Tensor ids, SymInt num_tokens) -> Tensor");
+  // Tubelet ops (internvideo_fast/ops/masked_patch_embed.py, mae_targets.py): the pixels of the tubes
+  // that `ids` names, normalized, in Conv3d weight order (c, dt, dy, dx) or in the MAE target order.
+  m.def(
+      "masked_tubelet_patches(Tensor video, Tensor ids, int tubelet, int patch, float[]? mean=None, "
+      "float[]? std=None) -> Tensor");
+  m.def(
+      "masked_tubelet_patches_backward(Tensor grad, Tensor ids, SymInt[] video_shape, int tubelet, "
+      "int patch, float[]? mean=None, float[]? std=None) -> Tensor");
+  m.def(
+      "mae_targets(Tensor video, Tensor ids, int tubelet, int patch, bool normalize=True, float eps=1e-6, "
+      "float[]? mean=None, float[]? std=None) -> Tensor");
 }
 
 #ifndef IVF_CUDA_ARCHS

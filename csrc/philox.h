@@ -7,11 +7,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define IVF_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define IVF_HOST_DEVICE inline
-#endif
+#include "host_device.h"
 
 namespace internvideo_fast {
 

@@ -9,6 +9,9 @@ from internvideo_fast.ops.dropout_add_layer_norm import (
     dropout_add_layer_norm_ref,
     dropout_keep_mask,
 )
+from internvideo_fast.ops.linear_act import linear_act, linear_act_ref
+from internvideo_fast.ops.mae_targets import mae_targets, mae_targets_ref
+from internvideo_fast.ops.masked_patch_embed import masked_patch_embed, masked_patch_embed_ref, masked_tubelet_patches
 from internvideo_fast.ops.token_gather import gather_tokens, scatter_tokens
 from internvideo_fast.ops.tube_mask import TubeMask, tube_mask, tube_mask_ref
 
@@ -19,6 +22,13 @@ __all__ = [
     "dropout_add_layer_norm_ref",
     "dropout_keep_mask",
     "gather_tokens",
+    "linear_act",
+    "linear_act_ref",
+    "mae_targets",
+    "mae_targets_ref",
+    "masked_patch_embed",
+    "masked_patch_embed_ref",
+    "masked_tubelet_patches",
     "get_backend",
     "scatter_tokens",
     "set_backend",

@@ -1,0 +1,513 @@
+"""Linear layer with the bias and the activation fused into the matmul's epilogue (the MLP's fc1 / fc2).
+
+For ``x [..., K]`` flattened to ``x [M, K]`` (``M = x.numel() / K`` rows), ``weight [N, K]`` (nn.Linear's
+layout) and ``bias [N]`` (0 when absent):
+
+    pre = x @ weight.T + bias                  (fp32 accumulator, then rounded to x's dtype)
+    y   = act(pre)
+
+with ``act`` one of
+
+    gelu        0.5 * pre * (1 + erf(pre / sqrt(2)))                        (VideoMAE, CLIP ViT)
+    gelu_tanh   0.5 * pre * (1 + tanh(sqrt(2/pi) * (pre + 0.044715 pre^3)))
+    quick_gelu  pre * sigmoid(1.702 * pre)                                   (OpenAI CLIP)
+    none        pre
+
+Backward, for ``dy = d y``:
+
+    dpre   = dy * act'(pre)                    (one Triton pass over [M, N]; dbias summed in the same pass)
+    dx     = dpre @ weight,     dweight = dpre.T @ x,     dbias = sum_rows(dpre)
+
+Implementation choices:
+
+- Forward: one Triton matmul (tiled, fp32 accumulator, masked tails for sizes that are not multiples of the
+  blocks, grouped program order so neighbouring programs share weight tiles in L2). The epilogue adds the
+  bias, stores ``pre`` when a backward will need it, applies the activation and stores ``y``. Eager PyTorch
+  writes ``pre``, reads it back for the activation and writes ``y`` (two launches); here both are written
+  from registers in one pass.
+- Memory: ``pre`` is *saved* (``M x N`` in x's dtype), not recomputed. Recomputing it would cost a second
+  ``M x N x K`` matmul in the backward (+50% of this layer's forward FLOPs) to save one activation that eager
+  PyTorch keeps as well (its GELU saves its input). With ``activation="none"`` (fc2) or without grad,
+  nothing extra is stored. (A further saving, keeping only ``pre`` and recomputing ``act(pre)`` for fc2's
+  weight gradient, would need one op for the whole MLP: not done here.)
+- Backward: ``dpre`` comes from a Triton elementwise kernel that reads ``dy`` and ``pre`` once, applies
+  ``act'`` in fp32, stores ``dpre`` in x's dtype and reduces ``dbias`` per program into a fixed
+  ``[programs, N]`` fp32 buffer (deterministic, like dropout_add_layer_norm). The two matmuls ``dx`` and
+  ``dweight`` are plain GEMMs with nothing left to fuse, so they run on ``torch.matmul`` (cuBLAS on GPU):
+  a single-config Triton matmul would not beat it, and fusing ``act'`` into both GEMMs' prologues would
+  read ``dy`` and ``pre`` twice.
+- erf: ``tl.math.erf`` works in the Triton interpreter on CPU (max error vs float64 ~3e-8 over [-5, 5]) and
+  lowers to libdevice's ``erff`` on the GPU, so no rational approximation is needed. tanh is computed as
+  ``2 * sigmoid(2u) - 1`` (Triton has no core tanh; absolute error ~1e-7).
+- fp32 inputs multiply in IEEE fp32 (``input_precision="ieee"``) unless
+  ``torch.backends.cuda.matmul.allow_tf32`` is set, as torch.matmul does; fp16 / bf16 use the tensor cores.
+  Only the bf16 kernels are in the sm_90a check; at fp32 the autotuner drops any config whose stages do not
+  fit in shared memory.
+- Tile configs (see ``_FWD_GPU_CONFIGS``): the sm_90a check compiles without Triton's divisibility-by-16
+  specialization, and there a whole-tile epilogue spilled at 128x128 / 8 warps; the epilogue therefore
+  works on two column halves of the tile (a register-only split of the wgmma accumulator). Compiled as
+  real launches are (aligned pointers, M / N / K multiples of 16), the same configs use 117-128 registers
+  and 96 KB (3 stages) / 128 KB (4 stages) of shared memory for 128x128x64, no spills.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from internvideo_fast.ops.backend import available_backends, select_backend, triton_interpreter_on
+from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
+from internvideo_fast.ops.outputs import new_output
+
+OP_NAME = "linear_act"
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "none")
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_QUICK_GELU_SCALE = 1.702
+
+
+# ----------------------------------------------------------------------------------------------------
+# Triton kernels: math (pure functions of fp32 values) apart from loads and stores. Constants inline:
+# 0.7071067811865476 = 1/sqrt(2), 0.3989422804014327 = 1/sqrt(2 pi), 0.7978845608028654 = sqrt(2/pi).
+# ----------------------------------------------------------------------------------------------------
+@triton.jit
+def _tanh(u):
+    """tanh(u) = 2 * sigmoid(2u) - 1 (no core tanh in Triton; saturates cleanly at +-1)."""
+    return 2.0 * tl.sigmoid(2.0 * u) - 1.0
+
+
+@triton.jit
+def _activation(pre, ACTIVATION: tl.constexpr):
+    """act(pre) for fp32 `pre` (see the module docstring)."""
+    if ACTIVATION == "gelu":
+        out = 0.5 * pre * (1.0 + tl.math.erf(pre * 0.7071067811865476))
+    elif ACTIVATION == "gelu_tanh":
+        out = 0.5 * pre * (1.0 + _tanh(0.7978845608028654 * (pre + 0.044715 * pre * pre * pre)))
+    elif ACTIVATION == "quick_gelu":
+        out = pre * tl.sigmoid(1.702 * pre)
+    else:
+        out = pre
+    return out
+
+
+@triton.jit
+def _activation_grad(pre, ACTIVATION: tl.constexpr):
+    """act'(pre) for fp32 `pre`."""
+    if ACTIVATION == "gelu":
+        cdf = 0.5 * (1.0 + tl.math.erf(pre * 0.7071067811865476))
+        out = cdf + pre * 0.3989422804014327 * tl.exp(-0.5 * pre * pre)
+    elif ACTIVATION == "gelu_tanh":
+        t = _tanh(0.7978845608028654 * (pre + 0.044715 * pre * pre * pre))
+        du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * pre * pre)
+        out = 0.5 * (1.0 + t) + 0.5 * pre * (1.0 - t * t) * du
+    elif ACTIVATION == "quick_gelu":
+        s = tl.sigmoid(1.702 * pre)
+        out = s + 1.702 * pre * s * (1.0 - s)
+    else:
+        out = tl.full(pre.shape, 1.0, tl.float32)
+    return out
+
+
+@triton.jit
+def _linear_act_epilogue(
+    acc, row0, col0, cols_local, bias_ptr, y_ptr, pre_ptr, M, N,
+    BLOCK_M: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_PRE: tl.constexpr,
+):
+    """Bias, pre-activation store, activation and store of one [BLOCK_M, len(cols_local)] part of a tile
+    whose top-left element is (row0, col0)."""
+    rows = row0 + tl.arange(0, BLOCK_M)
+    cols = col0 + cols_local
+    in_n = cols < N
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=in_n, other=0.0).to(tl.float32)[None, :]
+    # int64 tile base, int32 offsets inside the tile (cheaper in registers than int64 offsets).
+    base = row0.to(tl.int64) * N + col0
+    offsets = tl.arange(0, BLOCK_M)[:, None] * N + cols_local[None, :]
+    mask = (rows < M)[:, None] & in_n[None, :]
+    if STORE_PRE:
+        pre = acc.to(pre_ptr.dtype.element_ty)
+        tl.store(pre_ptr + base + offsets, pre, mask=mask)
+        # The backward sees the rounded pre-activation: apply the activation to the same value.
+        acc = pre.to(tl.float32)
+    y = _activation(acc, ACTIVATION)
+    tl.store(y_ptr + base + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _linear_act_fwd_kernel(
+    x_ptr, weight_ptr, bias_ptr, y_ptr, pre_ptr,
+    M, N, K,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_PRE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+):
+    # x [M, K] and weight [N, K] row-major; y, pre [M, N] row-major. One BLOCK_M x BLOCK_N tile of y per
+    # program, programs ordered in groups of GROUP_M tile rows so that a wave re-reads weight tiles from L2.
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    programs_per_group = GROUP_M * tiles_n
+    first_tile_m = (pid // programs_per_group) * GROUP_M
+    group_size_m = min(tiles_m - first_tile_m, GROUP_M)
+    tile_m = first_tile_m + ((pid % programs_per_group) % group_size_m)
+    tile_n = (pid % programs_per_group) // group_size_m
+    row0 = tile_m * BLOCK_M
+    col0 = tile_n * BLOCK_N
+
+    # Loads clamp rows / cols past the end to the last one (their results are never stored), so only the
+    # K tail needs a mask inside the loop. int64 tile bases, int32 offsets inside the tile.
+    rows_local = tl.minimum(tl.arange(0, BLOCK_M), M - 1 - row0)
+    cols_local = tl.minimum(tl.arange(0, BLOCK_N), N - 1 - col0)
+    depth = tl.arange(0, BLOCK_K)
+    x_ptrs = x_ptr + row0.to(tl.int64) * K + (rows_local[:, None] * K + depth[None, :])
+    w_ptrs = weight_ptr + col0.to(tl.int64) * K + (cols_local[None, :] * K + depth[:, None])  # weight.T tile
+
+    # Loads + math: the K loop.
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        k_left = K - k * BLOCK_K
+        a = tl.load(x_ptrs, mask=depth[None, :] < k_left, other=0.0)
+        b = tl.load(w_ptrs, mask=depth[:, None] < k_left, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+
+    # Epilogue, in two column halves: the activation's temporaries for a whole 128 x 128 tile on top of the
+    # accumulator spill registers at 8 warps (measured with the sm_90a check); halves do not.
+    acc_left, acc_right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+    half = tl.arange(0, BLOCK_N // 2)
+    _linear_act_epilogue(
+        acc_left, row0, col0, half, bias_ptr, y_ptr, pre_ptr, M, N, BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE
+    )
+    _linear_act_epilogue(
+        acc_right, row0, col0 + BLOCK_N // 2, half, bias_ptr, y_ptr, pre_ptr, M, N,
+        BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE,
+    )
+
+
+@triton.jit
+def _linear_act_bwd_kernel(
+    dy_ptr, pre_ptr, dpre_ptr, dbias_partial_ptr,
+    M, N, rows_per_program,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    # Program (column block, row chunk): dpre = dy * act'(pre) over rows_per_program rows of BLOCK_N
+    # columns; dbias of the chunk accumulates in registers and lands in one partial row.
+    col_block = tl.program_id(0)
+    chunk = tl.program_id(1)
+    cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
+    in_n = cols < N
+    dbias = tl.zeros([BLOCK_N], dtype=tl.float32)
+    row_start = chunk.to(tl.int64) * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, M)
+    for start in range(row_start, row_end, BLOCK_M):  # int64 rows
+        rows = start + tl.arange(0, BLOCK_M)
+        mask = (rows < row_end)[:, None] & in_n[None, :]
+        offsets = rows[:, None] * N + cols[None, :]
+
+        # Loads.
+        dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        pre = tl.load(pre_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+
+        # Math (masked lanes: dy = 0, so dpre = 0).
+        dpre = dy * _activation_grad(pre, ACTIVATION)
+        if HAS_BIAS:
+            dbias += tl.sum(dpre, axis=0)
+
+        # Stores.
+        tl.store(dpre_ptr + offsets, dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
+    if HAS_BIAS:
+        tl.store(dbias_partial_ptr + chunk * N + cols, dbias, mask=in_n)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configurations, registered for the sm_90a ahead-of-time check
+# ----------------------------------------------------------------------------------------------------
+# GPU forward configs, autotuned per (N, K, dtype, epilogue). Measured with the sm_90a check: 128x128x64 at
+# 8 warps is the foundation's good tile (wgmma, no spills with the split epilogue); 128x256 tiles at 8
+# warps and 128x128 / 64x128 / 128x64 tiles at 4 warps spill (128 or 64 accumulator registers per thread
+# plus the epilogue), so none of those is here.
+_FWD_GPU_CONFIGS = (
+    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
+    KernelConfig({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
+    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
+    KernelConfig({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+)
+# The one config under the interpreter (cost grows with programs x operations; tiny test shapes). 64 rows
+# so that it, too, compiles to wgmma (one warpgroup's m64 tile).
+_FWD_INTERPRETER_CONFIG = KernelConfig(
+    {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1
+)
+_BWD_GPU_CONFIG = KernelConfig({"BLOCK_M": 16, "BLOCK_N": 256}, num_warps=4, num_stages=1)
+_BWD_INTERPRETER_CONFIG = KernelConfig({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=1)
+
+# The AOT check compiles each tile config with every activation (each is a separate compiled kernel), bias
+# and the pre-activation store on (the largest epilogue), at bf16, where INPUT_PRECISION is unused.
+register_triton_kernel(
+    TritonKernelSpec(
+        name="linear_act_fwd",
+        kernel=_linear_act_fwd_kernel,
+        signature={
+            "x_ptr": "*bf16", "weight_ptr": "*bf16", "bias_ptr": "*bf16",
+            "y_ptr": "*bf16", "pre_ptr": "*bf16",
+            "M": "i32", "N": "i32", "K": "i32",
+        },
+        configs=tuple(
+            KernelConfig(
+                dict(c.constexprs, ACTIVATION=activation, HAS_BIAS=True, STORE_PRE=activation != "none",
+                     INPUT_PRECISION="tf32"),
+                c.num_warps, c.num_stages,
+            )
+            for c in (*_FWD_GPU_CONFIGS, _FWD_INTERPRETER_CONFIG)
+            for activation in ACTIVATIONS
+        ),
+        multiplies_matrices=True,
+    )
+)
+register_triton_kernel(
+    TritonKernelSpec(
+        name="linear_act_bwd",
+        kernel=_linear_act_bwd_kernel,
+        signature={
+            "dy_ptr": "*bf16", "pre_ptr": "*bf16", "dpre_ptr": "*bf16", "dbias_partial_ptr": "*fp32",
+            "M": "i32", "N": "i32", "rows_per_program": "i32",
+        },
+        configs=tuple(
+            KernelConfig(dict(c.constexprs, ACTIVATION=activation, HAS_BIAS=True), c.num_warps, c.num_stages)
+            for c in (_BWD_GPU_CONFIG, _BWD_INTERPRETER_CONFIG)
+            for activation in ACTIVATIONS
+            if activation != "none"  # "none" needs no dpre pass
+        ),
+    )
+)
+
+_fwd_kernel_autotuned = triton.autotune(
+    configs=[
+        triton.Config(dict(c.constexprs), num_warps=c.num_warps, num_stages=c.num_stages)
+        for c in _FWD_GPU_CONFIGS
+    ],
+    key=["N", "K", "ACTIVATION", "HAS_BIAS", "STORE_PRE"],
+)(_linear_act_fwd_kernel)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def _input_precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Host launchers as torch.library ops (x [M, K], weight [N, K] contiguous; the public function reshapes)
+# ----------------------------------------------------------------------------------------------------
+@torch.library.custom_op("internvideo_fast::linear_act_fwd", mutates_args=())
+def _linear_act_fwd(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str, save_pre: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (y, pre); pre is empty unless `save_pre` (and never stored for activation "none")."""
+    M, K = x.shape
+    N = weight.shape[0]
+    store_pre = save_pre and activation != "none"
+    y = new_output(x, (M, N))
+    pre = new_output(x, (M, N) if store_pre else (0,))
+    if M > 0 and N > 0:
+        common = dict(
+            ACTIVATION=activation, HAS_BIAS=bias is not None, STORE_PRE=store_pre,
+            INPUT_PRECISION=_input_precision(x.dtype),
+        )
+        if x.device.type == "cuda" and not triton_interpreter_on():
+
+            def grid(meta):
+                return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+            _fwd_kernel_autotuned[grid](x, weight, bias, y, pre if store_pre else None, M, N, K, **common)
+        else:
+            config = _FWD_INTERPRETER_CONFIG
+            blocks = config.constexprs
+            grid = (triton.cdiv(M, blocks["BLOCK_M"]) * triton.cdiv(N, blocks["BLOCK_N"]),)
+            _linear_act_fwd_kernel[grid](
+                x, weight, bias, y, pre if store_pre else None, M, N, K, **blocks, **common,
+                num_warps=config.num_warps, num_stages=config.num_stages,
+            )
+    return y, pre
+
+
+@_linear_act_fwd.register_fake
+def _linear_act_fwd_fake(x, weight, bias, activation, save_pre):
+    M, N = x.shape[0], weight.shape[0]
+    return x.new_empty((M, N)), x.new_empty((M, N) if save_pre and activation != "none" else (0,))
+
+
+@torch.library.custom_op("internvideo_fast::linear_act_bwd", mutates_args=())
+def _linear_act_bwd(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    pre: torch.Tensor,
+    activation: str,
+    has_bias: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (dx, dweight, dbias); dbias is empty when there is no bias. `pre` may be empty for "none"."""
+    M, K = x.shape
+    N = weight.shape[0]
+    if activation == "none":
+        dpre = dy
+        dbias = dy.sum(0, dtype=torch.float32) if has_bias else None
+    else:
+        dpre = new_output(dy, (M, N))
+        interpreter = x.device.type != "cuda" or triton_interpreter_on()
+        config = _BWD_INTERPRETER_CONFIG if interpreter else _BWD_GPU_CONFIG
+        block_m, block_n = config.constexprs["BLOCK_M"], config.constexprs["BLOCK_N"]
+        col_blocks = triton.cdiv(N, block_n)
+        row_blocks = triton.cdiv(M, block_m)
+        # About four programs per SM in all (the interpreter: a handful of row chunks).
+        chunks = max(1, min(row_blocks, (4 * _sm_count(x.device)) // col_blocks if not interpreter else 2))
+        rows_per_program = triton.cdiv(row_blocks, chunks) * block_m
+        chunks = max(1, triton.cdiv(M, rows_per_program))
+        dbias_partial = new_output(dy, (chunks, N) if has_bias else (0,), torch.float32)
+        if M > 0 and N > 0:
+            _linear_act_bwd_kernel[(col_blocks, chunks)](
+                dy, pre, dpre, dbias_partial if has_bias else None, M, N, rows_per_program,
+                BLOCK_M=block_m, BLOCK_N=block_n, ACTIVATION=activation, HAS_BIAS=has_bias,
+                num_warps=config.num_warps, num_stages=config.num_stages,
+            )
+        elif has_bias:
+            dbias_partial.zero_()
+        # Deterministic: a fixed split of rows over programs, then one reduction over the partial rows.
+        dbias = dbias_partial.sum(0) if has_bias else None
+    dx = torch.matmul(dpre, weight)  # [M, N] @ [N, K]
+    dweight = torch.matmul(dpre.t(), x)  # [N, M] @ [M, K]
+    dbias = dbias.to(weight.dtype) if dbias is not None else dy.new_empty((0,))
+    return dx, dweight, dbias
+
+
+@_linear_act_bwd.register_fake
+def _linear_act_bwd_fake(dy, x, weight, pre, activation, has_bias):
+    N = weight.shape[0]
+    return torch.empty_like(x), torch.empty_like(weight), dy.new_empty((N,) if has_bias else (0,))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, activation, save_pre = inputs
+    _, pre = output
+    ctx.activation = activation
+    ctx.has_bias = bias is not None
+    ctx.pre_saved = save_pre and activation != "none"
+    ctx.save_for_backward(x, weight, bias, pre)
+    ctx.mark_non_differentiable(pre)
+
+
+def _backward(ctx, dy, _dpre):
+    x, weight, bias, pre = ctx.saved_tensors
+    if dy is None:
+        return None, None, None, None, None
+    if ctx.activation != "none" and not ctx.pre_saved:
+        # Called without save_pre (a caller that promised no backward): recompute the pre-activation.
+        pre, _ = _linear_act_fwd(x, weight, bias, "none", False)
+    dx, dweight, dbias = _linear_act_bwd(dy.contiguous(), x, weight, pre, ctx.activation, ctx.has_bias)
+    return dx, dweight, dbias if ctx.has_bias else None, None, None
+
+
+torch.library.register_autograd("internvideo_fast::linear_act_fwd", _backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------
+# PyTorch reference
+# ----------------------------------------------------------------------------------------------------
+def apply_activation_ref(pre: torch.Tensor, activation: str) -> torch.Tensor:
+    """act(pre) with torch.nn.functional (see the module docstring)."""
+    if activation == "gelu":
+        return F.gelu(pre)
+    if activation == "gelu_tanh":
+        return F.gelu(pre, approximate="tanh")
+    if activation == "quick_gelu":
+        return pre * torch.sigmoid(_QUICK_GELU_SCALE * pre)
+    if activation == "none":
+        return pre
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def linear_act_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str = "gelu",
+    upcast: bool = False,
+) -> torch.Tensor:
+    """Plain PyTorch: ``act(F.linear(x, weight, bias))`` in x's dtype (``upcast``: in float64, returned as
+    float64)."""
+    dtype = torch.float64 if upcast else x.dtype
+    pre = F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
+    return apply_activation_ref(pre, activation)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public function
+# ----------------------------------------------------------------------------------------------------
+def _check_parameter(name: str, tensor, x: torch.Tensor, shape) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor, got {type(tensor).__name__}")
+    if tensor.device != x.device:
+        raise ValueError(f"{name} is on {tensor.device} but x is on {x.device}")
+    if tensor.dtype != x.dtype:
+        raise ValueError(f"{name} must have x's dtype {x.dtype}, got {tensor.dtype}")
+    if tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+
+
+def linear_act(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str = "gelu"
+) -> torch.Tensor:
+    """``act(x @ weight.T + bias)`` with the bias and activation fused into the matmul (module docstring).
+
+    Args:
+        x: ``[..., K]`` float32 / float16 / bfloat16; the leading dims are flattened into rows.
+        weight: ``[N, K]`` (nn.Linear's layout), x's dtype and device.
+        bias: ``[N]`` or None, x's dtype and device.
+        activation: ``"gelu"`` (erf), ``"gelu_tanh"``, ``"quick_gelu"`` (``x * sigmoid(1.702 x)``) or
+            ``"none"``.
+
+    Returns:
+        ``[..., N]`` in x's dtype.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a tensor, got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError(f"x must have at least one dim, got shape {tuple(x.shape)}")
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"weight must be a 2-D [out_features, in_features] tensor, got {shape}")
+    K = x.shape[-1]
+    if weight.shape[1] != K:
+        raise ValueError(
+            f"weight must have shape [out_features, {K}] to match x's last dim {K}, got {tuple(weight.shape)}"
+        )
+    N = weight.shape[0]
+    _check_parameter("weight", weight, x, (N, K))
+    if bias is not None:
+        _check_parameter("bias", bias, x, (N,))
+
+    backend = select_backend(OP_NAME, x.device, available_backends(OP_NAME, x.device))
+    if backend == "reference":
+        return linear_act_ref(x, weight, bias, activation)
+    save_pre = torch.is_grad_enabled() and (
+        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    y, _ = _linear_act_fwd(
+        x.contiguous().reshape(-1, K), weight.contiguous(), None if bias is None else bias.contiguous(),
+        activation, save_pre,
+    )
+    return y.reshape(*x.shape[:-1], N)
