@@ -4,6 +4,7 @@ Each op lives in its own module with its kernels, its autograd formula and its P
 `backend` chooses between them (see internvideo_fast/ops/backend.py)."""
 
 from internvideo_fast.ops.backend import BACKENDS, get_backend, set_backend, use_backend
+from internvideo_fast.ops.cross_attention import cross_attention, cross_attention_ref
 from internvideo_fast.ops.dropout_add_layer_norm import (
     dropout_add_layer_norm,
     dropout_add_layer_norm_ref,
@@ -18,6 +19,8 @@ from internvideo_fast.ops.tube_mask import TubeMask, tube_mask, tube_mask_ref
 __all__ = [
     "BACKENDS",
     "TubeMask",
+    "cross_attention",
+    "cross_attention_ref",
     "dropout_add_layer_norm",
     "dropout_add_layer_norm_ref",
     "dropout_keep_mask",

@@ -1,0 +1,798 @@
+"""Flash cross-attention (non-causal, different query and key lengths), forward and backward, in Triton.
+
+For ``q [B, Sq, H, D]``, ``k, v [B, Sk, H, D]``, a scale ``c`` (default ``D ** -0.5``), per-sample key
+lengths ``L[b]`` (``Sk`` when ``kv_lengths`` is None), a dropout probability ``p`` and a keep mask ``Z``
+(1 where kept, over ``[B, H, Sq, Sk]``):
+
+    S[b,h,i,j] = c * q[b,i,h,:] . k[b,j,h,:]                       for j < L[b]  (keys j >= L[b]: -inf)
+    lse[b,h,i] = log sum_j exp(S[b,h,i,j]),     P = exp(S - lse)
+    out[b,i,h] = sum_j P[b,h,i,j] * Z[b,h,i,j] / (1 - p) * v[b,j,h,:]
+
+Backward (FlashAttention-2, recomputing P from the stored lse; ``Pd = P * Z / (1 - p)``):
+
+    delta[b,h,i] = sum_d dout[b,i,h,d] * out[b,i,h,d]
+    dv = Pd^T dout,    dP = (dout v^T) * Z / (1 - p),    dS = P * (dP - delta),
+    dq = c * dS k,     dk = c * dS^T q
+
+Kernels (every value fp32 inside; q/k/v fp32, fp16 or bf16; fp32 matmuls run in IEEE fp32, no tf32):
+
+- ``_cross_attention_fwd_kernel``: one program per (query block, b * h, key split); online softmax in the
+  exp2 domain over the split's key blocks. With one split it writes ``out`` (q's dtype) and ``lse``
+  ``[B, H, Sq]`` fp32 directly. For a few queries against many keys (``Sq <= 16``, the UniBlock query
+  and decoding) the keys are split over several programs (flash-decoding), which write fp32 partial
+  ``(out, lse)`` per split, and ``_cross_attention_combine_kernel`` merges them with their lse weights.
+- ``_cross_attention_bwd_preprocess_kernel``: ``delta``.
+- ``_cross_attention_bwd_dkdv_kernel``: one program per (key block, b * h), looping over all query blocks.
+- ``_cross_attention_bwd_dq_kernel``: one program per (query block, b * h), looping over the key blocks.
+
+No atomics anywhere, so the backward is always bitwise deterministic (``deterministic`` is accepted for
+flash-attn API compatibility; it is always true). Keys at or past ``kv_lengths[b]`` get probability 0 and
+zero gradients; every row has at least one key (``kv_lengths >= 1``), so no row divides by zero.
+
+Dropout: the attention probability at flat index ``((b * H + h) * Sq + i) * Sk + j`` of ``[B, H, Sq, Sk]``
+is kept when ``tl.rand(seed, index) >= p`` (Philox4x32-10, the same rule as dropout_add_layer_norm, so
+:func:`~internvideo_fast.ops.dropout_add_layer_norm.dropout_keep_mask` reproduces it bitwise with shape
+``(B, H, Sq, Sk)``). The backward kernels regenerate the mask from the seed; nothing is stored.
+
+Launch configurations are fixed per (kernel, 16-bit or fp32 inputs, BLOCK_D), one each, registered with the
+ahead-of-time sm_90a check (no spills, wgmma for 16-bit); fp32 inputs use much smaller tiles because an IEEE
+fp32 ``tl.dot`` runs on FMA units. They are not autotuned or timed on a GPU yet.
+
+Layouts: any strides with a contiguous last dim (e.g. ``[B, H, S, D]`` tensors passed as
+``.transpose(1, 2)`` views) go to the kernels as strides, without copies. ``out`` and the gradients are
+contiguous ``[B, S, H, D]``. Head dims 32, 40, 64, 80, 96 and 128; the kernels pad D to the next power of
+two (``BLOCK_D``) with masks.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from internvideo_fast.ops.backend import available_backends, select_backend
+from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask
+from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
+from internvideo_fast.ops.outputs import new_output
+from internvideo_fast.ops.seeds import seed_tensor
+
+OP_NAME = "cross_attention"
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SUPPORTED_HEAD_DIMS = (32, 40, 64, 80, 96, 128)
+# Queries at most this many take the split-key (flash-decoding) forward.
+SPLIT_MAX_SQ = 16
+# b * h runs along the second grid dim (query blocks along the first, so that neighbouring programs share
+# k / v in L2), which CUDA caps at 65535.
+MAX_BATCH_HEADS = 65535
+_LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------------
+@triton.jit
+def _keep(seed, offset, dropout_p):
+    """1 where the attention probability at flat `offset` of [B, H, Sq, Sk] survives dropout."""
+    return tl.rand(seed, offset) >= dropout_p
+
+
+@triton.jit
+def _cross_attention_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, lengths_ptr, seed_ptr, out_ptr, lse_ptr,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_osplit, stride_ob, stride_os, stride_oh,
+    stride_lsplit, stride_lb, stride_lh,
+    H, Sq, Sk, D, keys_per_split, softmax_scale, dropout_p, keep_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # One program per (query block, b * h, key split).
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    split = tl.program_id(2)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols0 = tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    in_rows = rows < Sq
+    in_dims = dims < D
+    length = Sk
+    if HAS_LENGTHS:
+        length = tl.minimum(tl.load(lengths_ptr + b), Sk)
+    start = split * keys_per_split
+    end = tl.minimum(start + keys_per_split, length)
+
+    # Loads: the query block stays in registers.
+    q = tl.load(
+        q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + dims[None, :],
+        mask=in_rows[:, None] & in_dims[None, :], other=0.0,
+    )
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+    qk_scale = softmax_scale * 1.4426950408889634  # exp2 domain
+    if HAS_DROPOUT:
+        seed = tl.load(seed_ptr)
+        drop_base = ((b * H + h) * Sq + rows.to(tl.int64)) * Sk
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in range(start, end, BLOCK_N):
+        cols = start_n + cols0
+        in_cols = cols < end
+        kT = tl.load(
+            k_base + cols[None, :] * stride_ks + dims[:, None],
+            mask=in_cols[None, :] & in_dims[:, None], other=0.0,
+        )
+        v = tl.load(
+            v_base + cols[:, None] * stride_vs + dims[None, :],
+            mask=in_cols[:, None] & in_dims[None, :], other=0.0,
+        )
+        # Math: online softmax (the block's first column is always a valid key, so m_new is finite).
+        s = tl.dot(q, kT, input_precision=PRECISION) * qk_scale
+        s = tl.where(in_cols[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if HAS_DROPOUT:
+            keep = _keep(seed, drop_base[:, None] + cols[None, :], dropout_p)
+            p = tl.where(keep, p * keep_scale, 0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    # Stores: an empty split (all its keys masked) writes out 0 and lse -inf, which the combine weighs 0.
+    has_keys = l_i > 0.0
+    safe_l = tl.where(has_keys, l_i, 1.0)
+    out = acc / safe_l[:, None]
+    lse = tl.where(has_keys, (m_i + tl.log2(safe_l)) / 1.4426950408889634, float("-inf"))
+    tl.store(
+        out_ptr + split * stride_osplit + b * stride_ob + h * stride_oh + rows[:, None] * stride_os
+        + dims[None, :],
+        out.to(out_ptr.dtype.element_ty), mask=in_rows[:, None] & in_dims[None, :],
+    )
+    tl.store(lse_ptr + split * stride_lsplit + b * stride_lb + h * stride_lh + rows, lse, mask=in_rows)
+
+
+@triton.jit
+def _cross_attention_combine_kernel(
+    partial_out_ptr, partial_lse_ptr, out_ptr, lse_ptr,
+    H, Sq, D, splits,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # One program per (query block, b * h): merge the splits' (out, lse) with weights exp(lse_s - lse).
+    # partial_out [splits, B, Sq, H, D] and partial_lse [splits, B, H, Sq] fp32; out [B, Sq, H, D];
+    # lse [B, H, Sq].
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    B = tl.num_programs(1) // H
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    in_rows = rows < Sq
+    mask = in_rows[:, None] & (dims < D)[None, :]
+    out_offset = ((b * Sq + rows[:, None]) * H + h) * D + dims[None, :]
+    lse_offset = bh * Sq + rows
+    split_out = B.to(tl.int64) * Sq * H * D
+    split_lse = B.to(tl.int64) * H * Sq
+
+    lse_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    denominator = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for split in range(0, splits):
+        lse_s = tl.load(partial_lse_ptr + split * split_lse + lse_offset, mask=in_rows, other=float("-inf"))
+        out_s = tl.load(partial_out_ptr + split * split_out + out_offset, mask=mask, other=0.0)
+        new_max = tl.maximum(lse_max, lse_s)
+        finite = new_max > float("-inf")
+        safe_max = tl.where(finite, new_max, 0.0)
+        old_weight = tl.where(finite, tl.exp(lse_max - safe_max), 0.0)
+        weight = tl.where(finite, tl.exp(lse_s - safe_max), 0.0)
+        acc = acc * old_weight[:, None] + out_s * weight[:, None]
+        denominator = denominator * old_weight + weight
+        lse_max = new_max
+
+    safe_denominator = tl.where(denominator > 0.0, denominator, 1.0)
+    tl.store(out_ptr + out_offset, (acc / safe_denominator[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(lse_ptr + lse_offset, lse_max + tl.log(safe_denominator), mask=in_rows)
+
+
+@triton.jit
+def _cross_attention_bwd_preprocess_kernel(
+    out_ptr, dout_ptr, delta_ptr,
+    stride_dob, stride_dos, stride_doh,
+    H, Sq, D,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    # delta [B, H, Sq] = rowsum(dout * out); out is contiguous [B, Sq, H, D].
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    in_rows = rows < Sq
+    mask = in_rows[:, None] & (dims < D)[None, :]
+    out = tl.load(out_ptr + ((b * Sq + rows[:, None]) * H + h) * D + dims[None, :], mask=mask, other=0.0)
+    dout = tl.load(
+        dout_ptr + b * stride_dob + h * stride_doh + rows[:, None] * stride_dos + dims[None, :],
+        mask=mask, other=0.0,
+    )
+    delta = tl.sum(out.to(tl.float32) * dout.to(tl.float32), axis=1)
+    tl.store(delta_ptr + bh * Sq + rows, delta, mask=in_rows)
+
+
+@triton.jit
+def _cross_attention_bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, lengths_ptr, seed_ptr, dk_ptr, dv_ptr,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_dob, stride_dos, stride_doh,
+    H, Sq, Sk, D, softmax_scale, dropout_p, keep_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # One program per (key block, b * h), looping over every query block; computes the transposed
+    # scores S^T [BLOCK_N, BLOCK_M] so that no accumulator needs a transpose. dk, dv: contiguous
+    # [B, Sk, H, D].
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows0 = tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    in_dims = dims < D
+    length = Sk
+    if HAS_LENGTHS:
+        length = tl.minimum(tl.load(lengths_ptr + b), Sk)
+    in_cols = cols < length
+    kv_mask = in_cols[:, None] & in_dims[None, :]
+
+    k = tl.load(k_ptr + b * stride_kb + h * stride_kh + cols[:, None] * stride_ks + dims[None, :],
+                mask=kv_mask, other=0.0)
+    v = tl.load(v_ptr + b * stride_vb + h * stride_vh + cols[:, None] * stride_vs + dims[None, :],
+                mask=kv_mask, other=0.0)
+    q_base = q_ptr + b * stride_qb + h * stride_qh
+    do_base = dout_ptr + b * stride_dob + h * stride_doh
+    row_base = (b * H + h) * Sq
+    qk_scale = softmax_scale * 1.4426950408889634
+    if HAS_DROPOUT:
+        seed = tl.load(seed_ptr)
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    if pid_n * BLOCK_N < length:  # key blocks wholly past the length only write zeros
+        for start_m in range(0, Sq, BLOCK_M):
+            rows = start_m + rows0
+            in_rows = rows < Sq
+            q_mask = in_rows[:, None] & in_dims[None, :]
+            q = tl.load(q_base + rows[:, None] * stride_qs + dims[None, :], mask=q_mask, other=0.0)
+            dout = tl.load(do_base + rows[:, None] * stride_dos + dims[None, :], mask=q_mask, other=0.0)
+            lse = tl.load(lse_ptr + row_base + rows, mask=in_rows, other=0.0)
+            delta = tl.load(delta_ptr + row_base + rows, mask=in_rows, other=0.0)
+            # Math.
+            sT = tl.dot(k, tl.trans(q), input_precision=PRECISION)
+            pT = tl.exp2(sT * qk_scale - (lse * 1.4426950408889634)[None, :])
+            pT = tl.where(in_cols[:, None] & in_rows[None, :], pT, 0.0)
+            dpT = tl.dot(v, tl.trans(dout), input_precision=PRECISION)
+            if HAS_DROPOUT:
+                offset = (row_base + rows.to(tl.int64))[None, :] * Sk + cols[:, None]
+                keep = _keep(seed, offset, dropout_p)
+                pT_dropped = tl.where(keep, pT * keep_scale, 0.0)
+                dpT = tl.where(keep, dpT * keep_scale, 0.0)
+            else:
+                pT_dropped = pT
+            dv += tl.dot(pT_dropped.to(dout.dtype), dout, input_precision=PRECISION)
+            dsT = pT * (dpT - delta[None, :])
+            dk += tl.dot(dsT.to(q.dtype), q, input_precision=PRECISION)
+
+    out_offset = ((b * Sk + cols[:, None]) * H + h) * D + dims[None, :]
+    out_mask = (cols < Sk)[:, None] & in_dims[None, :]
+    tl.store(dk_ptr + out_offset, (dk * softmax_scale).to(dk_ptr.dtype.element_ty), mask=out_mask)
+    tl.store(dv_ptr + out_offset, dv.to(dv_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _cross_attention_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, lengths_ptr, seed_ptr, dq_ptr,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_dob, stride_dos, stride_doh,
+    H, Sq, Sk, D, softmax_scale, dropout_p, keep_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # One program per (query block, b * h), looping over the key blocks below the length. dq: contiguous
+    # [B, Sq, H, D].
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols0 = tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    in_rows = rows < Sq
+    in_dims = dims < D
+    q_mask = in_rows[:, None] & in_dims[None, :]
+    length = Sk
+    if HAS_LENGTHS:
+        length = tl.minimum(tl.load(lengths_ptr + b), Sk)
+    row_base = (b * H + h) * Sq
+
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + rows[:, None] * stride_qs + dims[None, :],
+                mask=q_mask, other=0.0)
+    dout = tl.load(dout_ptr + b * stride_dob + h * stride_doh + rows[:, None] * stride_dos + dims[None, :],
+                   mask=q_mask, other=0.0)
+    lse = tl.load(lse_ptr + row_base + rows, mask=in_rows, other=0.0)
+    delta = tl.load(delta_ptr + row_base + rows, mask=in_rows, other=0.0)
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+    qk_scale = softmax_scale * 1.4426950408889634
+    lse2 = lse * 1.4426950408889634
+    if HAS_DROPOUT:
+        seed = tl.load(seed_ptr)
+        drop_base = (row_base + rows.to(tl.int64)) * Sk
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in range(0, length, BLOCK_N):
+        cols = start_n + cols0
+        in_cols = cols < length
+        kv_mask = in_cols[:, None] & in_dims[None, :]
+        k = tl.load(k_base + cols[:, None] * stride_ks + dims[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + cols[:, None] * stride_vs + dims[None, :], mask=kv_mask, other=0.0)
+        # Math.
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        p = tl.exp2(s * qk_scale - lse2[:, None])
+        p = tl.where(in_rows[:, None] & in_cols[None, :], p, 0.0)
+        dp = tl.dot(dout, tl.trans(v), input_precision=PRECISION)
+        if HAS_DROPOUT:
+            keep = _keep(seed, drop_base[:, None] + cols[None, :], dropout_p)
+            dp = tl.where(keep, dp * keep_scale, 0.0)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+
+    tl.store(dq_ptr + ((b * Sq + rows[:, None]) * H + h) * D + dims[None, :],
+             (dq * softmax_scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Launch configurations (by BLOCK_D = next power of two of the head dim), registered for the AOT check
+# ----------------------------------------------------------------------------------------------------
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and BLOCK_D, for 16-bit inputs (tl.dot on wgmma,
+# fp32 accumulation) and for fp32 inputs (tl.dot in IEEE fp32: FMA, which has no wgmma form, so far
+# smaller tiles). Each was chosen so that it compiles for sm_90a without register spills (and with wgmma
+# for 16-bit) with every feature (kv_lengths, Philox dropout) switched on; not yet tuned for speed on a
+# GPU. The interpreter launches the same single config per (kernel, dtype, BLOCK_D).
+_CONFIGS = {
+    "16bit": {
+        "fwd": {32: (128, 64, 8, 3), 64: (128, 64, 8, 3), 128: (128, 32, 8, 3)},
+        "fwd_split": {32: (64, 64, 4, 3), 64: (64, 64, 4, 3), 128: (64, 32, 4, 3)},
+        "bwd_dkdv": {32: (64, 128, 8, 2), 64: (32, 128, 8, 1), 128: (16, 64, 8, 2)},
+        "bwd_dq": {32: (128, 64, 8, 2), 64: (128, 64, 8, 2), 128: (64, 32, 4, 2)},
+    },
+    "fp32": {
+        "fwd": {32: (64, 32, 4, 1), 64: (32, 32, 4, 1), 128: (16, 32, 8, 1)},
+        "fwd_split": {32: (64, 32, 4, 1), 64: (32, 32, 4, 1), 128: (16, 32, 8, 1)},
+        "bwd_dkdv": {32: (16, 64, 4, 1), 64: (16, 64, 4, 1), 128: (16, 32, 4, 1)},
+        "bwd_dq": {32: (32, 64, 4, 1), 64: (16, 64, 4, 1), 128: (16, 32, 4, 1)},
+    },
+}
+_PRECISION = {"16bit": "tf32", "fp32": "ieee"}  # PRECISION is read by tl.dot on fp32 operands only
+_POINTER = {"16bit": "*bf16", "fp32": "*fp32"}
+_COMBINE = {32: (16, 4), 64: (16, 4), 128: (16, 4)}  # (BLOCK_M, num_warps)
+_PREPROCESS = {32: (64, 4), 64: (64, 4), 128: (64, 4)}
+_FEATURES = dict(HAS_LENGTHS=True, HAS_DROPOUT=True)
+_BLOCK_DS = (32, 64, 128)
+
+
+def _precision_class(dtype: torch.dtype) -> str:
+    return "fp32" if dtype == torch.float32 else "16bit"
+
+
+def _attention_config(kind: str, kernel: str, block_d: int) -> KernelConfig:
+    block_m, block_n, warps, stages = _CONFIGS[kind][kernel][block_d]
+    return KernelConfig(
+        {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "PRECISION": _PRECISION[kind]},
+        num_warps=warps, num_stages=stages,
+    )
+
+
+def _simple_config(table, block_d: int) -> KernelConfig:
+    block_m, warps = table[block_d]
+    return KernelConfig({"BLOCK_M": block_m, "BLOCK_D": block_d}, num_warps=warps, num_stages=1)
+
+
+def _with_features(config: KernelConfig) -> KernelConfig:
+    return KernelConfig(dict(config.constexprs, **_FEATURES), config.num_warps, config.num_stages)
+
+
+def _strides3(prefix: str) -> dict[str, str]:
+    return {f"stride_{prefix}{s}": "i32" for s in ("b", "s", "h")}
+
+
+def _attention_signature(kernel: str, pointer: str) -> dict[str, str]:
+    """The AOT signature of an attention kernel with q / k / v (and their grads, and out) as `pointer`."""
+    strides = {**_strides3("q"), **_strides3("k"), **_strides3("v")}
+    scalars = {"softmax_scale": "fp32", "dropout_p": "fp32", "keep_scale": "fp32"}
+    qkv = {"q_ptr": pointer, "k_ptr": pointer, "v_ptr": pointer}
+    if kernel in ("fwd", "fwd_split"):
+        return {
+            **qkv, "lengths_ptr": "*i32", "seed_ptr": "*i64",
+            "out_ptr": "*fp32" if kernel == "fwd_split" else pointer, "lse_ptr": "*fp32", **strides,
+            "stride_osplit": "i32", "stride_ob": "i32", "stride_os": "i32", "stride_oh": "i32",
+            "stride_lsplit": "i32", "stride_lb": "i32", "stride_lh": "i32",
+            "H": "i32", "Sq": "i32", "Sk": "i32", "D": "i32", "keys_per_split": "i32", **scalars,
+        }
+    outputs = {"dk_ptr": pointer, "dv_ptr": pointer} if kernel == "bwd_dkdv" else {"dq_ptr": pointer}
+    return {
+        **qkv, "dout_ptr": pointer, "lse_ptr": "*fp32", "delta_ptr": "*fp32", "lengths_ptr": "*i32",
+        "seed_ptr": "*i64", **outputs, **strides, **_strides3("do"),
+        "H": "i32", "Sq": "i32", "Sk": "i32", "D": "i32", **scalars,
+    }
+
+
+_ATTENTION_KERNELS = {
+    "fwd": _cross_attention_fwd_kernel,
+    "fwd_split": _cross_attention_fwd_kernel,
+    "bwd_dkdv": _cross_attention_bwd_dkdv_kernel,
+    "bwd_dq": _cross_attention_bwd_dq_kernel,
+}
+# 16-bit kernels are checked with bf16 pointers (fp16 compiles to the same wgmma code) and must use wgmma;
+# the fp32 (IEEE) variants run on FMA and are checked for spills and shared memory only.
+for _kind in ("16bit", "fp32"):
+    for _kernel, _fn in _ATTENTION_KERNELS.items():
+        register_triton_kernel(TritonKernelSpec(
+            name=f"cross_attention_{_kernel}" + ("_fp32" if _kind == "fp32" else ""),
+            kernel=_fn,
+            signature=_attention_signature(_kernel, _POINTER[_kind]),
+            configs=tuple(_with_features(_attention_config(_kind, _kernel, d)) for d in _BLOCK_DS),
+            multiplies_matrices=_kind == "16bit",
+        ))
+register_triton_kernel(TritonKernelSpec(
+    name="cross_attention_combine",
+    kernel=_cross_attention_combine_kernel,
+    signature={
+        "partial_out_ptr": "*fp32", "partial_lse_ptr": "*fp32", "out_ptr": "*bf16", "lse_ptr": "*fp32",
+        "H": "i32", "Sq": "i32", "D": "i32", "splits": "i32",
+    },
+    configs=tuple(_simple_config(_COMBINE, d) for d in _BLOCK_DS),
+))
+register_triton_kernel(TritonKernelSpec(
+    name="cross_attention_bwd_pre",
+    kernel=_cross_attention_bwd_preprocess_kernel,
+    signature={
+        "out_ptr": "*bf16", "dout_ptr": "*bf16", "delta_ptr": "*fp32",
+        "stride_dob": "i32", "stride_dos": "i32", "stride_doh": "i32", "H": "i32", "Sq": "i32", "D": "i32",
+    },
+    configs=tuple(_simple_config(_PREPROCESS, d) for d in _BLOCK_DS),
+))
+
+
+def _block_d(D: int) -> int:
+    return max(32, triton.next_power_of_2(D))
+
+
+def _launch_config(kernel: str, D: int, dtype: torch.dtype) -> tuple[dict, dict]:
+    """(constexprs, launch options) of attention kernel `kernel` for head dim `D` and input `dtype`."""
+    config = _attention_config(_precision_class(dtype), kernel, _block_d(D))
+    return dict(config.constexprs), {"num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
+def _split_block_n(D: int, dtype: torch.dtype) -> int:
+    return _CONFIGS[_precision_class(dtype)]["fwd_split"][_block_d(D)][1]
+
+
+@functools.lru_cache(maxsize=None)
+def _target_programs(device: torch.device) -> int:
+    """Programs that keep the device busy: two per SM on CUDA; on the interpreter 16, so that the tests'
+    tiny shapes take the split path."""
+    if device.type == "cuda":
+        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 16
+
+
+def _num_splits(batch_heads: int, Sq: int, Sk: int, block_n: int, device: torch.device) -> int:
+    """Key splits of the forward: 1 unless Sq is small and (b, h, query block) programs alone leave the
+    device idle; then enough splits to reach the target, at least one key block per split."""
+    if Sq > SPLIT_MAX_SQ:
+        return 1
+    key_blocks = triton.cdiv(Sk, block_n)
+    wanted = triton.cdiv(_target_programs(device), batch_heads)
+    return max(1, min(wanted, key_blocks, 64))
+
+
+def _bsh_strides(t: torch.Tensor) -> tuple[int, int, int]:
+    """(batch, sequence, head) strides of a [B, S, H, D] tensor."""
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Host launchers as torch.library ops
+# ----------------------------------------------------------------------------------------------------
+@torch.library.custom_op("internvideo_fast::cross_attention_fwd", mutates_args=())
+def _cross_attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_lengths: torch.Tensor | None,
+    seed: torch.Tensor | None,
+    softmax_scale: float,
+    dropout_p: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (out [B, Sq, H, D] contiguous in q's dtype, lse [B, H, Sq] fp32)."""
+    B, Sq, H, D = q.shape
+    Sk = k.shape[1]
+    out = new_output(q, (B, Sq, H, D))
+    lse = new_output(q, (B, H, Sq), torch.float32)
+    has_dropout = seed is not None and dropout_p > 0.0
+    block_d = _block_d(D)
+    splits = _num_splits(B * H, Sq, Sk, _split_block_n(D, q.dtype), q.device)
+    constexprs, options = _launch_config("fwd" if splits == 1 else "fwd_split", D, q.dtype)
+    block_n = constexprs["BLOCK_N"]
+    keys_per_split = triton.cdiv(triton.cdiv(Sk, splits), block_n) * block_n
+    splits = triton.cdiv(Sk, keys_per_split)
+    if splits == 1:
+        target_out, target_lse = out, lse
+        out_strides = (0, *out.stride()[:3])
+        lse_strides = (0, lse.stride(0), lse.stride(1))
+    else:
+        target_out = new_output(q, (splits, B, Sq, H, D), torch.float32)
+        target_lse = new_output(q, (splits, B, H, Sq), torch.float32)
+        out_strides = target_out.stride()[:4]
+        lse_strides = target_lse.stride()[:3]
+    grid = (triton.cdiv(Sq, constexprs["BLOCK_M"]), B * H, splits)
+    _cross_attention_fwd_kernel[grid](
+        q, k, v, kv_lengths, seed if has_dropout else None, target_out, target_lse,
+        *_bsh_strides(q), *_bsh_strides(k), *_bsh_strides(v), *out_strides, *lse_strides,
+        H, Sq, Sk, D, keys_per_split, softmax_scale,
+        dropout_p if has_dropout else 0.0, 1.0 / (1.0 - dropout_p) if has_dropout else 1.0,
+        **constexprs, HAS_LENGTHS=kv_lengths is not None, HAS_DROPOUT=has_dropout, **options,
+    )
+    if splits > 1:
+        block_m, warps = _COMBINE[block_d]
+        _cross_attention_combine_kernel[(triton.cdiv(Sq, block_m), B * H)](
+            target_out, target_lse, out, lse, H, Sq, D, splits,
+            BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps, num_stages=1,
+        )
+    return out, lse
+
+
+@_cross_attention_fwd.register_fake
+def _cross_attention_fwd_fake(q, k, v, kv_lengths, seed, softmax_scale, dropout_p):
+    B, Sq, H, D = q.shape
+    return q.new_empty((B, Sq, H, D)), q.new_empty((B, H, Sq), dtype=torch.float32)
+
+
+@torch.library.custom_op("internvideo_fast::cross_attention_bwd", mutates_args=())
+def _cross_attention_bwd(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    kv_lengths: torch.Tensor | None,
+    seed: torch.Tensor | None,
+    softmax_scale: float,
+    dropout_p: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (dq, dk, dv), contiguous [B, S, H, D] in the inputs' dtype; deterministic (no atomics)."""
+    B, Sq, H, D = q.shape
+    Sk = k.shape[1]
+    if dout.stride(-1) != 1:
+        dout = dout.contiguous()
+    out = out.contiguous()
+    dq = new_output(q, (B, Sq, H, D))
+    dk = new_output(q, (B, Sk, H, D))
+    dv = new_output(q, (B, Sk, H, D))
+    delta = new_output(q, (B, H, Sq), torch.float32)
+    has_dropout = seed is not None and dropout_p > 0.0
+    block_d = _block_d(D)
+    block_m, warps = _PREPROCESS[block_d]
+    _cross_attention_bwd_preprocess_kernel[(triton.cdiv(Sq, block_m), B * H)](
+        out, dout, delta, *_bsh_strides(dout), H, Sq, D,
+        BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps, num_stages=1,
+    )
+    common = (
+        *_bsh_strides(q), *_bsh_strides(k), *_bsh_strides(v), *_bsh_strides(dout),
+        H, Sq, Sk, D, softmax_scale,
+        dropout_p if has_dropout else 0.0, 1.0 / (1.0 - dropout_p) if has_dropout else 1.0,
+    )
+    features = dict(HAS_LENGTHS=kv_lengths is not None, HAS_DROPOUT=has_dropout)
+    seed_arg = seed if has_dropout else None
+    constexprs, options = _launch_config("bwd_dkdv", D, q.dtype)
+    _cross_attention_bwd_dkdv_kernel[(triton.cdiv(Sk, constexprs["BLOCK_N"]), B * H)](
+        q, k, v, dout, lse, delta, kv_lengths, seed_arg, dk, dv, *common, **constexprs, **features, **options,
+    )
+    constexprs, options = _launch_config("bwd_dq", D, q.dtype)
+    _cross_attention_bwd_dq_kernel[(triton.cdiv(Sq, constexprs["BLOCK_M"]), B * H)](
+        q, k, v, dout, lse, delta, kv_lengths, seed_arg, dq, *common, **constexprs, **features, **options,
+    )
+    return dq, dk, dv
+
+
+@_cross_attention_bwd.register_fake
+def _cross_attention_bwd_fake(dout, q, k, v, out, lse, kv_lengths, seed, softmax_scale, dropout_p):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, kv_lengths, seed, softmax_scale, dropout_p = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, kv_lengths, seed)
+    ctx.softmax_scale = softmax_scale
+    ctx.dropout_p = dropout_p
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse, kv_lengths, seed = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv = _cross_attention_bwd(
+        dout, q, k, v, out, lse, kv_lengths, seed, ctx.softmax_scale, ctx.dropout_p
+    )
+    return dq, dk, dv, None, None, None, None
+
+
+torch.library.register_autograd(
+    "internvideo_fast::cross_attention_fwd", _backward, setup_context=_setup_context
+)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public function
+# ----------------------------------------------------------------------------------------------------
+def _check_qkv(q, k, v) -> None:
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor, got {type(tensor).__name__}")
+        if tensor.dim() != 4:
+            raise ValueError(f"{name} must be 4-D [B, S, H, D], got shape {tuple(tensor.shape)}")
+        if tensor.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"{name} must be float32, float16 or bfloat16, got {tensor.dtype}")
+        if tensor.device != q.device:
+            raise ValueError(f"{name} is on {tensor.device} but q is on {q.device}")
+        if tensor.dtype != q.dtype:
+            raise ValueError(f"{name} must have q's dtype {q.dtype}, got {tensor.dtype}")
+        if tensor.shape[1] < 1:
+            raise ValueError(f"{name} must have at least one token (dim 1), got shape {tuple(tensor.shape)}")
+        if tensor.stride(-1) != 1:
+            raise ValueError(
+                f"{name} must have a contiguous last dim (stride 1), got strides {tensor.stride()}"
+            )
+    B, _, H, D = q.shape
+    if B < 1 or H < 1:
+        raise ValueError(f"q must have at least one sample and one head, got shape {tuple(q.shape)}")
+    if B * H > MAX_BATCH_HEADS:
+        raise ValueError(f"q batch * heads must be at most {MAX_BATCH_HEADS} (a grid dim), got {B} * {H}")
+    if D not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"q head dim (dim 3) must be one of {SUPPORTED_HEAD_DIMS}, got {D}")
+    for name, tensor in (("k", k), ("v", v)):
+        for dim, what in ((0, "batch"), (2, "heads"), (3, "head dim")):
+            if tensor.shape[dim] != q.shape[dim]:
+                raise ValueError(
+                    f"{name} {what} (dim {dim}) must equal q's {q.shape[dim]}, "
+                    f"got shape {tuple(tensor.shape)}"
+                )
+    if v.shape[1] != k.shape[1]:
+        raise ValueError(f"v must have k's length {k.shape[1]}, got shape {tuple(v.shape)}")
+
+
+def _check_lengths(kv_lengths, q: torch.Tensor, Sk: int) -> None:
+    if kv_lengths is None:
+        return
+    if not isinstance(kv_lengths, torch.Tensor):
+        raise ValueError(f"kv_lengths must be an int32 tensor or None, got {type(kv_lengths).__name__}")
+    if kv_lengths.dtype != torch.int32:
+        raise ValueError(f"kv_lengths must be int32, got {kv_lengths.dtype}")
+    if tuple(kv_lengths.shape) != (q.shape[0],):
+        raise ValueError(f"kv_lengths must have shape ({q.shape[0]},), got {tuple(kv_lengths.shape)}")
+    if kv_lengths.device != q.device:
+        raise ValueError(f"kv_lengths is on {kv_lengths.device} but q is on {q.device}")
+    if not torch.compiler.is_compiling():  # a host sync; torch.compile graphs skip the range check
+        low, high = torch.stack(torch.aminmax(kv_lengths)).tolist()  # one host sync for both
+        if low < 1 or high > Sk:
+            raise ValueError(
+                f"kv_lengths must be in [1, {Sk}] (a row needs a key), got values in [{low}, {high}]"
+            )
+
+
+def cross_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    softmax_scale: float | None = None,
+    kv_lengths: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    deterministic: bool = False,
+    return_lse: bool = False,
+    seed: int | torch.Tensor | None = None,
+):
+    """Non-causal attention of ``q`` over ``k``/``v`` (see the module docstring), flash-attn's layout.
+
+    Args:
+        q: ``[B, Sq, H, D]`` float32 / float16 / bfloat16, any strides with a contiguous last dim.
+        k, v: ``[B, Sk, H, D]``, q's dtype and device; ``Sk`` may differ from ``Sq``.
+        softmax_scale: the score scale; None is ``D ** -0.5``.
+        kv_lengths: ``[B]`` int32 in ``[1, Sk]``: keys at or past ``kv_lengths[b]`` are masked for sample b.
+        dropout_p: dropout on the attention probabilities, in [0, 1).
+        deterministic: accepted for flash-attn compatibility; the backward is always deterministic.
+        return_lse: also return the log-sum-exp ``[B, H, Sq]`` fp32 (not differentiable).
+        seed: the dropout seed (int or one-element int64 tensor on q's device); None draws one.
+
+    Returns:
+        ``out [B, Sq, H, D]`` (contiguous, q's dtype), or ``(out, lse)`` when `return_lse`.
+    """
+    _check_qkv(q, k, v)
+    B, Sq, H, D = q.shape
+    Sk = k.shape[1]
+    if softmax_scale is None:
+        softmax_scale = D ** -0.5
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not (
+        0.0 < softmax_scale < math.inf
+    ):
+        raise ValueError(f"softmax_scale must be a positive finite float or None, got {softmax_scale!r}")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
+    if not isinstance(deterministic, bool):
+        raise ValueError(f"deterministic must be a bool, got {type(deterministic).__name__}")
+    _check_lengths(kv_lengths, q, Sk)
+    if kv_lengths is not None:
+        kv_lengths = kv_lengths.contiguous()
+    dropout_p = float(dropout_p)
+    seed = seed_tensor(seed, q.device) if dropout_p > 0.0 else None
+
+    backend = select_backend(OP_NAME, q.device, available_backends(OP_NAME, q.device))
+    if backend == "reference":
+        keep = None if seed is None else dropout_keep_mask(seed, (B, H, Sq, Sk), dropout_p)
+        out, lse = cross_attention_ref(
+            q.float(), k.float(), v.float(), float(softmax_scale), kv_lengths, keep, dropout_p,
+            upcast=False, return_lse=True,
+        )
+        out = out.to(q.dtype)
+    else:
+        out, lse = _cross_attention_fwd(q, k, v, kv_lengths, seed, float(softmax_scale), dropout_p)
+    return (out, lse) if return_lse else out
+
+
+# ----------------------------------------------------------------------------------------------------
+# PyTorch reference
+# ----------------------------------------------------------------------------------------------------
+def cross_attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    softmax_scale: float | None = None,
+    kv_lengths: torch.Tensor | None = None,
+    keep_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    upcast: bool = True,
+    return_lse: bool = False,
+):
+    """Plain PyTorch attention, in float64 (`upcast`) or q's dtype. `keep_mask` (bool ``[B, H, Sq, Sk]``)
+    is the dropout mask, scaled by ``1 / (1 - dropout_p)``. Returns ``out [B, Sq, H, D]`` (float64 when
+    `upcast`), or ``(out, lse [B, H, Sq])`` with `return_lse`."""
+    dtype = torch.float64 if upcast else q.dtype
+    D, Sk = q.shape[-1], k.shape[1]
+    scale = D ** -0.5 if softmax_scale is None else softmax_scale
+    qh, kh, vh = (t.to(dtype).transpose(1, 2) for t in (q, k, v))  # [B, H, S, D]
+    scores = torch.matmul(qh, kh.transpose(-1, -2)) * scale
+    if kv_lengths is not None:
+        masked = torch.arange(Sk, device=q.device)[None, :] >= kv_lengths.to(q.device)[:, None].long()
+        scores = scores.masked_fill(masked[:, None, None, :], float("-inf"))
+    lse = torch.logsumexp(scores.float() if dtype != torch.float64 else scores, dim=-1)
+    probs = torch.softmax(scores, dim=-1)
+    if keep_mask is not None:
+        probs = probs * keep_mask.to(dtype) * (1.0 / (1.0 - dropout_p))
+    out = torch.matmul(probs, vh).transpose(1, 2)
+    return (out, lse) if return_lse else out

@@ -1,0 +1,392 @@
+"""cross_attention: the Triton kernels against a float64 reference (forward, lse, backward) over query / key
+lengths, head dims, dtypes, key lengths and strided layouts; the split-key (flash-decoding) forward; no NaN
+with one key; bitwise-deterministic gradients; the dropout mask; bad input; opcheck; torch.compile; a fuzz;
+and MultiHeadCrossAttention against nn.MultiheadAttention."""
+
+import importlib
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import assert_close_to_reference, describe_difference, poisoned_outputs
+from internvideo_fast.ops import use_backend
+from internvideo_fast.ops.attention_modules import MultiHeadCrossAttention
+from internvideo_fast.ops.backend import triton_runs_on
+from internvideo_fast.ops.cross_attention import OP_NAME, cross_attention, cross_attention_ref
+from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask
+
+# The module, not the function of the same name that internvideo_fast.ops exports.
+ca_module = importlib.import_module("internvideo_fast.ops.cross_attention")
+
+CPU_TRITON = triton_runs_on(torch.device("cpu"))
+needs_triton = pytest.mark.skipif(not CPU_TRITON, reason="needs TRITON_INTERPRET=1 on CPU")
+# Max abs error against float64, relative to (1 + the largest expected magnitude): (outputs, gradients).
+TOLERANCE = {torch.float32: (2e-5, 1e-4), torch.float16: (3e-3, 1e-2)}
+
+
+def _qkv(B, Sq, Sk, H, D, dtype, layout="bshd", device="cpu"):
+    """Leaves (what gradients land on) and the [B, S, H, D] inputs: the leaves themselves, or transposed
+    views of [B, H, S, D] leaves (`layout="bhsd"`)."""
+    leaves, inputs = [], []
+    for S in (Sq, Sk, Sk):
+        if layout == "bhsd":
+            leaf = torch.randn(B, H, S, D, device=device).to(dtype).requires_grad_()
+            inputs.append(leaf.transpose(1, 2))
+        else:
+            leaf = torch.randn(B, S, H, D, device=device).to(dtype).requires_grad_()
+            inputs.append(leaf)
+        leaves.append(leaf)
+    return leaves, inputs
+
+
+def _assert_close(actual, expected, tol, name):
+    assert actual.shape == expected.shape, f"{name}: {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert not torch.isnan(actual).any(), f"{name}: NaN; " + describe_difference(actual, expected)
+    error = (actual.double() - expected.double()).abs().max().item()
+    assert error <= tol * (1 + expected.double().abs().max().item()), (
+        f"{name}: " + describe_difference(actual, expected)
+    )
+
+
+def _run(fn, leaves, inputs, dout):
+    out = fn(*inputs)
+    if isinstance(out, tuple):
+        out, lse = out
+    else:
+        lse = None
+    grads = torch.autograd.grad(out, leaves, dout.to(out.dtype))
+    return out, lse, grads
+
+
+def _check(B, Sq, Sk, H, D, dtype, lengths=None, layout="bshd", dropout_p=0.0, seed=5):
+    leaves, inputs = _qkv(B, Sq, Sk, H, D, dtype, layout)
+    kv_lengths = None if lengths is None else torch.tensor(lengths, dtype=torch.int32)
+    dout = torch.randn(B, Sq, H, D, dtype=torch.float64)
+    keep = dropout_keep_mask(seed, (B, H, Sq, Sk), dropout_p) if dropout_p > 0 else None
+
+    def kernel(q, k, v):
+        return cross_attention(
+            q, k, v, kv_lengths=kv_lengths, dropout_p=dropout_p, seed=seed, return_lse=True
+        )
+
+    with use_backend("triton", OP_NAME), poisoned_outputs():
+        out, lse, grads = _run(kernel, leaves, inputs, dout)
+    ref_leaves = [leaf.detach().double().requires_grad_() for leaf in leaves]
+    ref_inputs = [t.transpose(1, 2) if layout == "bhsd" else t for t in ref_leaves]
+
+    def reference(q, k, v):
+        return cross_attention_ref(q, k, v, None, kv_lengths, keep, dropout_p, return_lse=True)
+
+    ref_out, ref_lse, ref_grads = _run(reference, ref_leaves, ref_inputs, dout)
+    out_tol, grad_tol = TOLERANCE[dtype]
+    assert out.dtype == dtype and out.shape == (B, Sq, H, D) and lse.dtype == torch.float32
+    _assert_close(out, ref_out, out_tol, "out")
+    _assert_close(lse, ref_lse, 2e-5, "lse")
+    for name, grad, ref_grad in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert grad.dtype == dtype, name
+        _assert_close(grad, ref_grad, grad_tol, name)
+    return out, grads
+
+
+# ---------------------------------------------------------------------------------------------------- CPU
+# (B, Sq, Sk, H, D, dtype, kv_lengths, layout): representative corners of Sq {1, 17, 64} x Sk {1, 31, 128}
+# x D {32, 40, 64, 80}, not the full product (the interpreter is slow).
+CASES = [
+    (2, 1, 1, 2, 32, torch.float32, None, "bshd"),
+    (2, 17, 31, 2, 80, torch.float32, [31, 5], "bhsd"),
+    (1, 64, 128, 2, 64, torch.float32, None, "bshd"),
+    (2, 1, 128, 2, 64, torch.float16, [128, 50], "bshd"),
+    (2, 17, 128, 1, 32, torch.float16, None, "bhsd"),
+    (2, 64, 31, 1, 80, torch.float16, [1, 31], "bshd"),
+    (1, 17, 1, 3, 64, torch.float32, None, "bhsd"),
+    (2, 64, 128, 1, 32, torch.float32, [100, 128], "bhsd"),
+    (1, 1, 31, 2, 80, torch.float16, None, "bhsd"),
+    (2, 17, 31, 2, 40, torch.float32, [7, 31], "bshd"),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    "B, Sq, Sk, H, D, dtype, lengths, layout", CASES,
+    ids=[f"b{c[0]}-sq{c[1]}-sk{c[2]}-h{c[3]}-d{c[4]}-{str(c[5])[6:]}-{'len' if c[6] else 'full'}-{c[7]}"
+         for c in CASES],
+)
+def test_forward_backward_match_float64_reference(B, Sq, Sk, H, D, dtype, lengths, layout):
+    _check(B, Sq, Sk, H, D, dtype, lengths, layout)
+
+
+@needs_triton
+def test_split_keys_path_is_taken_and_matches_one_program(monkeypatch):
+    """Sq = 1 against 256 keys splits the keys over programs (one split empty for the short sample) and
+    gives the single-program result."""
+    B, Sq, Sk, H, D = 2, 1, 256, 1, 64
+    block_n = ca_module._split_block_n(D, torch.float32)
+    assert ca_module._num_splits(B * H, Sq, Sk, block_n, torch.device("cpu")) > 1
+    leaves, inputs = _qkv(B, Sq, Sk, H, D, torch.float32)
+    lengths = torch.tensor([70, 256], dtype=torch.int32)
+    with use_backend("triton", OP_NAME), poisoned_outputs():
+        split_out, split_lse = cross_attention(*inputs, kv_lengths=lengths, return_lse=True)
+        monkeypatch.setattr(ca_module, "_num_splits", lambda *args: 1)
+        one_out, one_lse = cross_attention(*inputs, kv_lengths=lengths, return_lse=True)
+    ref_out, ref_lse = cross_attention_ref(*inputs, None, lengths, return_lse=True)
+    _assert_close(split_out, ref_out, 2e-5, "split out")
+    _assert_close(split_lse, ref_lse, 2e-5, "split lse")
+    torch.testing.assert_close(split_out, one_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(split_lse, one_lse, rtol=1e-5, atol=1e-6)
+
+
+@needs_triton
+@pytest.mark.parametrize("Sk, lengths", [(1, None), (40, [1, 1]), (130, [1, 130])])
+def test_no_nan_with_a_single_key(Sk, lengths):
+    """One key (Sk = 1, or every key masked but the first): out equals v's first row, gradients finite."""
+    leaves, inputs = _qkv(2, 3, Sk, 2, 32, torch.float32)
+    q, k, v = inputs
+    k_lengths = None if lengths is None else torch.tensor(lengths, dtype=torch.int32)
+    with use_backend("triton", OP_NAME), poisoned_outputs():
+        out = cross_attention(q, k, v, kv_lengths=k_lengths)
+        grads = torch.autograd.grad(out.sum(), leaves)
+    if lengths is None or lengths[0] == 1:
+        torch.testing.assert_close(out[0], v[0, :1].expand(3, 2, 32).detach())
+    for grad in grads:
+        assert torch.isfinite(grad).all()
+    if k_lengths is not None:
+        assert torch.equal(grads[1][0, 1:], torch.zeros_like(grads[1][0, 1:])), "masked keys get no dk"
+        assert torch.equal(grads[2][0, 1:], torch.zeros_like(grads[2][0, 1:])), "masked keys get no dv"
+
+
+@needs_triton
+def test_gradients_are_bitwise_deterministic():
+    leaves, inputs = _qkv(2, 33, 70, 2, 64, torch.float16)
+    dout = torch.randn(2, 33, 2, 64).half()
+    runs = []
+    with use_backend("triton", OP_NAME):
+        for _ in range(2):
+            out = cross_attention(*inputs, deterministic=True, dropout_p=0.2, seed=3)
+            runs.append((out, *torch.autograd.grad(out, leaves, dout)))
+    for first, second in zip(*runs):
+        assert torch.equal(first, second)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_dropout_matches_reference_with_the_same_mask(dtype):
+    _check(2, 17, 70, 2, 32, dtype, [70, 20], "bshd", dropout_p=0.3, seed=11)
+
+
+@needs_triton
+def test_dropout_kept_fraction_and_kernel_mask_equals_pytorch_reproduction():
+    """With dout = identity rows (Sq = D), dv[b, j, h, i] = P[i, j] * Z[i, j] / (1 - p) exposes the
+    kernel's mask Z over 1 x 2 x 32 x 1600 = 102400 probabilities: kept fraction within 0.01 of 1 - p and
+    bitwise the mask dropout_keep_mask gives."""
+    B, Sq, Sk, H, D, p, seed = 1, 32, 1600, 2, 32, 0.25, 2024
+    q = torch.zeros(B, Sq, H, D)
+    k = torch.randn(B, Sk, H, D)
+    v = torch.randn(B, Sk, H, D, requires_grad=True)
+    dout = torch.eye(D).reshape(1, Sq, 1, D).expand(B, Sq, H, D).contiguous()
+    with use_backend("triton", OP_NAME):
+        out = cross_attention(q, k, v, dropout_p=p, seed=seed)
+        (dv,) = torch.autograd.grad(out, (v,), dout)
+    kept = (dv != 0).permute(0, 2, 3, 1)  # [B, H, Sq(i), Sk(j)]
+    assert abs(kept.double().mean().item() - (1 - p)) < 0.01
+    assert torch.equal(kept, dropout_keep_mask(seed, (B, H, Sq, Sk), p))
+    # q = 0: uniform probabilities 1 / Sk, so every kept entry is 1 / (Sk (1 - p)).
+    torch.testing.assert_close(dv[dv != 0], torch.full_like(dv[dv != 0], 1 / (Sk * (1 - p))))
+
+
+def _expanded(S):
+    return torch.randn(1, S, 1, 32).expand(65536, S, 1, 32)
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    "B, Sq, Sk, H, D, lengths",
+    [(2, 17, 45, 2, 40, [45, 10]), (1, 1, 300, 2, 64, None), (1, 33, 70, 1, 128, None)],
+)
+def test_flash_attn_rule_fp16(B, Sq, Sk, H, D, lengths):
+    """The GPU tests' rule on the interpreter in fp16 (its bf16 tl.dot is broken, so bf16 is GPU-only)."""
+    _gpu_rule(B, Sq, Sk, H, D, torch.float16, lengths, dropout_p=0.1 if lengths else 0.0, device="cpu")
+
+
+def _bad(**kwargs):
+    call = dict(
+        q=torch.randn(2, 5, 2, 32), k=torch.randn(2, 7, 2, 32), v=torch.randn(2, 7, 2, 32),
+        kv_lengths=torch.tensor([3, 7], dtype=torch.int32),
+    )
+    return call | kwargs
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(k=torch.randn(3, 7, 2, 32)), "k"),
+        (dict(v=torch.randn(2, 7, 3, 32)), "v"),
+        (dict(k=torch.randn(2, 7, 2, 64)), "k"),
+        (dict(v=torch.randn(2, 6, 2, 32)), "v"),
+        (dict(q=torch.randn(2, 5, 2, 48), k=torch.randn(2, 7, 2, 48), v=torch.randn(2, 7, 2, 48)), "q"),
+        (dict(q=torch.randn(2, 5, 1, 512), k=torch.randn(2, 7, 1, 512), v=torch.randn(2, 7, 1, 512)), "q"),
+        (dict(q=torch.randn(2, 5, 2, 64)[..., ::2]), "q"),
+        (dict(k=torch.randn(2, 7, 2, 32).half()), "k"),
+        (dict(q=torch.randn(2, 5, 2, 32).double()), "q"),
+        (dict(q=torch.randn(2, 5, 32)), "q"),
+        (dict(v=torch.randn(2, 7, 2, 32, device="meta")), "v"),
+        (dict(kv_lengths=torch.tensor([3, 7])), "kv_lengths"),
+        (dict(kv_lengths=torch.tensor([3, 7, 7], dtype=torch.int32)), "kv_lengths"),
+        (dict(kv_lengths=torch.tensor([0, 7], dtype=torch.int32)), "kv_lengths"),
+        (dict(kv_lengths=torch.tensor([3, 8], dtype=torch.int32)), "kv_lengths"),
+        (dict(kv_lengths=[3, 7]), "kv_lengths"),
+        (dict(softmax_scale=0.0), "softmax_scale"),
+        (dict(dropout_p=1.0), "dropout_p"),
+        (dict(dropout_p=0.1, seed="1"), "seed"),
+        (dict(deterministic="yes"), "deterministic"),
+        (dict(q=_expanded(5), k=_expanded(7), v=_expanded(7), kv_lengths=None), "q"),  # B * H > 65535
+    ],
+)
+def test_bad_input_names_the_argument(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        cross_attention(**_bad(**kwargs))
+
+
+def test_backend_choice_is_explicit():
+    with use_backend("cuda", OP_NAME), pytest.raises(ValueError, match="cuda"):
+        cross_attention(**_bad())
+
+
+def test_reference_backend_matches_float64():
+    q, k, v = (torch.randn(2, S, 2, 32).half() for S in (5, 7, 7))
+    with use_backend("reference", OP_NAME):
+        out = cross_attention(q, k, v)
+    assert out.dtype == torch.float16
+    _assert_close(out, cross_attention_ref(q, k, v), 3e-3, "out")
+
+
+@needs_triton
+def test_opcheck():
+    """torch.library's own checks of the forward op: schema, fake, autograd registration, AOT dispatch."""
+    q, k, v = torch.randn(2, 5, 2, 32), torch.randn(2, 9, 2, 32), torch.randn(2, 9, 2, 32)
+    lengths = torch.tensor([4, 9], dtype=torch.int32)
+    for args in [
+        (q, k, v, None, None, 0.2, 0.0),
+        (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), lengths, torch.tensor(3), 0.2, 0.25),
+    ]:
+        torch.library.opcheck(torch.ops.internvideo_fast.cross_attention_fwd.default, args)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + (["triton"] if CPU_TRITON else []))
+def test_torch_compile_fullgraph(backend):
+    def block(q, k, v, lengths):
+        return cross_attention(q, k, v, kv_lengths=lengths) * 2
+
+    lengths = torch.tensor([9, 4], dtype=torch.int32)
+    leaves_c, inputs_c = _qkv(2, 5, 9, 2, 32, torch.float32)
+    leaves_e = [t.detach().clone().requires_grad_() for t in leaves_c]
+    torch._dynamo.reset()
+    with use_backend(backend, OP_NAME):
+        compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+        out_c, out_e = compiled(*inputs_c, lengths), block(*leaves_e, lengths)
+        torch.testing.assert_close(out_c, out_e)
+        out_c.sum().backward()
+        out_e.sum().backward()
+    for c, e in zip(leaves_c, leaves_e):
+        torch.testing.assert_close(c.grad, e.grad)
+
+
+@needs_triton
+@settings(max_examples=8)
+@given(
+    B=st.integers(1, 2),
+    Sq=st.integers(1, 20),
+    Sk=st.integers(1, 40),
+    H=st.integers(1, 2),
+    D=st.sampled_from([32, 40, 64, 80, 96, 128]),
+    masked=st.booleans(),
+)
+def test_fuzz_shapes(B, Sq, Sk, H, D, masked):
+    lengths = torch.randint(1, Sk + 1, (B,), dtype=torch.int32) if masked else None
+    _check(B, Sq, Sk, H, D, torch.float32, None if lengths is None else lengths.tolist())
+
+
+@pytest.mark.parametrize("backend", ["reference"] + (["triton"] if CPU_TRITON else []))
+def test_module_matches_nn_multihead_attention(backend):
+    dim, heads, B, Sq, Sk = 64, 2, 2, 3, 11
+    torch_attention = torch.nn.MultiheadAttention(dim, heads, batch_first=True)
+    torch.nn.init.normal_(torch_attention.in_proj_bias)
+    module = MultiHeadCrossAttention(dim, dim, heads)
+    module.load_in_proj(torch_attention)
+    assert set(module.state_dict()) == {
+        "q_proj.weight", "q_proj.bias", "kv_proj.weight", "kv_proj.bias", "out_proj.weight", "out_proj.bias"
+    }
+    x_q, x_kv = torch.randn(B, Sq, dim), torch.randn(B, Sk, dim)
+    lengths = torch.tensor([11, 6], dtype=torch.int32)
+    padding = torch.arange(Sk)[None, :] >= lengths[:, None]
+    expected, _ = torch_attention(x_q, x_kv, x_kv, key_padding_mask=padding, need_weights=False)
+    with use_backend(backend, OP_NAME):
+        actual = module(x_q, x_kv, kv_lengths=lengths)
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_module_rejects_unsupported_head_dims():
+    with pytest.raises(ValueError, match="num_heads"):
+        MultiHeadCrossAttention(64, 32, 3)
+    with pytest.raises(ValueError, match="dim_q"):
+        MultiHeadCrossAttention(96, 32, 4)  # head dim 24
+
+
+# ---------------------------------------------------------------------------------------------------- GPU
+GPU_SHAPES = [(113, 203), (1, 1576), (32, 1576), (1023, 1024), (1568, 2056), (2056, 1568)]
+
+
+def _gpu_rule(B, Sq, Sk, H, D, dtype, lengths=None, dropout_p=0.0, device="cuda"):
+    leaves, inputs = _qkv(B, Sq, Sk, H, D, dtype, device=device)
+    kv_lengths = None if lengths is None else torch.tensor(lengths, dtype=torch.int32, device=device)
+    dout = torch.randn(B, Sq, H, D, device=device)
+    seed = 17
+    keep = dropout_keep_mask(seed, (B, H, Sq, Sk), dropout_p, device) if dropout_p > 0 else None
+    with use_backend("triton", OP_NAME), poisoned_outputs():
+        out, _, grads = _run(
+            lambda q, k, v: cross_attention(q, k, v, kv_lengths=kv_lengths, dropout_p=dropout_p, seed=seed),
+            leaves, inputs, dout,
+        )
+
+    def reference(upcast):
+        ref_leaves = [leaf.detach().float().requires_grad_() if upcast else leaf.detach().requires_grad_()
+                      for leaf in leaves]
+        return _run(
+            lambda q, k, v: cross_attention_ref(q, k, v, None, kv_lengths, keep, dropout_p, upcast=False),
+            ref_leaves, ref_leaves, dout,
+        )
+
+    expected, baseline = reference(True), reference(False)
+    assert_close_to_reference(out, expected[0], baseline[0], name="out")
+    for name, grad, ref, base in zip(("dq", "dk", "dv"), grads, expected[2], baseline[2]):
+        assert_close_to_reference(grad, ref, base, factor=3.0, name=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("D", [32, 40, 64, 80, 96, 128])
+@pytest.mark.parametrize("Sq, Sk", GPU_SHAPES[:3])
+def test_gpu_flash_attn_rule(Sq, Sk, D, dtype):
+    _gpu_rule(2, Sq, Sk, 4, D, dtype, lengths=[Sk, max(1, Sk // 3)])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("Sq, Sk", GPU_SHAPES[3:])
+def test_gpu_flash_attn_rule_long(Sq, Sk, D, dtype):
+    _gpu_rule(1, Sq, Sk, 2, D, dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_dropout_and_determinism():
+    _gpu_rule(2, 113, 203, 4, 64, torch.bfloat16, dropout_p=0.1)
+    leaves, inputs = _qkv(2, 1568, 2056, 4, 64, torch.bfloat16, device="cuda")
+    dout = torch.randn(2, 1568, 4, 64, device="cuda", dtype=torch.bfloat16)
+    runs = [
+        torch.autograd.grad(cross_attention(*inputs, deterministic=True, dropout_p=0.1, seed=1), leaves, dout)
+        for _ in range(2)
+    ]
+    for first, second in zip(*runs):
+        assert torch.equal(first, second)
