@@ -8,6 +8,8 @@ learnable parameter), and turns a video into its visible token embeddings plus t
 
 with mask generation, pixel gather, normalization, GEMM and position add fused (``tube_mask``,
 ``masked_patch_embed``), no host sync. Without a mask ratio it embeds every tube (Conv3d + table).
+``mean``/``std`` normalize raw uint8 video (so loaders can ship 4x fewer bytes); float video is taken as
+already normalized.
 """
 
 from __future__ import annotations
@@ -83,11 +85,13 @@ class MaskedTubeEmbedding(nn.Module):
         if masks is None and mask_ratio:
             masks = tube_mask(video.shape[0], *self.grid, mask_ratio, seed=seed, device=video.device)
         pos_embed = self.pos_embed.to(self.proj.weight.dtype)
+        # mean/std normalize raw uint8 video; float video arrives normalized by the loader.
+        mean, std = (self.mean, self.std) if video.dtype == torch.uint8 else (None, None)
         if masks is None:
-            x = normalize_video(video, self.mean, self.std).to(self.proj.weight.dtype)
+            x = normalize_video(video, mean, std).to(self.proj.weight.dtype)
             tokens = F.conv3d(x, self.proj.weight, self.proj.bias, stride=self.proj.stride)
             return tokens.flatten(2).transpose(1, 2) + pos_embed, None
         tokens = masked_patch_embed(
-            video, masks.ids_keep, self.proj.weight, self.proj.bias, pos_embed, self.mean, self.std
+            video, masks.ids_keep, self.proj.weight, self.proj.bias, pos_embed, mean, std
         )
         return tokens, masks

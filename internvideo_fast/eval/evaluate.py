@@ -1,0 +1,39 @@
+"""Action-recognition evaluation: top-1 / top-5 with multi-view testing (clips x crops averaged per video)
+and a confusion summary."""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, num_classes: int | None = None) -> dict:
+    """Averages softmax scores over every view of a video (batches carry `index`, the video's position in
+    its list, so views of one video may arrive in any batches); returns top1/top5, counts and the most
+    confused class pairs."""
+    was_training = model.training
+    model.eval()
+    scores: dict[int, torch.Tensor] = {}
+    labels: dict[int, int] = {}
+    for batch in loader:
+        logits = model(batch["video"].to(device)).float().softmax(-1).cpu()
+        for row, index, label in zip(logits, batch["index"].tolist(), batch["label"].tolist()):
+            scores[index] = scores.get(index, 0) + row
+            labels[index] = label
+    model.train(was_training)
+    if not scores:
+        return {"top1": float("nan"), "top5": float("nan"), "videos": 0, "confusion": []}
+    order = sorted(scores)
+    stacked = torch.stack([scores[i] for i in order])
+    truth = torch.tensor([labels[i] for i in order])
+    k = min(5, stacked.shape[1])
+    top = stacked.topk(k, dim=1).indices
+    top1 = (top[:, 0] == truth).float().mean().item()
+    top5 = (top == truth[:, None]).any(1).float().mean().item()
+    classes = num_classes or stacked.shape[1]
+    confusion = torch.zeros(classes, classes, dtype=torch.int64)
+    confusion.index_put_((truth, top[:, 0]), torch.ones_like(truth), accumulate=True)
+    off_diagonal = confusion.clone().fill_diagonal_(0)
+    worst = off_diagonal.flatten().topk(min(5, off_diagonal.numel())).indices
+    pairs = [(int(i // classes), int(i % classes), int(off_diagonal.flatten()[i])) for i in worst if off_diagonal.flatten()[i] > 0]
+    return {"top1": top1, "top5": top5, "videos": len(order), "confusion": pairs, "matrix": confusion.tolist()}

@@ -1,0 +1,248 @@
+"""The training loop behind `ivf-train`: recipes ``mae_pretrain`` and ``finetune``.
+
+One loop for both: model from the registry, AdamW (fused on CUDA) on parameter groups, warmup + cosine lr
+scaled by global batch / 256, bf16 autocast on CUDA (fp32 on CPU), gradient clipping, DDP under torchrun,
+checkpoints written atomically every `save_every` steps and at the end, and ``resume: auto`` that continues
+exactly where a run stopped: model, optimizer, step, RNG states and the data loader's position within its
+epoch are restored, and every random draw of a step (tube masks, mixup) is keyed on the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from internvideo_fast.models import create_model
+from internvideo_fast.models.checkpoint import save_atomically
+from internvideo_fast.train.distributed import DistContext, all_reduce_mean, cleanup, init_distributed
+from internvideo_fast.train.mixup import VideoMixup, soft_cross_entropy
+from internvideo_fast.train.optim import build_optimizer, learning_rate, set_learning_rate
+
+CHECKPOINT_NAME = "checkpoint.pth"
+
+
+def _data_config(config: dict, split: str):
+    from internvideo_fast.data import DataConfig
+
+    fields = dict(config["data"])
+    list_file = fields.pop("train_list" if split == "train" else "val_list", None)
+    fields.pop("val_list" if split == "train" else "train_list", None)
+    if list_file is None:
+        raise ValueError(f"data.{split}_list is required")
+    return DataConfig(list_file=list_file, train=split == "train", **fields)
+
+
+def _loader(config: dict, split: str, ctx: DistContext, epoch: int, start_step: int = 0):
+    from internvideo_fast.data import build_loader
+
+    return build_loader(
+        _data_config(config, split), split=split, rank=ctx.rank, world_size=ctx.world_size,
+        seed=config["train"]["seed"] + 1000 * epoch, start_step=start_step,
+    )
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of every random draw in one training step (masks, mixup): a function of the step alone,
+    so a resumed run draws what the uninterrupted run drew."""
+    return (seed * 1_000_003 + step * 7919 + 17) % (2**62)
+
+
+def _rng_state() -> dict:
+    """Every generator's state as tensors and plain values, so checkpoints load with weights_only=True."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _find_resume(config: dict) -> Path | None:
+    resume = config["train"]["resume"]
+    if not resume:
+        return None
+    path = Path(config["train"]["output_dir"]) / CHECKPOINT_NAME if resume == "auto" else Path(resume)
+    return path if path.exists() else None
+
+
+class MetricsLog:
+    """A CSV of metrics (appended, so resumed runs continue it) and TensorBoard scalars when available."""
+
+    def __init__(self, path: Path, enabled: bool, tensorboard: bool):
+        self.enabled = enabled
+        self.path = path
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(path.parent / "tensorboard"))
+            except ImportError:
+                self.writer = None
+
+    def log(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, row["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train(config: dict, device: str | None = None) -> dict:
+    """Runs `config` (see internvideo_fast/train/config.py); returns the per-step losses and the final
+    evaluation (fine-tuning) of rank 0."""
+    ctx = init_distributed(device)
+    try:
+        return _train(config, ctx)
+    finally:
+        cleanup()
+
+
+def _train(config: dict, ctx: DistContext) -> dict:
+    train_cfg, optim_cfg = config["train"], dict(config["optim"])
+    output_dir = Path(train_cfg["output_dir"])
+    if ctx.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.json").write_text(json.dumps(config, indent=1))
+    seed = train_cfg["seed"]
+    torch.manual_seed(seed + ctx.rank)
+    random.seed(seed + ctx.rank)
+    np.random.seed(seed + ctx.rank)
+
+    model = create_model(config["model"], pretrained=config.get("pretrained"), **config["model_args"]).to(ctx.device)
+    finetune = config["recipe"] == "finetune"
+    batch_size = config["data"].get("batch_size", 8)
+    global_batch = batch_size * ctx.world_size
+    optim_cfg["lr"] = optim_cfg["base_lr"] * global_batch / 256
+    optimizer = build_optimizer(model, optim_cfg, ctx.device)
+    wrapped = DistributedDataParallel(model) if ctx.world_size > 1 else model
+    mixup = VideoMixup(model.num_classes, train_cfg["mixup"], train_cfg["cutmix"], train_cfg["label_smoothing"]) if finetune else None
+
+    steps_per_epoch = len(_loader(config, "train", ctx, 0))
+    if steps_per_epoch == 0:
+        raise ValueError("the training list yields no full batch: lower data.batch_size or add clips")
+    total_steps = train_cfg["epochs"] * steps_per_epoch
+    stop_step = min(total_steps, train_cfg["max_steps"] or total_steps)
+
+    step = 0
+    resume_from = _find_resume(config)
+    if resume_from is not None:
+        checkpoint = torch.load(resume_from, map_location="cpu", weights_only=True)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        step = checkpoint["step"]
+        _set_rng_state(checkpoint["rng"][min(ctx.rank, len(checkpoint["rng"]) - 1)])
+        if ctx.is_main:
+            print(f"resumed from {resume_from} at step {step}")
+
+    precision = train_cfg["precision"]
+    use_bf16 = precision == "bf16" or (precision == "auto" and ctx.device.type == "cuda")
+    autocast = (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
+    metrics = MetricsLog(output_dir / "metrics.csv", ctx.is_main, train_cfg["tensorboard"])
+    losses: list[float] = []
+    batches, batches_epoch = None, -1
+    model.train()
+    tick, clips_since = time.perf_counter(), 0
+    while step < stop_step:
+        epoch, step_in_epoch = divmod(step, steps_per_epoch)
+        if batches_epoch != epoch:
+            batches, batches_epoch = iter(_loader(config, "train", ctx, epoch, start_step=step_in_epoch)), epoch
+        batch = next(batches)
+        video = batch["video"].to(ctx.device, non_blocking=True)
+        lr = learning_rate(step, total_steps, optim_cfg["lr"], optim_cfg["min_lr"], optim_cfg["warmup_steps"])
+        set_learning_rate(optimizer, lr)
+        draw = step_seed(seed, step) + ctx.rank
+        with autocast():
+            if finetune:
+                labels = batch["label"].to(ctx.device)
+                generator = torch.Generator().manual_seed(draw)
+                video, targets = mixup(video, labels, generator)
+                loss = soft_cross_entropy(wrapped(video), targets)
+            else:
+                seed_tensor = torch.tensor(draw, device=ctx.device)
+                loss = wrapped(video, mask_ratio=train_cfg["mask_ratio"], seed=seed_tensor)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if optim_cfg.get("clip_grad"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), optim_cfg["clip_grad"])
+        optimizer.step()
+        step += 1
+        clips_since += video.shape[0] * ctx.world_size
+        loss_value = float(all_reduce_mean(loss.detach().float()))
+        losses.append(loss_value)
+        if ctx.is_main and (step % train_cfg["log_every"] == 0 or step == stop_step):
+            elapsed = time.perf_counter() - tick
+            rate = clips_since / max(elapsed, 1e-9)
+            print(f"step {step}/{stop_step} epoch {epoch} loss {loss_value:.4f} lr {lr:.3e} clips/s {rate:.1f}", flush=True)
+            metrics.log({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr, "clips_per_s": rate})
+            tick, clips_since = time.perf_counter(), 0
+        if train_cfg["save_every"] and step % train_cfg["save_every"] == 0 and step < stop_step:
+            _save(model, optimizer, step, config, ctx, output_dir)
+    _save(model, optimizer, step, config, ctx, output_dir)
+    result = {"losses": losses, "steps": step}
+    if finetune and config["data"].get("val_list") and ctx.is_main:
+        from internvideo_fast.eval.evaluate import evaluate
+
+        result["eval"] = evaluate(model, _loader(config, "val", DistContext(0, 1, 0, ctx.device), 0), ctx.device)
+        print(f"validation: top1 {result['eval']['top1']:.3f} top5 {result['eval']['top5']:.3f} "
+              f"over {result['eval']['videos']} videos")
+        MetricsLog(output_dir / "eval.csv", True, False).log(
+            {"step": step, "top1": result["eval"]["top1"], "top5": result["eval"]["top5"]}
+        )
+    metrics.close()
+    return result
+
+
+def _save(model, optimizer, step: int, config: dict, ctx: DistContext, output_dir: Path) -> None:
+    """Every rank's RNG state is gathered so each continues its own stream; rank 0 writes."""
+    rng = _rng_state()
+    states = [rng]
+    if ctx.world_size > 1:
+        states = [None] * ctx.world_size
+        torch.distributed.all_gather_object(states, rng)
+    if ctx.is_main:
+        save_atomically(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": config,
+             "rng": states},
+            output_dir / CHECKPOINT_NAME,
+        )
+
+
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu"):
+    """A model from a checkpoint written by `train` (its config names the model)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = create_model(checkpoint["config"]["model"], **checkpoint["config"]["model_args"])
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval(), checkpoint["config"]

@@ -1,0 +1,60 @@
+"""Optimizer parameter groups (no weight decay on biases, norms and position tables; layer-wise lr decay
+for fine-tuning, as BEiT/VideoMAE) and the warmup + cosine learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+NO_DECAY_NAMES = ("pos_embed", "mask_token", "cls_token", "temporal_cls_token", "balance", "logit_scale")
+
+
+def layer_id(name: str, depth: int) -> int:
+    """VideoMAE's layer ids: the embedding is 0, block i is i + 1, everything after the blocks depth + 1."""
+    name = name.removeprefix("module.").removeprefix("encoder.")
+    if name.startswith(("patch_embed", "pos_embed", "cls_token")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """Groups with ``lr_scale`` (layer decay) and weight decay only on matrices; frozen parameters are left
+    out, so the optimizer keeps no state for them."""
+    depth = len(getattr(getattr(model, "module", model), "blocks", []))
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        decay = parameter.ndim > 1 and not any(key in name for key in NO_DECAY_NAMES)
+        layer = layer_id(name, depth) if layer_decay is not None else 0
+        scale = layer_decay ** (depth + 1 - layer) if layer_decay is not None else 1.0
+        group = groups.setdefault((layer, decay), {
+            "params": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale, "names": [],
+        })
+        group["params"].append(parameter)
+        group["names"].append(name)
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module, optim: dict, device: torch.device) -> torch.optim.AdamW:
+    groups = param_groups(model, optim["weight_decay"], optim.get("layer_decay"))
+    for group in groups:
+        group.pop("names")
+    return torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), fused=device.type == "cuda")
+
+
+def learning_rate(step: int, total_steps: int, lr: float, min_lr: float, warmup_steps: int) -> float:
+    """Linear warmup from 0, then half-cosine from `lr` to `min_lr` at `total_steps`."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
