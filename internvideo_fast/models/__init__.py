@@ -1,7 +1,13 @@
-"""Models: VideoMAE (the masked video encoder), and a timm-like registry."""
+"""Models: VideoMAE (the masked video encoder), UniFormerV2 + the CLIP text encoder (the multimodal video
+encoder), the objectives, the cross-model attention (CMA) fusion, and a timm-like registry."""
 
-from internvideo_fast.models import videomae  # noqa: F401  (registers its sizes)
+from internvideo_fast.models import uniformerv2, videomae  # noqa: F401  (register their sizes)
+from internvideo_fast.models.cma import CrossModelAttention, InternVideo
 from internvideo_fast.models.registry import create_model, list_models, register_model
+from internvideo_fast.models.uniformerv2 import UniFormerV2
 from internvideo_fast.models.videomae import VideoMAEClassifier, VideoMAEEncoder, VideoMAEPretrain
 
-__all__ = ["VideoMAEClassifier", "VideoMAEEncoder", "VideoMAEPretrain", "create_model", "list_models", "register_model"]
+__all__ = [
+    "CrossModelAttention", "InternVideo", "UniFormerV2", "VideoMAEClassifier", "VideoMAEEncoder", "VideoMAEPretrain",
+    "create_model", "list_models", "register_model",
+]
