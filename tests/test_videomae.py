@@ -204,3 +204,19 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
+
+
+def test_forward_tokens_of_chosen_blocks_feed_the_cma_model():
+    model = create_model("videomae_vit_micro_patch16", num_classes=0, **CONFIG).eval()
+    video = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert model.forward_tokens(video).shape == (2, 8, 96)
+        both = model.forward_tokens(video, layers=[1, -1])
+    assert both.shape == (2, 16, 96)
+    internvideo = create_model("internvideo_cma_tiny", num_classes=3, mae_layers=[-1])
+    with use_backend("reference"):
+        logits = internvideo(video)
+    logits.sum().backward()
+    trainable = {name for name, p in internvideo.named_parameters() if p.requires_grad}
+    assert trainable and all(name.startswith(("cma.", "head.")) for name in trainable)
+    assert all(p.grad is None for name, p in internvideo.named_parameters() if name not in trainable)

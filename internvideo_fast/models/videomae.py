@@ -158,9 +158,22 @@ class VideoMAEEncoder(nn.Module):
         tokens, _ = self.patch_embed(video, masks=masks)
         return self.norm(_run_blocks(self.blocks, tokens, self.grad_checkpointing))
 
-    def forward_tokens(self, video: torch.Tensor) -> torch.Tensor:
-        """All tokens ``[B, N, D]`` of an unmasked video (the interface the CMA fusion reads)."""
-        return self.forward_features(video)
+    def forward_tokens(self, video: torch.Tensor, layers: Sequence[int] | int | None = None) -> torch.Tensor:
+        """All tokens of an unmasked video, the interface the CMA fusion reads: ``[B, N, D]`` after the final
+        norm, or with `layers`, the outputs of those blocks (negative counts from the end) concatenated
+        along the tokens ``[B, len(layers) * N, D]``."""
+        if layers is None:
+            return self.forward_features(video)
+        wanted = {(i % len(self.blocks)) for i in ([layers] if isinstance(layers, int) else layers)}
+        x, _ = self.patch_embed(video)
+        outputs = []
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index in wanted:
+                outputs.append(x)
+            if len(outputs) == len(wanted):
+                break
+        return torch.cat(outputs, dim=1)
 
 
 class VideoMAEClassifier(VideoMAEEncoder):
