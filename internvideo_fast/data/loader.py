@@ -1,0 +1,254 @@
+"""``DataConfig`` + ``build_loader``: the one entry point of the training and evaluation loops.
+
+``build_loader(cfg, split, rank, world_size, seed, start_step)`` returns a :class:`VideoLoader`, an
+iterable of batches::
+
+    video          float32 [B, C, T, H, W], normalized
+    label          int64   [B]
+    index          int64   [B]      record index in the list file (of the replacement, if one was used)
+    frame_indices  int64   [B, T]   frame numbers decoded
+    view           int64   [B]      view number within its video (0 unless several views)
+
+Several views per video (``repeated_aug`` when training, ``test_clips x test_crops`` when testing) are
+flattened into the batch dimension: a batch of ``batch_size`` videos has ``B = batch_size x views`` rows,
+consecutive rows of one video sharing ``index`` (evaluation averages the rows of one ``index``).
+
+Sharding (DistributedSampler-like): every epoch the record order is a permutation seeded by
+``(seed, epoch)`` (training; identity when testing); rank ``r`` takes positions ``r, r + world_size, ...``.
+Training pads the order by wrapping around so every rank has the same number of samples and drops the
+last incomplete batch; testing neither pads nor drops, so the shards are disjoint and cover the list.
+
+Exact resume: ``start_step=k`` skips the first ``k`` batches of the epoch without decoding them. Samples
+depend only on ``(seed, epoch, index)`` (see :mod:`.dataset`), so the remaining batches equal those of an
+uninterrupted pass. ``start_step`` applies to the next pass only; ``set_epoch`` or the end of a pass
+resets it. ``len(loader)`` is the number of batches of a whole epoch.
+
+``loader``: ``"torch"`` (torch DataLoader over :class:`~internvideo_fast.data.dataset.VideoDataset`);
+``"dali"`` raises NotImplementedError until the DALI issue lands; ``"auto"`` is ``"torch"`` for now.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from internvideo_fast.data.dataset import VideoDataset
+from internvideo_fast.data.lists import read_video_list
+from internvideo_fast.data.sampling import DenseSampler, SegmentSampler
+from internvideo_fast.data.transforms import build_transform, mean_std
+
+__all__ = ["DataConfig", "VideoLoader", "build_loader", "collate_samples", "shard_indices"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    """Everything the loaders need; ``None`` fields take the train/test defaults noted beside them."""
+
+    list_file: str = ""
+    root: str | None = None  # None: the list file's directory
+    train: bool = True
+    sampling: str = "dense"  # dense | segment
+    num_frames: int = 16  # dense: frames per clip
+    stride: int = 4  # dense: frame stride
+    num_segments: int | None = None  # segment: frames per clip (None: num_frames)
+    short_video: str = "loop"  # loop | pad | error
+    img_size: int = 224
+    short_side: int | None = None  # None: no resize when training, img_size when testing
+    crop: str | None = None  # multiscale | random_resized | center (None: multiscale when training)
+    flip: bool = False  # random horizontal flip when training (not for SSv2-like direction labels)
+    normalization: str = "imagenet"  # imagenet | clip (ignored where mean/std are given)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    batch_size: int = 8  # videos per rank and step
+    num_workers: int = 0
+    repeated_aug: int = 1  # views per video when training (VideoMAE num_sample)
+    test_clips: int = 1
+    test_crops: int = 1  # 1 | 3
+    shuffle: bool | None = None  # None: train
+    drop_last: bool | None = None  # None: train
+    on_error: str | None = None  # replace | skip | raise (None: replace when training, skip when testing)
+    max_retries: int = 10
+    decode_timeout_s: float | None = 60.0
+    reader: str = "auto"  # auto | torchcodec | pyav
+    loader: str = "auto"  # auto | torch | dali
+    pin_memory: bool = False
+    prefetch_factor: int = 2
+    extra: dict = field(default_factory=dict)  # room for loader-specific options (DALI)
+
+    def __post_init__(self):
+        if self.sampling not in ("dense", "segment"):
+            raise ValueError(f"sampling must be 'dense' or 'segment', got {self.sampling!r}")
+        if self.loader not in ("auto", "torch", "dali"):
+            raise ValueError(f"loader must be 'auto', 'torch' or 'dali', got {self.loader!r}")
+        if self.mean is not None:
+            self.mean = tuple(self.mean)
+        if self.std is not None:
+            self.std = tuple(self.std)
+
+    @property
+    def clip_len(self) -> int:
+        return self.num_frames if self.sampling == "dense" else (self.num_segments or self.num_frames)
+
+    def resolved_root(self) -> str:
+        return self.root if self.root is not None else str(Path(self.list_file).resolve().parent)
+
+    def build_sampler(self):
+        if self.sampling == "dense":
+            return DenseSampler(self.num_frames, self.stride, self.train, self.test_clips, self.short_video)
+        return SegmentSampler(self.clip_len, self.train, self.test_clips, self.short_video)
+
+    def build_transform(self):
+        mean, std = mean_std(self.normalization)
+        return build_transform(
+            train=self.train, img_size=self.img_size, short_side=self.short_side,
+            crop=self.crop or "multiscale", flip=self.flip, mean=self.mean or mean, std=self.std or std,
+            num_sample=self.repeated_aug, test_crops=self.test_crops,
+        )
+
+
+def shard_indices(num_records: int, rank: int, world_size: int, shuffle: bool, pad: bool, seed: int,
+                  epoch: int) -> list[int]:
+    """This rank's record indices for ``epoch`` (see the module docstring)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    if shuffle:
+        generator = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2**63))
+        order = torch.randperm(num_records, generator=generator).tolist()
+    else:
+        order = list(range(num_records))
+    if pad and num_records > 0:
+        total = math.ceil(num_records / world_size) * world_size
+        order = (order * math.ceil(total / num_records))[:total]
+    return order[rank::world_size]
+
+
+def collate_samples(samples: list[dict | None]) -> dict | None:
+    """Stacks samples, flattening views into the batch dimension; drops ``None`` (skipped) samples and
+    gathers their ``bad_videos`` reports under the same key (a list of (path, reason))."""
+    reports = []
+    kept = []
+    for sample in samples:
+        if sample is None:
+            continue
+        reports.extend(sample.get("bad_videos", ()))
+        kept.append(sample)
+    if not kept:
+        return {"bad_videos": reports, "empty": True}
+    videos, labels, indices, frames, views = [], [], [], [], []
+    for sample in kept:
+        video, frame_indices = sample["video"], sample["frame_indices"]
+        if video.dim() == 4:
+            video, frame_indices = video[None], frame_indices[None]
+        count = video.shape[0]
+        videos.append(video)
+        frames.append(frame_indices)
+        labels.append(sample["label"].expand(count))
+        indices.append(sample["index"].expand(count))
+        views.append(torch.arange(count, dtype=torch.int64))
+    return {"video": torch.cat(videos), "label": torch.cat(labels), "index": torch.cat(indices),
+            "frame_indices": torch.cat(frames), "view": torch.cat(views), "bad_videos": reports}
+
+
+class _BatchList(torch.utils.data.Sampler):
+    def __init__(self, batches: list[list[int]]):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class VideoLoader:
+    """Iterable of batches (see the module docstring); ``bad_videos()`` / ``summary()`` after a pass."""
+
+    def __init__(self, cfg: DataConfig, dataset: VideoDataset, rank: int, world_size: int, seed: int,
+                 start_step: int = 0, split: str = "train"):
+        self.cfg = cfg
+        self.dataset = dataset
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.split = split
+        self.epoch = 0
+        self.start_step = int(start_step)
+        self.shuffle = cfg.train if cfg.shuffle is None else cfg.shuffle
+        self.drop_last = cfg.train if cfg.drop_last is None else cfg.drop_last
+        self.pad = cfg.train
+        self._bad: dict[str, str] = {}
+        self._skipped = 0
+        self._batches_seen = 0
+
+    # -- epoch plan -----------------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.start_step = 0
+
+    def indices(self) -> list[int]:
+        """This rank's record indices for the current epoch, in order."""
+        return shard_indices(len(self.dataset), self.rank, self.world_size, self.shuffle, self.pad, self.seed,
+                             self.epoch)
+
+    def batches(self) -> list[list[int]]:
+        """This rank's batches of record indices for the current epoch (all of them, from step 0)."""
+        order, size = self.indices(), self.cfg.batch_size
+        batches = [order[i:i + size] for i in range(0, len(order), size)]
+        if self.drop_last and batches and len(batches[-1]) < size:
+            batches.pop()
+        return batches
+
+    def __len__(self) -> int:
+        return len(self.batches())
+
+    # -- iteration ------------------------------------------------------------------------------------
+    def _data_loader(self, batches):
+        workers = self.cfg.num_workers
+        options = {"prefetch_factor": self.cfg.prefetch_factor} if workers > 0 else {}
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=_BatchList(batches), num_workers=workers, collate_fn=collate_samples,
+            pin_memory=self.cfg.pin_memory, **options,
+        )
+
+    def __iter__(self):
+        batches = self.batches()[self.start_step:]
+        self.dataset.set_epoch(self.epoch)
+        self.dataset.log_bad = False  # reports are merged and logged here, once per file
+        for batch in self._data_loader(batches):
+            for path, reason in batch.pop("bad_videos"):
+                if path not in self._bad:
+                    self._bad[path] = reason
+                    logger.warning("bad video %s (%s)", path, reason)
+            if batch.pop("empty", False):
+                continue
+            self._batches_seen += 1
+            yield batch
+        self.start_step = 0
+
+    def bad_videos(self) -> dict[str, str]:
+        """path -> reason for every bad file met by this loader's passes (all workers)."""
+        return dict(self._bad)
+
+    def summary(self) -> dict:
+        return {"split": self.split, "epoch": self.epoch, "rank": self.rank, "batches": self._batches_seen,
+                "bad_videos": len(self._bad), "files": dict(self._bad)}
+
+
+def build_loader(cfg: DataConfig, split: str = "train", rank: int = 0, world_size: int = 1, seed: int = 0,
+                 start_step: int = 0) -> VideoLoader:
+    """The loader for ``cfg`` (see the module docstring). ``split`` only names the loader in summaries;
+    ``cfg.train`` selects training or testing behaviour."""
+    if cfg.loader == "dali":
+        raise NotImplementedError("loader='dali': see the DALI issue")
+    records = read_video_list(cfg.list_file)
+    on_error = cfg.on_error or ("replace" if cfg.train else "skip")
+    dataset = VideoDataset(
+        records, cfg.resolved_root(), cfg.build_sampler(), cfg.build_transform(), reader=cfg.reader,
+        on_error=on_error, max_retries=cfg.max_retries, decode_timeout_s=cfg.decode_timeout_s, seed=seed,
+        log_bad=False,
+    )
+    return VideoLoader(cfg, dataset, rank, world_size, seed, start_step=start_step, split=split)
