@@ -111,7 +111,7 @@ def junit_counts(path: Path) -> dict[str, int]:
 
 
 def bench_modules() -> list[Path]:
-    return sorted(BENCH.glob("bench_*.py"))
+    return sorted([*BENCH.glob("bench_*.py"), *BENCH.glob("e2e_*.py")])
 
 
 def run_benchmarks(device_name: str, quick: bool, out_file: Path) -> None:

@@ -1,8 +1,11 @@
 """`ivf`: the command line of internvideo-fast.
 
     ivf info         what this install holds: versions, the compiled extension, the backends of each op
-    ivf demo         the main job on built-in data (for now: tube masks on every backend, cross-checked)
+    ivf demo         the main job on built-in data: sample clips, MAE pretraining, fine-tuning, evaluation
+    ivf masks        tube masks drawn by every backend, cross-checked and drawn as text
     ivf aot-check    compile every Triton kernel for the H100 ahead of time (no GPU needed)
+
+Training and evaluation have their own commands: ivf-train, ivf-eval, ivf-visualize-mae.
 """
 
 from __future__ import annotations
@@ -26,13 +29,26 @@ def _info(_: argparse.Namespace) -> int:
     else:
         print(f"_C: NOT loaded ({_extension.LOAD_ERROR}); ops run their PyTorch references")
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    for op in ("tube_mask",):
+    # (backend choice key, as in IVF_BACKEND_<KEY>; the op _C may hold kernels for; has a Triton kernel)
+    ops = [("tube_mask", "tube_mask", True), ("token_gather", "gather_tokens", False),
+           ("masked_patch_embed", "masked_tubelet_patches", False), ("mae_targets", "mae_targets", False),
+           ("dropout_add_layer_norm", "dropout_add_layer_norm", True), ("linear_act", "linear_act", True),
+           ("cross_attention", "cross_attention", True)]
+    for key, compiled, has_triton in ops:
         for device in devices:
-            print(f"{op} on {device.type}: configured {get_backend(op)!r}, available {sorted(available_backends(op, device))}")
+            available = sorted(available_backends(compiled, device, has_triton))
+            print(f"{key:<24} {device.type:<5} configured {get_backend(key)!r:<12} available {available}")
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from internvideo_fast.demo import run_demo
+
+    run_demo(args.out, args.pretrain_steps, args.finetune_steps, args.clips_per_class, args.device)
+    return 0
+
+
+def _masks(args: argparse.Namespace) -> int:
     import torch
 
     from internvideo_fast.ops import tube_mask, use_backend
@@ -71,9 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions, extension and backends").set_defaults(run=_info)
     demo = commands.add_parser("demo", help="the main job on built-in data")
-    demo.add_argument("--batch", type=int, default=4)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default="demo_out")
+    demo.add_argument("--pretrain-steps", type=int, help="override the configs' step counts (quick runs)")
+    demo.add_argument("--finetune-steps", type=int)
+    demo.add_argument("--clips-per-class", type=int, default=48)
+    demo.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     demo.set_defaults(run=_demo)
+    masks = commands.add_parser("masks", help="tube masks on every backend, cross-checked")
+    masks.add_argument("--batch", type=int, default=4)
+    masks.add_argument("--seed", type=int, default=0)
+    masks.set_defaults(run=_masks)
     aot = commands.add_parser("aot-check", help="compile every Triton kernel for sm_90a")
     aot.add_argument("rest", nargs=argparse.REMAINDER)
     aot.set_defaults(run=_aot_check)

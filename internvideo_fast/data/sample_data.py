@@ -77,20 +77,22 @@ def _paste(frame: np.ndarray, patch: np.ndarray, top: float, left: float, mask: 
 
 
 def render_clip(label: int, num_classes: int, num_frames: int, size: tuple[int, int],
-                rng: np.random.Generator) -> np.ndarray:
-    """uint8 ``[num_frames, H, W, 3]`` RGB frames of one clip of class ``label``."""
+                rng: np.random.Generator, speed: tuple[float, float] = (0.8, 1.5),
+                target_side: tuple[int, int] = (12, 20)) -> np.ndarray:
+    """uint8 ``[num_frames, H, W, 3]`` RGB frames of one clip of class ``label``; `speed` (pixels per frame)
+    and `target_side` (pixels) are ranges at 64 px, scaled with the frame size."""
     height, width = size
     scale = min(height, width) / 64.0
     background = _texture(rng, height, width, rng.uniform(60, 190, size=3), cells=8, amplitude=35.0)
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
 
-    side = int(rng.integers(max(6, int(12 * scale)), max(7, int(20 * scale)) + 1))
+    side = int(rng.integers(max(6, int(target_side[0] * scale)), max(7, int(target_side[1] * scale)) + 1))
     target = _texture(rng, side, side, rng.uniform(30, 225, size=3))
     target[[0, -1]] = 0  # a dark outline: the target is the one outlined square
     target[:, [0, -1]] = 0
     angle = 2 * np.pi * label / num_classes + np.deg2rad(rng.uniform(-10, 10))
-    speed = rng.uniform(0.8, 1.5) * scale
-    velocity = speed * np.array([np.sin(angle), np.cos(angle)])  # (dy, dx)
+    pixels_per_frame = rng.uniform(*speed) * scale
+    velocity = pixels_per_frame * np.array([np.sin(angle), np.cos(angle)])  # (dy, dx)
     middle = np.array([height, width]) / 2 + rng.uniform(-0.15, 0.15, size=2) * np.array([height, width])
     start = middle - velocity * (num_frames - 1) / 2 - side / 2
 
@@ -146,7 +148,8 @@ def _finish(process: subprocess.Popen, path: Path) -> None:
 def make_sample_dataset(root: str | os.PathLike, num_classes: int = 4, clips_per_class: int = 12,
                         val_per_class: int = 4, num_frames: int = 32, size: tuple[int, int] = (64, 64),
                         fps: int = 8, seed: int = 0, codecs: tuple[str, ...] = ("h264",),
-                        vp9: bool = False, jobs: int = 2) -> SampleDataset:
+                        vp9: bool = False, jobs: int = 2, speed: tuple[float, float] = (0.8, 1.5),
+                        target_side: tuple[int, int] = (12, 20)) -> SampleDataset:
     """Writes the dataset described in the module docstring under ``root`` (skipped when ``root`` already
     holds one made with the same parameters) and returns its paths."""
     if shutil.which("ffmpeg") is None:
@@ -160,6 +163,7 @@ def make_sample_dataset(root: str | os.PathLike, num_classes: int = 4, clips_per
     root = Path(root)
     params = {"num_classes": num_classes, "clips_per_class": clips_per_class, "val_per_class": val_per_class,
               "num_frames": num_frames, "size": list(size), "fps": fps, "seed": seed, "codecs": list(codecs),
+              "speed": list(speed), "target_side": list(target_side),
               "version": 2}
     lists = {codec: tuple(root / (f"{split}.txt" if k == 0 else f"{split}_{codec}.txt") for split in _SPLITS)
              for k, codec in enumerate(codecs)}
@@ -188,7 +192,7 @@ def make_sample_dataset(root: str | os.PathLike, num_classes: int = 4, clips_per
                     lines[(codec, split)].append(f"{path.relative_to(root).as_posix()} {label}\n")
                     if frames is None:
                         rng = np.random.default_rng([seed, split_id, label, i])
-                        frames = render_clip(label, num_classes, num_frames, size, rng)
+                        frames = render_clip(label, num_classes, num_frames, size, rng, speed, target_side)
                     running.append((encode_clip(frames, path, fps, codec), path))
                     while len(running) >= max(1, jobs):
                         _finish(*running.pop(0))

@@ -4,10 +4,26 @@ over :data:`DEFAULTS`. Values of overrides are parsed as YAML (numbers, booleans
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-5` (no dot) as a string; configs mean a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _parse(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 DEFAULTS: dict[str, Any] = {
     "recipe": "mae_pretrain",  # mae_pretrain | finetune
@@ -64,13 +80,13 @@ def apply_override(config: dict, override: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ValueError(f"override {override!r}: {key} is not a section")
-    node[keys[-1]] = yaml.safe_load(raw)
+    node[keys[-1]] = _parse(raw)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     config = copy.deepcopy(DEFAULTS)
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        loaded = _parse(Path(path).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config must be a mapping")
         config = _merge(config, loaded)

@@ -3,8 +3,8 @@
 One loop for both: model from the registry, AdamW (fused on CUDA) on parameter groups, warmup + cosine lr
 scaled by global batch / 256, bf16 autocast on CUDA (fp32 on CPU), gradient clipping, DDP under torchrun,
 checkpoints written atomically every `save_every` steps and at the end, and ``resume: auto`` that continues
-exactly where a run stopped: model, optimizer, step, RNG states and the data loader's position within its
-epoch are restored, and every random draw of a step (tube masks, mixup) is keyed on the step.
+exactly where a run stopped: model, optimizer, step and the data loader's position within its epoch are
+restored, and every random draw of a step (tube masks, mixup, dropout, drop path) is keyed on the step.
 """
 
 from __future__ import annotations
@@ -184,6 +184,9 @@ def _train(config: dict, ctx: DistContext) -> dict:
         lr = learning_rate(step, total_steps, optim_cfg["lr"], optim_cfg["min_lr"], optim_cfg["warmup_steps"])
         set_learning_rate(optimizer, lr)
         draw = step_seed(seed, step) + ctx.rank
+        # Every random draw of the step (dropout, drop path, mixup) comes from the step's own seed, so no
+        # other consumer of the global generator (a data loader's iterator) can shift a resumed run.
+        torch.manual_seed(draw)
         with autocast():
             if finetune:
                 labels = batch["label"].to(ctx.device)

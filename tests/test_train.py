@@ -1,0 +1,137 @@
+"""The training loop: exact resume, DDP equivalence, configs, optimizer groups, schedule and mixup."""
+
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from internvideo_fast.data import make_sample_dataset
+from internvideo_fast.models import create_model
+from internvideo_fast.train.config import load_config
+from internvideo_fast.train.loop import train
+from internvideo_fast.train.mixup import VideoMixup, soft_cross_entropy
+from internvideo_fast.train.optim import learning_rate, param_groups
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sample_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    make_sample_dataset(root, num_classes=2, clips_per_class=4, val_per_class=2, num_frames=12, size=(32, 32))
+    return root
+
+
+def _config(sample_data, output_dir, recipe="mae_pretrain", **train_overrides):
+    model = "videomae_pretrain_vit_micro_patch16" if recipe == "mae_pretrain" else "videomae_vit_micro_patch16"
+    model_args = {"img_size": 32, "num_frames": 4}
+    if recipe == "finetune":
+        model_args |= {"num_classes": 2}
+    config = {
+        "recipe": recipe, "model": model, "model_args": model_args,
+        "data": {"train_list": str(sample_data / "train.txt"), "val_list": str(sample_data / "val.txt"),
+                 "root": str(sample_data), "num_frames": 4, "stride": 2, "img_size": 32, "batch_size": 2,
+                 "num_workers": 0},
+        "optim": {"base_lr": 0.05, "warmup_steps": 2},
+        "train": {"epochs": 2, "log_every": 1, "output_dir": str(output_dir), "resume": "auto",
+                  "tensorboard": False} | train_overrides,
+    }
+    path = Path(output_dir).with_suffix(".yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("recipe, extra", [
+    ("mae_pretrain", {}),
+    ("finetune", {"mixup": 0.8, "cutmix": 1.0, "label_smoothing": 0.1}),
+])
+def test_a_resumed_run_continues_exactly(sample_data, tmp_path, recipe, extra):
+    """Killed after step 3 and resumed, a run gives the loss sequence of an uninterrupted one (8 steps:
+    2 epochs of 4 batches, so the resume lands mid-epoch)."""
+    whole = train(load_config(_config(sample_data, tmp_path / "whole", recipe, **extra)), device="cpu")["losses"]
+    assert len(whole) == 8
+    first = train(load_config(_config(sample_data, tmp_path / "split", recipe, max_steps=3, **extra)), device="cpu")
+    rest = train(load_config(_config(sample_data, tmp_path / "split", recipe, **extra)), device="cpu")
+    assert first["losses"] == whole[:3]
+    assert rest["losses"] == whole[3:]
+    assert (tmp_path / "split" / "metrics.csv").read_text().count("\n") == 1 + 8
+    checkpoint = torch.load(tmp_path / "split" / "checkpoint.pth", weights_only=True)
+    assert checkpoint["step"] == 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ddp_processes_equal_one_with_the_same_global_batch(sample_data, tmp_path):
+    single = _config(sample_data, tmp_path / "single", "finetune", max_steps=3)
+    cfg = yaml.safe_load(single.read_text())
+    cfg["data"]["batch_size"] = 4
+    single.write_text(yaml.safe_dump(cfg))
+    train(load_config(single), device="cpu")
+
+    double = _config(sample_data, tmp_path / "double", "finetune", max_steps=3)  # 2 per rank x 2 ranks
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), "-m", "internvideo_fast.train", "--config", str(double), "--device", "cpu"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    one = torch.load(tmp_path / "single" / "checkpoint.pth", weights_only=True)["model"]
+    two = torch.load(tmp_path / "double" / "checkpoint.pth", weights_only=True)["model"]
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_config_overrides_and_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("recipe: finetune\noptim: {base_lr: 0.1}\n")
+    config = load_config(path, ["optim.base_lr=2e-3", "train.mixup=0.8", "data.batch_size=4", "model_args.num_classes=7"])
+    assert config["optim"]["base_lr"] == 2e-3 and config["optim"]["weight_decay"] == 0.05
+    assert config["train"]["mixup"] == 0.8 and config["data"]["batch_size"] == 4 and config["model_args"]["num_classes"] == 7
+    with pytest.raises(ValueError, match="key.sub=value"):
+        load_config(path, ["optim.base_lr"])
+    with pytest.raises(ValueError, match="recipe"):
+        load_config(path, ["recipe=pretrain"])
+
+
+def test_param_groups_decay_and_layer_scales():
+    model = create_model("videomae_vit_micro_patch16", num_classes=3, img_size=32, num_frames=4)
+    groups = param_groups(model, 0.05, layer_decay=0.5)
+    by_name = {name: group for group in groups for name in group["names"]}
+    assert by_name["blocks.0.attn.qkv.weight"]["weight_decay"] == 0.05
+    assert by_name["blocks.0.attn.q_bias"]["weight_decay"] == 0.0 and by_name["fc_norm.weight"]["weight_decay"] == 0.0
+    assert by_name["head.weight"]["lr_scale"] == 1.0  # depth 4: head is layer 5
+    assert by_name["blocks.3.mlp.fc1.weight"]["lr_scale"] == 0.5
+    assert by_name["patch_embed.proj.weight"]["lr_scale"] == 0.5**5
+    model.blocks[0].requires_grad_(False)
+    assert not any(name.startswith("blocks.0.") for group in param_groups(model, 0.05) for name in group["names"])
+
+
+def test_learning_rate_schedule():
+    assert learning_rate(0, 100, 1.0, 0.0, 10) == pytest.approx(0.1)
+    assert learning_rate(9, 100, 1.0, 0.0, 10) == pytest.approx(1.0)
+    assert learning_rate(55, 100, 1.0, 0.0, 10) == pytest.approx(0.5)
+    assert learning_rate(100, 100, 1.0, 0.01, 10) == pytest.approx(0.01)
+    assert all(learning_rate(s, 100, 1.0, 0.0, 10) >= learning_rate(s + 1, 100, 1.0, 0.0, 10) for s in range(10, 99))
+
+
+def test_mixup_targets_are_soft_and_sum_to_one():
+    video, labels = torch.randn(4, 3, 2, 8, 8), torch.tensor([0, 1, 2, 1])
+    for mixup, cutmix in ((0.8, 0.0), (0.0, 1.0), (0.8, 1.0), (0.0, 0.0)):
+        mixed, targets = VideoMixup(3, mixup, cutmix, 0.1)(video, labels, torch.Generator().manual_seed(1))
+        assert mixed.shape == video.shape and targets.shape == (4, 3)
+        torch.testing.assert_close(targets.sum(1), torch.ones(4))
+    logits = torch.randn(4, 3)
+    plain = torch.nn.functional.cross_entropy(logits, labels)
+    assert math.isclose(soft_cross_entropy(logits, torch.eye(3)[labels]).item(), plain.item(), rel_tol=1e-6)
