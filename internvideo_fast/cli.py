@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="demo_out")
     demo.add_argument("--pretrain-steps", type=int, help="override the configs' step counts (quick runs)")
     demo.add_argument("--finetune-steps", type=int)
-    demo.add_argument("--clips-per-class", type=int, default=48)
+    demo.add_argument("--clips-per-class", type=int, default=64)
     demo.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     demo.set_defaults(run=_demo)
     masks = commands.add_parser("masks", help="tube masks on every backend, cross-checked")

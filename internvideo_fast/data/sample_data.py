@@ -78,12 +78,15 @@ def _paste(frame: np.ndarray, patch: np.ndarray, top: float, left: float, mask: 
 
 def render_clip(label: int, num_classes: int, num_frames: int, size: tuple[int, int],
                 rng: np.random.Generator, speed: tuple[float, float] = (0.8, 1.5),
-                target_side: tuple[int, int] = (12, 20)) -> np.ndarray:
+                target_side: tuple[int, int] = (12, 20), camera_pan: bool = False) -> np.ndarray:
     """uint8 ``[num_frames, H, W, 3]`` RGB frames of one clip of class ``label``; `speed` (pixels per frame)
-    and `target_side` (pixels) are ranges at 64 px, scaled with the frame size."""
+    and `target_side` (pixels) are ranges at 64 px, scaled with the frame size. With `camera_pan` the
+    background scrolls with the target (the whole frame moves in the class's direction: an easier task)."""
     height, width = size
     scale = min(height, width) / 64.0
-    background = _texture(rng, height, width, rng.uniform(60, 190, size=3), cells=8, amplitude=35.0)
+    pad = int(np.ceil(speed[1] * scale * num_frames)) + 1 if camera_pan else 0
+    scenery = _texture(rng, height + 2 * pad, width + 2 * pad, rng.uniform(60, 190, size=3), cells=8 + 2 * pad // 8,
+                       amplitude=35.0)
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
 
     side = int(rng.integers(max(6, int(target_side[0] * scale)), max(7, int(target_side[1] * scale)) + 1))
@@ -108,6 +111,10 @@ def render_clip(label: int, num_classes: int, num_frames: int, size: tuple[int, 
         distractors.append((d_patch, d_mask, d_start, d_velocity))
 
     for t in range(num_frames):
+        # The camera follows the target's velocity backwards, so the scenery moves with the target.
+        shift = np.round(velocity * (t - (num_frames - 1) / 2)).astype(int) if camera_pan else np.zeros(2, int)
+        top, left = pad - shift[0], pad - shift[1]
+        background = scenery[top:top + height, left:left + width]
         frame = background + rng.normal(0, 8, size=background.shape)
         frame = np.clip(frame, 0, 255).astype(np.uint8)
         for d_patch, d_mask, d_start, d_velocity in distractors:
@@ -149,7 +156,7 @@ def make_sample_dataset(root: str | os.PathLike, num_classes: int = 4, clips_per
                         val_per_class: int = 4, num_frames: int = 32, size: tuple[int, int] = (64, 64),
                         fps: int = 8, seed: int = 0, codecs: tuple[str, ...] = ("h264",),
                         vp9: bool = False, jobs: int = 2, speed: tuple[float, float] = (0.8, 1.5),
-                        target_side: tuple[int, int] = (12, 20)) -> SampleDataset:
+                        target_side: tuple[int, int] = (12, 20), camera_pan: bool = False) -> SampleDataset:
     """Writes the dataset described in the module docstring under ``root`` (skipped when ``root`` already
     holds one made with the same parameters) and returns its paths."""
     if shutil.which("ffmpeg") is None:
@@ -163,7 +170,7 @@ def make_sample_dataset(root: str | os.PathLike, num_classes: int = 4, clips_per
     root = Path(root)
     params = {"num_classes": num_classes, "clips_per_class": clips_per_class, "val_per_class": val_per_class,
               "num_frames": num_frames, "size": list(size), "fps": fps, "seed": seed, "codecs": list(codecs),
-              "speed": list(speed), "target_side": list(target_side),
+              "speed": list(speed), "target_side": list(target_side), "camera_pan": camera_pan,
               "version": 2}
     lists = {codec: tuple(root / (f"{split}.txt" if k == 0 else f"{split}_{codec}.txt") for split in _SPLITS)
              for k, codec in enumerate(codecs)}
@@ -192,7 +199,7 @@ def make_sample_dataset(root: str | os.PathLike, num_classes: int = 4, clips_per
                     lines[(codec, split)].append(f"{path.relative_to(root).as_posix()} {label}\n")
                     if frames is None:
                         rng = np.random.default_rng([seed, split_id, label, i])
-                        frames = render_clip(label, num_classes, num_frames, size, rng, speed, target_side)
+                        frames = render_clip(label, num_classes, num_frames, size, rng, speed, target_side, camera_pan)
                     running.append((encode_clip(frames, path, fps, codec), path))
                     while len(running) >= max(1, jobs):
                         _finish(*running.pop(0))
