@@ -135,3 +135,18 @@ def test_mixup_targets_are_soft_and_sum_to_one():
     logits = torch.randn(4, 3)
     plain = torch.nn.functional.cross_entropy(logits, labels)
     assert math.isclose(soft_cross_entropy(logits, torch.eye(3)[labels]).item(), plain.item(), rel_tol=1e-6)
+
+
+def test_bad_videos_do_not_stop_training_and_are_summarized(sample_data, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "junk.mp4").write_bytes(os.urandom(4096))
+    lines = (sample_data / "train.txt").read_text().splitlines()
+    rooted = [f"{sample_data / line.split()[0]} {line.split()[1]}" for line in lines]
+    (tmp_path / "list.txt").write_text("\n".join(rooted + [f"{broken / 'junk.mp4'} 0", f"{broken / 'missing.mp4'} 1"]) + "\n")
+    path = _config(sample_data, tmp_path / "run", "finetune", max_steps=5)
+    config = load_config(path, [f"data.train_list={tmp_path / 'list.txt'}", "data.root=null"])
+    result = train(config, device="cpu")
+    assert len(result["losses"]) == 5
+    out = capsys.readouterr().out
+    assert "bad video(s) replaced or skipped" in out and "junk.mp4" in out and "missing.mp4" in out

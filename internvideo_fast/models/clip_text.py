@@ -38,20 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from internvideo_fast.models.layers import LayerNorm
 from internvideo_fast.ops.mlp_modules import FusedMLP
 
 # The temperature's upper bound: logit_scale.exp() <= 100.
 LOGIT_SCALE_MAX = math.log(100.0)
 LOGIT_SCALE_INIT = math.log(1.0 / 0.07)
-
-
-class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32, returned in the input's dtype (OpenAI CLIP's subclass)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):

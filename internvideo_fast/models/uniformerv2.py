@@ -49,6 +49,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from internvideo_fast.models.layers import LayerNorm
 from internvideo_fast.models.registry import register_model
 from internvideo_fast.ops.cross_attention import SUPPORTED_HEAD_DIMS, cross_attention
 from internvideo_fast.ops.linear_act import linear_act
@@ -72,15 +73,6 @@ def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor
 def _linspace(end: float, steps: int) -> list[float]:
     """``torch.linspace(0, end, steps).tolist()`` without a tensor (works under a meta device)."""
     return [end * i / (steps - 1) if steps > 1 else 0.0 for i in range(steps)]
-
-
-class LayerNorm(nn.LayerNorm):
-    """CLIP's LayerNorm: computed in float32, returned in the input dtype."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
 class ClipMLP(nn.Module):

@@ -172,13 +172,15 @@ def _train(config: dict, ctx: DistContext) -> dict:
     autocast = (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     metrics = MetricsLog(output_dir / "metrics.csv", ctx.is_main, train_cfg["tensorboard"])
     losses: list[float] = []
-    batches, batches_epoch = None, -1
+    loader, batches, batches_epoch = None, None, -1
     model.train()
     tick, clips_since = time.perf_counter(), 0
     while step < stop_step:
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         if batches_epoch != epoch:
-            batches, batches_epoch = iter(_loader(config, "train", ctx, epoch, start_step=step_in_epoch)), epoch
+            _report_bad_videos(loader if batches_epoch >= 0 else None, batches_epoch, ctx)
+            loader = _loader(config, "train", ctx, epoch, start_step=step_in_epoch)
+            batches, batches_epoch = iter(loader), epoch
         batch = next(batches)
         video = batch["video"].to(ctx.device, non_blocking=True)
         lr = learning_rate(step, total_steps, optim_cfg["lr"], optim_cfg["min_lr"], optim_cfg["warmup_steps"])
@@ -213,6 +215,7 @@ def _train(config: dict, ctx: DistContext) -> dict:
             tick, clips_since = time.perf_counter(), 0
         if train_cfg["save_every"] and step % train_cfg["save_every"] == 0 and step < stop_step:
             _save(model, optimizer, step, config, ctx, output_dir)
+    _report_bad_videos(loader, batches_epoch, ctx)
     _save(model, optimizer, step, config, ctx, output_dir)
     result = {"losses": losses, "steps": step}
     if finetune and config["data"].get("val_list") and ctx.is_main:
@@ -226,6 +229,17 @@ def _train(config: dict, ctx: DistContext) -> dict:
         )
     metrics.close()
     return result
+
+
+def _report_bad_videos(loader, epoch: int, ctx: DistContext) -> None:
+    """The end-of-epoch summary of files the loader could not use (each was logged once when met)."""
+    if loader is None or not hasattr(loader, "bad_videos"):
+        return
+    bad = loader.bad_videos()
+    if bad:
+        print(f"epoch {epoch} rank {ctx.rank}: {len(bad)} bad video(s) replaced or skipped:", flush=True)
+        for path, reason in sorted(bad.items()):
+            print(f"  {path}: {reason}", flush=True)
 
 
 def _save(model, optimizer, step: int, config: dict, ctx: DistContext, output_dir: Path) -> None:
