@@ -150,3 +150,29 @@ def test_bad_videos_do_not_stop_training_and_are_summarized(sample_data, tmp_pat
     assert len(result["losses"]) == 5
     out = capsys.readouterr().out
     assert "bad video(s) replaced or skipped" in out and "junk.mp4" in out and "missing.mp4" in out
+
+
+def test_cma_recipe_trains_only_the_fusion_and_head(sample_data, tmp_path):
+    """Backbones loaded from their own checkpoints stay exactly as loaded; CMA and head move."""
+    from internvideo_fast.models.checkpoint import save_official
+
+    mae = create_model("videomae_vit_micro_patch16", num_classes=0, img_size=32, num_frames=4)
+    save_official(mae, tmp_path / "mae.pth")
+    path = _config(sample_data, tmp_path / "cma", "finetune", max_steps=3)
+    config = load_config(path, ["recipe=cma", "model=internvideo_cma_tiny", "model_args={num_classes: 2}",
+                                f"pretrained_parts={{masked_encoder: {tmp_path / 'mae.pth'}}}"])
+    train(config, device="cpu")
+    trained = torch.load(tmp_path / "cma" / "checkpoint.pth", weights_only=True)
+    initial = create_model("internvideo_cma_tiny", num_classes=2).state_dict()
+    for name, value in mae.state_dict().items():
+        assert torch.equal(trained["model"][f"masked_encoder.{name}"], value), name
+    assert not torch.equal(trained["model"]["head.weight"], initial["head.weight"])
+    assert set(trained["optimizer"]["state"]) and len(trained["optimizer"]["param_groups"][0]["params"]) < 60
+
+
+def test_supervised_postpretraining_of_the_multimodal_encoder(sample_data, tmp_path):
+    path = _config(sample_data, tmp_path / "post", "finetune", max_steps=2)
+    config = load_config(path, ["recipe=supervised_postpretrain", "model=uniformerv2_tiny",
+                                "model_args={num_classes: 2}"])
+    result = train(config, device="cpu")
+    assert len(result["losses"]) == 2 and "eval" in result

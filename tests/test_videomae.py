@@ -220,3 +220,10 @@ def test_forward_tokens_of_chosen_blocks_feed_the_cma_model():
     trainable = {name for name, p in internvideo.named_parameters() if p.requires_grad}
     assert trainable and all(name.startswith(("cma.", "head.")) for name in trainable)
     assert all(p.grad is None for name, p in internvideo.named_parameters() if name not in trainable)
+
+
+def test_full_size_internvideo_builds_on_the_meta_device():
+    with torch.device("meta"):
+        model = create_model("internvideo_cma_b16", num_classes=400)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert 10e6 < trainable < 20e6 and sum(p.numel() for p in model.parameters()) > 200e6

@@ -26,8 +26,8 @@ def _factory(videomae: str, uniformerv2: str, defaults: dict):
 
 
 register_model("internvideo_cma_b16", _factory("videomae_vit_base_patch16", "uniformerv2_b16",
-                                              {"cma_heads": 12, "mm_args": {"num_frames": 8}}))
+                                              {"cma_heads": 12}))
 register_model("internvideo_cma_l14", _factory("videomae_vit_large_patch16", "uniformerv2_l14",
-                                              {"cma_heads": 16, "mm_args": {"num_frames": 8}}))
+                                              {"cma_heads": 16}))
 register_model("internvideo_cma_tiny", _factory("videomae_vit_micro_patch16", "uniformerv2_tiny",
                                                {"cma_heads": 2, "mae_args": {"img_size": 32, "num_frames": 4}}))

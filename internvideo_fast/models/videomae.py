@@ -142,7 +142,7 @@ class VideoMAEEncoder(nn.Module):
         self.patch_embed = MaskedTubeEmbedding(
             img_size, patch_size, num_frames, tubelet_size, in_chans, embed_dim, use_learnable_pos_emb, mean, std
         )
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linspace, meta-device safe
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rate, init_values) for rate in rates
         )
@@ -207,7 +207,7 @@ class VideoMAEDecoder(nn.Module):
     def __init__(self, embed_dim: int, depth: int, num_heads: int, out_dim: int, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop_path_rate: float = 0.0, init_values: float = 0.0):
         super().__init__()
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linspace, meta-device safe
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, 0.0, 0.0, rate, init_values) for rate in rates
         )

@@ -26,10 +26,11 @@ def _parse(text: str):
     return yaml.load(text, Loader=_Loader)
 
 DEFAULTS: dict[str, Any] = {
-    "recipe": "mae_pretrain",  # mae_pretrain | finetune
+    "recipe": "mae_pretrain",  # mae_pretrain | finetune | supervised_postpretrain | cma
     "model": "videomae_pretrain_vit_base_patch16",
     "model_args": {},
     "pretrained": None,
+    "pretrained_parts": {},  # {sub-module attribute: checkpoint}, e.g. a CMA model's backbones
     "data": {},  # fields of internvideo_fast.data.DataConfig, plus train_list / val_list
     "optim": {
         "base_lr": 1.5e-4,  # scaled by global batch / 256 (the official rule)
@@ -92,6 +93,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         config = _merge(config, loaded)
     for override in overrides:
         apply_override(config, override)
-    if config["recipe"] not in ("mae_pretrain", "finetune"):
-        raise ValueError(f"recipe must be mae_pretrain or finetune, got {config['recipe']!r}")
+    recipes = ("mae_pretrain", "finetune", "supervised_postpretrain", "cma")
+    if config["recipe"] not in recipes:
+        raise ValueError(f"recipe must be one of {recipes}, got {config['recipe']!r}")
     return config

@@ -1,4 +1,6 @@
-"""The training loop behind `ivf-train`: recipes ``mae_pretrain`` and ``finetune``.
+"""The training loop behind `ivf-train`: recipes ``mae_pretrain``, ``finetune``, ``supervised_postpretrain``
+(action labels for either encoder: VideoMAE or UniFormerV2) and ``cma`` (frozen backbones, CMA + head
+trained: the optimizer only ever sees trainable parameters).
 
 One loop for both: model from the registry, AdamW (fused on CUDA) on parameter groups, warmup + cosine lr
 scaled by global batch / 256, bf16 autocast on CUDA (fp32 on CPU), gradient clipping, DDP under torchrun,
@@ -27,6 +29,34 @@ from internvideo_fast.train.mixup import VideoMixup, soft_cross_entropy
 from internvideo_fast.train.optim import build_optimizer, learning_rate, set_learning_rate
 
 CHECKPOINT_NAME = "checkpoint.pth"
+CLASSIFICATION_RECIPES = ("finetune", "supervised_postpretrain", "cma")
+
+
+def _num_classes(model, config: dict) -> int:
+    for source in (config["model_args"].get("num_classes"), getattr(model, "num_classes", None),
+                   getattr(getattr(model, "cfg", None), "num_classes", None)):
+        if source:
+            return int(source)
+    raise ValueError("cannot tell the model's class count: set model_args.num_classes")
+
+
+def _load_parts(model, parts: dict, ctx: DistContext) -> None:
+    """``pretrained_parts: {attribute: checkpoint}``: load checkpoints into sub-modules, e.g. a CMA model's
+    ``masked_encoder`` (VideoMAE) and ``multimodal_encoder.model`` (UniFormerV2)."""
+    from internvideo_fast.models.checkpoint import load_pretrained, read_state_dict
+
+    for attribute, path in parts.items():
+        module = model
+        for name in attribute.split("."):
+            module = getattr(module, name)
+        if type(module).__name__ == "UniFormerV2":
+            from internvideo_fast.models.uniformerv2 import load_checkpoint
+
+            report = load_checkpoint(module, read_state_dict(path), strict=False)
+        else:
+            report = load_pretrained(module, path)
+        if ctx.is_main:
+            print(f"{attribute}: {report}")
 
 
 def _data_config(config: dict, split: str):
@@ -142,13 +172,15 @@ def _train(config: dict, ctx: DistContext) -> dict:
     np.random.seed(seed + ctx.rank)
 
     model = create_model(config["model"], pretrained=config.get("pretrained"), **config["model_args"]).to(ctx.device)
-    finetune = config["recipe"] == "finetune"
+    finetune = config["recipe"] in CLASSIFICATION_RECIPES
+    _load_parts(model, config.get("pretrained_parts") or {}, ctx)
     batch_size = config["data"].get("batch_size", 8)
     global_batch = batch_size * ctx.world_size
     optim_cfg["lr"] = optim_cfg["base_lr"] * global_batch / 256
     optimizer = build_optimizer(model, optim_cfg, ctx.device)
     wrapped = DistributedDataParallel(model) if ctx.world_size > 1 else model
-    mixup = VideoMixup(model.num_classes, train_cfg["mixup"], train_cfg["cutmix"], train_cfg["label_smoothing"]) if finetune else None
+    mixup = VideoMixup(_num_classes(model, config), train_cfg["mixup"], train_cfg["cutmix"],
+                       train_cfg["label_smoothing"]) if finetune else None
 
     steps_per_epoch = len(_loader(config, "train", ctx, 0))
     if steps_per_epoch == 0:
