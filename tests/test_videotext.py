@@ -1,0 +1,52 @@
+"""The video-text model (InternVideo-MM): the vl_pretrain objective, zero-shot classification, retrieval."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from internvideo_fast.models import create_model
+from internvideo_fast.models.tokenizer import tokenize
+from internvideo_fast.models.videotext import class_embeddings, retrieval_metrics, zero_shot_classify
+from internvideo_fast.ops import use_backend
+
+
+@pytest.fixture(autouse=True)
+def _reference_backends():
+    with use_backend("reference"):
+        yield
+
+
+def test_vl_objective_trains_both_towers_and_the_decoder():
+    model = create_model("internvideo_mm_tiny")
+    out = model(torch.randn(3, 3, 4, 32, 32), tokenize(["a dog runs", "juggling balls", "archery"]))
+    assert set(out) == {"loss", "contrastive", "caption"} and torch.isfinite(out["loss"])
+    torch.testing.assert_close(out["loss"], out["contrastive"] + out["caption"])
+    out["loss"].backward()
+    for part in ("visual", "text", "caption_decoder"):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(model, part).parameters()), part
+    assert model.visual_proj.grad is not None
+
+
+def test_zero_shot_classification_is_scaled_cosine_similarity_to_prompt_ensembles():
+    model = create_model("internvideo_mm_tiny", with_caption=False).eval()
+    video = torch.randn(2, 3, 4, 32, 32)
+    names = ["running", "juggling", "archery"]
+    logits = zero_shot_classify(model, video, names, templates=("a video of {}.", "{}"))
+    with torch.no_grad():
+        expected = model.encode_video(video) @ class_embeddings(model, names, ("a video of {}.", "{}")).t()
+    torch.testing.assert_close(logits, expected * model.text.logit_scale.exp())
+    assert torch.allclose(class_embeddings(model, names).norm(dim=-1), torch.ones(3))
+
+
+def test_retrieval_metrics():
+    features = F.normalize(torch.randn(6, 16), dim=-1)
+    perfect = retrieval_metrics(features, features)
+    assert perfect["t2v_R@1"] == 1.0 and perfect["v2t_R@1"] == 1.0 and perfect["t2v_median_rank"] == 1.0
+    shuffled = retrieval_metrics(features, features.roll(1, 0))  # every text matches the wrong video
+    assert shuffled["t2v_R@1"] == 0.0 and shuffled["t2v_R@10"] == 1.0
+
+
+def test_full_size_model_builds_on_the_meta_device():
+    with torch.device("meta"):
+        model = create_model("internvideo_mm_b16")
+    assert model.visual_proj.shape == (768, 512) and model.text.text_projection.shape == (512, 512)
