@@ -128,8 +128,11 @@ class VideoDataset(torch.utils.data.Dataset):
         video, frame_indices = torch.cat(views), torch.cat(view_indices)
         if video.shape[0] == 1:
             video, frame_indices = video[0], frame_indices[0]
-        return {"video": video, "label": torch.tensor(record.label, dtype=torch.int64),
-                "index": torch.tensor(index, dtype=torch.int64), "frame_indices": frame_indices.to(torch.int64)}
+        sample = {"video": video, "label": torch.tensor(record.label, dtype=torch.int64),
+                  "index": torch.tensor(index, dtype=torch.int64), "frame_indices": frame_indices.to(torch.int64)}
+        if hasattr(record, "caption"):  # video-text lists
+            sample["caption"] = record.caption
+        return sample
 
     def __getitem__(self, index: int) -> dict | None:
         index = int(index)

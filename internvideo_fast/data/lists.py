@@ -43,6 +43,7 @@ class VideoTextRecord:
 
     path: str
     caption: str
+    label: int = -1  # no action label: the loader's contract keeps a label column
 
     def full_path(self, root: str | os.PathLike | None) -> str:
         return self.path if root is None or os.path.isabs(self.path) else os.path.join(os.fspath(root), self.path)

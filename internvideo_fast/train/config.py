@@ -26,7 +26,7 @@ def _parse(text: str):
     return yaml.load(text, Loader=_Loader)
 
 DEFAULTS: dict[str, Any] = {
-    "recipe": "mae_pretrain",  # mae_pretrain | finetune | supervised_postpretrain | cma
+    "recipe": "mae_pretrain",  # mae_pretrain | vl_pretrain | finetune | supervised_postpretrain | cma
     "model": "videomae_pretrain_vit_base_patch16",
     "model_args": {},
     "pretrained": None,
@@ -93,7 +93,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         config = _merge(config, loaded)
     for override in overrides:
         apply_override(config, override)
-    recipes = ("mae_pretrain", "finetune", "supervised_postpretrain", "cma")
+    recipes = ("mae_pretrain", "vl_pretrain", "finetune", "supervised_postpretrain", "cma")
     if config["recipe"] not in recipes:
         raise ValueError(f"recipe must be one of {recipes}, got {config['recipe']!r}")
     return config

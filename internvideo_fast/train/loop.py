@@ -1,6 +1,7 @@
-"""The training loop behind `ivf-train`: recipes ``mae_pretrain``, ``finetune``, ``supervised_postpretrain``
-(action labels for either encoder: VideoMAE or UniFormerV2) and ``cma`` (frozen backbones, CMA + head
-trained: the optimizer only ever sees trainable parameters).
+"""The training loop behind `ivf-train`: recipes ``mae_pretrain``, ``vl_pretrain`` (video-text contrastive +
+caption on `path<TAB>caption` lists; the contrastive loss gathers every rank's pairs), ``finetune``,
+``supervised_postpretrain`` (action labels for either encoder: VideoMAE or UniFormerV2) and ``cma`` (frozen
+backbones, CMA + head trained: the optimizer only ever sees trainable parameters).
 
 One loop for both: model from the registry, AdamW (fused on CUDA) on parameter groups, warmup + cosine lr
 scaled by global batch / 256, bf16 autocast on CUDA (fp32 on CPU), gradient clipping, DDP under torchrun,
@@ -24,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from internvideo_fast.models import create_model
 from internvideo_fast.models.checkpoint import save_atomically
+from internvideo_fast.models.tokenizer import tokenize
 from internvideo_fast.train.distributed import DistContext, all_reduce_mean, cleanup, init_distributed
 from internvideo_fast.train.mixup import VideoMixup, soft_cross_entropy
 from internvideo_fast.train.optim import build_optimizer, learning_rate, set_learning_rate
@@ -227,6 +229,9 @@ def _train(config: dict, ctx: DistContext) -> dict:
                 generator = torch.Generator().manual_seed(draw)
                 video, targets = mixup(video, labels, generator)
                 loss = soft_cross_entropy(wrapped(video), targets)
+            elif config["recipe"] == "vl_pretrain":
+                tokens = tokenize(batch["caption"]).to(ctx.device)
+                loss = wrapped(video, tokens)["loss"]
             else:
                 seed_tensor = torch.tensor(draw, device=ctx.device)
                 loss = wrapped(video, mask_ratio=train_cfg["mask_ratio"], seed=seed_tensor)["loss"]
