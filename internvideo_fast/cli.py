@@ -44,7 +44,8 @@ def _info(_: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from internvideo_fast.demo import run_demo
 
-    run_demo(args.out, args.pretrain_steps, args.finetune_steps, args.clips_per_class, args.device)
+    run_demo(args.out, args.pretrain_steps, args.finetune_steps, args.clips_per_class, args.device,
+             args.multimodal_steps)
     return 0
 
 
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="demo_out")
     demo.add_argument("--pretrain-steps", type=int, help="override the configs' step counts (quick runs)")
     demo.add_argument("--finetune-steps", type=int)
+    demo.add_argument("--multimodal-steps", type=int, help="steps of the video-text and CMA stages")
     demo.add_argument("--clips-per-class", type=int, default=64)
     demo.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     demo.set_defaults(run=_demo)

@@ -178,9 +178,15 @@ def test_multi_view_test_and_segment(corpus):
 
 
 def test_loader_kinds(corpus):
-    with pytest.raises(NotImplementedError, match="DALI"):
-        build_loader(_cfg(corpus, loader="dali"))
+    from internvideo_fast.data.dali import DaliVideoLoader, dali_available
+
+    if dali_available():
+        assert isinstance(build_loader(_cfg(corpus, loader="dali")), DaliVideoLoader)
+    else:
+        with pytest.raises(ImportError):
+            build_loader(_cfg(corpus, loader="dali"))
     assert len(build_loader(_cfg(corpus, loader="torch"))) == 4
+    assert not isinstance(build_loader(_cfg(corpus, loader="auto")), DaliVideoLoader)  # no GPU here
     with pytest.raises(ValueError):
         _cfg(corpus, loader="decord")
 

@@ -176,3 +176,15 @@ def test_supervised_postpretraining_of_the_multimodal_encoder(sample_data, tmp_p
                                 "model_args={num_classes: 2}"])
     result = train(config, device="cpu")
     assert len(result["losses"]) == 2 and "eval" in result
+
+
+def test_vl_pretraining_on_a_video_text_list(sample_data, tmp_path):
+    directions = ["right", "down", "left", "up"]
+    lines = (sample_data / "train.txt").read_text().splitlines()
+    text_list = tmp_path / "captions.txt"
+    text_list.write_text("".join(f"{line.split()[0]}\ta square moving {directions[int(line.split()[1])]}\n" for line in lines))
+    path = _config(sample_data, tmp_path / "vl", "mae_pretrain", max_steps=3)
+    config = load_config(path, ["recipe=vl_pretrain", "model=internvideo_mm_tiny", "model_args={}",
+                                f"data.train_list={text_list}", "data.text=true"])
+    result = train(config, device="cpu")
+    assert len(result["losses"]) == 3 and all(math.isfinite(loss) for loss in result["losses"])

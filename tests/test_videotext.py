@@ -50,3 +50,18 @@ def test_full_size_model_builds_on_the_meta_device():
     with torch.device("meta"):
         model = create_model("internvideo_mm_b16")
     assert model.visual_proj.shape == (768, 512) and model.text.text_projection.shape == (512, 512)
+
+
+def test_multiple_choice_picks_the_closest_caption():
+    from internvideo_fast.models.videotext import multiple_choice
+
+    model = create_model("internvideo_mm_tiny", with_caption=False).eval()
+    video = torch.randn(2, 3, 4, 32, 32)
+    choices = [["a dog", "a cat", "a car"], ["juggling", "archery", "running"]]
+    picked = multiple_choice(model, video, choices)
+    with torch.no_grad():
+        v = model.encode_video(video)
+        expected = [int((model.encode_text(tokenize(c)) @ v[i]).argmax()) for i, c in enumerate(choices)]
+    assert picked.tolist() == expected
+    with pytest.raises(ValueError, match="same number"):
+        multiple_choice(model, video, [["a"], ["b", "c"]])

@@ -24,7 +24,8 @@ uninterrupted pass. ``start_step`` applies to the next pass only; ``set_epoch`` 
 resets it. ``len(loader)`` is the number of batches of a whole epoch.
 
 ``loader``: ``"torch"`` (torch DataLoader over :class:`~internvideo_fast.data.dataset.VideoDataset`);
-``"dali"`` raises NotImplementedError until the DALI issue lands; ``"auto"`` is ``"torch"`` for now.
+``"dali"`` (NVIDIA DALI decoding, :mod:`.dali`: the same samples, GPU decoding on CUDA); ``"auto"`` is DALI
+when a GPU and DALI are present (labelled lists), else torch.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pathlib import Path
 import torch
 
 from internvideo_fast.data.dataset import VideoDataset
-from internvideo_fast.data.lists import read_video_list
+from internvideo_fast.data.lists import read_video_list, read_video_text_list
 from internvideo_fast.data.sampling import DenseSampler, SegmentSampler
 from internvideo_fast.data.transforms import build_transform, mean_std
 
@@ -79,6 +80,7 @@ class DataConfig:
     loader: str = "auto"  # auto | torch | dali
     pin_memory: bool = False
     prefetch_factor: int = 2
+    text: bool = False  # a video-text list (`path<TAB>caption`): batches carry `caption` (a list of str)
     extra: dict = field(default_factory=dict)  # room for loader-specific options (DALI)
 
     def __post_init__(self):
@@ -140,7 +142,7 @@ def collate_samples(samples: list[dict | None]) -> dict | None:
         kept.append(sample)
     if not kept:
         return {"bad_videos": reports, "empty": True}
-    videos, labels, indices, frames, views = [], [], [], [], []
+    videos, labels, indices, frames, views, captions = [], [], [], [], [], []
     for sample in kept:
         video, frame_indices = sample["video"], sample["frame_indices"]
         if video.dim() == 4:
@@ -151,8 +153,13 @@ def collate_samples(samples: list[dict | None]) -> dict | None:
         labels.append(sample["label"].expand(count))
         indices.append(sample["index"].expand(count))
         views.append(torch.arange(count, dtype=torch.int64))
-    return {"video": torch.cat(videos), "label": torch.cat(labels), "index": torch.cat(indices),
-            "frame_indices": torch.cat(frames), "view": torch.cat(views), "bad_videos": reports}
+        if "caption" in sample:
+            captions.extend([sample["caption"]] * count)
+    batch = {"video": torch.cat(videos), "label": torch.cat(labels), "index": torch.cat(indices),
+             "frame_indices": torch.cat(frames), "view": torch.cat(views), "bad_videos": reports}
+    if captions:
+        batch["caption"] = captions
+    return batch
 
 
 class _BatchList(torch.utils.data.Sampler):
@@ -238,13 +245,26 @@ class VideoLoader:
                 "bad_videos": len(self._bad), "files": dict(self._bad)}
 
 
+def _auto_picks_dali() -> bool:
+    """``loader="auto"``: DALI when a CUDA device is present and ``nvidia.dali`` imports, else torch."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import nvidia.dali  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
 def build_loader(cfg: DataConfig, split: str = "train", rank: int = 0, world_size: int = 1, seed: int = 0,
                  start_step: int = 0) -> VideoLoader:
     """The loader for ``cfg`` (see the module docstring). ``split`` only names the loader in summaries;
     ``cfg.train`` selects training or testing behaviour."""
-    if cfg.loader == "dali":
-        raise NotImplementedError("loader='dali': see the DALI issue")
-    records = read_video_list(cfg.list_file)
+    if cfg.loader == "dali" or (cfg.loader == "auto" and not getattr(cfg, "text", False) and _auto_picks_dali()):
+        from internvideo_fast.data.dali import build_dali_loader
+
+        return build_dali_loader(cfg, split, rank, world_size, seed, start_step)
+    records = read_video_text_list(cfg.list_file) if cfg.text else read_video_list(cfg.list_file)
     on_error = cfg.on_error or ("replace" if cfg.train else "skip")
     dataset = VideoDataset(
         records, cfg.resolved_root(), cfg.build_sampler(), cfg.build_transform(), reader=cfg.reader,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["make_sample_dataset", "SampleDataset", "render_clip", "encode_clip", "CODECS"]
+__all__ = ["make_sample_dataset", "SampleDataset", "class_names", "render_clip", "encode_clip", "CODECS"]
 
 # codec -> (file extension, ffmpeg output options)
 CODECS = {
@@ -50,6 +50,29 @@ class SampleDataset:
     val_list: Path
     num_classes: int
     lists: dict = field(default_factory=dict)  # codec -> (train list, val list)
+
+    @property
+    def classes_file(self) -> Path:
+        """Class names, one per line in label order (for zero-shot evaluation)."""
+        return self.root / "classes.txt"
+
+    def caption_list(self, split: str) -> Path:
+        """`path<TAB>caption` list of the first codec's clips (video-text pretraining and retrieval)."""
+        return self.root / f"{split}_captions.txt"
+
+
+_CAPTION_TEMPLATES = ("a square moving {}", "a textured box slides {}", "an outlined square travels {} across the frame",
+                      "something moves {}")
+
+
+def class_names(num_classes: int) -> list[str]:
+    """Each class's motion as words: its direction (class k moves at angle 2*pi*k/num_classes, image axes)."""
+    if num_classes == 4:
+        return ["to the right", "down", "to the left", "up"]
+    if num_classes == 8:
+        return ["to the right", "down and to the right", "down", "down and to the left", "to the left",
+                "up and to the left", "up", "up and to the right"]
+    return [f"at {round(360 * k / num_classes)} degrees" for k in range(num_classes)]
 
 
 def _texture(rng: np.random.Generator, height: int, width: int, colour: np.ndarray, cells: int = 4,
@@ -170,7 +193,7 @@ def make_sample_dataset(root: str | os.PathLike, num_classes: int = 4, clips_per
     root = Path(root)
     params = {"num_classes": num_classes, "clips_per_class": clips_per_class, "val_per_class": val_per_class,
               "num_frames": num_frames, "size": list(size), "fps": fps, "seed": seed, "codecs": list(codecs),
-              "speed": list(speed), "target_side": list(target_side), "camera_pan": camera_pan,
+              "speed": list(speed), "target_side": list(target_side), "camera_pan": camera_pan, "captions": 1,
               "version": 2}
     lists = {codec: tuple(root / (f"{split}.txt" if k == 0 else f"{split}_{codec}.txt") for split in _SPLITS)
              for k, codec in enumerate(codecs)}
@@ -186,6 +209,8 @@ def make_sample_dataset(root: str | os.PathLike, num_classes: int = 4, clips_per
 
     counts = {"train": clips_per_class, "val": val_per_class}
     lines: dict[tuple[str, str], list[str]] = {(codec, split): [] for codec in codecs for split in _SPLITS}
+    captions: dict[str, list[str]] = {split: [] for split in _SPLITS}
+    names = class_names(num_classes)
     running: list[tuple[subprocess.Popen, Path]] = []
     for split_id, split in enumerate(_SPLITS):
         directory = root / "videos" / split
@@ -197,6 +222,9 @@ def make_sample_dataset(root: str | os.PathLike, num_classes: int = 4, clips_per
                 for codec in codecs:
                     path = directory / (name + CODECS[codec][0])
                     lines[(codec, split)].append(f"{path.relative_to(root).as_posix()} {label}\n")
+                    if codec == codecs[0]:
+                        template = _CAPTION_TEMPLATES[(i + label) % len(_CAPTION_TEMPLATES)]
+                        captions[split].append(f"{path.relative_to(root).as_posix()}\t{template.format(names[label])}\n")
                     if frames is None:
                         rng = np.random.default_rng([seed, split_id, label, i])
                         frames = render_clip(label, num_classes, num_frames, size, rng, speed, target_side, camera_pan)
@@ -208,5 +236,8 @@ def make_sample_dataset(root: str | os.PathLike, num_classes: int = 4, clips_per
     for (codec, split), split_lines in lines.items():
         target = lists[codec][_SPLITS.index(split)]
         target.write_text("".join(split_lines))
+    for split, split_captions in captions.items():
+        result.caption_list(split).write_text("".join(split_captions))
+    result.classes_file.write_text("".join(f"{name}\n" for name in names))
     marker.write_text(json.dumps(params))
     return result

@@ -81,6 +81,22 @@ def zero_shot_classify(model: VideoTextModel, video: torch.Tensor, class_names: 
     return clamped_logit_scale(model.text.logit_scale) * model.encode_video(video) @ classes.t()
 
 
+@torch.no_grad()
+def multiple_choice(model: VideoTextModel, video: torch.Tensor, choices: Sequence[Sequence[str]]) -> torch.Tensor:
+    """Zero-shot multiple choice (MSR-VTT MC style): for each video, the index of the candidate caption whose
+    embedding is closest to the video's. `choices` holds the same number of candidates per video."""
+    from internvideo_fast.models.tokenizer import tokenize
+
+    counts = {len(c) for c in choices}
+    if len(counts) != 1:
+        raise ValueError(f"choices must hold the same number of candidates per video, got {sorted(counts)}")
+    k = counts.pop()
+    device = model.visual_proj.device
+    text = model.encode_text(tokenize([c for cs in choices for c in cs]).to(device)).view(len(choices), k, -1)
+    video_features = model.encode_video(video)
+    return torch.einsum("bd,bkd->bk", video_features, text).argmax(dim=1)
+
+
 def retrieval_metrics(video_features: torch.Tensor, text_features: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict:
     """Recall@k of text-to-video and video-to-text retrieval for paired, normalized features (pair i is the
     match of pair i), plus the median rank."""

@@ -54,7 +54,10 @@ def _load_parts(model, parts: dict, ctx: DistContext) -> None:
         if type(module).__name__ == "UniFormerV2":
             from internvideo_fast.models.uniformerv2 import load_checkpoint
 
-            report = load_checkpoint(module, read_state_dict(path), strict=False)
+            state = read_state_dict(path)
+            if any(key.startswith("visual.") for key in state):  # a video-text model's video tower
+                state = {key[len("visual."):]: value for key, value in state.items() if key.startswith("visual.")}
+            report = load_checkpoint(module, state, strict=False)
         else:
             report = load_pretrained(module, path)
         if ctx.is_main:

@@ -1,0 +1,66 @@
+"""Zero-shot evaluation of a video-text model (InternVideo-MM): action recognition from class-name prompts,
+video<->text retrieval (R@1/5/10, median rank) and multiple choice. Every view of a video (clips x crops)
+is embedded and the embeddings are averaged per video, as the fine-tuned evaluation averages scores."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from internvideo_fast.models.videotext import DEFAULT_TEMPLATES, class_embeddings, retrieval_metrics
+
+
+@torch.no_grad()
+def video_embeddings(model, loader, device) -> tuple[torch.Tensor, list[int], list[int], list[str | None]]:
+    """Mean-over-views normalized embeddings ``[N, E]`` in list order, with labels and captions."""
+    model.eval()
+    sums: dict[int, torch.Tensor] = {}
+    labels: dict[int, int] = {}
+    captions: dict[int, str | None] = {}
+    for batch in loader:
+        features = model.encode_video(batch["video"].to(device)).float().cpu()
+        batch_captions = batch.get("caption", [None] * features.shape[0])
+        for row, index, label, caption in zip(features, batch["index"].tolist(), batch["label"].tolist(), batch_captions):
+            sums[index] = sums.get(index, 0) + row
+            labels[index], captions[index] = label, caption
+    order = sorted(sums)
+    embeddings = F.normalize(torch.stack([sums[i] for i in order]), dim=-1) if order else torch.empty(0)
+    return embeddings, [labels[i] for i in order], order, [captions[i] for i in order]
+
+
+def evaluate_zero_shot(model, loader, class_names: Sequence[str], device,
+                       templates: Sequence[str] = DEFAULT_TEMPLATES) -> dict:
+    videos, labels, _, _ = video_embeddings(model, loader, device)
+    classes = class_embeddings(model, class_names, templates).float().cpu()
+    scores = videos @ classes.t()
+    truth = torch.tensor(labels)
+    top = scores.topk(min(5, len(class_names)), dim=1).indices
+    return {"top1": (top[:, 0] == truth).float().mean().item(), "top5": (top == truth[:, None]).any(1).float().mean().item(),
+            "videos": len(labels)}
+
+
+def evaluate_retrieval(model, loader, device) -> dict:
+    """The loader must carry captions (a video-text list, `data.text: true`)."""
+    from internvideo_fast.models.tokenizer import tokenize
+
+    videos, _, _, captions = video_embeddings(model, loader, device)
+    if any(c is None for c in captions):
+        raise ValueError("retrieval needs a video-text list (data.text: true)")
+    texts = torch.cat([model.encode_text(tokenize(captions[i:i + 256]).to(device)).float().cpu()
+                       for i in range(0, len(captions), 256)])
+    return retrieval_metrics(videos, F.normalize(texts, dim=-1)) | {"pairs": len(captions)}
+
+
+def evaluate_multiple_choice(model, loader, questions: Sequence[dict], device) -> dict:
+    """`questions[i]` = ``{"choices": [...], "answer": k}`` for the i-th video of the loader's list."""
+    from internvideo_fast.models.tokenizer import tokenize
+
+    videos, _, order, _ = video_embeddings(model, loader, device)
+    correct = 0
+    for row, index in zip(videos, order):
+        question = questions[index]
+        texts = F.normalize(model.encode_text(tokenize(question["choices"]).to(device)).float().cpu(), dim=-1)
+        correct += int((texts @ row).argmax()) == int(question["answer"])
+    return {"accuracy": correct / max(1, len(order)), "videos": len(order)}
