@@ -2,7 +2,8 @@
 (`auto` backends) against the PyTorch references (`reference` backends), in one run.
 
     python bench/e2e_train.py                 # CPU: a micro config
-    python bench/e2e_train.py --device cuda   # GPU: ViT-B/16 pretraining (16x224x224, ratio 0.9) and fine-tuning
+    python bench/e2e_train.py --device cuda   # GPU: ViT-B/16 pretraining (16x224x224, ratio 0.9), fine-tuning,
+                                              # the CMA step (frozen bf16 backbones) and the vl_pretrain step
 
 `cases(device)` feeds `make gpu-check` (whole steps as one timed call each). Data loading is not in these
 steps (synthetic clips already on the device): bench the loaders separately."""
@@ -23,10 +24,13 @@ from internvideo_fast.models import create_model  # noqa: E402
 from internvideo_fast.ops import use_backend  # noqa: E402
 
 H100_BF16_PEAK_TFLOPS = 989.0  # dense, SXM (the spec sheet; the measured 8k GEMM rate is about 800)
+RECIPES = ("pretrain", "finetune", "cma", "vl_pretrain")
 
 
 def _setup(device: torch.device, recipe: str, quick: bool):
     on_gpu = device.type == "cuda"
+    if recipe in ("cma", "vl_pretrain"):
+        return _setup_multimodal(device, recipe, quick)
     if on_gpu:
         size, frames, batch = 224, 16, (8 if quick else 32)
         name = "videomae_pretrain_vit_base_patch16" if recipe == "pretrain" else "videomae_vit_base_patch16"
@@ -41,12 +45,39 @@ def _setup(device: torch.device, recipe: str, quick: bool):
     return model, optimizer, video, labels, f"{name},B={batch},{frames}x{size}x{size}"
 
 
+def _setup_multimodal(device: torch.device, recipe: str, quick: bool):
+    """CMA: frozen VideoMAE-B + UniFormerV2-B (bf16 under no_grad) + trainable CMA; vl_pretrain: UniFormerV2-B
+    + CLIP text with the contrastive and caption losses. Tiny models on CPU."""
+    on_gpu = device.type == "cuda"
+    batch = (8 if quick else 16) if on_gpu else 2
+    size, frames = (224, 8) if on_gpu else (32, 4)
+    if recipe == "cma":
+        name = "internvideo_cma_b16" if on_gpu else "internvideo_cma_tiny"
+        kwargs = {"num_classes": 400} | ({"mae_args": {"num_frames": frames}, "backbone_dtype": torch.bfloat16} if on_gpu else {})
+    else:
+        name = "internvideo_mm_b16" if on_gpu else "internvideo_mm_tiny"
+        kwargs = {}
+    model = create_model(name, **kwargs).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=on_gpu)
+    video = torch.randn(batch, 3, frames, size, size, device=device)
+    if recipe == "cma":
+        labels = torch.randint(0, 400, (batch,), device=device)
+    else:
+        from internvideo_fast.models.tokenizer import tokenize
+
+        labels = tokenize([f"a person doing action number {i}" for i in range(batch)]).to(device)
+    return model, optimizer, video, labels, f"{name},B={batch},{frames}x{size}x{size}"
+
+
 def _step_parts(model, optimizer, video, labels, recipe: str, device: torch.device):
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     seed = torch.tensor(0, device=device)
 
     def forward():
         with autocast:
+            if recipe == "vl_pretrain":
+                return model(video, labels)["loss"]
             if recipe == "pretrain":
                 return model(video, mask_ratio=0.9, seed=seed)["loss"]
             return torch.nn.functional.cross_entropy(model(video).float(), labels)
@@ -61,9 +92,11 @@ def _step_parts(model, optimizer, video, labels, recipe: str, device: torch.devi
     return forward, backward, step
 
 
-def _flops_per_step(model, video, recipe: str) -> float:
+def _flops_per_step(model, video, recipe: str) -> float | None:
     """Matmul FLOPs of forward + backward (3x forward) for the ViT blocks (2*params-per-token*tokens plus
     attention 4*n^2*D per layer), the standard MFU count."""
+    if recipe in ("cma", "vl_pretrain"):
+        return None  # several towers of different shapes: time only
     encoder = getattr(model, "encoder", model)
     D, depth = encoder.embed_dim, len(encoder.blocks)
     total_tokens = encoder.patch_embed.num_tokens
@@ -106,16 +139,18 @@ def measure_split(device: torch.device, recipe: str, backend: str, steps: int = 
         step_s = sum(totals.values()) / steps
         flops = _flops_per_step(model, video, recipe)
         row = {"recipe": recipe, "backend": backend, "model": label, "step_ms": step_s * 1e3,
-               "clips_per_s": video.shape[0] / step_s, "tflops": flops / step_s / 1e12}
+               "clips_per_s": video.shape[0] / step_s, "tflops": flops / step_s / 1e12 if flops else float("nan")}
         row.update({f"{k}_ms": v / steps * 1e3 for k, v in totals.items()})
-        if device.type == "cuda":
+        if device.type == "cuda" and flops:
             row["mfu"] = row["tflops"] / H100_BF16_PEAK_TFLOPS
         return row
 
 
 def cases(device: torch.device, quick: bool = False) -> list[Case]:
     out = []
-    for recipe in ("pretrain", "finetune"):
+    # The dry run of make gpu-check (quick, CPU) times the two VideoMAE steps only.
+    recipes = RECIPES if not (quick and device.type == "cpu") else ("pretrain", "finetune")
+    for recipe in recipes:
         for backend in ("reference", "auto"):
             with use_backend(backend):
                 model, optimizer, video, labels, label = _setup(device, recipe, quick)
@@ -126,8 +161,9 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
                     backward(forward())
                     step()
 
+            flops = _flops_per_step(model, video, recipe)
             out.append(Case(f"train_step_{recipe}", label, "ours" if backend == "auto" else "reference", run,
-                            baseline=backend == "reference", flops=int(_flops_per_step(model, video, recipe))))
+                            baseline=backend == "reference", flops=int(flops) if flops else None))
     return out
 
 
@@ -139,15 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     rows = [measure_split(device, recipe, backend, args.steps, args.quick)
-            for recipe in ("pretrain", "finetune") for backend in ("reference", "auto")]
-    header = f"{'recipe':<9} {'backend':<10} {'step ms':>9} {'fwd':>8} {'bwd':>8} {'optim':>8} {'clips/s':>8} {'TFLOP/s':>8}"
-    print(rows[0]["model"], "/", rows[2]["model"])
+            for recipe in RECIPES for backend in ("reference", "auto")]
+    header = f"{'recipe':<12} {'backend':<10} {'step ms':>9} {'fwd':>8} {'bwd':>8} {'optim':>8} {'clips/s':>8} {'TFLOP/s':>8}"
     print(header)
     for row in rows:
-        print(f"{row['recipe']:<9} {row['backend']:<10} {row['step_ms']:>9.2f} {row['forward_ms']:>8.2f} "
+        print(f"{row['recipe']:<12} {row['backend']:<10} {row['step_ms']:>9.2f} {row['forward_ms']:>8.2f} "
               f"{row['backward_ms']:>8.2f} {row['optimizer_ms']:>8.2f} {row['clips_per_s']:>8.1f} {row['tflops']:>8.3f}"
               + (f"  MFU {row['mfu']:.1%}" if "mfu" in row else ""))
-    for recipe in ("pretrain", "finetune"):
+    for row in rows[::2]:
+        print(f"{row['recipe']}: {row['model']}")
+    for recipe in RECIPES:
         ref, ours = (r for r in rows if r["recipe"] == recipe)
         print(f"{recipe}: ours / reference = {ref['step_ms'] / ours['step_ms']:.2f}x")
     return 0
