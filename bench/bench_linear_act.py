@@ -2,7 +2,13 @@
 in its epilogue, Triton dGELU + dbias pass, cuBLAS backward GEMMs) against eager PyTorch (nn.Linear +
 F.gelu + nn.Linear, the baseline) and torch.compile of the same eager MLP (default mode), in bf16 at the
 ViT-B pretraining (64 clips x 160 visible tokens, 768 -> 3072) and ViT-L fine-tuning (8 x 1568 tokens,
-1024 -> 4096) sizes. FLOPs: two GEMMs of 2 * rows * D * hidden each, x3 for forward + backward."""
+1024 -> 4096) sizes. FLOPs: two GEMMs of 2 * rows * D * hidden each, x3 for forward + backward.
+
+Memory (``memory_rows``; ``python bench/bench_linear_act.py [cuda|cpu]`` prints it): per provider, the bytes
+autograd saves for backward in one MLP block (distinct storages, parameters included, counted with
+torch.autograd.graph.saved_tensors_hooks), the bytes saved vs eager, and on CUDA the peak memory of one
+forward + backward above the inputs and parameters (torch.cuda.max_memory_allocated), with dropout 0.1 in
+training (the fused MLP keeps x and fc1's pre-activation; eager also keeps the activation and two masks)."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from torch import nn
 
 from common import Case
 from internvideo_fast.ops import use_backend
+from internvideo_fast.ops.backend import triton_runs_on
 from internvideo_fast.ops.linear_act import OP_NAME
 from internvideo_fast.ops.mlp_modules import FusedMLP
 
@@ -21,15 +28,17 @@ CPU_SIZES = [(2 * 160, 64, 256)]  # the CPU cases only prove the cases run
 
 
 class EagerMLP(nn.Module):
-    """timm's / VideoMAE's Mlp without dropout: nn.Linear, F.gelu, nn.Linear."""
+    """timm's / VideoMAE's Mlp: nn.Linear, F.gelu, dropout, nn.Linear, dropout (drop 0 by default)."""
 
-    def __init__(self, in_features: int, hidden_features: int):
+    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0):
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features)
         self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop = drop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        h = F.dropout(F.gelu(self.fc1(x)), self.drop, self.training)
+        return F.dropout(self.fc2(h), self.drop, self.training)
 
 
 def _fused_with(provider: str, mlp: FusedMLP):
@@ -75,6 +84,62 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
     return out
 
 
+def saved_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd saves for backward while `fn` runs."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(storages.values())
+
+
+def memory_rows(device: torch.device, drop: float = 0.1, quick: bool = False) -> list[dict]:
+    """Per size and provider (eager, fused; compiled on CUDA): saved-for-backward bytes per MLP block,
+    bytes saved vs eager, and on CUDA the peak memory of one forward + backward (MiB above the live
+    tensors before the call)."""
+    on_gpu = device.type == "cuda"
+    sizes = (SIZES if on_gpu else CPU_SIZES)[: 1 if quick else None]
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    rows = []
+    for n_rows, D, hidden in sizes:
+        eager = EagerMLP(D, hidden, drop).to(device=device, dtype=dtype)
+        fused = FusedMLP(D, hidden, activation="gelu", drop=drop).to(device=device, dtype=dtype)
+        fused.load_state_dict(eager.state_dict())
+        providers = {"eager": eager, "triton" if on_gpu else "reference": _fused_with(
+            "triton" if on_gpu else "reference", fused)}
+        if not on_gpu and triton_runs_on(device):  # the interpreter: saved bytes only, no timing
+            providers["triton"] = _fused_with("triton", fused)
+        if on_gpu:
+            providers["compiled"] = torch.compile(eager)
+        x = torch.randn(n_rows, D, device=device, dtype=dtype, requires_grad=True)
+        size = f"rows={n_rows},D={D},hidden={hidden},{str(dtype).removeprefix('torch.')},drop={drop}"
+        eager_saved = None
+        for name, fn in providers.items():
+            row = {"op": "ffn memory", "size": size, "provider": name}
+            if name != "compiled":  # compiled graphs save inside their own autograd function
+                row["saved_bytes"] = saved_bytes(lambda fn=fn: fn(x))
+                if name == "eager":
+                    eager_saved = row["saved_bytes"]
+                row["bytes_saved_vs_eager"] = eager_saved - row["saved_bytes"]
+            if on_gpu:
+                fn(x).sum().backward()  # warm up (autotune, compile)
+                x.grad = None
+                torch.cuda.synchronize()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                fn(x).sum().backward()
+                torch.cuda.synchronize()
+                row["peak_MiB"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+                x.grad = None
+            rows.append(row)
+    return rows
+
+
 CPU_CASES = cases(torch.device("cpu"))
 
 
@@ -82,3 +147,18 @@ CPU_CASES = cases(torch.device("cpu"))
 def test_linear_act(benchmark, case):
     benchmark.group = case.group
     benchmark(case.fn)
+
+
+def test_memory_rows_run_on_cpu():
+    rows = memory_rows(torch.device("cpu"), quick=True)
+    assert {"eager", "reference"} <= {row["provider"] for row in rows}
+    for row in rows:
+        if row["provider"] == "triton":
+            assert row["bytes_saved_vs_eager"] > 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    for row in memory_rows(torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda")):
+        print(row)

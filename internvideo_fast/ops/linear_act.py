@@ -4,7 +4,7 @@ For ``x [..., K]`` flattened to ``x [M, K]`` (``M = x.numel() / K`` rows), ``wei
 layout) and ``bias [N]`` (0 when absent):
 
     pre = x @ weight.T + bias                  (fp32 accumulator, then rounded to x's dtype)
-    y   = act(pre)
+    y   = act(pre)                             (then dropout, when dropout_p > 0: see "Dropout" below)
 
 with ``act`` one of
 
@@ -28,14 +28,25 @@ Implementation choices:
 - Memory: ``pre`` is *saved* (``M x N`` in x's dtype), not recomputed. Recomputing it would cost a second
   ``M x N x K`` matmul in the backward (+50% of this layer's forward FLOPs) to save one activation that eager
   PyTorch keeps as well (its GELU saves its input). With ``activation="none"`` (fc2) or without grad,
-  nothing extra is stored. (A further saving, keeping only ``pre`` and recomputing ``act(pre)`` for fc2's
-  weight gradient, would need one op for the whole MLP: not done here.)
+  nothing extra is stored. For the whole MLP, :func:`fused_mlp` (one op, used by FusedMLP) saves only x and
+  fc1's ``pre``: fc2's weight gradient needs ``h = dropout(act(pre))``, which the backward recomputes from
+  ``pre`` and the seed in the same elementwise pass that computes fc1's ``dpre`` (no extra read, no extra
+  matmul). Eager nn.Linear-GELU-nn.Linear also keeps ``h`` (``M x hidden``) and, with dropout, both masks;
+  FusedMLP saves that many bytes less per block (tests/test_linear_act.py counts them with
+  saved_tensors_hooks; ``bench/bench_linear_act.py`` reports them and the peak memory on GPU).
+- Dropout (``dropout_p > 0``) is fused into the epilogue after the activation: output element
+  ``(row, col)`` of the flattened ``[M, N]`` output is kept when ``tl.rand(seed, row * N + col) >= p``
+  (Philox, the rule of dropout_add_layer_norm, so its ``dropout_keep_mask`` reproduces the mask bitwise)
+  and scaled by ``1 / (1 - p)``. The mask is never stored: the backward's elementwise pass regenerates it
+  from the seed (a one-element int64 tensor on x's device; no host sync). fused_mlp keys its first dropout
+  on ``seed`` and the one after fc2 on ``seed + 1``. With dropout, a 128 x 128 tile's epilogue runs in
+  four column quarters (Philox's temporaries spilled registers in halves; measured with the sm_90a check).
 - Backward: ``dpre`` comes from a Triton elementwise kernel that reads ``dy`` and ``pre`` once, applies
-  ``act'`` in fp32, stores ``dpre`` in x's dtype and reduces ``dbias`` per program into a fixed
-  ``[programs, N]`` fp32 buffer (deterministic, like dropout_add_layer_norm). The two matmuls ``dx`` and
-  ``dweight`` are plain GEMMs with nothing left to fuse, so they run on ``torch.matmul`` (cuBLAS on GPU):
-  a single-config Triton matmul would not beat it, and fusing ``act'`` into both GEMMs' prologues would
-  read ``dy`` and ``pre`` twice.
+  the dropout mask and ``act'`` in fp32, stores ``dpre`` in x's dtype and reduces ``dbias`` per program
+  into a fixed ``[programs, N]`` fp32 buffer (deterministic, like dropout_add_layer_norm). The two
+  matmuls ``dx`` and ``dweight`` are plain GEMMs with nothing left to fuse, so they run on
+  ``torch.matmul`` (cuBLAS on GPU): a single-config Triton matmul would not beat it, and fusing ``act'``
+  into both GEMMs' prologues would read ``dy`` and ``pre`` twice.
 - erf: ``tl.math.erf`` works in the Triton interpreter on CPU (max error vs float64 ~3e-8 over [-5, 5]) and
   lowers to libdevice's ``erff`` on the GPU, so no rational approximation is needed. tanh is computed as
   ``2 * sigmoid(2u) - 1`` (Triton has no core tanh; absolute error ~1e-7).
@@ -47,7 +58,8 @@ Implementation choices:
   specialization, and there a whole-tile epilogue spilled at 128x128 / 8 warps; the epilogue therefore
   works on two column halves of the tile (a register-only split of the wgmma accumulator). Compiled as
   real launches are (aligned pointers, M / N / K multiples of 16), the same configs use 117-128 registers
-  and 96 KB (3 stages) / 128 KB (4 stages) of shared memory for 128x128x64, no spills.
+  and 96 KB (3 stages) / 128 KB (4 stages) of shared memory for 128x128x64, no spills; with the dropout
+  epilogue (in quarters) 197-218 registers aligned and 255 unaligned, still no spills.
 """
 
 from __future__ import annotations
@@ -60,8 +72,10 @@ import triton
 import triton.language as tl
 
 from internvideo_fast.ops.backend import available_backends, select_backend, triton_interpreter_on
+from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask
 from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
 from internvideo_fast.ops.outputs import new_output
+from internvideo_fast.ops.seeds import seed_tensor
 
 OP_NAME = "linear_act"
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "none")
@@ -112,12 +126,20 @@ def _activation_grad(pre, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
+def _keep(seed, offset, dropout_p):
+    """1 where the element at flat `offset` survives dropout: Philox ``tl.rand(seed, offset) >= p``, the
+    rule of dropout_add_layer_norm (so its ``dropout_keep_mask`` reproduces the mask bitwise)."""
+    return tl.rand(seed, offset) >= dropout_p
+
+
+@triton.jit
 def _linear_act_epilogue(
-    acc, row0, col0, cols_local, bias_ptr, y_ptr, pre_ptr, M, N,
+    acc, row0, col0, cols_local, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
     BLOCK_M: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_PRE: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
 ):
-    """Bias, pre-activation store, activation and store of one [BLOCK_M, len(cols_local)] part of a tile
-    whose top-left element is (row0, col0)."""
+    """Bias, pre-activation store, activation, dropout and store of one [BLOCK_M, len(cols_local)] part of
+    a tile whose top-left element is (row0, col0)."""
     rows = row0 + tl.arange(0, BLOCK_M)
     cols = col0 + cols_local
     in_n = cols < N
@@ -133,15 +155,19 @@ def _linear_act_epilogue(
         # The backward sees the rounded pre-activation: apply the activation to the same value.
         acc = pre.to(tl.float32)
     y = _activation(acc, ACTIVATION)
+    if HAS_DROPOUT:
+        # Keyed on the output element's flat index row * N + col (int64), as dropout_add_layer_norm.
+        y = tl.where(_keep(tl.load(seed_ptr), base + offsets, dropout_p), y * keep_scale, 0.0)
     tl.store(y_ptr + base + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _linear_act_fwd_kernel(
-    x_ptr, weight_ptr, bias_ptr, y_ptr, pre_ptr,
-    M, N, K,
+    x_ptr, weight_ptr, bias_ptr, seed_ptr, y_ptr, pre_ptr,
+    M, N, K, dropout_p, keep_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_PRE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
 ):
     # x [M, K] and weight [N, K] row-major; y, pre [M, N] row-major. One BLOCK_M x BLOCK_N tile of y per
     # program, programs ordered in groups of GROUP_M tile rows so that a wave re-reads weight tiles from L2.
@@ -175,26 +201,52 @@ def _linear_act_fwd_kernel(
         w_ptrs += BLOCK_K
 
     # Epilogue, in two column halves: the activation's temporaries for a whole 128 x 128 tile on top of the
-    # accumulator spill registers at 8 warps (measured with the sm_90a check); halves do not.
+    # accumulator spill registers at 8 warps (measured with the sm_90a check); halves do not. With dropout
+    # (Philox: ten rounds of 32-bit multiplies per element) a 128 x 128 tile needs quarters.
     acc_left, acc_right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
-    half = tl.arange(0, BLOCK_N // 2)
-    _linear_act_epilogue(
-        acc_left, row0, col0, half, bias_ptr, y_ptr, pre_ptr, M, N, BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE
-    )
-    _linear_act_epilogue(
-        acc_right, row0, col0 + BLOCK_N // 2, half, bias_ptr, y_ptr, pre_ptr, M, N,
-        BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE,
-    )
+    if HAS_DROPOUT and BLOCK_M * BLOCK_N >= 128 * 128:
+        quarter = tl.arange(0, BLOCK_N // 4)
+        q0, q1 = tl.split(tl.permute(tl.reshape(acc_left, (BLOCK_M, 2, BLOCK_N // 4)), (0, 2, 1)))
+        q2, q3 = tl.split(tl.permute(tl.reshape(acc_right, (BLOCK_M, 2, BLOCK_N // 4)), (0, 2, 1)))
+        _linear_act_epilogue(
+            q0, row0, col0, quarter, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+            BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
+        )
+        _linear_act_epilogue(
+            q1, row0, col0 + BLOCK_N // 4, quarter, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N,
+            dropout_p, keep_scale, BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
+        )
+        _linear_act_epilogue(
+            q2, row0, col0 + BLOCK_N // 2, quarter, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N,
+            dropout_p, keep_scale, BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
+        )
+        _linear_act_epilogue(
+            q3, row0, col0 + 3 * (BLOCK_N // 4), quarter, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N,
+            dropout_p, keep_scale, BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
+        )
+    else:
+        half = tl.arange(0, BLOCK_N // 2)
+        _linear_act_epilogue(
+            acc_left, row0, col0, half, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+            BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
+        )
+        _linear_act_epilogue(
+            acc_right, row0, col0 + BLOCK_N // 2, half, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N,
+            dropout_p, keep_scale, BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
+        )
 
 
 @triton.jit
 def _linear_act_bwd_kernel(
-    dy_ptr, pre_ptr, dpre_ptr, dbias_partial_ptr,
-    M, N, rows_per_program,
+    dy_ptr, pre_ptr, seed_ptr, dpre_ptr, act_ptr, dbias_partial_ptr,
+    M, N, rows_per_program, dropout_p, keep_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, STORE_ACT: tl.constexpr,
 ):
-    # Program (column block, row chunk): dpre = dy * act'(pre) over rows_per_program rows of BLOCK_N
-    # columns; dbias of the chunk accumulates in registers and lands in one partial row.
+    # Program (column block, row chunk): dpre = dropout'(dy) * act'(pre) over rows_per_program rows of
+    # BLOCK_N columns (the dropout mask regenerated from the seed); dbias of the chunk accumulates in
+    # registers and lands in one partial row. STORE_ACT also writes act_out = dropout(act(pre)) -- the
+    # forward's output, recomputed for the next layer's weight gradient (fused_mlp) in the same pass.
     col_block = tl.program_id(0)
     chunk = tl.program_id(1)
     cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -208,16 +260,26 @@ def _linear_act_bwd_kernel(
         offsets = rows[:, None] * N + cols[None, :]
 
         # Loads.
-        dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        pre = tl.load(pre_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        dpre = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        if ACTIVATION != "none" or STORE_ACT:
+            pre = tl.load(pre_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
 
         # Math (masked lanes: dy = 0, so dpre = 0).
-        dpre = dy * _activation_grad(pre, ACTIVATION)
+        if HAS_DROPOUT:
+            keep = _keep(tl.load(seed_ptr), offsets, dropout_p)
+            dpre = tl.where(keep, dpre * keep_scale, 0.0)
+        if ACTIVATION != "none":
+            dpre = dpre * _activation_grad(pre, ACTIVATION)
         if HAS_BIAS:
             dbias += tl.sum(dpre, axis=0)
 
         # Stores.
         tl.store(dpre_ptr + offsets, dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
+        if STORE_ACT:
+            h = _activation(pre, ACTIVATION)
+            if HAS_DROPOUT:
+                h = tl.where(keep, h * keep_scale, 0.0)
+            tl.store(act_ptr + offsets, h.to(act_ptr.dtype.element_ty), mask=mask)
     if HAS_BIAS:
         tl.store(dbias_partial_ptr + chunk * N + cols, dbias, mask=in_n)
 
@@ -245,22 +307,24 @@ _BWD_GPU_CONFIG = KernelConfig({"BLOCK_M": 16, "BLOCK_N": 256}, num_warps=4, num
 _BWD_INTERPRETER_CONFIG = KernelConfig({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=1)
 
 # The AOT check compiles each tile config with every activation (each is a separate compiled kernel), bias
-# and the pre-activation store on (the largest epilogue), at bf16, where INPUT_PRECISION is unused.
+# and the pre-activation store on (the largest epilogue), at bf16, where INPUT_PRECISION is unused; once
+# without and once with the dropout epilogue (Philox per element: the largest register footprint).
 register_triton_kernel(
     TritonKernelSpec(
         name="linear_act_fwd",
         kernel=_linear_act_fwd_kernel,
         signature={
-            "x_ptr": "*bf16", "weight_ptr": "*bf16", "bias_ptr": "*bf16",
+            "x_ptr": "*bf16", "weight_ptr": "*bf16", "bias_ptr": "*bf16", "seed_ptr": "*i64",
             "y_ptr": "*bf16", "pre_ptr": "*bf16",
-            "M": "i32", "N": "i32", "K": "i32",
+            "M": "i32", "N": "i32", "K": "i32", "dropout_p": "fp32", "keep_scale": "fp32",
         },
         configs=tuple(
             KernelConfig(
                 dict(c.constexprs, ACTIVATION=activation, HAS_BIAS=True, STORE_PRE=activation != "none",
-                     INPUT_PRECISION="tf32"),
+                     INPUT_PRECISION="tf32", HAS_DROPOUT=dropout),
                 c.num_warps, c.num_stages,
             )
+            for dropout in (False, True)
             for c in (*_FWD_GPU_CONFIGS, _FWD_INTERPRETER_CONFIG)
             for activation in ACTIVATIONS
         ),
@@ -272,14 +336,22 @@ register_triton_kernel(
         name="linear_act_bwd",
         kernel=_linear_act_bwd_kernel,
         signature={
-            "dy_ptr": "*bf16", "pre_ptr": "*bf16", "dpre_ptr": "*bf16", "dbias_partial_ptr": "*fp32",
-            "M": "i32", "N": "i32", "rows_per_program": "i32",
+            "dy_ptr": "*bf16", "pre_ptr": "*bf16", "seed_ptr": "*i64", "dpre_ptr": "*bf16",
+            "act_ptr": "*bf16", "dbias_partial_ptr": "*fp32",
+            "M": "i32", "N": "i32", "rows_per_program": "i32", "dropout_p": "fp32", "keep_scale": "fp32",
         },
         configs=tuple(
-            KernelConfig(dict(c.constexprs, ACTIVATION=activation, HAS_BIAS=True), c.num_warps, c.num_stages)
+            KernelConfig(
+                dict(c.constexprs, ACTIVATION=activation, HAS_BIAS=True, HAS_DROPOUT=dropout,
+                     STORE_ACT=dropout and activation != "none"),
+                c.num_warps, c.num_stages,
+            )
+            for dropout in (False, True)
             for c in (_BWD_GPU_CONFIG, _BWD_INTERPRETER_CONFIG)
             for activation in ACTIVATIONS
-            if activation != "none"  # "none" needs no dpre pass
+            # "none" without dropout needs no dpre pass; with dropout it applies dropout' (fc2). STORE_ACT
+            # (fused_mlp's fc1 backward) is compiled with dropout on, its largest form.
+            if dropout or activation != "none"
         ),
     )
 )
@@ -289,7 +361,7 @@ _fwd_kernel_autotuned = triton.autotune(
         triton.Config(dict(c.constexprs), num_warps=c.num_warps, num_stages=c.num_stages)
         for c in _FWD_GPU_CONFIGS
     ],
-    key=["N", "K", "ACTIVATION", "HAS_BIAS", "STORE_PRE"],
+    key=["N", "K", "ACTIVATION", "HAS_BIAS", "STORE_PRE", "HAS_DROPOUT"],
 )(_linear_act_fwd_kernel)
 
 
@@ -306,43 +378,109 @@ def _input_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
+def _has_dropout(seed: torch.Tensor | None, dropout_p: float) -> bool:
+    return seed is not None and dropout_p > 0.0
+
+
+def _keep_scale(dropout_p: float) -> float:
+    return 1.0 / (1.0 - dropout_p) if dropout_p > 0.0 else 1.0
+
+
+def _next_seed(seed: torch.Tensor | None) -> torch.Tensor | None:
+    """fused_mlp's second dropout (after fc2) uses ``seed + 1`` (int64, wrapping): another Philox key."""
+    return None if seed is None else seed + 1
+
+
 # ----------------------------------------------------------------------------------------------------
-# Host launchers as torch.library ops (x [M, K], weight [N, K] contiguous; the public function reshapes)
+# Kernel launchers (plain functions; the torch.library ops below call them)
 # ----------------------------------------------------------------------------------------------------
-@torch.library.custom_op("internvideo_fast::linear_act_fwd", mutates_args=())
-def _linear_act_fwd(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str, save_pre: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (y, pre); pre is empty unless `save_pre` (and never stored for activation "none")."""
+def _launch_fwd(x, weight, bias, activation, store_pre, seed, dropout_p):
+    """(y, pre) for x [M, K], weight [N, K]: y = dropout(act(x @ weight.T + bias)); pre is [M, N] when
+    `store_pre` (for any activation), else empty."""
     M, K = x.shape
     N = weight.shape[0]
-    store_pre = save_pre and activation != "none"
+    has_dropout = _has_dropout(seed, dropout_p)
     y = new_output(x, (M, N))
     pre = new_output(x, (M, N) if store_pre else (0,))
     if M > 0 and N > 0:
         common = dict(
             ACTIVATION=activation, HAS_BIAS=bias is not None, STORE_PRE=store_pre,
-            INPUT_PRECISION=_input_precision(x.dtype),
+            INPUT_PRECISION=_input_precision(x.dtype), HAS_DROPOUT=has_dropout,
+        )
+        args = (
+            x, weight, bias, seed if has_dropout else None, y, pre if store_pre else None, M, N, K,
+            float(dropout_p) if has_dropout else 0.0, _keep_scale(dropout_p) if has_dropout else 1.0,
         )
         if x.device.type == "cuda" and not triton_interpreter_on():
 
             def grid(meta):
                 return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
-            _fwd_kernel_autotuned[grid](x, weight, bias, y, pre if store_pre else None, M, N, K, **common)
+            _fwd_kernel_autotuned[grid](*args, **common)
         else:
             config = _FWD_INTERPRETER_CONFIG
             blocks = config.constexprs
             grid = (triton.cdiv(M, blocks["BLOCK_M"]) * triton.cdiv(N, blocks["BLOCK_N"]),)
             _linear_act_fwd_kernel[grid](
-                x, weight, bias, y, pre if store_pre else None, M, N, K, **blocks, **common,
-                num_warps=config.num_warps, num_stages=config.num_stages,
+                *args, **blocks, **common, num_warps=config.num_warps, num_stages=config.num_stages,
             )
     return y, pre
 
 
+def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act):
+    """(dpre, dbias fp32 or None, act_out or None) for dy [M, N]: dpre = dropout'(dy) * act'(pre);
+    `store_act` also returns dropout(act(pre)) (the forward's output, recomputed)."""
+    M, N = dy.shape
+    has_dropout = _has_dropout(seed, dropout_p)
+    if activation == "none" and not has_dropout:
+        return dy, (dy.sum(0, dtype=torch.float32) if has_bias else None), (pre if store_act else None)
+    dpre = new_output(dy, (M, N))
+    act_out = new_output(dy, (M, N)) if store_act else None
+    interpreter = dy.device.type != "cuda" or triton_interpreter_on()
+    config = _BWD_INTERPRETER_CONFIG if interpreter else _BWD_GPU_CONFIG
+    block_m, block_n = config.constexprs["BLOCK_M"], config.constexprs["BLOCK_N"]
+    col_blocks = triton.cdiv(N, block_n)
+    row_blocks = triton.cdiv(M, block_m)
+    # About four programs per SM in all (the interpreter: a handful of row chunks).
+    chunks = max(1, min(row_blocks, (4 * _sm_count(dy.device)) // col_blocks if not interpreter else 2))
+    rows_per_program = triton.cdiv(row_blocks, chunks) * block_m
+    chunks = max(1, triton.cdiv(M, rows_per_program))
+    dbias_partial = new_output(dy, (chunks, N) if has_bias else (0,), torch.float32)
+    if M > 0 and N > 0:
+        _linear_act_bwd_kernel[(col_blocks, chunks)](
+            dy, pre if activation != "none" or store_act else None, seed if has_dropout else None,
+            dpre, act_out, dbias_partial if has_bias else None, M, N, rows_per_program,
+            float(dropout_p) if has_dropout else 0.0, _keep_scale(dropout_p) if has_dropout else 1.0,
+            BLOCK_M=block_m, BLOCK_N=block_n, ACTIVATION=activation, HAS_BIAS=has_bias,
+            HAS_DROPOUT=has_dropout, STORE_ACT=store_act,
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )
+    elif has_bias:
+        dbias_partial.zero_()
+    # Deterministic: a fixed split of rows over programs, then one reduction over the partial rows.
+    return dpre, (dbias_partial.sum(0) if has_bias else None), act_out
+
+
+# ----------------------------------------------------------------------------------------------------
+# linear_act as torch.library ops (x [M, K], weight [N, K] contiguous; the public function reshapes)
+# ----------------------------------------------------------------------------------------------------
+@torch.library.custom_op("internvideo_fast::linear_act_fwd", mutates_args=())
+def _linear_act_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str,
+    save_pre: bool,
+    seed: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (y, pre); pre is empty unless `save_pre` (and never stored for activation "none").
+    Dropout (after the activation) runs when `seed` is given and dropout_p > 0."""
+    return _launch_fwd(x, weight, bias, activation, save_pre and activation != "none", seed, dropout_p)
+
+
 @_linear_act_fwd.register_fake
-def _linear_act_fwd_fake(x, weight, bias, activation, save_pre):
+def _linear_act_fwd_fake(x, weight, bias, activation, save_pre, seed=None, dropout_p=0.0):
     M, N = x.shape[0], weight.shape[0]
     return x.new_empty((M, N)), x.new_empty((M, N) if save_pre and activation != "none" else (0,))
 
@@ -355,35 +493,12 @@ def _linear_act_bwd(
     pre: torch.Tensor,
     activation: str,
     has_bias: bool,
+    seed: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (dx, dweight, dbias); dbias is empty when there is no bias. `pre` may be empty for "none"."""
-    M, K = x.shape
-    N = weight.shape[0]
-    if activation == "none":
-        dpre = dy
-        dbias = dy.sum(0, dtype=torch.float32) if has_bias else None
-    else:
-        dpre = new_output(dy, (M, N))
-        interpreter = x.device.type != "cuda" or triton_interpreter_on()
-        config = _BWD_INTERPRETER_CONFIG if interpreter else _BWD_GPU_CONFIG
-        block_m, block_n = config.constexprs["BLOCK_M"], config.constexprs["BLOCK_N"]
-        col_blocks = triton.cdiv(N, block_n)
-        row_blocks = triton.cdiv(M, block_m)
-        # About four programs per SM in all (the interpreter: a handful of row chunks).
-        chunks = max(1, min(row_blocks, (4 * _sm_count(x.device)) // col_blocks if not interpreter else 2))
-        rows_per_program = triton.cdiv(row_blocks, chunks) * block_m
-        chunks = max(1, triton.cdiv(M, rows_per_program))
-        dbias_partial = new_output(dy, (chunks, N) if has_bias else (0,), torch.float32)
-        if M > 0 and N > 0:
-            _linear_act_bwd_kernel[(col_blocks, chunks)](
-                dy, pre, dpre, dbias_partial if has_bias else None, M, N, rows_per_program,
-                BLOCK_M=block_m, BLOCK_N=block_n, ACTIVATION=activation, HAS_BIAS=has_bias,
-                num_warps=config.num_warps, num_stages=config.num_stages,
-            )
-        elif has_bias:
-            dbias_partial.zero_()
-        # Deterministic: a fixed split of rows over programs, then one reduction over the partial rows.
-        dbias = dbias_partial.sum(0) if has_bias else None
+    """Returns (dx, dweight, dbias); dbias is empty when there is no bias. `pre` may be empty for "none".
+    The dropout mask is regenerated from `seed`."""
+    dpre, dbias, _ = _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, False)
     dx = torch.matmul(dpre, weight)  # [M, N] @ [N, K]
     dweight = torch.matmul(dpre.t(), x)  # [N, M] @ [M, K]
     dbias = dbias.to(weight.dtype) if dbias is not None else dy.new_empty((0,))
@@ -391,33 +506,142 @@ def _linear_act_bwd(
 
 
 @_linear_act_bwd.register_fake
-def _linear_act_bwd_fake(dy, x, weight, pre, activation, has_bias):
+def _linear_act_bwd_fake(dy, x, weight, pre, activation, has_bias, seed=None, dropout_p=0.0):
     N = weight.shape[0]
     return torch.empty_like(x), torch.empty_like(weight), dy.new_empty((N,) if has_bias else (0,))
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, activation, save_pre = inputs
+    x, weight, bias, activation, save_pre, seed, dropout_p = inputs
     _, pre = output
     ctx.activation = activation
     ctx.has_bias = bias is not None
     ctx.pre_saved = save_pre and activation != "none"
-    ctx.save_for_backward(x, weight, bias, pre)
+    ctx.dropout_p = dropout_p
+    ctx.save_for_backward(x, weight, bias, pre, seed)
     ctx.mark_non_differentiable(pre)
 
 
 def _backward(ctx, dy, _dpre):
-    x, weight, bias, pre = ctx.saved_tensors
+    x, weight, bias, pre, seed = ctx.saved_tensors
     if dy is None:
-        return None, None, None, None, None
+        return None, None, None, None, None, None, None
     if ctx.activation != "none" and not ctx.pre_saved:
         # Called without save_pre (a caller that promised no backward): recompute the pre-activation.
         pre, _ = _linear_act_fwd(x, weight, bias, "none", False)
-    dx, dweight, dbias = _linear_act_bwd(dy.contiguous(), x, weight, pre, ctx.activation, ctx.has_bias)
-    return dx, dweight, dbias if ctx.has_bias else None, None, None
+    dx, dweight, dbias = _linear_act_bwd(
+        dy.contiguous(), x, weight, pre, ctx.activation, ctx.has_bias, seed, ctx.dropout_p
+    )
+    return dx, dweight, dbias if ctx.has_bias else None, None, None, None, None
 
 
 torch.library.register_autograd("internvideo_fast::linear_act_fwd", _backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------
+# fused_mlp: fc1 (+ act + dropout) and fc2 (+ dropout) as one op that saves only x and fc1's pre-activation
+# ----------------------------------------------------------------------------------------------------
+@torch.library.custom_op("internvideo_fast::fused_mlp_fwd", mutates_args=())
+def _fused_mlp_fwd(
+    x: torch.Tensor,
+    weight1: torch.Tensor,
+    bias1: torch.Tensor | None,
+    weight2: torch.Tensor,
+    bias2: torch.Tensor | None,
+    activation: str,
+    save_pre: bool,
+    seed: torch.Tensor | None,
+    dropout_p: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (y, pre): ``y = dropout_{seed+1}(fc2(dropout_seed(act(pre))))``, ``pre = fc1(x)`` (empty
+    unless `save_pre`). The hidden activation is a temporary: it is not returned and not saved."""
+    h, pre = _launch_fwd(x, weight1, bias1, activation, save_pre, seed, dropout_p)
+    y, _ = _launch_fwd(h, weight2, bias2, "none", False, _next_seed(seed), dropout_p)
+    return y, pre
+
+
+@_fused_mlp_fwd.register_fake
+def _fused_mlp_fwd_fake(x, weight1, bias1, weight2, bias2, activation, save_pre, seed, dropout_p):
+    M = x.shape[0]
+    return x.new_empty((M, weight2.shape[0])), x.new_empty((M, weight1.shape[0]) if save_pre else (0,))
+
+
+@torch.library.custom_op("internvideo_fast::fused_mlp_bwd", mutates_args=())
+def _fused_mlp_bwd(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight1: torch.Tensor,
+    weight2: torch.Tensor,
+    pre: torch.Tensor,
+    activation: str,
+    has_bias: bool,
+    seed: torch.Tensor | None,
+    dropout_p: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns (dx, dweight1, dbias1, dweight2, dbias2) (the biases' grads empty when has_bias is False).
+
+    fc2: dz = dropout'(dy) (mask from seed + 1); dh = dz @ weight2. fc1: one pass over (dh, pre) writes
+    dpre = dropout'(dh) * act'(pre) and recomputes h = dropout(act(pre)) for dweight2 = dz.T @ h."""
+    dz, dbias2, _ = _launch_dpre(dy, None, "none", has_bias, _next_seed(seed), dropout_p, False)
+    dh = torch.matmul(dz, weight2)  # [M, N2] @ [N2, H]
+    dpre, dbias1, h = _launch_dpre(dh, pre, activation, has_bias, seed, dropout_p, True)
+    dweight2 = torch.matmul(dz.t(), h)  # [N2, M] @ [M, H]
+    dx = torch.matmul(dpre, weight1)  # [M, H] @ [H, K]
+    dweight1 = torch.matmul(dpre.t(), x)  # [H, M] @ [M, K]
+    return (
+        dx, dweight1, dbias1.to(weight1.dtype) if has_bias else dy.new_empty((0,)),
+        dweight2, dbias2.to(weight2.dtype) if has_bias else dy.new_empty((0,)),
+    )
+
+
+@_fused_mlp_bwd.register_fake
+def _fused_mlp_bwd_fake(dy, x, weight1, weight2, pre, activation, has_bias, seed, dropout_p):
+    def bias_grad(weight):
+        return dy.new_empty((weight.shape[0],) if has_bias else (0,))
+
+    return (
+        torch.empty_like(x), torch.empty_like(weight1), bias_grad(weight1),
+        torch.empty_like(weight2), bias_grad(weight2),
+    )
+
+
+def _fused_mlp_setup_context(ctx, inputs, output):
+    x, weight1, bias1, weight2, bias2, activation, save_pre, seed, dropout_p = inputs
+    _, pre = output
+    ctx.activation = activation
+    ctx.has_bias = bias1 is not None
+    ctx.has_bias2 = bias2 is not None
+    ctx.pre_saved = save_pre
+    ctx.dropout_p = dropout_p
+    # x, fc1's pre-activation and the seed: no [M, hidden] activation, no dropout mask (bias1 only when the
+    # pre-activation must be recomputed).
+    ctx.save_for_backward(x, weight1, None if save_pre else bias1, weight2, pre, seed)
+    ctx.mark_non_differentiable(pre)
+
+
+def _fused_mlp_backward(ctx, dy, _dpre):
+    x, weight1, bias1, weight2, pre, seed = ctx.saved_tensors
+    if dy is None:
+        return (None,) * 9
+    if not ctx.pre_saved:
+        pre, _ = _fused_mlp_pre(x, weight1, bias1)
+    has_bias = ctx.has_bias or ctx.has_bias2
+    dx, dweight1, dbias1, dweight2, dbias2 = _fused_mlp_bwd(
+        dy.contiguous(), x, weight1, weight2, pre, ctx.activation, has_bias, seed, ctx.dropout_p
+    )
+    return (
+        dx, dweight1, dbias1 if ctx.has_bias else None, dweight2, dbias2 if ctx.has_bias2 else None,
+        None, None, None, None,
+    )
+
+
+def _fused_mlp_pre(x, weight1, bias1):
+    return _linear_act_fwd(x, weight1, bias1, "none", False)
+
+
+torch.library.register_autograd(
+    "internvideo_fast::fused_mlp_fwd", _fused_mlp_backward, setup_context=_fused_mlp_setup_context
+)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -442,16 +666,45 @@ def linear_act_ref(
     bias: torch.Tensor | None = None,
     activation: str = "gelu",
     upcast: bool = False,
+    keep_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """Plain PyTorch: ``act(F.linear(x, weight, bias))`` in x's dtype (``upcast``: in float64, returned as
-    float64)."""
+    """Plain PyTorch: ``dropout(act(F.linear(x, weight, bias)))`` in x's dtype (``upcast``: in float64,
+    returned as float64). `keep_mask` (bool, the output's shape; None keeps everything) is the dropout
+    mask, e.g. ``dropout_keep_mask(seed, out_shape, dropout_p)`` -- the kernel's mask for that seed."""
     dtype = torch.float64 if upcast else x.dtype
     pre = F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
-    return apply_activation_ref(pre, activation)
+    out = apply_activation_ref(pre, activation)
+    if keep_mask is not None:
+        out = out * keep_mask.to(dtype) * (1.0 / (1.0 - dropout_p))
+    return out
+
+
+def fused_mlp_ref(
+    x: torch.Tensor,
+    weight1: torch.Tensor,
+    bias1: torch.Tensor | None,
+    weight2: torch.Tensor,
+    bias2: torch.Tensor | None,
+    activation: str = "gelu",
+    dropout_p: float = 0.0,
+    seed: int | torch.Tensor | None = None,
+    upcast: bool = False,
+) -> torch.Tensor:
+    """Plain PyTorch ``dropout(fc2(dropout(act(fc1(x)))))`` with the kernels' masks: the first dropout's
+    from `seed`, the second's from ``seed + 1`` (no dropout when `seed` is None or dropout_p is 0)."""
+    keep1 = keep2 = None
+    out_shape = (*x.shape[:-1], weight1.shape[0])
+    if seed is not None and dropout_p > 0.0:
+        seed = seed_tensor(seed, x.device)
+        keep1 = dropout_keep_mask(seed, out_shape, dropout_p)
+        keep2 = dropout_keep_mask(seed + 1, (*x.shape[:-1], weight2.shape[0]), dropout_p)
+    h = linear_act_ref(x, weight1, bias1, activation, upcast, keep1, dropout_p)
+    return linear_act_ref(h, weight2, bias2, "none", upcast, keep2, dropout_p)
 
 
 # ----------------------------------------------------------------------------------------------------
-# Public function
+# Public functions
 # ----------------------------------------------------------------------------------------------------
 def _check_parameter(name: str, tensor, x: torch.Tensor, shape) -> None:
     if not isinstance(tensor, torch.Tensor):
@@ -464,10 +717,58 @@ def _check_parameter(name: str, tensor, x: torch.Tensor, shape) -> None:
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
 
 
+def _check_x(x) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a tensor, got {type(x).__name__}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError(f"x must have at least one dim, got shape {tuple(x.shape)}")
+
+
+def _check_activation(activation) -> None:
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def _check_dropout_p(dropout_p) -> float:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
+    return float(dropout_p)
+
+
+def _check_linear(x, weight, bias, name="weight", bias_name="bias", in_features=None) -> int:
+    """Checks weight [N, K] / bias [N] against x (K = `in_features` or x's last dim); returns N."""
+    K = x.shape[-1] if in_features is None else in_features
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"{name} must be a 2-D [out_features, in_features] tensor, got {shape}")
+    if weight.shape[1] != K:
+        raise ValueError(
+            f"{name} must have shape [out_features, {K}] to match the input's last dim {K}, "
+            f"got {tuple(weight.shape)}"
+        )
+    N = weight.shape[0]
+    _check_parameter(name, weight, x, (N, K))
+    if bias is not None:
+        _check_parameter(bias_name, bias, x, (N,))
+    return N
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def linear_act(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, activation: str = "gelu"
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str = "gelu",
+    dropout_p: float = 0.0,
+    seed: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``act(x @ weight.T + bias)`` with the bias and activation fused into the matmul (module docstring).
+    """``dropout(act(x @ weight.T + bias))`` with the bias, activation and dropout fused into the matmul
+    (module docstring).
 
     Args:
         x: ``[..., K]`` float32 / float16 / bfloat16; the leading dims are flattened into rows.
@@ -475,39 +776,77 @@ def linear_act(
         bias: ``[N]`` or None, x's dtype and device.
         activation: ``"gelu"`` (erf), ``"gelu_tanh"``, ``"quick_gelu"`` (``x * sigmoid(1.702 x)``) or
             ``"none"``.
+        dropout_p: dropout probability in [0, 1) after the activation (0: none; the caller passes 0 in
+            eval). Element ``(row, col)`` of the flattened ``[M, N]`` output is kept when
+            ``tl.rand(seed, row * N + col) >= dropout_p``; ``dropout_keep_mask(seed, y.shape, dropout_p)``
+            reproduces the mask.
+        seed: the dropout seed: an int or a one-element int64 tensor on x's device; None draws one from
+            torch's default generator. The backward regenerates the mask from it (no mask is stored).
 
     Returns:
         ``[..., N]`` in x's dtype.
     """
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"x must be a tensor, got {type(x).__name__}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
-    if x.dim() < 1:
-        raise ValueError(f"x must have at least one dim, got shape {tuple(x.shape)}")
-    if not isinstance(activation, str) or activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
-        raise ValueError(f"weight must be a 2-D [out_features, in_features] tensor, got {shape}")
+    _check_x(x)
+    _check_activation(activation)
+    dropout_p = _check_dropout_p(dropout_p)
+    N = _check_linear(x, weight, bias)
     K = x.shape[-1]
-    if weight.shape[1] != K:
-        raise ValueError(
-            f"weight must have shape [out_features, {K}] to match x's last dim {K}, got {tuple(weight.shape)}"
-        )
-    N = weight.shape[0]
-    _check_parameter("weight", weight, x, (N, K))
-    if bias is not None:
-        _check_parameter("bias", bias, x, (N,))
+    seed = seed_tensor(seed, x.device) if dropout_p > 0.0 else None
 
     backend = select_backend(OP_NAME, x.device, available_backends(OP_NAME, x.device))
     if backend == "reference":
-        return linear_act_ref(x, weight, bias, activation)
-    save_pre = torch.is_grad_enabled() and (
-        x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    )
+        keep = None if seed is None else dropout_keep_mask(seed, (*x.shape[:-1], N), dropout_p)
+        return linear_act_ref(x, weight, bias, activation, keep_mask=keep, dropout_p=dropout_p)
     y, _ = _linear_act_fwd(
         x.contiguous().reshape(-1, K), weight.contiguous(), None if bias is None else bias.contiguous(),
-        activation, save_pre,
+        activation, _needs_grad(x, weight, bias), seed, dropout_p,
+    )
+    return y.reshape(*x.shape[:-1], N)
+
+
+def fused_mlp(
+    x: torch.Tensor,
+    weight1: torch.Tensor,
+    bias1: torch.Tensor | None,
+    weight2: torch.Tensor,
+    bias2: torch.Tensor | None,
+    activation: str = "gelu",
+    dropout_p: float = 0.0,
+    seed: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The whole MLP ``dropout(fc2(dropout(act(fc1(x)))))`` as one op that saves for backward only x, fc1's
+    pre-activation ``[..., hidden]`` and the seed (eager PyTorch also keeps the activation ``[..., hidden]``
+    and, with dropout, both masks): fc2's weight gradient recomputes ``dropout(act(pre))`` inside the pass
+    that computes fc1's ``dpre``.
+
+    Both dropouts use probability `dropout_p` (0: none), the first keyed on `seed` and the second on
+    ``seed + 1`` (see :func:`fused_mlp_ref`). Biases are both present or both None. Arguments otherwise
+    as :func:`linear_act` (weight1 ``[hidden, K]``, weight2 ``[N, hidden]``).
+    """
+    _check_x(x)
+    _check_activation(activation)
+    dropout_p = _check_dropout_p(dropout_p)
+    hidden = _check_linear(x, weight1, bias1, "weight1", "bias1")
+    _check_linear(x, weight2, bias2, "weight2", "bias2", in_features=hidden)
+    if (bias1 is None) != (bias2 is None):
+        raise ValueError("bias1 and bias2 must both be tensors or both be None")
+    K = x.shape[-1]
+    N = weight2.shape[0]
+    seed = seed_tensor(seed, x.device) if dropout_p > 0.0 else None
+    if activation == "none":
+        # No activation to recompute: two linear_act calls save the same (x and fc1's output).
+        h = linear_act(x, weight1, bias1, "none", dropout_p, seed)
+        return linear_act(h, weight2, bias2, "none", dropout_p, _next_seed(seed))
+
+    backend = select_backend(OP_NAME, x.device, available_backends(OP_NAME, x.device))
+    if backend == "reference":
+        return fused_mlp_ref(x, weight1, bias1, weight2, bias2, activation, dropout_p, seed)
+
+    def flat(t):
+        return None if t is None else t.contiguous()
+
+    y, _ = _fused_mlp_fwd(
+        x.contiguous().reshape(-1, K), flat(weight1), flat(bias1), flat(weight2), flat(bias2),
+        activation, _needs_grad(x, weight1, bias1, weight2, bias2), seed, dropout_p,
     )
     return y.reshape(*x.shape[:-1], N)

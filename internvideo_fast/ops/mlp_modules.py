@@ -2,18 +2,21 @@
 
 ``FusedMLP`` keeps its parameters in two ``nn.Linear`` children, so its state dict has VideoMAE's (and
 timm's ``Mlp``) names ``fc1.weight, fc1.bias, fc2.weight, fc2.bias``; OpenAI CLIP / UniFormerV2 name the
-same tensors ``c_fc.*`` / ``c_proj.*`` (see :func:`clip_mlp_key_map`). fc1 runs with the activation fused
-into its matmul epilogue, fc2 with ``activation="none"`` (bias fused); the two dropouts are
-``torch.nn.functional.dropout``.
+same tensors ``c_fc.*`` / ``c_proj.*`` (see :func:`clip_mlp_key_map`). The forward is one
+:func:`~internvideo_fast.ops.linear_act.fused_mlp` op: fc1 with bias + activation + dropout fused into its
+matmul epilogue, fc2 with bias + dropout fused into its epilogue (Philox masks keyed on the output element,
+regenerated in the backward, never stored). For backward it saves only x and fc1's pre-activation (plus
+the parameters and the seed); fc2's weight gradient recomputes ``dropout(act(pre))``. Eager
+nn.Linear-GELU-nn.Linear also keeps the ``[..., hidden]`` activation (and, with dropout, both masks), so
+FusedMLP saves ``rows * hidden * itemsize`` bytes less per block (+ the masks with dropout).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from internvideo_fast.ops.linear_act import ACTIVATIONS, linear_act
+from internvideo_fast.ops.linear_act import ACTIVATIONS, fused_mlp
 
 # CLIP's MLP child names -> ours (`mlp.c_fc.weight` -> `mlp.fc1.weight`, and so on).
 _CLIP_TO_OURS = {"c_fc": "fc1", "c_proj": "fc2"}
@@ -53,7 +56,8 @@ class FusedMLP(nn.Module):
         out_features: fc2's output width (default D).
         activation: ``"gelu"`` (erf; VideoMAE, CLIP ViT), ``"gelu_tanh"``, ``"quick_gelu"`` (OpenAI CLIP)
             or ``"none"``.
-        drop: dropout probability after the activation and after fc2 (training only).
+        drop: dropout probability after the activation and after fc2 (training only; both fused into the
+            matmul epilogues, the masks from ``seed`` and ``seed + 1``, see ``forward``).
         bias: whether fc1 and fc2 have biases.
 
     Under autocast, x and the parameters are cast to the autocast dtype (as nn.Linear would be); otherwise
@@ -87,7 +91,9 @@ class FusedMLP(nn.Module):
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}, drop={self.drop}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seed: int | torch.Tensor | None = None) -> torch.Tensor:
+        """`seed`: the dropout seed (int or one-element int64 tensor on x's device); None draws one on x's
+        device (no host sync). Unused in eval or with drop 0."""
         device_type = x.device.type
         dtype = x.dtype
         if torch.is_autocast_enabled(device_type):
@@ -96,7 +102,10 @@ class FusedMLP(nn.Module):
         def cast(tensor):
             return tensor if tensor is None or tensor.dtype == dtype else tensor.to(dtype)
 
-        h = linear_act(cast(x), cast(self.fc1.weight), cast(self.fc1.bias), self.activation)
-        h = F.dropout(h, self.drop, self.training)
-        y = linear_act(h, cast(self.fc2.weight), cast(self.fc2.bias), "none")
-        return F.dropout(y, self.drop, self.training)
+        dropout_p = self.drop if self.training else 0.0
+        if dropout_p > 0.0 and seed is None:
+            seed = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, device=x.device)
+        return fused_mlp(
+            cast(x), cast(self.fc1.weight), cast(self.fc1.bias), cast(self.fc2.weight), cast(self.fc2.bias),
+            self.activation, dropout_p, seed,
+        )
