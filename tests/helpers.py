@@ -42,3 +42,11 @@ def assert_close_to_reference(
 
 
 from internvideo_fast.ops.outputs import poison_, poisoned_outputs  # noqa: E402,F401  (re-exported for tests)
+
+import pytest  # noqa: E402
+
+from internvideo_fast.ops.backend import triton_runs_on  # noqa: E402
+
+# Triton kernels run on CPU tensors only under the interpreter (conftest.py sets it when there is no GPU).
+CPU_TRITON = triton_runs_on(torch.device("cpu"))
+needs_triton = pytest.mark.skipif(not CPU_TRITON, reason="needs TRITON_INTERPRET=1 on CPU")

@@ -10,18 +10,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import assert_close_to_reference, describe_difference, poisoned_outputs
+from helpers import CPU_TRITON, assert_close_to_reference, describe_difference, poisoned_outputs, needs_triton
 from internvideo_fast.ops import use_backend
 from internvideo_fast.ops.attention_modules import MultiHeadCrossAttention
-from internvideo_fast.ops.backend import triton_runs_on
 from internvideo_fast.ops.cross_attention import OP_NAME, cross_attention, cross_attention_ref
 from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask
 
 # The module, not the function of the same name that internvideo_fast.ops exports.
 ca_module = importlib.import_module("internvideo_fast.ops.cross_attention")
 
-CPU_TRITON = triton_runs_on(torch.device("cpu"))
-needs_triton = pytest.mark.skipif(not CPU_TRITON, reason="needs TRITON_INTERPRET=1 on CPU")
 # Max abs error against float64, relative to (1 + the largest expected magnitude): (outputs, gradients).
 TOLERANCE = {torch.float32: (2e-5, 1e-4), torch.float16: (3e-3, 1e-2)}
 

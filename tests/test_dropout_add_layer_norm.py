@@ -7,9 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import assert_close_to_reference, describe_difference, poisoned_outputs
+from helpers import CPU_TRITON, assert_close_to_reference, describe_difference, poisoned_outputs, needs_triton
 from internvideo_fast.ops import use_backend
-from internvideo_fast.ops.backend import triton_runs_on
 from internvideo_fast.ops.dropout_add_layer_norm import (
     OP_NAME,
     dropout_add_layer_norm,
@@ -17,8 +16,6 @@ from internvideo_fast.ops.dropout_add_layer_norm import (
     dropout_keep_mask,
 )
 
-CPU_TRITON = triton_runs_on(torch.device("cpu"))
-needs_triton = pytest.mark.skipif(not CPU_TRITON, reason="needs TRITON_INTERPRET=1 on CPU")
 # Tolerances of the CPU tests against float64: (outputs, gradients) per dtype.
 TOLERANCE = {torch.float32: (2e-5, 1e-4), torch.float16: (4e-3, 2e-2)}
 

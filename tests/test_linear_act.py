@@ -12,9 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from helpers import assert_close_to_reference, describe_difference, poisoned_outputs
+from helpers import CPU_TRITON, assert_close_to_reference, describe_difference, poisoned_outputs, needs_triton
 from internvideo_fast.ops import use_backend
-from internvideo_fast.ops.backend import triton_runs_on
 from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask
 from internvideo_fast.ops.linear_act import (
     ACTIVATIONS,
@@ -27,8 +26,6 @@ from internvideo_fast.ops.linear_act import (
 )
 from internvideo_fast.ops.mlp_modules import FusedMLP, clip_mlp_key_map, remap_clip_mlp_keys
 
-CPU_TRITON = triton_runs_on(torch.device("cpu"))
-needs_triton = pytest.mark.skipif(not CPU_TRITON, reason="needs TRITON_INTERPRET=1 on CPU")
 # Tolerances of the CPU tests against float64: (outputs, gradients) per dtype. The gradients sum over up
 # to 100 (dx) or 37 (dweight, dbias) products, so they get more room.
 TOLERANCE = {torch.float32: (2e-5, 1e-4), torch.float16: (4e-3, 3e-2)}

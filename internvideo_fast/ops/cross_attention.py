@@ -54,7 +54,7 @@ import triton
 import triton.language as tl
 
 from internvideo_fast.ops.backend import available_backends, select_backend
-from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask
+from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask, keep_element
 from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
 from internvideo_fast.ops.outputs import new_output
 from internvideo_fast.ops.seeds import seed_tensor
@@ -73,12 +73,6 @@ _LOG2E = 1.4426950408889634
 # ----------------------------------------------------------------------------------------------------
 # Triton kernels
 # ----------------------------------------------------------------------------------------------------
-@triton.jit
-def _keep(seed, offset, dropout_p):
-    """1 where the attention probability at flat `offset` of [B, H, Sq, Sk] survives dropout."""
-    return tl.rand(seed, offset) >= dropout_p
-
-
 @triton.jit
 def _cross_attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, lengths_ptr, seed_ptr, out_ptr, lse_ptr,
@@ -142,7 +136,7 @@ def _cross_attention_fwd_kernel(
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if HAS_DROPOUT:
-            keep = _keep(seed, drop_base[:, None] + cols[None, :], dropout_p)
+            keep = keep_element(seed, drop_base[:, None] + cols[None, :], dropout_p)
             p = tl.where(keep, p * keep_scale, 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
@@ -285,7 +279,7 @@ def _cross_attention_bwd_dkdv_kernel(
             dpT = tl.dot(v, tl.trans(dout), input_precision=PRECISION)
             if HAS_DROPOUT:
                 offset = (row_base + rows.to(tl.int64))[None, :] * Sk + cols[:, None]
-                keep = _keep(seed, offset, dropout_p)
+                keep = keep_element(seed, offset, dropout_p)
                 pT_dropped = tl.where(keep, pT * keep_scale, 0.0)
                 dpT = tl.where(keep, dpT * keep_scale, 0.0)
             else:
@@ -355,7 +349,7 @@ def _cross_attention_bwd_dq_kernel(
         p = tl.where(in_rows[:, None] & in_cols[None, :], p, 0.0)
         dp = tl.dot(dout, tl.trans(v), input_precision=PRECISION)
         if HAS_DROPOUT:
-            keep = _keep(seed, drop_base[:, None] + cols[None, :], dropout_p)
+            keep = keep_element(seed, drop_base[:, None] + cols[None, :], dropout_p)
             dp = tl.where(keep, dp * keep_scale, 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)

@@ -57,8 +57,10 @@ _UNIFORM_SCALE = 4.6566127342e-10
 # Triton kernels: math (pure functions of fp32 values) apart from loads and stores
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
-def _keep(seed, offset, dropout_p):
-    """1 where the element at flat `offset` survives dropout (Philox, see the module docstring)."""
+def keep_element(seed, offset, dropout_p):
+    """1 where the element at flat `offset` survives dropout (Philox, see the module docstring). The one
+    dropout rule of every kernel here (cross_attention, linear_act too), so :func:`dropout_keep_mask`
+    reproduces any of their masks."""
     return tl.rand(seed, offset) >= dropout_p
 
 
@@ -99,7 +101,7 @@ def _dropout_add_layer_norm_fwd_kernel(
     if HAS_DROP_PATH:
         factor = factor * tl.load(drop_path_ptr + row // rows_per_sample).to(tl.float32)
     if HAS_DROPOUT:
-        x = tl.where(_keep(tl.load(seed_ptr), offset, dropout_p), x, 0.0)
+        x = tl.where(keep_element(tl.load(seed_ptr), offset, dropout_p), x, 0.0)
     h = x * factor
     if HAS_RESIDUAL:
         h += tl.load(residual_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
@@ -158,7 +160,7 @@ def _dropout_add_layer_norm_bwd_kernel(
             dh += tl.load(dnew_residual_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
         dx = dh * factor
         if HAS_DROPOUT:
-            dx = tl.where(_keep(tl.load(seed_ptr), offset, dropout_p), dx, 0.0)
+            dx = tl.where(keep_element(tl.load(seed_ptr), offset, dropout_p), dx, 0.0)
         if HAS_WEIGHT:
             dweight += dy * xhat
         if HAS_BIAS:

@@ -72,7 +72,7 @@ import triton
 import triton.language as tl
 
 from internvideo_fast.ops.backend import available_backends, select_backend, triton_interpreter_on
-from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask
+from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask, keep_element
 from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
 from internvideo_fast.ops.outputs import new_output
 from internvideo_fast.ops.seeds import seed_tensor
@@ -126,13 +126,6 @@ def _activation_grad(pre, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
-def _keep(seed, offset, dropout_p):
-    """1 where the element at flat `offset` survives dropout: Philox ``tl.rand(seed, offset) >= p``, the
-    rule of dropout_add_layer_norm (so its ``dropout_keep_mask`` reproduces the mask bitwise)."""
-    return tl.rand(seed, offset) >= dropout_p
-
-
-@triton.jit
 def _linear_act_epilogue(
     acc, row0, col0, cols_local, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
     BLOCK_M: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_PRE: tl.constexpr,
@@ -157,7 +150,7 @@ def _linear_act_epilogue(
     y = _activation(acc, ACTIVATION)
     if HAS_DROPOUT:
         # Keyed on the output element's flat index row * N + col (int64), as dropout_add_layer_norm.
-        y = tl.where(_keep(tl.load(seed_ptr), base + offsets, dropout_p), y * keep_scale, 0.0)
+        y = tl.where(keep_element(tl.load(seed_ptr), base + offsets, dropout_p), y * keep_scale, 0.0)
     tl.store(y_ptr + base + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -266,7 +259,7 @@ def _linear_act_bwd_kernel(
 
         # Math (masked lanes: dy = 0, so dpre = 0).
         if HAS_DROPOUT:
-            keep = _keep(tl.load(seed_ptr), offsets, dropout_p)
+            keep = keep_element(tl.load(seed_ptr), offsets, dropout_p)
             dpre = tl.where(keep, dpre * keep_scale, 0.0)
         if ACTIVATION != "none":
             dpre = dpre * _activation_grad(pre, ACTIVATION)
