@@ -2,9 +2,18 @@
 (FlashAttention-2, the baseline) and the memory-efficient backends, bf16, forward alone and forward +
 backward, on InternVideo's shapes (CMA both directions, the UniFormerV2 UniBlock query, the caption
 decoder) and, unless quick, flash-attn's grid (Sq = Sk in 512..16k, D in {64, 128}, B * S = 16k, 2048
-channels). FLOPs: forward ``4 * B * H * Sq * Sk * D``, backward 2.5x that (forward + backward 3.5x)."""
+channels). FLOPs: forward ``4 * B * H * Sq * Sk * D``, backward 2.5x that (forward + backward 3.5x).
+
+``extra_rows`` (in `make gpu-check`) sweeps the 16-bit tile configs: each candidate (block sizes, warps,
+stages) of the forward, the dK/dV kernel and the dQ kernel, swapped in one kernel at a time, timed on the
+CMA shapes and one grid shape, and checked against the default config's result. Every candidate here
+compiles without spills for sm_90a in its aligned form with Triton 3.6 and 3.8; the winners become the
+op's fixed configs (and its AOT-checked registry)."""
 
 from __future__ import annotations
+
+import contextlib
+import importlib
 
 import pytest
 import torch
@@ -73,10 +82,11 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
         leaves = [t.detach().requires_grad_() for t in (q, k, v)]
         flops = 4 * B * H * Sq * Sk * D
         for provider, fn in providers.items():
-            def forward(fn=fn):
+            # Defaults bind this shape's tensors (a closure would see the loop's last shape).
+            def forward(fn=fn, q=q, k=k, v=v):
                 return fn(q, k, v)
 
-            def forward_backward(fn=fn):
+            def forward_backward(fn=fn, leaves=leaves, grad=grad):
                 result = fn(*leaves)
                 # SDPA returns [B, H, Sq, D] views of [B, Sq, H, D] memory; ours returns [B, Sq, H, D].
                 result.backward(grad if result.shape == grad.shape else grad.transpose(1, 2))
@@ -88,6 +98,85 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
     return out
 
 
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and BLOCK_D.
+TUNE_CANDIDATES = {
+    "fwd": {64: [(128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3), (128, 32, 8, 3)],
+            128: [(128, 32, 8, 3), (128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3)]},
+    "bwd_dkdv": {64: [(32, 128, 8, 1), (32, 128, 8, 2), (16, 128, 8, 2), (32, 64, 4, 2), (16, 64, 8, 2)],
+                 128: [(16, 64, 8, 2), (16, 128, 8, 2)]},
+    "bwd_dq": {64: [(128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3), (64, 32, 4, 2)],
+               128: [(64, 32, 4, 2), (128, 32, 8, 2), (128, 64, 8, 2)]},
+}
+for _by_block_d in TUNE_CANDIDATES.values():
+    _by_block_d[32] = _by_block_d[64]  # each D = 64 candidate also compiles spill-free at D = 32
+TUNE_SHAPES = SHAPES[:2] + [FLASH_GRID[2], FLASH_GRID[8]]  # CMA both ways; grid S = 2048 at D 64 and 128
+
+
+@contextlib.contextmanager
+def _attention_config(kernel: str, block_d: int, config: tuple[int, int, int, int]):
+    """Launch `kernel` at `config` for 16-bit inputs, aligned or not, inside the block."""
+    module = importlib.import_module("internvideo_fast.ops.cross_attention")
+    tables = [module._CONFIGS["16bit"][kernel], module._ALIGNED_CONFIGS.setdefault(kernel, {})]
+    saved = [dict(table) for table in tables]
+    for table in tables:
+        table[block_d] = config
+    try:
+        yield
+    finally:
+        for table, before in zip(tables, saved):
+            table.clear()
+            table.update(before)
+
+
+def extra_rows(device: torch.device, quick: bool = False) -> list[dict]:
+    """The tile sweep (see the module docstring): one row per (shape, kernel, candidate)."""
+    if not triton_runs_on(device):
+        return []
+    import common
+
+    timer = common.time_cuda_ms if device.type == "cuda" else common.time_cpu_ms
+    on_gpu = device.type == "cuda"
+    shapes = TUNE_SHAPES[:1 if quick else None] if on_gpu else CPU_SHAPES
+    dtype = torch.bfloat16 if on_gpu else torch.float16
+    fwd_op = torch.ops.internvideo_fast.cross_attention_fwd
+    bwd_op = torch.ops.internvideo_fast.cross_attention_bwd
+    rows = []
+    for name, B, H, D, Sq, Sk in shapes:
+        q, k, v, dout = (torch.randn(B, S, H, D, device=device, dtype=dtype) for S in (Sq, Sk, Sk, Sq))
+        scale = D ** -0.5
+        out, lse = fwd_op(q, k, v, None, None, scale, 0.0)
+        expected = {"fwd": out, "bwd": bwd_op(dout, q, k, v, out, lse, None, None, scale, 0.0)}
+        flops = 4 * B * H * Sq * Sk * D
+        block_d = max(32, 1 << (D - 1).bit_length())
+        for kernel, by_block_d in TUNE_CANDIDATES.items():
+            for config in by_block_d.get(block_d, [])[:1 if quick else None]:
+                row = {"op": "tune cross_attention", "size": f"{name},B={B},H={H},D={D},{Sq}x{Sk}",
+                       "kernel": kernel, "config": "M{}_N{}_w{}_s{}".format(*config)}
+                with _attention_config(kernel, block_d, config):
+                    if kernel == "fwd":
+                        def run():
+                            return fwd_op(q, k, v, None, None, scale, 0.0)[0]
+                    else:
+                        def run():
+                            return bwd_op(dout, q, k, v, out, lse, None, None, scale, 0.0)
+                    try:
+                        result = run()
+                        reference = expected["fwd" if kernel == "fwd" else "bwd"]
+                        results = result if isinstance(result, (tuple, list)) else (result,)
+                        references = reference if isinstance(reference, (tuple, list)) else (reference,)
+                        row["max_diff_vs_default"] = max(
+                            (a.float() - b.float()).abs().max().item() for a, b in zip(results, references))
+                        row["ms"] = timer(run)
+                    except Exception as error:  # noqa: BLE001 - a failing candidate is a finding
+                        row["error"] = f"{type(error).__name__}: {error}"[:300]
+                        rows.append(row)
+                        continue
+                # The backward rows time the whole backward (preprocess + dK/dV + dQ) with one kernel swapped.
+                row["TFLOP/s"] = (flops if kernel == "fwd" else 2.5 * flops) / row["ms"] / 1e9
+                rows.append(row)
+    return rows
+
+
 CPU_CASES = cases(torch.device("cpu"))
 
 
@@ -95,3 +184,10 @@ CPU_CASES = cases(torch.device("cpu"))
 def test_cross_attention(benchmark, case):
     benchmark.group = case.group
     benchmark(case.fn)
+
+
+@pytest.mark.skipif(not triton_runs_on(torch.device("cpu")), reason="needs the Triton interpreter")
+def test_tile_sweep_runs_under_the_interpreter():
+    rows = extra_rows(torch.device("cpu"), quick=True)
+    assert {row["kernel"] for row in rows} == {"fwd", "bwd_dkdv", "bwd_dq"}
+    assert all("error" not in row and row["max_diff_vs_default"] < 1e-2 for row in rows), rows

@@ -140,6 +140,11 @@ def memory_rows(device: torch.device, drop: float = 0.1, quick: bool = False) ->
     return rows
 
 
+def extra_rows(device: torch.device, quick: bool = False) -> list[dict]:
+    """What `make gpu-check` records beside the timings: the memory rows."""
+    return memory_rows(device, quick=quick)
+
+
 CPU_CASES = cases(torch.device("cpu"))
 
 

@@ -44,6 +44,15 @@ ChannelAffine to_device_affine(const char* op, const std::vector<double>& affine
 template <typename T>
 using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
+// x * scale + shift rounded twice, as the CPU kernels compute it: nvcc would contract it into one FMA
+// (one rounding), and 16-bit outputs would then differ from the CPU's by an ulp.
+__device__ __forceinline__ float apply_affine(float x, float scale, float shift) {
+  return __fadd_rn(__fmul_rn(x, scale), shift);
+}
+__device__ __forceinline__ double apply_affine(double x, double scale, double shift) {
+  return __dadd_rn(__dmul_rn(x, scale), shift);
+}
+
 // Element k of a patch row is pixel (c, dt, dy, dx) with k = ((c * tubelet + dt) * patch + dy) * patch + dx.
 __device__ __forceinline__ int64_t patch_pixel(const TubeletGeometry& g, int64_t b, int64_t token, int64_t k,
                                                int64_t& c) {
@@ -64,8 +73,8 @@ __global__ void __launch_bounds__(kThreads)
     if (token < 0 || token >= g.num_tokens()) continue;
     int64_t c;
     const int64_t pixel = patch_pixel(g, r / n, token, i % K, c);
-    out[i] = static_cast<out_t>(static_cast<acc_t>(video[pixel]) * static_cast<acc_t>(affine.scale[c]) +
-                                static_cast<acc_t>(affine.shift[c]));
+    out[i] = static_cast<out_t>(apply_affine(static_cast<acc_t>(video[pixel]), static_cast<acc_t>(affine.scale[c]),
+                                             static_cast<acc_t>(affine.shift[c])));
   }
 }
 
@@ -98,7 +107,7 @@ __global__ void __launch_bounds__(kThreads)
   const acc_t scale = affine.scale[c], shift = affine.shift[c];
   const auto value = [&](int64_t j) {
     const int64_t dx = j % g.patch, dy = (j / g.patch) % g.patch, dt = j / (g.patch * g.patch);
-    return static_cast<acc_t>(video[g.pixel_offset(r / n, c, token, dt, dy, dx)]) * scale + shift;
+    return apply_affine(static_cast<acc_t>(video[g.pixel_offset(r / n, c, token, dt, dy, dx)]), scale, shift);
   };
   acc_t center = 0, inv_spread = 1;
   if (normalize) {

@@ -56,7 +56,7 @@ def _assert_close(actual, expected, tol, name):
 def _check_against_reference(shape, dtype, dropout_p=0.0, eps=1e-6, seed=7, **features):
     x, res, w, b, scale = _inputs(shape, dtype, **features)
     dy, dr = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
-    keep = dropout_keep_mask(seed, shape, dropout_p) if dropout_p > 0 else None
+    keep = dropout_keep_mask(seed, shape, dropout_p, elements_per_draw=4) if dropout_p > 0 else None
 
     def kernel(*args):
         return dropout_add_layer_norm(*args, dropout_p=dropout_p, eps=eps, drop_path_scale=scale, seed=seed)
@@ -106,6 +106,8 @@ def test_optional_inputs(features):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_dropout_and_drop_path_match_reference_with_the_same_mask(dtype):
     _check_against_reference((4, 5, 100), dtype, dropout_p=0.3, seed=123, drop_path=True)
+    # D not a multiple of 4: each element draws its group of four (the per-element path of the same rule).
+    _check_against_reference((3, 7, 37), dtype, dropout_p=0.3, seed=-5, drop_path=True)
 
 
 @needs_triton
@@ -131,7 +133,7 @@ def test_dropout_rate_and_kernel_mask_equals_pytorch_reproduction():
         _, new_residual = dropout_add_layer_norm(x, None, None, None, dropout_p=p, seed=2024)
     kept = new_residual != 0
     assert abs(kept.double().mean().item() - (1 - p)) < 0.01
-    assert torch.equal(kept, dropout_keep_mask(2024, shape, p))
+    assert torch.equal(kept, dropout_keep_mask(2024, shape, p, elements_per_draw=4))
     assert torch.equal(new_residual[kept], torch.full_like(new_residual[kept], 1 / (1 - p)))
 
 
@@ -162,7 +164,7 @@ def test_reference_backend_draws_the_kernels_mask():
     """The default CPU backend (the reference) drops the elements dropout_keep_mask names."""
     x = torch.ones(3, 4, 40)
     _, new_residual = dropout_add_layer_norm(x, None, None, None, dropout_p=0.4, seed=-3)
-    assert torch.equal(new_residual != 0, dropout_keep_mask(-3, x.shape, 0.4))
+    assert torch.equal(new_residual != 0, dropout_keep_mask(-3, x.shape, 0.4, elements_per_draw=4))
 
 
 def test_unseeded_calls_differ():
@@ -207,6 +209,19 @@ def _bad(**kwargs):
 def test_bad_input_names_the_argument(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
         dropout_add_layer_norm(**_bad(**kwargs))
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
+def test_residual_of_a_wider_dtype_promotes_like_an_add(backend):
+    """Under autocast the branch output is 16-bit while the residual stream stays fp32."""
+    x, res, w, b, _ = _inputs((3, 5, 40), torch.float16)
+    res = torch.randn(3, 5, 40)
+    with use_backend(backend, OP_NAME):
+        normed, new_residual = dropout_add_layer_norm(x, res, w, b, 0.1, 1e-6, seed=3)
+        expected = dropout_add_layer_norm(x.float(), res, w, b, 0.1, 1e-6, seed=3)
+    assert normed.dtype == new_residual.dtype == torch.float32
+    torch.testing.assert_close(normed, expected[0])
+    torch.testing.assert_close(new_residual, expected[1])
 
 
 def test_backend_choice_is_explicit():
@@ -275,7 +290,7 @@ def test_gpu_matches_reference_flash_attn_rule(D, dtype, dropout_p):
     x, res, w, b, scale = _inputs(shape, dtype, device="cuda", drop_path=True)
     dy = torch.randn(shape, device="cuda", dtype=torch.float64)
     dr = torch.randn(shape, device="cuda", dtype=torch.float64)
-    keep = dropout_keep_mask(seed, shape, dropout_p, device="cuda") if dropout_p > 0 else None
+    keep = dropout_keep_mask(seed, shape, dropout_p, device="cuda", elements_per_draw=4) if dropout_p > 0 else None
 
     def kernel(*args):
         return dropout_add_layer_norm(*args, dropout_p=dropout_p, drop_path_scale=scale, seed=seed)
@@ -298,7 +313,7 @@ def test_gpu_mask_equals_pytorch_reproduction_and_backward_is_deterministic():
     shape = (8, 1568, 768)
     ones = torch.ones(shape, device="cuda", dtype=torch.bfloat16)
     _, dropped_ones = dropout_add_layer_norm(ones, None, None, None, dropout_p=0.1, seed=77)
-    assert torch.equal(dropped_ones != 0, dropout_keep_mask(77, shape, 0.1, "cuda"))
+    assert torch.equal(dropped_ones != 0, dropout_keep_mask(77, shape, 0.1, "cuda", elements_per_draw=4))
     x, res, w, b, _ = _inputs(shape, torch.bfloat16, device="cuda")
     x.requires_grad_()
     w.requires_grad_()

@@ -66,6 +66,17 @@ def test_a_resumed_run_continues_exactly(sample_data, tmp_path, recipe, extra):
     assert checkpoint["step"] == 8
 
 
+def test_compiled_training_matches_eager_and_losses_survive_sparse_logging(sample_data, tmp_path):
+    """train.compile wraps the model in torch.compile (the fused ops are custom ops, so it captures); the
+    losses, read back only at log lines, are all there."""
+    eager = train(load_config(_config(sample_data, tmp_path / "eager", "finetune", max_steps=3, log_every=2)),
+                  device="cpu")
+    compiled = train(load_config(_config(sample_data, tmp_path / "compiled", "finetune", max_steps=3,
+                                         log_every=2, compile=True)), device="cpu")
+    assert len(eager["losses"]) == len(compiled["losses"]) == 3
+    assert compiled["losses"] == pytest.approx(eager["losses"], rel=1e-4, abs=1e-5)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

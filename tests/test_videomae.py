@@ -227,3 +227,19 @@ def test_full_size_internvideo_builds_on_the_meta_device():
         model = create_model("internvideo_cma_b16", num_classes=400)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert 10e6 < trainable < 20e6 and sum(p.numel() for p in model.parameters()) > 200e6
+
+
+@pytest.mark.parametrize("name", ["videomae_vit_micro_patch16", "videomae_pretrain_vit_micro_patch16"])
+def test_training_step_under_bf16_autocast(name):
+    """Mixed precision: the residual stream stays fp32 while the branches run in bf16 (found on an H100,
+    where the fused residual + LayerNorm once refused the mixed dtypes)."""
+    model = create_model(name, img_size=32, num_frames=4)
+    video = torch.randn(2, 3, 4, 32, 32)
+    with use_backend("reference"), torch.autocast("cpu", dtype=torch.bfloat16):
+        if name.startswith("videomae_pretrain"):
+            loss = model(video, masks=tube_mask(2, 2, 2, 2, 0.5, seed=0))["loss"].float()
+        else:
+            loss = model(video).float().logsumexp(-1).mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

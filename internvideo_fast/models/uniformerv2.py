@@ -35,7 +35,9 @@ the fused ``linear_act`` op; every LayerNorm computes in float32 (the official `
 ``nn.LayerNorm``, identical in float32); ``T`` is read from the input instead of fixed at construction;
 stochastic depth drops whole frames (blocks) or whole videos (UniBlocks, local MHRA), where the official
 ``DropPath`` on ``[1+HW, N*T, C]`` drops tokens (and on the ``[1, N, C]`` query, all videos at once).
-The ``frozen`` (no-balance) variant and InternVideo-MM's global-only encoder are not implemented.
+The ``frozen`` (no-balance) variant is not implemented. InternVideo-MM's global-only encoder
+(``vit_only_global_b16/_l14``: no local MHRA, the same ``temporal_cls_token`` / ``dpe`` / ``dec`` /
+``balance`` branch, no ``transformer.proj``) is ``lmhra=False, num_classes=0`` (see ``internvideo_mm.py``).
 """
 
 from __future__ import annotations
@@ -259,7 +261,11 @@ class Transformer(nn.Module):
             for j in range(n)
         ])
         self.balance = nn.Parameter(torch.zeros(C))
-        self.proj = nn.Sequential(nn.LayerNorm(C), nn.Dropout(cfg.cls_dropout), nn.Linear(C, cfg.num_classes))
+        # num_classes=0: no classifier head (InternVideo-MM's global-only encoder has none).
+        self.proj = None
+        if cfg.num_classes > 0:
+            self.proj = nn.Sequential(nn.LayerNorm(C), nn.Dropout(cfg.cls_dropout),
+                                      nn.Linear(C, cfg.num_classes))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -285,7 +291,7 @@ class UniFormerV2Config:
     dec_mlp_ratio: float = 4.0
     dec_mlp_dropout: float = 0.5
     cls_dropout: float = 0.5
-    num_classes: int = 400
+    num_classes: int = 400  # 0: no ``transformer.proj`` head (InternVideo-MM's global-only video encoder)
     lmhra: bool = False
     double_lmhra: bool = True
     dw_reduction: float = 1.5
@@ -391,8 +397,11 @@ class UniFormerV2(nn.Module):
         return self._run(video)[0]
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """``proj = LayerNorm -> Dropout -> Linear``; `pre_logits` stops before the Linear."""
+        """``proj = LayerNorm -> Dropout -> Linear``; `pre_logits` stops before the Linear. Without a head
+        (``num_classes=0``) the features are returned unchanged."""
         proj = self.transformer.proj
+        if proj is None:
+            return features
         return proj[1](proj[0](features)) if pre_logits else proj(features)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:

@@ -30,13 +30,14 @@ flash-attn API compatibility; it is always true). Keys at or past ``kv_lengths[b
 zero gradients; every row has at least one key (``kv_lengths >= 1``), so no row divides by zero.
 
 Dropout: the attention probability at flat index ``((b * H + h) * Sq + i) * Sk + j`` of ``[B, H, Sq, Sk]``
-is kept when ``tl.rand(seed, index) >= p`` (Philox4x32-10, the same rule as dropout_add_layer_norm, so
+is kept by ``keep_element(seed, index, p)``, i.e. ``tl.rand(seed, index) >= p`` (Philox4x32-10, so
 :func:`~internvideo_fast.ops.dropout_add_layer_norm.dropout_keep_mask` reproduces it bitwise with shape
 ``(B, H, Sq, Sk)``). The backward kernels regenerate the mask from the seed; nothing is stored.
 
-Launch configurations are fixed per (kernel, 16-bit or fp32 inputs, BLOCK_D), one each, registered with the
-ahead-of-time sm_90a check (no spills, wgmma for 16-bit); fp32 inputs use much smaller tiles because an IEEE
-fp32 ``tl.dot`` runs on FMA units. They are not autotuned or timed on a GPU yet.
+Launch configurations are fixed per (kernel, 16-bit or fp32 inputs, BLOCK_D, 16-aligned or not), registered
+with the ahead-of-time sm_90a check (no spills, wgmma for 16-bit); fp32 inputs use much smaller tiles because
+an IEEE fp32 ``tl.dot`` runs on FMA units. The 16-bit backward tiles for aligned launches were chosen by
+timing candidates on an H100 (``bench/bench_cross_attention.py``'s tile sweep); the rest are not tuned yet.
 
 Layouts: any strides with a contiguous last dim (e.g. ``[B, H, S, D]`` tensors passed as
 ``.transpose(1, 2)`` views) go to the kernels as strides, without copies. ``out`` and the gradients are
@@ -380,6 +381,16 @@ _CONFIGS = {
         "bwd_dq": {32: (32, 64, 4, 1), 64: (16, 64, 4, 1), 128: (16, 32, 4, 1)},
     },
 }
+# 16-bit tiles for launches whose q / k / v / dout pointers and strides are all multiples of 16 elements
+# (every power-of-two head dim and D = 80 or 96 with an even head count). Chosen from the tile sweep in
+# bench_cross_attention.extra_rows on an H100 (2026-11-26, Triton 3.6): on the CMA shapes the dK/dV kernel
+# at 32x64 tiles, 4 warps took 1.0 ms against 1.37 ms at 32x128 / 8 warps, and at D = 128 16x128 tiles took
+# 3.1 ms against 5.8 ms at 16x64. They spill in the unaligned specialization (D = 40), which keeps the
+# tiles above.
+_ALIGNED_CONFIGS = {
+    "bwd_dkdv": {32: (32, 64, 4, 2), 64: (32, 64, 4, 2), 128: (16, 128, 8, 2)},
+    "bwd_dq": {32: (128, 64, 8, 3), 64: (128, 64, 8, 3)},
+}
 _PRECISION = {"16bit": "tf32", "fp32": "ieee"}  # PRECISION is read by tl.dot on fp32 operands only
 _POINTER = {"16bit": "*bf16", "fp32": "*fp32"}
 _COMBINE = {32: (16, 4), 64: (16, 4), 128: (16, 4)}  # (BLOCK_M, num_warps)
@@ -451,6 +462,21 @@ for _kind in ("16bit", "fp32"):
             configs=tuple(_with_features(_attention_config(_kind, _kernel, d)) for d in _BLOCK_DS),
             multiplies_matrices=_kind == "16bit",
         ))
+for _kernel, _by_block_d in _ALIGNED_CONFIGS.items():
+    register_triton_kernel(TritonKernelSpec(
+        name=f"cross_attention_{_kernel}_aligned",
+        kernel=_ATTENTION_KERNELS[_kernel],
+        signature=_attention_signature(_kernel, _POINTER["16bit"]),
+        configs=tuple(
+            _with_features(KernelConfig(
+                {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": d, "PRECISION": _PRECISION["16bit"]},
+                num_warps=w, num_stages=stages,
+            ))
+            for d, (m, n, w, stages) in _by_block_d.items()
+        ),
+        multiplies_matrices=True,
+        aligned_only=True,
+    ))
 register_triton_kernel(TritonKernelSpec(
     name="cross_attention_combine",
     kernel=_cross_attention_combine_kernel,
@@ -475,9 +501,22 @@ def _block_d(D: int) -> int:
     return max(32, triton.next_power_of_2(D))
 
 
-def _launch_config(kernel: str, D: int, dtype: torch.dtype) -> tuple[dict, dict]:
-    """(constexprs, launch options) of attention kernel `kernel` for head dim `D` and input `dtype`."""
-    config = _attention_config(_precision_class(dtype), kernel, _block_d(D))
+def _aligned16(*tensors: torch.Tensor) -> bool:
+    """Whether Triton specializes a launch on these tensors as 16-divisible (pointers and strides)."""
+    return all(
+        t.data_ptr() % 16 == 0 and all(stride % 16 == 0 for stride in t.stride()[:-1]) for t in tensors
+    )
+
+
+def _launch_config(kernel: str, D: int, dtype: torch.dtype, aligned: bool = False) -> tuple[dict, dict]:
+    """(constexprs, launch options) of attention kernel `kernel` for head dim `D` and input `dtype`;
+    `aligned` (see _aligned16) allows the tiles of _ALIGNED_CONFIGS."""
+    kind, block_d = _precision_class(dtype), _block_d(D)
+    config = _attention_config(kind, kernel, block_d)
+    tuned = _ALIGNED_CONFIGS.get(kernel, {}).get(block_d) if aligned and kind == "16bit" else None
+    if tuned is not None:
+        block_m, block_n, warps, stages = tuned
+        config = KernelConfig(dict(config.constexprs, BLOCK_M=block_m, BLOCK_N=block_n), warps, stages)
     return dict(config.constexprs), {"num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
@@ -603,11 +642,12 @@ def _cross_attention_bwd(
     )
     features = dict(HAS_LENGTHS=kv_lengths is not None, HAS_DROPOUT=has_dropout)
     seed_arg = seed if has_dropout else None
-    constexprs, options = _launch_config("bwd_dkdv", D, q.dtype)
+    aligned = _aligned16(q, k, v, dout, dq, dk, dv)
+    constexprs, options = _launch_config("bwd_dkdv", D, q.dtype, aligned)
     _cross_attention_bwd_dkdv_kernel[(triton.cdiv(Sk, constexprs["BLOCK_N"]), B * H)](
         q, k, v, dout, lse, delta, kv_lengths, seed_arg, dk, dv, *common, **constexprs, **features, **options,
     )
-    constexprs, options = _launch_config("bwd_dq", D, q.dtype)
+    constexprs, options = _launch_config("bwd_dq", D, q.dtype, aligned)
     _cross_attention_bwd_dq_kernel[(triton.cdiv(Sq, constexprs["BLOCK_M"]), B * H)](
         q, k, v, dout, lse, delta, kv_lengths, seed_arg, dq, *common, **constexprs, **features, **options,
     )

@@ -31,6 +31,8 @@ class TritonKernelSpec:
 
     ``signature`` maps every non-constexpr argument to its Triton type (``"*fp16"``, ``"i32"``, ...);
     ``multiplies_matrices`` marks kernels built on ``tl.dot``, which must compile to ``wgmma`` on sm_90a.
+    ``aligned_only`` marks configs that the launcher uses only when every pointer and stride is a multiple of
+    16 elements, so the check compiles them in that specialization alone.
     """
 
     name: str
@@ -38,6 +40,7 @@ class TritonKernelSpec:
     signature: dict[str, str]
     configs: tuple[KernelConfig, ...]
     multiplies_matrices: bool = False
+    aligned_only: bool = False
 
 
 _KERNELS: dict[str, TritonKernelSpec] = {}

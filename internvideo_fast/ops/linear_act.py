@@ -35,8 +35,8 @@ Implementation choices:
   FusedMLP saves that many bytes less per block (tests/test_linear_act.py counts them with
   saved_tensors_hooks; ``bench/bench_linear_act.py`` reports them and the peak memory on GPU).
 - Dropout (``dropout_p > 0``) is fused into the epilogue after the activation: output element
-  ``(row, col)`` of the flattened ``[M, N]`` output is kept when ``tl.rand(seed, row * N + col) >= p``
-  (Philox, the rule of dropout_add_layer_norm, so its ``dropout_keep_mask`` reproduces the mask bitwise)
+  ``(row, col)`` of the flattened ``[M, N]`` output is kept by ``keep_element(seed, row * N + col, p)``
+  (``tl.rand(seed, row * N + col) >= p``, so ``dropout_keep_mask`` reproduces the mask bitwise)
   and scaled by ``1 / (1 - p)``. The mask is never stored: the backward's elementwise pass regenerates it
   from the seed (a one-element int64 tensor on x's device; no host sync). fused_mlp keys its first dropout
   on ``seed`` and the one after fc2 on ``seed + 1``. With dropout, a 128 x 128 tile's epilogue runs in
@@ -771,7 +771,7 @@ def linear_act(
             ``"none"``.
         dropout_p: dropout probability in [0, 1) after the activation (0: none; the caller passes 0 in
             eval). Element ``(row, col)`` of the flattened ``[M, N]`` output is kept when
-            ``tl.rand(seed, row * N + col) >= dropout_p``; ``dropout_keep_mask(seed, y.shape, dropout_p)``
+            ``keep_element(seed, row * N + col, dropout_p)``; ``dropout_keep_mask(seed, y.shape, dropout_p)``
             reproduces the mask.
         seed: the dropout seed: an int or a one-element int64 tensor on x's device; None draws one from
             torch's default generator. The backward regenerates the mask from it (no mask is stored).

@@ -184,6 +184,11 @@ def _train(config: dict, ctx: DistContext) -> dict:
     optim_cfg["lr"] = optim_cfg["base_lr"] * global_batch / 256
     optimizer = build_optimizer(model, optim_cfg, ctx.device)
     wrapped = DistributedDataParallel(model) if ctx.world_size > 1 else model
+    if train_cfg["compile"]:
+        # The fused ops are torch.library custom ops, so the whole model captures as one graph; the
+        # checkpoint keeps `model`'s own parameter names. "reduce-overhead" adds CUDA graphs.
+        mode = train_cfg["compile"] if isinstance(train_cfg["compile"], str) else None
+        wrapped = torch.compile(wrapped, mode=mode)
     mixup = VideoMixup(_num_classes(model, config), train_cfg["mixup"], train_cfg["cutmix"],
                        train_cfg["label_smoothing"]) if finetune else None
 
@@ -209,6 +214,7 @@ def _train(config: dict, ctx: DistContext) -> dict:
     autocast = (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     metrics = MetricsLog(output_dir / "metrics.csv", ctx.is_main, train_cfg["tensorboard"])
     losses: list[float] = []
+    pending_losses: list[torch.Tensor] = []
     loader, batches, batches_epoch = None, None, -1
     model.train()
     tick, clips_since = time.perf_counter(), 0
@@ -236,8 +242,8 @@ def _train(config: dict, ctx: DistContext) -> dict:
                 tokens = tokenize(batch["caption"]).to(ctx.device)
                 loss = wrapped(video, tokens)["loss"]
             else:
-                seed_tensor = torch.tensor(draw, device=ctx.device)
-                loss = wrapped(video, mask_ratio=train_cfg["mask_ratio"], seed=seed_tensor)["loss"]
+                loss = wrapped(video, mask_ratio=train_cfg["mask_ratio"],
+                               seed=torch.full((), draw, dtype=torch.int64, device=ctx.device))["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if optim_cfg.get("clip_grad"):
@@ -245,8 +251,13 @@ def _train(config: dict, ctx: DistContext) -> dict:
         optimizer.step()
         step += 1
         clips_since += video.shape[0] * ctx.world_size
-        loss_value = float(all_reduce_mean(loss.detach().float()))
-        losses.append(loss_value)
+        # Losses stay on the device until a log line needs them: reading each one would make the host
+        # wait for the GPU every step, so the next step's launches could not overlap this step's kernels.
+        pending_losses.append(all_reduce_mean(loss.detach().float()))
+        if step % train_cfg["log_every"] == 0 or step == stop_step:
+            losses += torch.stack(pending_losses).tolist()
+            pending_losses.clear()
+            loss_value = losses[-1]
         if ctx.is_main and (step % train_cfg["log_every"] == 0 or step == stop_step):
             elapsed = time.perf_counter() - tick
             rate = clips_since / max(elapsed, 1e-9)
