@@ -212,3 +212,23 @@ def test_hanging_decode_times_out(corpus, monkeypatch):
     assert int(sample["index"]) != 0
     (reason,) = dataset.bad_videos().values()
     assert "DecodeTimeout" in reason
+
+
+def test_loader_benchmark_runs_every_available_loader(tmp_path):
+    """bench/loader.py (the loader throughput benchmark) on a tiny dataset: one row per loader it can run,
+    each with a rate, and its JSON written."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "loader.py"
+    spec = importlib.util.spec_from_file_location("loader_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "loader.json"
+    bench.main(["--data", str(tmp_path / "clips"), "--clips", "4", "--frames", "72", "--size", "96", "64",
+                "--batch-size", "2", "--batches", "1", "--workers", "0", "--out", str(out)])
+    result = json.loads(out.read_text())
+    loaders = {row["loader"] for row in result["rows"]}
+    assert {"torch+torchcodec", "torch+pyav"} <= loaders
+    assert all("error" not in row and row["clips_per_s"] > 0 for row in result["rows"]), result["rows"]
+    assert result["cpu_augmentation_ms_per_clip"] > 0

@@ -21,14 +21,15 @@ Inside the kernels every value is fp32 whatever the input dtype (fp32 / fp16 / b
 ``[programs, D]`` fp32 buffer and reduced with ``torch.sum(0)``, so they are deterministic.
 
 The dropout mask: element ``i`` of the flattened x (``i = row * D + col``) is kept when
-``tl.rand4x(seed, i // 4)[i % 4] >= p`` (``dropout_keep_mask(..., elements_per_draw=4)``) (Triton's Philox4x32-10: counter ``(i // 4 mod 2**32, i // 4 >> 32,
-0, 0)``, key ``(seed mod 2**32, seed >> 32)``, word ``i % 4`` to a float in [0, 1)): one Philox call per four
-elements. At one call per element the generator, not memory, bounded the kernels on an H100 (2026-11-26:
-the forward took 0.055 ms for 8 x 1568 x 768 bf16 rows, about what 10 rounds per element cost on its integer
-units). When D is a multiple of 4 a row's elements come in whole groups, so the kernels draw each group once;
-otherwise each element draws its group (the same mask, four times the work). The mask is never stored: the
-backward kernel regenerates it from the seed, and :func:`dropout_keep_mask` reproduces it bitwise in
-PyTorch, so the reference and the Triton kernel drop the same elements for the same seed. The seed is a one-element int64
+``tl.rand4x(seed, i // 4)[i % 4] >= p``: Triton's Philox4x32-10 with counter ``(i // 4 mod 2**32,
+i // 4 >> 32, 0, 0)`` and key ``(seed mod 2**32, seed >> 32)``, word ``i % 4`` to a float in [0, 1); one
+Philox call per four elements. At one call per element the generator, not memory, bounded the kernels on an
+H100 (2026-11-26: the forward took 0.055 ms for 8 x 1568 x 768 bf16 rows, about what 10 rounds per element
+cost on its integer units; 0.030 ms at one call per four). When D is a multiple of 4 a row's elements come
+in whole groups, so the kernels draw each group once; otherwise each element draws its group (the same mask,
+four times the work). The mask is never stored: the backward kernel regenerates it from the seed, and
+``dropout_keep_mask(seed, shape, p, elements_per_draw=4)`` reproduces it bitwise in PyTorch, so the
+reference and the Triton kernel drop the same elements for the same seed. The seed is a one-element int64
 tensor on x's device (no host sync; CUDA-graph and torch.compile friendly).
 
 Rows wider than ``MAX_KERNEL_D`` run on the reference.
@@ -219,8 +220,8 @@ _TRITON_CONFIGS = tuple(
 _ALL_FEATURES_FWD = dict(
     HAS_RESIDUAL=True, HAS_WEIGHT=True, HAS_BIAS=True, HAS_DROP_PATH=True, HAS_DROPOUT=True
 )
-_MASK_PATHS = (True, False)  # D_MULTIPLE_OF_4: the group-wise and the per-element mask
 _ALL_FEATURES_BWD = dict(_ALL_FEATURES_FWD, HAS_DNEW_RESIDUAL=True)
+_MASK_PATHS = (True, False)  # D_MULTIPLE_OF_4: the group-wise and the per-element mask
 register_triton_kernel(
     TritonKernelSpec(
         name="dropout_add_layer_norm_fwd",
