@@ -137,7 +137,7 @@ def prebuilt_extension(capability: str) -> str | None:
     return archs if with_cuda and wanted in built else None
 
 
-def test_processes() -> int:
+def gpu_test_workers() -> int:
     """xdist workers for the GPU tests: Triton compiles are CPU-bound, the card has room for several."""
     if importlib.util.find_spec("xdist") is None:
         return 1
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"--junitxml={junit}"]
     if args.dry_run:
         test_command.append("--collect-only")
-    elif (workers := test_processes()) > 1:
+    elif (workers := gpu_test_workers()) > 1:
         test_command += ["-n", str(workers)]
     tests = stages.run("tests", test_command)
     tests["counts"] = junit_counts(junit)

@@ -23,6 +23,8 @@ def test_gpu_check_dry_run(tmp_path):
     providers = {(row["op"], row["provider"]) for row in report["benchmarks"]}
     assert ("tube_mask", "official-numpy") in providers and ("tube_mask", "reference") in providers
     assert all("ms" in row and "error" not in row for row in report["benchmarks"])
+    assert ("ceiling copy", "torch") in providers and ("ceiling matmul", "torch") in providers
+    assert any(row["op"] == "ffn memory" for row in report["extras"])  # extra_rows of bench_linear_act
     # The table is printed last.
     assert "written:" in result.stdout.strip().splitlines()[-1]
 
@@ -36,3 +38,20 @@ def test_gpu_check_without_a_gpu_says_so(tmp_path):
 
     if not torch.cuda.is_available():
         assert result.returncode == 2 and "--dry-run" in result.stderr
+
+
+def test_plots_of_a_committed_gpu_result(tmp_path):
+    """bench/plot_results.py draws the three plots from the H100 result file committed in bench/results."""
+    import importlib.util
+
+    import pytest
+
+    pytest.importorskip("matplotlib")
+    spec = importlib.util.spec_from_file_location("plot_results", ROOT / "bench" / "plot_results.py")
+    plot_results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_results)
+    result = ROOT / "bench" / "results" / "gpu-check-2026-11-26-nvidia-h100-80gb-hbm3-run2.json"
+    written = plot_results.plot_report(result, tmp_path)
+    suffixes = ("-cross-attention-grid.png", "-cross-attention-internvideo.png", "-ffn.png")
+    assert len(written) == 3 and all(p.name.endswith(end) for p, end in zip(written, suffixes)), written
+    assert all(p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG" for p in written)
