@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -108,7 +109,7 @@ def run(args) -> dict:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "cpus": __import__("os").cpu_count(),
+                    "cpus": os.cpu_count(),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "setup": {"clips": 4 * per_class, "frames": args.frames, "size": args.size, "batch_size": args.batch_size,
                   "sampling": "dense, 16 frames, stride 4, multiscale crop to 224"},

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -56,15 +57,21 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file, unwrapped from 'model' / 'module' / 'state_dict'."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+def unwrap_state_dict(checkpoint, source) -> dict:
+    """The state dict inside a loaded checkpoint: ``checkpoint[k]`` for the first wrapper key k of
+    'model' / 'module' / 'state_dict' it has, else the checkpoint itself. `source` names it in errors."""
     for key in WRAPPER_KEYS:
-        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+        if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get(key), Mapping):
             checkpoint = checkpoint[key]
             break
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: no state dict found (keys tried: {WRAPPER_KEYS})")
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{source!s:.200}: no state dict found (keys tried: {WRAPPER_KEYS})")
+    return dict(checkpoint)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file, unwrapped from 'model' / 'module' / 'state_dict'."""
+    checkpoint = unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
     return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
 
 

@@ -46,14 +46,13 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from internvideo_fast.models.checkpoint import LoadReport
+from internvideo_fast.models.checkpoint import LoadReport, unwrap_state_dict
 from internvideo_fast.models.clip_text import CLIPTextEncoder
 from internvideo_fast.models.registry import register_model
 from internvideo_fast.models.uniformerv2 import UniFormerV2, UniFormerV2Config
 from internvideo_fast.models.videotext import VideoTextModel
 
 OFFICIAL_PREFIX = "clip."
-_WRAPPERS = ("state_dict", "model", "module")
 # Top-level official names of the text tower (our `text.` submodule).
 _TEXT_ROOTS = frozenset({"token_embedding", "positional_embedding", "transformer", "ln_final",
                          "text_projection", "logit_scale"})
@@ -93,13 +92,7 @@ def read_official_checkpoint(source: str | os.PathLike | Mapping) -> dict:
                 "environment you trust, re-save only the tensors, e.g. "
                 "torch.save({'state_dict': ckpt['state_dict']}, new_path), and load new_path."
             ) from error
-    for wrapper in _WRAPPERS:
-        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
-            break
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{source!s:.200}: no state dict found")
-    return dict(state)
+    return unwrap_state_dict(state, source)
 
 
 def official_to_ours(key: str) -> str | None:
