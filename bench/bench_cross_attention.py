@@ -6,9 +6,13 @@ channels). FLOPs: forward ``4 * B * H * Sq * Sk * D``, backward 2.5x that (forwa
 
 ``extra_rows`` (in `make gpu-check`) sweeps the 16-bit tile configs: each candidate (block sizes, warps,
 stages) of the forward, the dK/dV kernel and the dQ kernel, swapped in one kernel at a time, timed on the
-CMA shapes and one grid shape, and checked against the default config's result. Every candidate here
-compiles without spills for sm_90a in its aligned form with Triton 3.6 and 3.8; the winners become the
-op's fixed configs (and its AOT-checked registry)."""
+CMA shapes and one grid shape, and checked against the default config's result (launched with
+``deterministic=True``, so the op's own tuner stays out of the way). Every candidate here compiles without
+spills for sm_90a in its aligned form with Triton 3.6 and 3.8; the winners become the op's fixed configs
+(and its AOT-checked registry). Then ``tuning_rows`` reports what the op's LaunchTuners chose at runtime
+(``deterministic=False``, the default): one row per tuner and key, with every candidate's time and the bench
+shapes that map to that key, so a GPU run shows which forward tile and backward plan (split or atomic dQ)
+won per shape."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from common import Case
 from internvideo_fast.ops import use_backend
+from internvideo_fast.ops.autotuning import launch_tuner, length_bucket, tuning_choices
 from internvideo_fast.ops.backend import triton_runs_on
 from internvideo_fast.ops.cross_attention import OP_NAME, cross_attention
 
@@ -144,8 +149,9 @@ def extra_rows(device: torch.device, quick: bool = False) -> list[dict]:
     for name, B, H, D, Sq, Sk in shapes:
         q, k, v, dout = (torch.randn(B, S, H, D, device=device, dtype=dtype) for S in (Sq, Sk, Sk, Sq))
         scale = D ** -0.5
-        out, lse = fwd_op(q, k, v, None, None, scale, 0.0)
-        expected = {"fwd": out, "bwd": bwd_op(dout, q, k, v, out, lse, None, None, scale, 0.0)}
+        # deterministic=True (the last argument) launches the tables' default tile, which this sweep swaps.
+        out, lse = fwd_op(q, k, v, None, None, scale, 0.0, True)
+        expected = {"fwd": out, "bwd": bwd_op(dout, q, k, v, out, lse, None, None, scale, 0.0, True)}
         flops = 4 * B * H * Sq * Sk * D
         block_d = max(32, 1 << (D - 1).bit_length())
         for kernel, by_block_d in TUNE_CANDIDATES.items():
@@ -155,10 +161,10 @@ def extra_rows(device: torch.device, quick: bool = False) -> list[dict]:
                 with _attention_config(kernel, block_d, config):
                     if kernel == "fwd":
                         def run():
-                            return fwd_op(q, k, v, None, None, scale, 0.0)[0]
+                            return fwd_op(q, k, v, None, None, scale, 0.0, True)[0]
                     else:
                         def run():
-                            return bwd_op(dout, q, k, v, out, lse, None, None, scale, 0.0)
+                            return bwd_op(dout, q, k, v, out, lse, None, None, scale, 0.0, True)
                     try:
                         result = run()
                         reference = expected["fwd" if kernel == "fwd" else "bwd"]
@@ -174,6 +180,42 @@ def extra_rows(device: torch.device, quick: bool = False) -> list[dict]:
                 # The backward rows time the whole backward (preprocess + dK/dV + dQ) with one kernel swapped.
                 row["TFLOP/s"] = (flops if kernel == "fwd" else 2.5 * flops) / row["ms"] / 1e9
                 rows.append(row)
+    return rows + tuning_rows(device, quick)
+
+
+_KEY_FIELDS = ("dtype", "D", "aligned", "kv_lengths", "dropout", "Sq_bucket", "Sk_bucket", "BH_bucket")
+
+
+def tuning_rows(device: torch.device, quick: bool = False) -> list[dict]:
+    """The cross-attention tuners' choices (see the module docstring). On a GPU, first runs forward +
+    backward of each bench shape once in bf16, so that every shape has been tuned even when `cases` did
+    not run; on CPU nothing is tuned, so only choices made elsewhere in the process are reported."""
+    shapes = SHAPES + FLASH_GRID
+    if device.type == "cuda" and triton_runs_on(device):
+        for name, B, H, D, Sq, Sk in shapes[:2 if quick else None]:
+            q, k, v = (torch.randn(B, S, H, D, device=device, dtype=torch.bfloat16, requires_grad=True)
+                       for S in (Sq, Sk, Sk))
+            with use_backend("triton", OP_NAME):
+                cross_attention(q, k, v).sum().backward()
+    rows = []
+    for tuner, choices in tuning_choices().items():
+        if not tuner.startswith("cross_attention"):
+            continue
+        for key, label in choices.items():
+            fields = dict(zip(_KEY_FIELDS, key))
+            wanted = tuple(fields.get(name) for name in ("D", "Sq_bucket", "Sk_bucket", "BH_bucket"))
+            matching = [
+                name for name, B, H, D, Sq, Sk in shapes
+                if (D, length_bucket(Sq), length_bucket(Sk), length_bucket(B * H)) == wanted
+            ]
+            timings = launch_tuner(tuner).timings.get(key, {})
+            default = next(iter(timings), None)  # candidates are timed in order, the default first
+            timed = default is not None and label in timings
+            rows.append({
+                "op": "tuning cross_attention", "tuner": tuner, "key": fields, "shapes": matching,
+                "choice": label, "default": default, "candidates_ms": timings,
+                "speedup_vs_default": timings[default] / timings[label] if timed else None,
+            })
     return rows
 
 
@@ -188,6 +230,22 @@ def test_cross_attention(benchmark, case):
 
 @pytest.mark.skipif(not triton_runs_on(torch.device("cpu")), reason="needs the Triton interpreter")
 def test_tile_sweep_runs_under_the_interpreter():
-    rows = extra_rows(torch.device("cpu"), quick=True)
+    rows = [row for row in extra_rows(torch.device("cpu"), quick=True) if row["op"] == "tune cross_attention"]
     assert {row["kernel"] for row in rows} == {"fwd", "bwd_dkdv", "bwd_dq"}
     assert all("error" not in row and row["max_diff_vs_default"] < 1e-2 for row in rows), rows
+
+
+def test_tuning_rows_report_each_choice_with_its_shapes():
+    """A choice as a GPU tuner records it (CPU never tunes), reported with the bench shapes of its key."""
+    tuner = launch_tuner("cross_attention_bwd")
+    key = ("torch.bfloat16", 64, True, False, False, 4096, 2048, 128)  # CMA mm->mae: 2056 x 1568, B*H 128
+    tuner._best[key] = "atomic:dkdv=M32_N128_w8_s2"
+    tuner.timings[key] = {"split:dkdv=M32_N64_w4_s2,dq=M128_N64_w8_s3": 1.2,
+                          "atomic:dkdv=M32_N128_w8_s2": 0.8}
+    try:
+        rows = [row for row in tuning_rows(torch.device("cpu")) if row["key"] == dict(zip(_KEY_FIELDS, key))]
+    finally:
+        del tuner._best[key], tuner.timings[key]
+    assert len(rows) == 1 and rows[0]["shapes"] == ["cma-mm->mae"], rows
+    assert rows[0]["choice"].startswith("atomic:") and rows[0]["default"].startswith("split:")
+    assert abs(rows[0]["speedup_vs_default"] - 1.5) < 1e-9

@@ -1,7 +1,8 @@
 """cross_attention: the Triton kernels against a float64 reference (forward, lse, backward) over query / key
 lengths, head dims, dtypes, key lengths and strided layouts; the split-key (flash-decoding) forward; no NaN
-with one key; bitwise-deterministic gradients; the dropout mask; bad input; opcheck; torch.compile; a fuzz;
-and MultiHeadCrossAttention against nn.MultiheadAttention."""
+with one key; bitwise-deterministic gradients (deterministic=True: default plan, no tuner); the atomic-dQ
+backward; every tuning candidate registered for the AOT check; the dropout mask; bad input; opcheck;
+torch.compile; a fuzz; and MultiHeadCrossAttention against nn.MultiheadAttention."""
 
 import importlib
 
@@ -153,8 +154,26 @@ def test_no_nan_with_a_single_key(Sk, lengths):
         assert torch.equal(grads[2][0, 1:], torch.zeros_like(grads[2][0, 1:])), "masked keys get no dv"
 
 
+@pytest.fixture
+def launched(monkeypatch):
+    """Records (tuner, candidate labels) of every launch, then runs it as the op would."""
+    calls = []
+    run = ca_module._run_candidates
+
+    def recording(tuner, key, candidates, device):
+        calls.append((tuner, [label for label, _ in candidates]))
+        return run(tuner, key, candidates, device)
+
+    monkeypatch.setattr(ca_module, "_run_candidates", recording)
+    return calls
+
+
 @needs_triton
-def test_gradients_are_bitwise_deterministic():
+def test_gradients_are_bitwise_deterministic(monkeypatch, launched):
+    """deterministic=True launches the default tiles and the default backward plan alone, without the
+    tuner (it would fail here) and whatever plan a test forces: bitwise the same run to run."""
+    monkeypatch.setattr(ca_module, "_FORCE_BACKWARD_PLAN", "atomic")
+    monkeypatch.setattr(ca_module, "launch_tuner", lambda name: pytest.fail(f"tuner {name} used"))
     leaves, inputs = _qkv(2, 33, 70, 2, 64, torch.float16)
     dout = torch.randn(2, 33, 2, 64).half()
     runs = []
@@ -164,6 +183,90 @@ def test_gradients_are_bitwise_deterministic():
             runs.append((out, *torch.autograd.grad(out, leaves, dout)))
     for first, second in zip(*runs):
         assert torch.equal(first, second)
+    aligned = ca_module._aligned16(*inputs)
+    plan = ("split", ca_module._default_tile("16bit", "bwd_dkdv", 64, aligned),
+            ca_module._default_tile("16bit", "bwd_dq", 64, aligned))
+    assert launched == 2 * [("cross_attention_fwd", ["M128_N64_w8_s3"]),
+                            ("cross_attention_bwd", [ca_module._plan_label(plan)])]
+
+
+# (B, Sq, Sk, H, D, dtype, kv_lengths, dropout_p): the atomic-dQ backward over odd lengths, D 32 / 80,
+# several key blocks adding into one dq row (Sk = 150 > BLOCK_N), kv_lengths and dropout.
+ATOMIC_CASES = [
+    (2, 17, 31, 2, 32, torch.float32, [31, 5], 0.0),
+    (2, 17, 31, 2, 80, torch.float16, None, 0.0),
+    (1, 17, 31, 2, 80, torch.float32, [20], 0.3),
+    (2, 17, 150, 1, 32, torch.float16, [150, 70], 0.2),
+    (1, 33, 150, 2, 32, torch.float32, None, 0.0),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    "B, Sq, Sk, H, D, dtype, lengths, dropout_p", ATOMIC_CASES,
+    ids=[f"b{c[0]}-sq{c[1]}-sk{c[2]}-h{c[3]}-d{c[4]}-{str(c[5])[6:]}-{'len' if c[6] else 'full'}-p{c[7]}"
+         for c in ATOMIC_CASES],
+)
+def test_atomic_dq_backward_matches_float64_reference(monkeypatch, launched, B, Sq, Sk, H, D, dtype, lengths,
+                                                      dropout_p):
+    monkeypatch.setattr(ca_module, "_FORCE_BACKWARD_PLAN", "atomic")
+    _check(B, Sq, Sk, H, D, dtype, lengths, dropout_p=dropout_p, seed=9)
+    backward = [labels for tuner, labels in launched if tuner == "cross_attention_bwd"]
+    assert len(backward) == 1 and len(backward[0]) == 1 and backward[0][0].startswith("atomic:"), launched
+
+
+@needs_triton
+def test_nondeterministic_backward_offers_the_tuner_every_plan(launched):
+    """deterministic=False (the default) hands the tuner the default plan first, then the alternatives,
+    atomic dQ included; on CPU the tuner runs the default."""
+    leaves, inputs = _qkv(1, 5, 9, 2, 64, torch.float16)
+    with use_backend("triton", OP_NAME):
+        out = cross_attention(*inputs)
+        torch.autograd.grad(out.float().sum(), leaves)
+    (fwd_tuner, fwd_labels), (bwd_tuner, bwd_labels) = launched
+    assert fwd_tuner == "cross_attention_fwd" and len(fwd_labels) >= 3  # 9 keys: one key block, no split
+    assert fwd_labels[0] == ca_module._tile_label(ca_module._CONFIGS["16bit"]["fwd"][64])
+    assert bwd_tuner == "cross_attention_bwd" and bwd_labels[0].startswith("split:")
+    assert any(label.startswith("atomic:") for label in bwd_labels[1:])
+
+
+def _registered_configs(kernel_fn, aligned_only_allowed):
+    from internvideo_fast.ops.kernel_registry import triton_kernels
+
+    return [
+        config for spec in triton_kernels()
+        if spec.kernel is kernel_fn and spec.name.startswith("cross_attention_")
+        and (aligned_only_allowed or not spec.aligned_only)
+        for config in spec.configs
+    ]
+
+
+@pytest.mark.parametrize("kind", ["16bit", "fp32"])
+@pytest.mark.parametrize("aligned", [False, True], ids=["unaligned", "aligned"])
+def test_every_candidate_is_registered_for_the_aot_check_and_the_default_is_first(kind, aligned):
+    """Every tile the launchers (tuning included) may use is in the kernel registry, in a spec the AOT
+    check compiles in the launch's specialization; the first candidate is the fixed default."""
+    for block_d in ca_module._BLOCK_DS:
+        for kernel, tiles in ca_module._candidate_tiles(kind, block_d, aligned).items():
+            registered = _registered_configs(ca_module._ATTENTION_KERNELS[kernel], aligned)
+            for tile in tiles:
+                config = ca_module._tile_config(kind, kernel, block_d, tile, **ca_module._FEATURES)
+                assert config in registered, (kind, kernel, block_d, aligned, tile)
+        for kernel in ("fwd", "fwd_split"):
+            tiles = ca_module._forward_tiles(kind, kernel, block_d, aligned)
+            assert tiles[0] == ca_module._CONFIGS[kind][kernel][block_d]
+            assert len(tiles) >= (3 if kind == "16bit" else 1)
+            assert ca_module._forward_tiles(kind, kernel, block_d, aligned, tune=False) == tiles[:1]
+        plans = ca_module._backward_plans(kind, block_d, aligned, deterministic=False)
+        assert ca_module._backward_plans(kind, block_d, aligned, deterministic=True) == plans[:1]
+        assert plans[0] == ("split", ca_module._default_tile(kind, "bwd_dkdv", block_d, aligned),
+                            ca_module._default_tile(kind, "bwd_dq", block_d, aligned))
+        if kind == "fp32" or aligned or block_d < 128:  # no atomic tile fits D = 128 unaligned
+            assert any(plan[0] == "atomic" for plan in plans)
+    # Today's fixed configs stay the defaults (a spot check of the tables the defaults read).
+    assert ca_module._backward_plans("16bit", 64, True, True) == [("split", (32, 64, 4, 2), (128, 64, 8, 3))]
+    assert ca_module._backward_plans("16bit", 128, False, True) == [("split", (16, 64, 8, 2), (64, 32, 4, 2))]
+    assert ca_module._forward_tiles("16bit", "fwd", 128, True)[0] == (128, 32, 8, 3)
 
 
 @needs_triton
@@ -265,7 +368,9 @@ def test_opcheck():
     lengths = torch.tensor([4, 9], dtype=torch.int32)
     for args in [
         (q, k, v, None, None, 0.2, 0.0),
+        (q, k, v, None, None, 0.2, 0.0, True),
         (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), lengths, torch.tensor(3), 0.2, 0.25),
+        (q, k, v, lengths, torch.tensor(3), 0.2, 0.25, True),
     ]:
         torch.library.opcheck(torch.ops.internvideo_fast.cross_attention_fwd.default, args)
 

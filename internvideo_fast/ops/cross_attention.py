@@ -23,21 +23,31 @@ Kernels (every value fp32 inside; q/k/v fp32, fp16 or bf16; fp32 matmuls run in 
   ``(out, lse)`` per split, and ``_cross_attention_combine_kernel`` merges them with their lse weights.
 - ``_cross_attention_bwd_preprocess_kernel``: ``delta``.
 - ``_cross_attention_bwd_dkdv_kernel``: one program per (key block, b * h), looping over all query blocks.
+  With ``ATOMIC_DQ`` it also adds each tile's ``c * dS k`` into an fp32 dq with ``tl.atomic_add``.
 - ``_cross_attention_bwd_dq_kernel``: one program per (query block, b * h), looping over the key blocks.
 
-No atomics anywhere, so the backward is always bitwise deterministic (``deterministic`` is accepted for
-flash-attn API compatibility; it is always true). Keys at or past ``kv_lengths[b]`` get probability 0 and
-zero gradients; every row has at least one key (``kv_lengths >= 1``), so no row divides by zero.
+Backward plans: *split* runs the dK/dV kernel, then the dQ kernel (no atomics; 7 matmuls per tile pair,
+since the dQ kernel recomputes ``q k^T`` and ``dout v^T``); *atomic* runs the dK/dV kernel with
+``ATOMIC_DQ`` and converts the fp32 dq to q's dtype (5 matmuls, FlashAttention-2's Triton backward), whose
+dq rounding depends on the order the atomics land in. ``deterministic=True`` runs the split plan at the
+default tiles, never tuned, so forward and gradients are bitwise identical run to run and across
+processes; ``deterministic=False`` (the default, as in flash-attn) lets the GPU tune between the plans and
+tiles below. Keys at or past ``kv_lengths[b]`` get probability 0 and zero gradients; every row has at least
+one key (``kv_lengths >= 1``), so no row divides by zero.
 
 Dropout: the attention probability at flat index ``((b * H + h) * Sq + i) * Sk + j`` of ``[B, H, Sq, Sk]``
 is kept by ``keep_element(seed, index, p)``, i.e. ``tl.rand(seed, index) >= p`` (Philox4x32-10, so
 :func:`~internvideo_fast.ops.dropout_add_layer_norm.dropout_keep_mask` reproduces it bitwise with shape
 ``(B, H, Sq, Sk)``). The backward kernels regenerate the mask from the seed; nothing is stored.
 
-Launch configurations are fixed per (kernel, 16-bit or fp32 inputs, BLOCK_D, 16-aligned or not), registered
-with the ahead-of-time sm_90a check (no spills, wgmma for 16-bit); fp32 inputs use much smaller tiles because
-an IEEE fp32 ``tl.dot`` runs on FMA units. The 16-bit backward tiles for aligned launches were chosen by
-timing candidates on an H100 (``bench/bench_cross_attention.py``'s tile sweep); the rest are not tuned yet.
+Launch configurations: each (kernel, 16-bit or fp32 inputs, BLOCK_D, 16-aligned or not) has a default tile
+(BLOCK_M, BLOCK_N, warps, stages); fp32 inputs use much smaller tiles because an IEEE fp32 ``tl.dot`` runs
+on FMA units. With ``deterministic=False`` on a CUDA device, a ``LaunchTuner`` (``ops/autotuning.py``) times
+the default and a few alternatives once per key (dtype, head dim, aligned, kv_lengths / dropout on, and
+the power-of-two buckets of Sq, Sk and B * H) and keeps the fastest: forward tiles (16-bit), and whole
+backward plans (split or atomic, with their tiles). The interpreter, CPU tensors,
+``IVF_AUTOTUNE=0``, CUDA-graph capture and ``deterministic=True`` launch the default. Every candidate is
+registered with the ahead-of-time sm_90a check (no spills, fits shared memory, wgmma for 16-bit).
 
 Layouts: any strides with a contiguous last dim (e.g. ``[B, H, S, D]`` tensors passed as
 ``.transpose(1, 2)`` views) go to the kernels as strides, without copies. ``out`` and the gradients are
@@ -54,6 +64,7 @@ import torch
 import triton
 import triton.language as tl
 
+from internvideo_fast.ops.autotuning import launch_tuner, length_bucket
 from internvideo_fast.ops.backend import available_backends, select_backend
 from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask, keep_element
 from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
@@ -225,18 +236,20 @@ def _cross_attention_bwd_preprocess_kernel(
 
 @triton.jit
 def _cross_attention_bwd_dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, lengths_ptr, seed_ptr, dk_ptr, dv_ptr,
+    q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, lengths_ptr, seed_ptr, dk_ptr, dv_ptr, dq_ptr,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     stride_dob, stride_dos, stride_doh,
     H, Sq, Sk, D, softmax_scale, dropout_p, keep_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_LENGTHS: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr, ATOMIC_DQ: tl.constexpr,
 ):
     # One program per (key block, b * h), looping over every query block; computes the transposed
     # scores S^T [BLOCK_N, BLOCK_M] so that no accumulator needs a transpose. dk, dv: contiguous
-    # [B, Sk, H, D].
+    # [B, Sk, H, D]. With ATOMIC_DQ, also adds this key block's share of dq (c * dS k) into the fp32
+    # dq [B, Sq, H, D] (zeroed by the launcher) with atomics: 5 matmuls per tile instead of 7, but the
+    # order of the additions, so dq's rounding, changes run to run.
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -288,6 +301,10 @@ def _cross_attention_bwd_dkdv_kernel(
             dv += tl.dot(pT_dropped.to(dout.dtype), dout, input_precision=PRECISION)
             dsT = pT * (dpT - delta[None, :])
             dk += tl.dot(dsT.to(q.dtype), q, input_precision=PRECISION)
+            if ATOMIC_DQ:
+                dq = tl.dot(tl.trans(dsT.to(k.dtype)), k, input_precision=PRECISION) * softmax_scale
+                tl.atomic_add(dq_ptr + ((b * Sq + rows[:, None]) * H + h) * D + dims[None, :], dq,
+                              mask=q_mask, sem="relaxed")
 
     out_offset = ((b * Sk + cols[:, None]) * H + h) * D + dims[None, :]
     out_mask = (cols < Sk)[:, None] & in_dims[None, :]
@@ -362,11 +379,11 @@ def _cross_attention_bwd_dq_kernel(
 # ----------------------------------------------------------------------------------------------------
 # Launch configurations (by BLOCK_D = next power of two of the head dim), registered for the AOT check
 # ----------------------------------------------------------------------------------------------------
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and BLOCK_D, for 16-bit inputs (tl.dot on wgmma,
-# fp32 accumulation) and for fp32 inputs (tl.dot in IEEE fp32: FMA, which has no wgmma form, so far
-# smaller tiles). Each was chosen so that it compiles for sm_90a without register spills (and with wgmma
-# for 16-bit) with every feature (kv_lengths, Philox dropout) switched on; not yet tuned for speed on a
-# GPU. The interpreter launches the same single config per (kernel, dtype, BLOCK_D).
+# A tile is (BLOCK_M, BLOCK_N, num_warps, num_stages). Defaults per kernel and BLOCK_D, for 16-bit inputs
+# (tl.dot on wgmma, fp32 accumulation) and for fp32 inputs (tl.dot in IEEE fp32: FMA, which has no wgmma
+# form, so far smaller tiles). Each compiles for sm_90a without register spills (and with wgmma for 16-bit)
+# with every feature (kv_lengths, Philox dropout) switched on. The defaults are what the interpreter, CPU,
+# IVF_AUTOTUNE=0, CUDA-graph capture and deterministic=True launch; on a GPU they are the first candidate.
 _CONFIGS = {
     "16bit": {
         "fwd": {32: (128, 64, 8, 3), 64: (128, 64, 8, 3), 128: (128, 32, 8, 3)},
@@ -381,9 +398,9 @@ _CONFIGS = {
         "bwd_dq": {32: (32, 64, 4, 1), 64: (16, 64, 4, 1), 128: (16, 32, 4, 1)},
     },
 }
-# 16-bit tiles for launches whose q / k / v / dout pointers and strides are all multiples of 16 elements
-# (every power-of-two head dim and D = 80 or 96 with an even head count). Chosen from the tile sweep in
-# bench_cross_attention.extra_rows on an H100 (2026-11-26, Triton 3.6): on the CMA shapes the dK/dV kernel
+# Default 16-bit tiles for launches whose q / k / v / dout pointers and strides are all multiples of 16
+# elements (every power-of-two head dim and D = 80 or 96 with an even head count). Chosen from the tile sweep
+# in bench_cross_attention.extra_rows on an H100 (2026-11-26, Triton 3.6): on the CMA shapes the dK/dV kernel
 # at 32x64 tiles, 4 warps took 1.0 ms against 1.37 ms at 32x128 / 8 warps, and at D = 128 16x128 tiles took
 # 3.1 ms against 5.8 ms at 16x64. They spill in the unaligned specialization (D = 40), which keeps the
 # tiles above.
@@ -391,33 +408,114 @@ _ALIGNED_CONFIGS = {
     "bwd_dkdv": {32: (32, 64, 4, 2), 64: (32, 64, 4, 2), 128: (16, 128, 8, 2)},
     "bwd_dq": {32: (128, 64, 8, 3), 64: (128, 64, 8, 3)},
 }
+# Forward alternatives that the GPU tunes after the default (16-bit only: fp32 runs on FMA, where the tile
+# matters less than the missing tensor cores). _FWD_TUNE compiles spill-free in both specializations;
+# _FWD_TUNE_ALIGNED only in the 16-aligned one, so it is tried only on aligned launches.
+_FWD_TUNE = {
+    "fwd": {32: [(64, 64, 4, 3), (128, 32, 8, 3), (64, 32, 4, 3)],
+            64: [(64, 64, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2), (128, 64, 8, 4)],
+            128: [(64, 32, 4, 3), (128, 32, 8, 2)]},
+    "fwd_split": {32: [(64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 4)],
+                  64: [(64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 4)],
+                  128: [(64, 32, 4, 2), (64, 32, 4, 4)]},
+}
+_FWD_TUNE_ALIGNED = {
+    "fwd": {128: [(128, 64, 8, 3), (64, 64, 4, 3)]},
+    "fwd_split": {128: [(64, 64, 4, 3)]},
+}
+# Backward plans that the GPU tunes after the default one when deterministic=False: ("split", dK/dV tile,
+# dQ tile) runs the dK/dV kernel, then the dQ kernel (7 matmuls per tile pair); ("atomic", dK/dV tile) runs
+# the dK/dV kernel with ATOMIC_DQ (5 matmuls, FlashAttention-2's Triton backward), then converts dq.
+_BWD_TUNE = {
+    "16bit": {
+        32: [("atomic", (32, 64, 4, 2)), ("atomic", (32, 128, 8, 2))],
+        64: [("atomic", (16, 64, 4, 2)), ("atomic", (32, 64, 8, 2)), ("atomic", (16, 128, 8, 1))],
+        # Nothing else fits D = 128 unaligned without spills (the unaligned specialization needs more
+        # registers: atomic 16x64 and 32x64 tiles spill with Triton 3.8, split alternatives with 3.6);
+        # D = 80 / 96 launches are aligned unless their strides are odd.
+        128: [],
+    },
+    # fp32 (FMA) gets only the atomic plan: 16x64 at D = 64 and 4 warps at D = 128 spill with atomics.
+    "fp32": {32: [("atomic", (16, 64, 4, 1))], 64: [("atomic", (16, 32, 4, 1))],
+             128: [("atomic", (16, 32, 8, 1))]},
+}
+# On 16-aligned 16-bit launches these replace _BWD_TUNE: tiles that spill only unaligned, and the aligned
+# default's 32x64 dK/dV tile with atomics.
+_BWD_TUNE_ALIGNED = {
+    32: [("atomic", (32, 64, 4, 2)), ("atomic", (64, 128, 8, 2)), ("atomic", (32, 128, 8, 2)),
+         ("split", (32, 128, 8, 2), (128, 64, 8, 2))],
+    64: [("atomic", (32, 64, 4, 2)), ("atomic", (32, 128, 8, 2)), ("atomic", (16, 128, 8, 1)),
+         ("split", (32, 128, 8, 2), (128, 64, 8, 2))],
+    128: [("atomic", (16, 64, 8, 2)), ("atomic", (16, 128, 8, 2)), ("atomic", (32, 64, 8, 2)),
+          ("split", (16, 128, 8, 2), (128, 32, 8, 2))],
+}
 _PRECISION = {"16bit": "tf32", "fp32": "ieee"}  # PRECISION is read by tl.dot on fp32 operands only
 _POINTER = {"16bit": "*bf16", "fp32": "*fp32"}
 _COMBINE = {32: (16, 4), 64: (16, 4), 128: (16, 4)}  # (BLOCK_M, num_warps)
 _PREPROCESS = {32: (64, 4), 64: (64, 4), 128: (64, 4)}
 _FEATURES = dict(HAS_LENGTHS=True, HAS_DROPOUT=True)
 _BLOCK_DS = (32, 64, 128)
+# Tests set this to "split" or "atomic" to run that backward plan (its first candidate) where the tuner
+# would run the default; deterministic=True ignores it.
+_FORCE_BACKWARD_PLAN: str | None = None
 
 
 def _precision_class(dtype: torch.dtype) -> str:
     return "fp32" if dtype == torch.float32 else "16bit"
 
 
-def _attention_config(kind: str, kernel: str, block_d: int) -> KernelConfig:
-    block_m, block_n, warps, stages = _CONFIGS[kind][kernel][block_d]
-    return KernelConfig(
-        {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "PRECISION": _PRECISION[kind]},
-        num_warps=warps, num_stages=stages,
-    )
+def _default_tile(kind: str, kernel: str, block_d: int, aligned: bool = False) -> tuple[int, int, int, int]:
+    """The default tile of `kernel` ("fwd", "fwd_split", "bwd_dkdv", "bwd_dq"); `aligned` (see _aligned16)
+    allows the tiles of _ALIGNED_CONFIGS."""
+    tuned = _ALIGNED_CONFIGS.get(kernel, {}).get(block_d) if aligned and kind == "16bit" else None
+    return tuned if tuned is not None else _CONFIGS[kind][kernel][block_d]
+
+
+def _forward_tiles(kind: str, kernel: str, block_d: int, aligned: bool, tune: bool = True) -> list[tuple]:
+    """The forward's candidate tiles, default first."""
+    tiles = [_default_tile(kind, kernel, block_d, aligned)]
+    if tune and kind == "16bit":
+        tiles += _FWD_TUNE[kernel].get(block_d, [])
+        tiles += _FWD_TUNE_ALIGNED[kernel].get(block_d, []) if aligned else []
+    return list(dict.fromkeys(tiles))
+
+
+def _backward_plans(kind: str, block_d: int, aligned: bool, deterministic: bool) -> list[tuple]:
+    """The backward's candidate plans, default (dK/dV then dQ kernel, today's tiles) first; only the default
+    when `deterministic`."""
+    plans = [("split", *(_default_tile(kind, kernel, block_d, aligned) for kernel in ("bwd_dkdv", "bwd_dq")))]
+    if not deterministic:
+        plans += _BWD_TUNE_ALIGNED[block_d] if aligned and kind == "16bit" else _BWD_TUNE[kind][block_d]
+    return list(dict.fromkeys(plans))
+
+
+def _tile_label(tile: tuple) -> str:
+    return "M{}_N{}_w{}_s{}".format(*tile)
+
+
+def _plan_label(plan: tuple) -> str:
+    if plan[0] == "split":
+        return f"split:dkdv={_tile_label(plan[1])},dq={_tile_label(plan[2])}"
+    return f"atomic:dkdv={_tile_label(plan[1])}"
+
+
+def _tile_config(kind: str, kernel: str, block_d: int, tile: tuple, **features) -> KernelConfig:
+    """`kernel` ("fwd", "fwd_split", "bwd_dkdv", "bwd_dkdv_atomic", "bwd_dq") at `tile`."""
+    block_m, block_n, warps, stages = tile
+    constexprs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "PRECISION": _PRECISION[kind]}
+    constexprs.update(features)
+    if kernel.startswith("bwd_dkdv"):
+        constexprs["ATOMIC_DQ"] = kernel == "bwd_dkdv_atomic"
+    return KernelConfig(constexprs, num_warps=warps, num_stages=stages)
+
+
+def _launch_options(config: KernelConfig) -> tuple[dict, dict]:
+    return dict(config.constexprs), {"num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
 def _simple_config(table, block_d: int) -> KernelConfig:
     block_m, warps = table[block_d]
     return KernelConfig({"BLOCK_M": block_m, "BLOCK_D": block_d}, num_warps=warps, num_stages=1)
-
-
-def _with_features(config: KernelConfig) -> KernelConfig:
-    return KernelConfig(dict(config.constexprs, **_FEATURES), config.num_warps, config.num_stages)
 
 
 def _strides3(prefix: str) -> dict[str, str]:
@@ -437,7 +535,10 @@ def _attention_signature(kernel: str, pointer: str) -> dict[str, str]:
             "stride_lsplit": "i32", "stride_lb": "i32", "stride_lh": "i32",
             "H": "i32", "Sq": "i32", "Sk": "i32", "D": "i32", "keys_per_split": "i32", **scalars,
         }
-    outputs = {"dk_ptr": pointer, "dv_ptr": pointer} if kernel == "bwd_dkdv" else {"dq_ptr": pointer}
+    if kernel.startswith("bwd_dkdv"):
+        outputs = {"dk_ptr": pointer, "dv_ptr": pointer, "dq_ptr": "*fp32"}
+    else:
+        outputs = {"dq_ptr": pointer}
     return {
         **qkv, "dout_ptr": pointer, "lse_ptr": "*fp32", "delta_ptr": "*fp32", "lengths_ptr": "*i32",
         "seed_ptr": "*i64", **outputs, **strides, **_strides3("do"),
@@ -449,52 +550,52 @@ _ATTENTION_KERNELS = {
     "fwd": _cross_attention_fwd_kernel,
     "fwd_split": _cross_attention_fwd_kernel,
     "bwd_dkdv": _cross_attention_bwd_dkdv_kernel,
+    "bwd_dkdv_atomic": _cross_attention_bwd_dkdv_kernel,
     "bwd_dq": _cross_attention_bwd_dq_kernel,
 }
-# 16-bit kernels are checked with bf16 pointers (fp16 compiles to the same wgmma code) and must use wgmma;
-# the fp32 (IEEE) variants run on FMA and are checked for spills and shared memory only.
-for _kind in ("16bit", "fp32"):
-    for _kernel, _fn in _ATTENTION_KERNELS.items():
-        register_triton_kernel(TritonKernelSpec(
-            name=f"cross_attention_{_kernel}" + ("_fp32" if _kind == "fp32" else ""),
-            kernel=_fn,
-            signature=_attention_signature(_kernel, _POINTER[_kind]),
-            configs=tuple(_with_features(_attention_config(_kind, _kernel, d)) for d in _BLOCK_DS),
-            multiplies_matrices=_kind == "16bit",
-        ))
-for _kernel, _by_block_d in _ALIGNED_CONFIGS.items():
-    register_triton_kernel(TritonKernelSpec(
-        name=f"cross_attention_{_kernel}_aligned",
-        kernel=_ATTENTION_KERNELS[_kernel],
-        signature=_attention_signature(_kernel, _POINTER["16bit"]),
-        configs=tuple(
-            _with_features(KernelConfig(
-                {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": d, "PRECISION": _PRECISION["16bit"]},
-                num_warps=w, num_stages=stages,
-            ))
-            for d, (m, n, w, stages) in _by_block_d.items()
-        ),
-        multiplies_matrices=True,
-        aligned_only=True,
-    ))
-register_triton_kernel(TritonKernelSpec(
-    name="cross_attention_combine",
-    kernel=_cross_attention_combine_kernel,
-    signature={
-        "partial_out_ptr": "*fp32", "partial_lse_ptr": "*fp32", "out_ptr": "*bf16", "lse_ptr": "*fp32",
-        "H": "i32", "Sq": "i32", "D": "i32", "splits": "i32",
-    },
-    configs=tuple(_simple_config(_COMBINE, d) for d in _BLOCK_DS),
-))
-register_triton_kernel(TritonKernelSpec(
-    name="cross_attention_bwd_pre",
-    kernel=_cross_attention_bwd_preprocess_kernel,
-    signature={
-        "out_ptr": "*bf16", "dout_ptr": "*bf16", "delta_ptr": "*fp32",
-        "stride_dob": "i32", "stride_dos": "i32", "stride_doh": "i32", "H": "i32", "Sq": "i32", "D": "i32",
-    },
-    configs=tuple(_simple_config(_PREPROCESS, d) for d in _BLOCK_DS),
-))
+
+
+def _candidate_tiles(kind: str, block_d: int, aligned: bool) -> dict[str, list[tuple]]:
+    """Every tile that any launch of (kind, block_d, aligned) may use, per kernel (tuning included)."""
+    tiles: dict[str, list[tuple]] = {kernel: [] for kernel in _ATTENTION_KERNELS}
+    for kernel in ("fwd", "fwd_split"):
+        tiles[kernel] += _forward_tiles(kind, kernel, block_d, aligned)
+    for plan in _backward_plans(kind, block_d, aligned, deterministic=False):
+        if plan[0] == "split":
+            tiles["bwd_dkdv"].append(plan[1])
+            tiles["bwd_dq"].append(plan[2])
+        else:
+            tiles["bwd_dkdv_atomic"].append(plan[1])
+    return {kernel: list(dict.fromkeys(found)) for kernel, found in tiles.items()}
+
+
+def _register_attention_kernels() -> None:
+    """Registers every candidate tile: tiles used on unaligned launches as `cross_attention_<kernel>` (checked
+    in both specializations), tiles only aligned launches use as `..._aligned` (aligned_only). 16-bit
+    kernels are checked with bf16 pointers (fp16 compiles to the same wgmma code) and must use wgmma; the
+    fp32 (IEEE) variants run on FMA and are checked for spills and shared memory only."""
+    for kind in ("16bit", "fp32"):
+        for kernel, fn in _ATTENTION_KERNELS.items():
+            unaligned = [(d, t) for d in _BLOCK_DS for t in _candidate_tiles(kind, d, False)[kernel]]
+            aligned = [
+                (d, t) for d in _BLOCK_DS for t in _candidate_tiles(kind, d, True)[kernel]
+                if (d, t) not in unaligned
+            ]
+            for tiles, aligned_only in ((unaligned, False), (aligned, True)):
+                if not tiles:
+                    continue
+                register_triton_kernel(TritonKernelSpec(
+                    name=f"cross_attention_{kernel}" + ("_fp32" if kind == "fp32" else "")
+                    + ("_aligned" if aligned_only else ""),
+                    kernel=fn,
+                    signature=_attention_signature(kernel, _POINTER[kind]),
+                    configs=tuple(_tile_config(kind, kernel, d, t, **_FEATURES) for d, t in tiles),
+                    multiplies_matrices=kind == "16bit",
+                    aligned_only=aligned_only,
+                ))
+
+
+_register_attention_kernels()
 
 
 def _block_d(D: int) -> int:
@@ -506,18 +607,6 @@ def _aligned16(*tensors: torch.Tensor) -> bool:
     return all(
         t.data_ptr() % 16 == 0 and all(stride % 16 == 0 for stride in t.stride()[:-1]) for t in tensors
     )
-
-
-def _launch_config(kernel: str, D: int, dtype: torch.dtype, aligned: bool = False) -> tuple[dict, dict]:
-    """(constexprs, launch options) of attention kernel `kernel` for head dim `D` and input `dtype`;
-    `aligned` (see _aligned16) allows the tiles of _ALIGNED_CONFIGS."""
-    kind, block_d = _precision_class(dtype), _block_d(D)
-    config = _attention_config(kind, kernel, block_d)
-    tuned = _ALIGNED_CONFIGS.get(kernel, {}).get(block_d) if aligned and kind == "16bit" else None
-    if tuned is not None:
-        block_m, block_n, warps, stages = tuned
-        config = KernelConfig(dict(config.constexprs, BLOCK_M=block_m, BLOCK_N=block_n), warps, stages)
-    return dict(config.constexprs), {"num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
 def _split_block_n(D: int, dtype: torch.dtype) -> int:
@@ -548,6 +637,21 @@ def _bsh_strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+def _tuning_key(q: torch.Tensor, Sk: int, aligned: bool, has_lengths: bool, has_dropout: bool) -> tuple:
+    B, Sq, H, D = q.shape
+    return (
+        str(q.dtype), D, aligned, has_lengths, has_dropout,
+        length_bucket(Sq), length_bucket(Sk), length_bucket(B * H),
+    )
+
+
+def _run_candidates(tuner: str, key: tuple, candidates: list, device: torch.device):
+    """One candidate runs directly (deterministic=True, or nothing to tune); more go to the tuner."""
+    if len(candidates) == 1:
+        return candidates[0][1]()
+    return launch_tuner(tuner).run(key, candidates, device)[1]
+
+
 # ----------------------------------------------------------------------------------------------------
 # Host launchers as torch.library ops
 # ----------------------------------------------------------------------------------------------------
@@ -560,47 +664,59 @@ def _cross_attention_fwd(
     seed: torch.Tensor | None,
     softmax_scale: float,
     dropout_p: float,
+    deterministic: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (out [B, Sq, H, D] contiguous in q's dtype, lse [B, H, Sq] fp32)."""
+    """Returns (out [B, Sq, H, D] contiguous in q's dtype, lse [B, H, Sq] fp32). `deterministic` launches
+    the default tiles only (no tuning), so results are bitwise the same in every process."""
     B, Sq, H, D = q.shape
     Sk = k.shape[1]
     out = new_output(q, (B, Sq, H, D))
     lse = new_output(q, (B, H, Sq), torch.float32)
     has_dropout = seed is not None and dropout_p > 0.0
-    block_d = _block_d(D)
+    kind, block_d = _precision_class(q.dtype), _block_d(D)
     splits = _num_splits(B * H, Sq, Sk, _split_block_n(D, q.dtype), q.device)
-    constexprs, options = _launch_config("fwd" if splits == 1 else "fwd_split", D, q.dtype)
-    block_n = constexprs["BLOCK_N"]
-    keys_per_split = triton.cdiv(triton.cdiv(Sk, splits), block_n) * block_n
-    splits = triton.cdiv(Sk, keys_per_split)
-    if splits == 1:
-        target_out, target_lse = out, lse
-        out_strides = (0, *out.stride()[:3])
-        lse_strides = (0, lse.stride(0), lse.stride(1))
-    else:
-        target_out = new_output(q, (splits, B, Sq, H, D), torch.float32)
-        target_lse = new_output(q, (splits, B, H, Sq), torch.float32)
-        out_strides = target_out.stride()[:4]
-        lse_strides = target_lse.stride()[:3]
-    grid = (triton.cdiv(Sq, constexprs["BLOCK_M"]), B * H, splits)
-    _cross_attention_fwd_kernel[grid](
-        q, k, v, kv_lengths, seed if has_dropout else None, target_out, target_lse,
-        *_bsh_strides(q), *_bsh_strides(k), *_bsh_strides(v), *out_strides, *lse_strides,
-        H, Sq, Sk, D, keys_per_split, softmax_scale,
-        dropout_p if has_dropout else 0.0, 1.0 / (1.0 - dropout_p) if has_dropout else 1.0,
-        **constexprs, HAS_LENGTHS=kv_lengths is not None, HAS_DROPOUT=has_dropout, **options,
-    )
-    if splits > 1:
-        block_m, warps = _COMBINE[block_d]
-        _cross_attention_combine_kernel[(triton.cdiv(Sq, block_m), B * H)](
-            target_out, target_lse, out, lse, H, Sq, D, splits,
-            BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps, num_stages=1,
+    kernel = "fwd" if splits == 1 else "fwd_split"
+    features = dict(HAS_LENGTHS=kv_lengths is not None, HAS_DROPOUT=has_dropout)
+
+    def launch(tile):
+        constexprs, options = _launch_options(_tile_config(kind, kernel, block_d, tile, **features))
+        block_n = constexprs["BLOCK_N"]
+        keys_per_split = triton.cdiv(triton.cdiv(Sk, splits), block_n) * block_n
+        tile_splits = triton.cdiv(Sk, keys_per_split)
+        if tile_splits == 1:
+            target_out, target_lse = out, lse
+            out_strides = (0, *out.stride()[:3])
+            lse_strides = (0, lse.stride(0), lse.stride(1))
+        else:
+            target_out = new_output(q, (tile_splits, B, Sq, H, D), torch.float32)
+            target_lse = new_output(q, (tile_splits, B, H, Sq), torch.float32)
+            out_strides = target_out.stride()[:4]
+            lse_strides = target_lse.stride()[:3]
+        grid = (triton.cdiv(Sq, constexprs["BLOCK_M"]), B * H, tile_splits)
+        _cross_attention_fwd_kernel[grid](
+            q, k, v, kv_lengths, seed if has_dropout else None, target_out, target_lse,
+            *_bsh_strides(q), *_bsh_strides(k), *_bsh_strides(v), *out_strides, *lse_strides,
+            H, Sq, Sk, D, keys_per_split, softmax_scale,
+            dropout_p if has_dropout else 0.0, 1.0 / (1.0 - dropout_p) if has_dropout else 1.0,
+            **constexprs, **options,
         )
+        if tile_splits > 1:
+            block_m, warps = _COMBINE[block_d]
+            _cross_attention_combine_kernel[(triton.cdiv(Sq, block_m), B * H)](
+                target_out, target_lse, out, lse, H, Sq, D, tile_splits,
+                BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps, num_stages=1,
+            )
+
+    aligned = _aligned16(q, k, v, out)
+    tiles = _forward_tiles(kind, kernel, block_d, aligned, tune=not deterministic)
+    candidates = [(_tile_label(tile), functools.partial(launch, tile)) for tile in tiles]
+    key = _tuning_key(q, Sk, aligned, kv_lengths is not None, has_dropout)
+    _run_candidates(f"cross_attention_{kernel}", key, candidates, q.device)
     return out, lse
 
 
 @_cross_attention_fwd.register_fake
-def _cross_attention_fwd_fake(q, k, v, kv_lengths, seed, softmax_scale, dropout_p):
+def _cross_attention_fwd_fake(q, k, v, kv_lengths, seed, softmax_scale, dropout_p, deterministic=False):
     B, Sq, H, D = q.shape
     return q.new_empty((B, Sq, H, D)), q.new_empty((B, H, Sq), dtype=torch.float32)
 
@@ -617,8 +733,11 @@ def _cross_attention_bwd(
     seed: torch.Tensor | None,
     softmax_scale: float,
     dropout_p: float,
+    deterministic: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (dq, dk, dv), contiguous [B, S, H, D] in the inputs' dtype; deterministic (no atomics)."""
+    """Returns (dq, dk, dv), contiguous [B, S, H, D] in the inputs' dtype. `deterministic`: the default plan
+    (dK/dV kernel, then dQ kernel, no atomics) at the default tiles, bitwise reproducible; otherwise the
+    GPU tunes between plans, atomic dQ included."""
     B, Sq, H, D = q.shape
     Sk = k.shape[1]
     if dout.stride(-1) != 1:
@@ -629,7 +748,7 @@ def _cross_attention_bwd(
     dv = new_output(q, (B, Sk, H, D))
     delta = new_output(q, (B, H, Sq), torch.float32)
     has_dropout = seed is not None and dropout_p > 0.0
-    block_d = _block_d(D)
+    kind, block_d = _precision_class(q.dtype), _block_d(D)
     block_m, warps = _PREPROCESS[block_d]
     _cross_attention_bwd_preprocess_kernel[(triton.cdiv(Sq, block_m), B * H)](
         out, dout, delta, *_bsh_strides(dout), H, Sq, D,
@@ -642,29 +761,53 @@ def _cross_attention_bwd(
     )
     features = dict(HAS_LENGTHS=kv_lengths is not None, HAS_DROPOUT=has_dropout)
     seed_arg = seed if has_dropout else None
+
+    def launch(plan):
+        atomic = plan[0] == "atomic"
+        constexprs, options = _launch_options(
+            _tile_config(kind, "bwd_dkdv_atomic" if atomic else "bwd_dkdv", block_d, plan[1], **features)
+        )
+        # fp32 dq takes the atomics directly; 16-bit dq is converted from an fp32 buffer. Zeroed here,
+        # inside the candidate, so that every (timed) run starts from zero.
+        dq_acc = (dq if q.dtype == torch.float32 else torch.empty_like(dq, dtype=torch.float32)).zero_() \
+            if atomic else None
+        _cross_attention_bwd_dkdv_kernel[(triton.cdiv(Sk, constexprs["BLOCK_N"]), B * H)](
+            q, k, v, dout, lse, delta, kv_lengths, seed_arg, dk, dv, dq_acc, *common, **constexprs, **options,
+        )
+        if atomic:
+            if dq_acc is not dq:
+                dq.copy_(dq_acc)
+            return
+        constexprs, options = _launch_options(_tile_config(kind, "bwd_dq", block_d, plan[2], **features))
+        _cross_attention_bwd_dq_kernel[(triton.cdiv(Sq, constexprs["BLOCK_M"]), B * H)](
+            q, k, v, dout, lse, delta, kv_lengths, seed_arg, dq, *common, **constexprs, **options,
+        )
+
     aligned = _aligned16(q, k, v, dout, dq, dk, dv)
-    constexprs, options = _launch_config("bwd_dkdv", D, q.dtype, aligned)
-    _cross_attention_bwd_dkdv_kernel[(triton.cdiv(Sk, constexprs["BLOCK_N"]), B * H)](
-        q, k, v, dout, lse, delta, kv_lengths, seed_arg, dk, dv, *common, **constexprs, **features, **options,
-    )
-    constexprs, options = _launch_config("bwd_dq", D, q.dtype, aligned)
-    _cross_attention_bwd_dq_kernel[(triton.cdiv(Sq, constexprs["BLOCK_M"]), B * H)](
-        q, k, v, dout, lse, delta, kv_lengths, seed_arg, dq, *common, **constexprs, **features, **options,
-    )
+    plans = _backward_plans(kind, block_d, aligned, deterministic)
+    if _FORCE_BACKWARD_PLAN is not None and not deterministic:
+        # Where that plan has no candidate (atomic at D = 128 unaligned), the default runs.
+        plans = [plan for plan in plans if plan[0] == _FORCE_BACKWARD_PLAN][:1] or plans[:1]
+    candidates = [(_plan_label(plan), functools.partial(launch, plan)) for plan in plans]
+    key = _tuning_key(q, Sk, aligned, kv_lengths is not None, has_dropout)
+    _run_candidates("cross_attention_bwd", key, candidates, q.device)
     return dq, dk, dv
 
 
 @_cross_attention_bwd.register_fake
-def _cross_attention_bwd_fake(dout, q, k, v, out, lse, kv_lengths, seed, softmax_scale, dropout_p):
+def _cross_attention_bwd_fake(
+    dout, q, k, v, out, lse, kv_lengths, seed, softmax_scale, dropout_p, deterministic=False
+):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, kv_lengths, seed, softmax_scale, dropout_p = inputs
+    q, k, v, kv_lengths, seed, softmax_scale, dropout_p, *rest = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, kv_lengths, seed)
     ctx.softmax_scale = softmax_scale
     ctx.dropout_p = dropout_p
+    ctx.deterministic = bool(rest[0]) if rest else False
     ctx.mark_non_differentiable(lse)
 
 
@@ -673,9 +816,9 @@ def _backward(ctx, dout, _dlse):
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = _cross_attention_bwd(
-        dout, q, k, v, out, lse, kv_lengths, seed, ctx.softmax_scale, ctx.dropout_p
+        dout, q, k, v, out, lse, kv_lengths, seed, ctx.softmax_scale, ctx.dropout_p, ctx.deterministic
     )
-    return dq, dk, dv, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None
 
 
 torch.library.register_autograd(
@@ -760,7 +903,9 @@ def cross_attention(
         softmax_scale: the score scale; None is ``D ** -0.5``.
         kv_lengths: ``[B]`` int32 in ``[1, Sk]``: keys at or past ``kv_lengths[b]`` are masked for sample b.
         dropout_p: dropout on the attention probabilities, in [0, 1).
-        deterministic: accepted for flash-attn compatibility; the backward is always deterministic.
+        deterministic: True runs the default tiles and the backward without atomics, never tuned: bitwise
+            identical outputs and gradients in every run and process. False (flash-attn's default) lets a
+            GPU tune tiles and pick the atomic-dQ backward, whose dq may differ in the last bits run to run.
         return_lse: also return the log-sum-exp ``[B, H, Sq]`` fp32 (not differentiable).
         seed: the dropout seed (int or one-element int64 tensor on q's device); None draws one.
 
@@ -795,7 +940,9 @@ def cross_attention(
         )
         out = out.to(q.dtype)
     else:
-        out, lse = _cross_attention_fwd(q, k, v, kv_lengths, seed, float(softmax_scale), dropout_p)
+        out, lse = _cross_attention_fwd(
+            q, k, v, kv_lengths, seed, float(softmax_scale), dropout_p, deterministic
+        )
     return (out, lse) if return_lse else out
 
 
