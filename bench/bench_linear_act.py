@@ -140,9 +140,38 @@ def memory_rows(device: torch.device, drop: float = 0.1, quick: bool = False) ->
     return rows
 
 
+def gemm_rows(device: torch.device, quick: bool = False) -> list[dict]:
+    """fc1's forward alone (x @ W1.T + b1, GELU, pre-activation stored) on CUDA, in one run: every launch
+    plan the run-time tuner chooses from (the pointer kernel, the TMA kernel at each registered tile),
+    forced one by one, against cuBLAS (addmm) alone and addmm + F.gelu (eager's fc1)."""
+    if device.type != "cuda":
+        return []
+    import importlib
+
+    from triton.testing import do_bench
+
+    linear_act_module = importlib.import_module("internvideo_fast.ops.linear_act")
+    rows = []
+    for n_rows, D, hidden in SIZES[: 1 if quick else None]:
+        x = torch.randn(n_rows, D, device=device, dtype=torch.bfloat16)
+        w = torch.randn(hidden, D, device=device, dtype=torch.bfloat16) / D**0.5
+        b = torch.randn(hidden, device=device, dtype=torch.bfloat16)
+        y, pre = torch.empty(n_rows, hidden, device=device, dtype=x.dtype), torch.empty_like(y)
+        size = f"rows={n_rows},D={D},hidden={hidden},bfloat16"
+        flops = 2 * n_rows * D * hidden
+        timed = dict(linear_act_module._fwd_plans(x, w, b, None, y, pre, "gelu", True, 0.0, False, True))
+        timed["cublas addmm"] = lambda: torch.addmm(b, x, w.t())
+        timed["cublas addmm + gelu"] = lambda: F.gelu(torch.addmm(b, x, w.t()))
+        for provider, fn in timed.items():
+            ms = do_bench(fn, warmup=10, rep=50)
+            rows.append({"op": "fc1 gemm plan", "size": size, "provider": provider, "ms": ms,
+                         "TFLOP/s": flops / ms / 1e9})
+    return rows
+
+
 def extra_rows(device: torch.device, quick: bool = False) -> list[dict]:
-    """What `make gpu-check` records beside the timings: the memory rows."""
-    return memory_rows(device, quick=quick)
+    """What `make gpu-check` records beside the timings: the memory rows and fc1's plans against cuBLAS."""
+    return memory_rows(device, quick=quick) + gemm_rows(device, quick=quick)
 
 
 CPU_CASES = cases(torch.device("cpu"))

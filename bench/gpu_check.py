@@ -183,6 +183,11 @@ def run_benchmarks(device_name: str, quick: bool, out_file: Path) -> None:
             except Exception as error:  # noqa: BLE001
                 extras.append({"op": path.stem, "error": f"{type(error).__name__}: {error}"[:300]})
         out_file.write_text(json.dumps({"rows": rows, "extras": extras}))  # a timeout keeps what was measured
+    # Which launch plan the run-time tuners chose per shape, and every candidate's time.
+    from internvideo_fast.ops.autotuning import tuning_report
+
+    extras += tuning_report()
+    out_file.write_text(json.dumps({"rows": rows, "extras": extras}))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,3 +77,18 @@ def test_default_runs_untimed_where_tuning_must_not_happen(monkeypatch, why):
 
 def test_length_bucket():
     assert [length_bucket(n) for n in (1, 2, 3, 16, 17, 1568, 2056)] == [1, 2, 4, 16, 32, 2048, 4096]
+
+
+def test_tuning_report_lists_each_timed_choice(monkeypatch):
+    from internvideo_fast.ops.autotuning import launch_tuner, tuning_report
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("IVF_AUTOTUNE", raising=False)
+    tuner = launch_tuner("test_report_tuner")
+    monkeypatch.setattr(tuner, "_timer", _fake_timer({"a": 3.0, "b": 1.0, "c": 0.5}))
+    tuner.run(("shape", 7), _recording_candidates([]), GPU)
+    rows = [row for row in tuning_report() if row["tuner"] == "test_report_tuner"]
+    assert rows == [{
+        "op": "tuning", "tuner": "test_report_tuner", "key": "('shape', 7)", "chosen": "c",
+        "candidates_ms": {"a": 3.0, "b": 1.0, "c": 0.5},
+    }]

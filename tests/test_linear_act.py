@@ -5,6 +5,8 @@ module's parity with eager nn.Linear-GELU-nn.Linear and its state-dict names. Dr
 mask against dropout_keep_mask (forward and backward), its kept fraction and seeding; the fused_mlp op
 (whole MLP, recomputing the activation in the backward) and the bytes it saves for backward vs eager."""
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,10 @@ from internvideo_fast.ops.linear_act import (
     linear_act_ref,
 )
 from internvideo_fast.ops.mlp_modules import FusedMLP, clip_mlp_key_map, remap_clip_mlp_keys
+from internvideo_fast.ops.seeds import seed_tensor
+
+# The module (the package's `linear_act` attribute is the function).
+linear_act_module = importlib.import_module("internvideo_fast.ops.linear_act")
 
 # Tolerances of the CPU tests against float64: (outputs, gradients) per dtype. The gradients sum over up
 # to 100 (dx) or 37 (dweight, dbias) products, so they get more room.
@@ -585,6 +591,59 @@ def test_fused_mlp_bad_input_names_the_argument(kwargs, argument):
         fused_mlp(**(call | kwargs))
 
 
+# ------------------------------------------------------------------------------ TMA forward plan
+def _run_plan(label_prefix, x, w, b, activation, seed, dropout_p, interpreter):
+    """(y, pre) of the forward plan whose label starts with `label_prefix`, into poisoned outputs."""
+    M, N = x.shape[0], w.shape[0]
+    y = torch.full((M, N), float("nan"), dtype=x.dtype, device=x.device)
+    pre = torch.full((M, N), float("nan"), dtype=x.dtype, device=x.device)
+    seed_t = None if seed is None else seed_tensor(seed, x.device)
+    plans = dict(
+        linear_act_module._fwd_plans(x, w, b, seed_t, y, pre, activation, activation != "none", dropout_p,
+                                     interpreter, True)
+    )
+    matching = [label for label in plans if label.startswith(label_prefix)]
+    assert matching, f"no {label_prefix!r} plan among {list(plans)}"
+    for label in matching:
+        y.fill_(float("nan"))
+        pre.fill_(float("nan"))
+        plans[label]()
+        yield label, y.clone(), pre.clone()
+
+
+@needs_triton
+@pytest.mark.parametrize("activation", ["gelu", "none"])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+@pytest.mark.parametrize("rows", [1, 37, 70])
+def test_tma_plan_matches_pointer_plan_and_float64(rows, dropout_p, activation):
+    """The TMA-descriptor forward (zero-filled out-of-bounds tiles instead of masks) equals the pointer
+    kernel and the float64 reference, with its dropout mask, for row counts below, at and past a tile."""
+    x, w, b = _inputs((rows, IN), HIDDEN, torch.float16)
+    seed = 7 if dropout_p else None
+    (_, y_pointer, pre_pointer), = _run_plan("pointer", x, w, b, activation, seed, dropout_p, True)
+    (_, y_tma, pre_tma), = _run_plan("tma", x, w, b, activation, seed, dropout_p, True)
+    assert torch.equal(y_tma, y_pointer)
+    if activation != "none":
+        assert torch.equal(pre_tma, pre_pointer)
+    keep = dropout_keep_mask(seed, (rows, HIDDEN), dropout_p) if dropout_p else None
+    expected = linear_act_ref(x, w, b, activation, upcast=True, keep_mask=keep, dropout_p=dropout_p)
+    _assert_close(y_tma, expected, TOLERANCE[torch.float16][0], "y")
+
+
+@needs_triton
+def test_tma_plan_only_for_16bit_inputs_with_16_byte_aligned_rows():
+    def labels(dtype, in_features):
+        x, w, b = _inputs((5, in_features), 16, dtype)
+        y = torch.empty(5, 16, dtype=dtype)
+        plans = linear_act_module._fwd_plans(x, w, b, None, y, y, "gelu", False, 0.0, True, True)
+        return [label.split(":")[0] for label, _ in plans]
+
+    assert labels(torch.float16, 40) == ["pointer", "tma"]
+    assert labels(torch.bfloat16, 64) == ["pointer", "tma"]
+    assert labels(torch.float16, 36) == ["pointer"]  # 72-byte rows: TMA needs multiples of 16 bytes
+    assert labels(torch.float32, 40) == ["pointer"]
+
+
 # ---------------------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
@@ -682,3 +741,20 @@ def test_gpu_fused_mlp_saves_activation_memory():
         fused_bytes, _ = _saved_bytes(lambda: mlp(x))
     eager_bytes, _ = _saved_bytes(lambda: eager(x))
     assert eager_bytes - fused_bytes >= rows * hidden * 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
+def test_gpu_every_forward_plan_matches_reference(dropout_p):
+    """Each candidate the run-time tuner may pick (pointer kernel, TMA kernel at every registered tile),
+    forced one by one at ViT-B's fc1 in bf16: flash-attn's rule against float64, and the same dropout mask."""
+    dtype, seed = torch.bfloat16, 11
+    x, w, b = _inputs((1568 + 5, 768), 3072, dtype, device="cuda")
+    keep = dropout_keep_mask(seed, (x.shape[0], 3072), dropout_p, device="cuda") if dropout_p else None
+    expected = linear_act_ref(x, w, b, "gelu", upcast=True, keep_mask=keep, dropout_p=dropout_p)
+    baseline = linear_act_ref(x, w, b, "gelu", keep_mask=keep, dropout_p=dropout_p)
+    seen = 0
+    for label, y, _ in _run_plan("", x, w, b, "gelu", seed if dropout_p else None, dropout_p, False):
+        assert_close_to_reference(y, expected, baseline, name=label)
+        seen += 1
+    assert seen == 1 + len(linear_act_module._FWD_TMA_CONFIGS)

@@ -91,7 +91,8 @@ def compile_for_sm90(spec: TritonKernelSpec, config: KernelConfig, aligned: bool
 
     label = config.label() + (",aligned16" if aligned else "")
     report = AotReport(spec.name, label, multiplies_matrices=spec.multiplies_matrices)
-    signature = dict(spec.signature)
+    # Tensor-descriptor types name their block shape, e.g. "tensordesc<bf16[{BLOCK_M},{BLOCK_K}]>".
+    signature = {name: kind.format(**config.constexprs) for name, kind in spec.signature.items()}
     signature.update({name: "constexpr" for name in config.constexprs})
     attrs = None
     if aligned:

@@ -1,4 +1,5 @@
-"""Runtime choice between whole launch plans, keyed on what the caller says matters (head dim, bucketed lengths).
+"""Run-time choice between whole launch plans, keyed on what the caller says matters (shapes, bucketed
+lengths).
 
 ``triton.autotune`` tunes one kernel's constexprs. Some choices span several kernels or different kernels
 (the cross-attention backward with or without atomics; a matmul with pointer loads or TMA descriptors), so
@@ -15,7 +16,8 @@ Rules:
 - A candidate that raises while being timed (e.g. Triton's ``OutOfResources`` on a smaller GPU) is
   skipped; if every candidate fails, the default's error is raised.
 
-:func:`tuning_choices` returns every choice made so far, for benchmark reports.
+:func:`tuning_choices` returns every choice made so far and :func:`tuning_report` every timing, for benchmark
+reports (``make gpu-check`` records the report).
 """
 
 from __future__ import annotations
@@ -101,3 +103,13 @@ def launch_tuner(name: str) -> LaunchTuner:
 def tuning_choices() -> dict[str, dict[Hashable, str]]:
     """Every tuner's choices so far: ``{tuner name: {key: label}}``."""
     return {name: tuner.choices() for name, tuner in _TUNERS.items() if tuner.choices()}
+
+
+def tuning_report() -> list[dict]:
+    """Every timed choice as JSON-ready rows: tuner, key, the chosen label and each candidate's ms."""
+    return [
+        {"op": "tuning", "tuner": name, "key": str(key), "chosen": tuner.choices()[key],
+         "candidates_ms": {label: round(ms, 5) for label, ms in timings.items()}}
+        for name, tuner in _TUNERS.items()
+        for key, timings in tuner.timings.items()
+    ]

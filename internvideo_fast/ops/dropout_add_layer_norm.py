@@ -45,6 +45,7 @@ import triton
 import triton.language as tl
 
 from internvideo_fast.ops.backend import available_backends, select_backend
+from internvideo_fast.ops.dispatch import eager_op
 from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
 from internvideo_fast.ops.outputs import new_output
 from internvideo_fast.ops.seeds import seed_tensor
@@ -282,8 +283,7 @@ def _rows_per_sample(rows: int, drop_path_scale: torch.Tensor | None) -> int:
     return max(1, rows // drop_path_scale.numel())
 
 
-@torch.library.custom_op("internvideo_fast::dropout_add_layer_norm_fwd", mutates_args=())
-def _dropout_add_layer_norm_fwd(
+def _dropout_add_layer_norm_fwd_impl(
     x: torch.Tensor,
     residual: torch.Tensor | None,
     weight: torch.Tensor | None,
@@ -315,7 +315,12 @@ def _dropout_add_layer_norm_fwd(
     return normed, new_residual, mean, rstd
 
 
-@_dropout_add_layer_norm_fwd.register_fake
+_dropout_add_layer_norm_fwd_op = torch.library.custom_op(
+    "internvideo_fast::dropout_add_layer_norm_fwd", _dropout_add_layer_norm_fwd_impl, mutates_args=()
+)
+
+
+@_dropout_add_layer_norm_fwd_op.register_fake
 def _dropout_add_layer_norm_fwd_fake(x, residual, weight, bias, drop_path_scale, seed, dropout_p, eps):
     rows, D = x.shape
     return (
@@ -324,8 +329,7 @@ def _dropout_add_layer_norm_fwd_fake(x, residual, weight, bias, drop_path_scale,
     )
 
 
-@torch.library.custom_op("internvideo_fast::dropout_add_layer_norm_bwd", mutates_args=())
-def _dropout_add_layer_norm_bwd(
+def _dropout_add_layer_norm_bwd_impl(
     dy: torch.Tensor,
     dnew_residual: torch.Tensor | None,
     new_residual: torch.Tensor,
@@ -371,7 +375,12 @@ def _dropout_add_layer_norm_bwd(
     return dx, dresidual, dweight, dbias
 
 
-@_dropout_add_layer_norm_bwd.register_fake
+_dropout_add_layer_norm_bwd_op = torch.library.custom_op(
+    "internvideo_fast::dropout_add_layer_norm_bwd", _dropout_add_layer_norm_bwd_impl, mutates_args=()
+)
+
+
+@_dropout_add_layer_norm_bwd_op.register_fake
 def _dropout_add_layer_norm_bwd_fake(
     dy, dnew_residual, new_residual, weight, bias, mean, rstd, drop_path_scale, seed, dropout_p, has_residual
 ):
@@ -412,6 +421,12 @@ def _backward(ctx, dnormed, dnew_residual, _dmean, _drstd):
 
 torch.library.register_autograd(
     "internvideo_fast::dropout_add_layer_norm_fwd", _backward, setup_context=_setup_context
+)
+_dropout_add_layer_norm_bwd = eager_op(_dropout_add_layer_norm_bwd_op, _dropout_add_layer_norm_bwd_impl)
+# Eager calls skip torch.library's dispatch (see internvideo_fast/ops/dispatch.py); compiled graphs keep the ops.
+_dropout_add_layer_norm_fwd = eager_op(
+    _dropout_add_layer_norm_fwd_op, _dropout_add_layer_norm_fwd_impl,
+    setup_context=_setup_context, backward=_backward,
 )
 
 

@@ -29,7 +29,8 @@ class KernelConfig:
 class TritonKernelSpec:
     """A Triton kernel as the ahead-of-time check sees it.
 
-    ``signature`` maps every non-constexpr argument to its Triton type (``"*fp16"``, ``"i32"``, ...);
+    ``signature`` maps every non-constexpr argument to its Triton type (``"*fp16"``, ``"i32"``, ...; a
+    tensor descriptor's block shape may name constexprs: ``"tensordesc<bf16[{BLOCK_M},{BLOCK_K}]>"``);
     ``multiplies_matrices`` marks kernels built on ``tl.dot``, which must compile to ``wgmma`` on sm_90a.
     ``aligned_only`` marks configs that the launcher uses only when every pointer and stride is a multiple of
     16 elements, so the check compiles them in that specialization alone.

@@ -20,11 +20,18 @@ Backward, for ``dy = d y``:
 
 Implementation choices:
 
-- Forward: one Triton matmul (tiled, fp32 accumulator, masked tails for sizes that are not multiples of the
-  blocks, grouped program order so neighbouring programs share weight tiles in L2). The epilogue adds the
-  bias, stores ``pre`` when a backward will need it, applies the activation and stores ``y``. Eager PyTorch
-  writes ``pre``, reads it back for the activation and writes ``y`` (two launches); here both are written
-  from registers in one pass.
+- Forward: one Triton matmul (tiled, fp32 accumulator, grouped program order so neighbouring programs share
+  weight tiles in L2). The epilogue adds the bias, stores ``pre`` when a backward will need it, applies
+  the activation and stores ``y``. Eager PyTorch writes ``pre``, reads it back for the activation and
+  writes ``y`` (two launches); here both are written from registers in one pass. Two kernels share the
+  tile order and the epilogue: ``_linear_act_fwd_kernel`` loads through pointers (any alignment; masked
+  tails) and ``_linear_act_fwd_tma_kernel`` through Hopper TMA tensor descriptors (16-bit inputs with
+  16-byte aligned rows on sm_90+; no address registers, which leaves room for 128 x 256 tiles). On the
+  GPU a :class:`~internvideo_fast.ops.autotuning.LaunchTuner` times the pointer kernel (itself autotuned
+  over its tiles) and the TMA kernel at each of its tiles once per (dtype, rows bucket, N, K, epilogue)
+  and keeps the fastest; elsewhere the pointer kernel runs. Why: the H100 run of 2026-11-26 measured the
+  pointer kernel at 0.124 ms for ViT-B's fc1 against cuBLAS's 0.067-0.080 ms (``bench_linear_act``'s
+  ``gemm_rows`` times every plan against cuBLAS in one run).
 - Memory: ``pre`` is *saved* (``M x N`` in x's dtype), not recomputed. Recomputing it would cost a second
   ``M x N x K`` matmul in the backward (+50% of this layer's forward FLOPs) to save one activation that eager
   PyTorch keeps as well (its GELU saves its input). With ``activation="none"`` (fc2) or without grad,
@@ -56,12 +63,13 @@ Implementation choices:
   ``torch.backends.cuda.matmul.allow_tf32`` is set, as torch.matmul does; fp16 / bf16 use the tensor cores.
   Only the bf16 kernels are in the sm_90a check; at fp32 the autotuner drops any config whose stages do not
   fit in shared memory.
-- Tile configs (see ``_FWD_GPU_CONFIGS``): the sm_90a check compiles without Triton's divisibility-by-16
-  specialization, and there a whole-tile epilogue spilled at 128x128 / 8 warps; the epilogue therefore
-  works on two column halves of the tile (a register-only split of the wgmma accumulator). Compiled as
-  real launches are (aligned pointers, M / N / K multiples of 16), the same configs use 117-128 registers
-  and 96 KB (3 stages) / 128 KB (4 stages) of shared memory for 128x128x64, no spills; with the dropout
-  epilogue (in quarters) 197-218 registers aligned and 255 unaligned, still no spills.
+- Tile configs (see ``_FWD_GPU_CONFIGS`` and ``_FWD_TMA_CONFIGS``): the sm_90a check compiles the pointer
+  kernel without Triton's divisibility-by-16 specialization too, and there a whole-tile epilogue spilled at
+  128x128 / 8 warps; the epilogue therefore always works on column halves of the tile, split further into
+  parts of at most 128 x 64 elements (128 x 32 with dropout: Philox's temporaries) -- a register-only split
+  of the wgmma accumulator. Compiled as real launches are (aligned pointers, M / N / K multiples of 16),
+  128x128x64 uses 117-128 registers and 96 KB (3 stages) / 128 KB (4 stages) of shared memory, no spills;
+  with the dropout epilogue 197-218 registers aligned and 255 unaligned, still no spills.
 """
 
 from __future__ import annotations
@@ -73,7 +81,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from internvideo_fast.ops.autotuning import launch_tuner, length_bucket
 from internvideo_fast.ops.backend import available_backends, select_backend, triton_interpreter_on
+from internvideo_fast.ops.dispatch import eager_op
 from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask, keep_element
 from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
 from internvideo_fast.ops.outputs import new_output
@@ -157,6 +167,68 @@ def _linear_act_epilogue(
 
 
 @triton.jit
+def _linear_act_epilogue_in_parts(
+    acc, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+    BLOCK_M: tl.constexpr, WIDTH: tl.constexpr, MAX_PART: tl.constexpr, ACTIVATION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, STORE_PRE: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):
+    """The epilogue of a [BLOCK_M, WIDTH] accumulator, split into column halves (recursively) until a part
+    holds at most MAX_PART elements: the activation's temporaries (and Philox's, with dropout) on top of a
+    whole 128 x 128 accumulator spill registers at 8 warps (measured with the sm_90a check); a split of the
+    wgmma accumulator is a register-only relabelling, so parts cost nothing."""
+    if BLOCK_M * WIDTH <= MAX_PART:
+        _linear_act_epilogue(
+            acc, row0, col0, tl.arange(0, WIDTH), bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p,
+            keep_scale, BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
+        )
+    else:
+        left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, WIDTH // 2)), (0, 2, 1)))
+        _linear_act_epilogue_in_parts(
+            left, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+            BLOCK_M, WIDTH // 2, MAX_PART, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
+        )
+        _linear_act_epilogue_in_parts(
+            right, row0, col0 + WIDTH // 2, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+            BLOCK_M, WIDTH // 2, MAX_PART, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
+        )
+
+
+@triton.jit
+def _linear_act_store_tile(
+    acc, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr,
+    STORE_PRE: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):
+    """The epilogue of one output tile: always in column halves (a whole 64 x 64 tile with dropout still
+    spills at 4 warps), and then in parts of at most 128 x 64 elements, 128 x 32 with dropout (Philox: ten
+    rounds of 32-bit multiplies per element)."""
+    MAX_PART: tl.constexpr = 128 * 32 if HAS_DROPOUT else 128 * 64
+    left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+    _linear_act_epilogue_in_parts(
+        left, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+        BLOCK_M, BLOCK_N // 2, MAX_PART, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
+    )
+    _linear_act_epilogue_in_parts(
+        right, row0, col0 + BLOCK_N // 2, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+        BLOCK_M, BLOCK_N // 2, MAX_PART, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
+    )
+
+
+@triton.jit
+def _grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row0, col0) of program `pid`'s output tile. Programs go in groups of GROUP_M tile rows, so that a
+    wave of programs re-reads the same weight tiles from L2."""
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    programs_per_group = GROUP_M * tiles_n
+    first_tile_m = (pid // programs_per_group) * GROUP_M
+    group_size_m = min(tiles_m - first_tile_m, GROUP_M)
+    tile_m = first_tile_m + ((pid % programs_per_group) % group_size_m)
+    tile_n = (pid % programs_per_group) // group_size_m
+    return tile_m * BLOCK_M, tile_n * BLOCK_N
+
+
+@triton.jit
 def _linear_act_fwd_kernel(
     x_ptr, weight_ptr, bias_ptr, seed_ptr, y_ptr, pre_ptr,
     M, N, K, dropout_p, keep_scale,
@@ -165,17 +237,8 @@ def _linear_act_fwd_kernel(
     HAS_DROPOUT: tl.constexpr,
 ):
     # x [M, K] and weight [N, K] row-major; y, pre [M, N] row-major. One BLOCK_M x BLOCK_N tile of y per
-    # program, programs ordered in groups of GROUP_M tile rows so that a wave re-reads weight tiles from L2.
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    programs_per_group = GROUP_M * tiles_n
-    first_tile_m = (pid // programs_per_group) * GROUP_M
-    group_size_m = min(tiles_m - first_tile_m, GROUP_M)
-    tile_m = first_tile_m + ((pid % programs_per_group) % group_size_m)
-    tile_n = (pid % programs_per_group) // group_size_m
-    row0 = tile_m * BLOCK_M
-    col0 = tile_n * BLOCK_N
+    # program, loaded through pointers (any alignment).
+    row0, col0 = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     # Loads clamp rows / cols past the end to the last one (their results are never stored), so only the
     # K tail needs a mask inside the loop. int64 tile bases, int32 offsets inside the tile.
@@ -195,40 +258,34 @@ def _linear_act_fwd_kernel(
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
-    # Epilogue, in two column halves: the activation's temporaries for a whole 128 x 128 tile on top of the
-    # accumulator spill registers at 8 warps (measured with the sm_90a check); halves do not. With dropout
-    # (Philox: ten rounds of 32-bit multiplies per element) a 128 x 128 tile needs quarters.
-    acc_left, acc_right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
-    if HAS_DROPOUT and BLOCK_M * BLOCK_N >= 128 * 128:
-        quarter = tl.arange(0, BLOCK_N // 4)
-        q0, q1 = tl.split(tl.permute(tl.reshape(acc_left, (BLOCK_M, 2, BLOCK_N // 4)), (0, 2, 1)))
-        q2, q3 = tl.split(tl.permute(tl.reshape(acc_right, (BLOCK_M, 2, BLOCK_N // 4)), (0, 2, 1)))
-        _linear_act_epilogue(
-            q0, row0, col0, quarter, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
-            BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
-        )
-        _linear_act_epilogue(
-            q1, row0, col0 + BLOCK_N // 4, quarter, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N,
-            dropout_p, keep_scale, BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
-        )
-        _linear_act_epilogue(
-            q2, row0, col0 + BLOCK_N // 2, quarter, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N,
-            dropout_p, keep_scale, BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
-        )
-        _linear_act_epilogue(
-            q3, row0, col0 + 3 * (BLOCK_N // 4), quarter, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N,
-            dropout_p, keep_scale, BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
-        )
-    else:
-        half = tl.arange(0, BLOCK_N // 2)
-        _linear_act_epilogue(
-            acc_left, row0, col0, half, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
-            BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
-        )
-        _linear_act_epilogue(
-            acc_right, row0, col0 + BLOCK_N // 2, half, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N,
-            dropout_p, keep_scale, BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
-        )
+    _linear_act_store_tile(
+        acc, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+        BLOCK_M, BLOCK_N, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
+    )
+
+
+@triton.jit
+def _linear_act_fwd_tma_kernel(
+    x_desc, weight_desc, bias_ptr, seed_ptr, y_ptr, pre_ptr,
+    M, N, K, dropout_p, keep_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_PRE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr,
+):
+    # The same tile as _linear_act_fwd_kernel, with x and weight tiles loaded by the Hopper TMA unit from
+    # tensor descriptors (block [BLOCK_M, BLOCK_K] and [BLOCK_N, BLOCK_K]): no address arithmetic or masks
+    # in registers (the unit zero-fills out-of-bounds rows and the K tail), which leaves registers for
+    # larger tiles. Needs 16-byte aligned rows (see _tma_ok).
+    row0, col0 = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        a = x_desc.load([row0, k * BLOCK_K])
+        b = weight_desc.load([col0, k * BLOCK_K])
+        acc = tl.dot(a, b.T, acc, input_precision=INPUT_PRECISION)
+    _linear_act_store_tile(
+        acc, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+        BLOCK_M, BLOCK_N, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
+    )
 
 
 @triton.jit
@@ -326,6 +383,46 @@ register_triton_kernel(
         multiplies_matrices=True,
     )
 )
+# TMA-descriptor forward (``_linear_act_fwd_tma_kernel``), for 16-bit inputs with 16-byte aligned rows on
+# sm_90+. Timed at run time against the pointer kernel (LaunchTuner, keyed on the GEMM's shape); none has
+# been timed on a GPU yet. Measured with the sm_90a check (bf16, gelu + pre store / dropout): 128x128x64
+# at 8 warps uses 125 / 171 registers and 128 KB (4 stages); 128x256 and 256x128 at 8 warps 207-243
+# registers and 144 KB (3 stages) / 192 KB (4 stages), no spills. 4-warp 128x128 and 64x256 tiles spill
+# with dropout, so they are not here.
+_FWD_TMA_CONFIGS = (
+    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
+    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
+    KernelConfig({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+)
+# Under the interpreter (tests of the TMA path on CPU tensors).
+_FWD_TMA_INTERPRETER_CONFIG = _FWD_INTERPRETER_CONFIG
+
+register_triton_kernel(
+    TritonKernelSpec(
+        name="linear_act_fwd_tma",
+        kernel=_linear_act_fwd_tma_kernel,
+        signature={
+            "x_desc": "tensordesc<bf16[{BLOCK_M},{BLOCK_K}]>",
+            "weight_desc": "tensordesc<bf16[{BLOCK_N},{BLOCK_K}]>",
+            "bias_ptr": "*bf16", "seed_ptr": "*i64", "y_ptr": "*bf16", "pre_ptr": "*bf16",
+            "M": "i32", "N": "i32", "K": "i32", "dropout_p": "fp32", "keep_scale": "fp32",
+        },
+        configs=tuple(
+            KernelConfig(
+                dict(c.constexprs, ACTIVATION=activation, HAS_BIAS=True, STORE_PRE=activation != "none",
+                     INPUT_PRECISION="tf32", HAS_DROPOUT=dropout),
+                c.num_warps, c.num_stages,
+            )
+            for dropout in (False, True)
+            for c in _FWD_TMA_CONFIGS
+            for activation in ACTIVATIONS
+        ),
+        multiplies_matrices=True,
+        # TMA needs 16-byte aligned rows: real launches always get Triton's 16-divisibility specialization.
+        aligned_only=True,
+    )
+)
 register_triton_kernel(
     TritonKernelSpec(
         name="linear_act_bwd",
@@ -389,36 +486,78 @@ def _next_seed(seed: torch.Tensor | None) -> torch.Tensor | None:
 # ----------------------------------------------------------------------------------------------------
 # Kernel launchers (plain functions; the torch.library ops below call them)
 # ----------------------------------------------------------------------------------------------------
+def _tma_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the TMA forward can load x [M, K] and weight [N, K]: 16-bit, contiguous, 16-byte aligned base
+    and rows (K a multiple of 8), on an sm_90+ GPU (or the interpreter)."""
+    if x.dtype not in (torch.float16, torch.bfloat16) or not (x.is_contiguous() and weight.is_contiguous()):
+        return False
+    if x.data_ptr() % 16 or weight.data_ptr() % 16 or (x.shape[1] * x.element_size()) % 16:
+        return False
+    if x.device.type == "cuda" and not triton_interpreter_on():
+        return torch.cuda.get_device_capability(x.device)[0] >= 9
+    return triton_interpreter_on()
+
+
+def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, interpreter, with_tma):
+    """Candidate launches of the forward as (label, closure), the default first: on the GPU the pointer
+    kernel (itself autotuned over _FWD_GPU_CONFIGS), then the TMA kernel at each of _FWD_TMA_CONFIGS; under
+    the interpreter one config of each."""
+    M, K = x.shape
+    N = weight.shape[0]
+    has_dropout = _has_dropout(seed, dropout_p)
+    common = dict(
+        ACTIVATION=activation, HAS_BIAS=bias is not None, STORE_PRE=store_pre,
+        INPUT_PRECISION=_input_precision(x.dtype), HAS_DROPOUT=has_dropout,
+    )
+    tail = (
+        bias, seed if has_dropout else None, y, pre if store_pre else None, M, N, K,
+        float(dropout_p) if has_dropout else 0.0, _keep_scale(dropout_p) if has_dropout else 1.0,
+    )
+
+    def launch(kernel, config, operands):
+        blocks = config.constexprs
+        grid = (triton.cdiv(M, blocks["BLOCK_M"]) * triton.cdiv(N, blocks["BLOCK_N"]),)
+        kernel[grid](*operands, *tail, **blocks, **common, num_warps=config.num_warps,
+                     num_stages=config.num_stages)
+
+    def launch_tma(config):
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        blocks = config.constexprs
+        x_desc = TensorDescriptor.from_tensor(x, [blocks["BLOCK_M"], blocks["BLOCK_K"]])
+        weight_desc = TensorDescriptor.from_tensor(weight, [blocks["BLOCK_N"], blocks["BLOCK_K"]])
+        launch(_linear_act_fwd_tma_kernel, config, (x_desc, weight_desc))
+
+    if interpreter:
+        plans = [("pointer", lambda: launch(_linear_act_fwd_kernel, _FWD_INTERPRETER_CONFIG, (x, weight)))]
+        tma_configs = (_FWD_TMA_INTERPRETER_CONFIG,)
+    else:
+
+        def grid(meta):
+            return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+        plans = [("pointer", lambda: _fwd_kernel_autotuned[grid](x, weight, *tail, **common))]
+        tma_configs = _FWD_TMA_CONFIGS
+    if with_tma and _tma_ok(x, weight):
+        plans += [(f"tma:{c.label()}", functools.partial(launch_tma, c)) for c in tma_configs]
+    return plans
+
+
 def _launch_fwd(x, weight, bias, activation, store_pre, seed, dropout_p):
     """(y, pre) for x [M, K], weight [N, K]: y = dropout(act(x @ weight.T + bias)); pre is [M, N] when
     `store_pre` (for any activation), else empty."""
     M, K = x.shape
     N = weight.shape[0]
-    has_dropout = _has_dropout(seed, dropout_p)
     y = new_output(x, (M, N))
     pre = new_output(x, (M, N) if store_pre else (0,))
     if M > 0 and N > 0:
-        common = dict(
-            ACTIVATION=activation, HAS_BIAS=bias is not None, STORE_PRE=store_pre,
-            INPUT_PRECISION=_input_precision(x.dtype), HAS_DROPOUT=has_dropout,
+        interpreter = x.device.type != "cuda" or triton_interpreter_on()
+        plans = _fwd_plans(
+            x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, interpreter, not interpreter
         )
-        args = (
-            x, weight, bias, seed if has_dropout else None, y, pre if store_pre else None, M, N, K,
-            float(dropout_p) if has_dropout else 0.0, _keep_scale(dropout_p) if has_dropout else 1.0,
-        )
-        if x.device.type == "cuda" and not triton_interpreter_on():
-
-            def grid(meta):
-                return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
-
-            _fwd_kernel_autotuned[grid](*args, **common)
-        else:
-            config = _FWD_INTERPRETER_CONFIG
-            blocks = config.constexprs
-            grid = (triton.cdiv(M, blocks["BLOCK_M"]) * triton.cdiv(N, blocks["BLOCK_N"]),)
-            _linear_act_fwd_kernel[grid](
-                *args, **blocks, **common, num_warps=config.num_warps, num_stages=config.num_stages,
-            )
+        key = (x.dtype, M if M < 64 else length_bucket(M), N, K, activation, bias is not None, store_pre,
+               _has_dropout(seed, dropout_p))
+        launch_tuner(OP_NAME + "_fwd").run(key, plans, x.device)
     return y, pre
 
 
@@ -459,8 +598,7 @@ def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act):
 # ----------------------------------------------------------------------------------------------------
 # linear_act as torch.library ops (x [M, K], weight [N, K] contiguous; the public function reshapes)
 # ----------------------------------------------------------------------------------------------------
-@torch.library.custom_op("internvideo_fast::linear_act_fwd", mutates_args=())
-def _linear_act_fwd(
+def _linear_act_fwd_impl(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -474,14 +612,18 @@ def _linear_act_fwd(
     return _launch_fwd(x, weight, bias, activation, save_pre and activation != "none", seed, dropout_p)
 
 
-@_linear_act_fwd.register_fake
+_linear_act_fwd_op = torch.library.custom_op(
+    "internvideo_fast::linear_act_fwd", _linear_act_fwd_impl, mutates_args=()
+)
+
+
+@_linear_act_fwd_op.register_fake
 def _linear_act_fwd_fake(x, weight, bias, activation, save_pre, seed=None, dropout_p=0.0):
     M, N = x.shape[0], weight.shape[0]
     return x.new_empty((M, N)), x.new_empty((M, N) if save_pre and activation != "none" else (0,))
 
 
-@torch.library.custom_op("internvideo_fast::linear_act_bwd", mutates_args=())
-def _linear_act_bwd(
+def _linear_act_bwd_impl(
     dy: torch.Tensor,
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -500,7 +642,12 @@ def _linear_act_bwd(
     return dx, dweight, dbias
 
 
-@_linear_act_bwd.register_fake
+_linear_act_bwd_op = torch.library.custom_op(
+    "internvideo_fast::linear_act_bwd", _linear_act_bwd_impl, mutates_args=()
+)
+
+
+@_linear_act_bwd_op.register_fake
 def _linear_act_bwd_fake(dy, x, weight, pre, activation, has_bias, seed=None, dropout_p=0.0):
     N = weight.shape[0]
     return torch.empty_like(x), torch.empty_like(weight), dy.new_empty((N,) if has_bias else (0,))
@@ -531,13 +678,17 @@ def _backward(ctx, dy, _dpre):
 
 
 torch.library.register_autograd("internvideo_fast::linear_act_fwd", _backward, setup_context=_setup_context)
+# Eager calls skip torch.library's dispatch (see internvideo_fast/ops/dispatch.py); compiled graphs keep the ops.
+_linear_act_bwd = eager_op(_linear_act_bwd_op, _linear_act_bwd_impl)
+_linear_act_fwd = eager_op(
+    _linear_act_fwd_op, _linear_act_fwd_impl, setup_context=_setup_context, backward=_backward
+)
 
 
 # ----------------------------------------------------------------------------------------------------
 # fused_mlp: fc1 (+ act + dropout) and fc2 (+ dropout) as one op that saves only x and fc1's pre-activation
 # ----------------------------------------------------------------------------------------------------
-@torch.library.custom_op("internvideo_fast::fused_mlp_fwd", mutates_args=())
-def _fused_mlp_fwd(
+def _fused_mlp_fwd_impl(
     x: torch.Tensor,
     weight1: torch.Tensor,
     bias1: torch.Tensor | None,
@@ -560,14 +711,18 @@ def _fused_mlp_fwd(
     return y, pre
 
 
-@_fused_mlp_fwd.register_fake
+_fused_mlp_fwd_op = torch.library.custom_op(
+    "internvideo_fast::fused_mlp_fwd", _fused_mlp_fwd_impl, mutates_args=()
+)
+
+
+@_fused_mlp_fwd_op.register_fake
 def _fused_mlp_fwd_fake(x, weight1, bias1, weight2, bias2, activation, save_pre, seed, dropout_p):
     M = x.shape[0]
     return x.new_empty((M, weight2.shape[0])), x.new_empty((M, weight1.shape[0]) if save_pre else (0,))
 
 
-@torch.library.custom_op("internvideo_fast::fused_mlp_bwd", mutates_args=())
-def _fused_mlp_bwd(
+def _fused_mlp_bwd_impl(
     dy: torch.Tensor,
     x: torch.Tensor,
     weight1: torch.Tensor,
@@ -594,7 +749,12 @@ def _fused_mlp_bwd(
     )
 
 
-@_fused_mlp_bwd.register_fake
+_fused_mlp_bwd_op = torch.library.custom_op(
+    "internvideo_fast::fused_mlp_bwd", _fused_mlp_bwd_impl, mutates_args=()
+)
+
+
+@_fused_mlp_bwd_op.register_fake
 def _fused_mlp_bwd_fake(dy, x, weight1, weight2, pre, activation, has_bias, seed, dropout_p):
     def bias_grad(weight):
         return dy.new_empty((weight.shape[0],) if has_bias else (0,))
@@ -641,6 +801,11 @@ def _fused_mlp_pre(x, weight1, bias1):
 
 torch.library.register_autograd(
     "internvideo_fast::fused_mlp_fwd", _fused_mlp_backward, setup_context=_fused_mlp_setup_context
+)
+_fused_mlp_bwd = eager_op(_fused_mlp_bwd_op, _fused_mlp_bwd_impl)
+_fused_mlp_fwd = eager_op(
+    _fused_mlp_fwd_op, _fused_mlp_fwd_impl,
+    setup_context=_fused_mlp_setup_context, backward=_fused_mlp_backward,
 )
 
 
