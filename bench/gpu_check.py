@@ -183,6 +183,14 @@ def run_benchmarks(device_name: str, quick: bool, out_file: Path) -> None:
             except Exception as error:  # noqa: BLE001
                 extras.append({"op": path.stem, "error": f"{type(error).__name__}: {error}"[:300]})
         out_file.write_text(json.dumps({"rows": rows, "extras": extras}))  # a timeout keeps what was measured
+    # Host time per call of the fused ops, eager fast path against the custom-op dispatch (bench/host_overhead.py).
+    try:
+        import host_overhead
+
+        extras += [dict(row, op=f"host overhead: {row['op']}") for row in host_overhead.measure(
+            device_name, calls=20 if quick else 100)]
+    except Exception as error:  # noqa: BLE001
+        extras.append({"op": "host_overhead", "error": f"{type(error).__name__}: {error}"[:300]})
     # Which launch plan the run-time tuners chose per shape, and every candidate's time.
     from internvideo_fast.ops.autotuning import tuning_report
 

@@ -8,6 +8,7 @@ import torch
 from helpers import needs_triton
 from internvideo_fast.ops import use_backend
 from internvideo_fast.ops.dispatch import eager_op
+from internvideo_fast.ops.cross_attention import OP_NAME as ATTENTION_OP, cross_attention
 from internvideo_fast.ops.dropout_add_layer_norm import OP_NAME as LN_OP, dropout_add_layer_norm
 from internvideo_fast.ops.linear_act import OP_NAME as LINEAR_OP, fused_mlp, linear_act
 
@@ -25,7 +26,14 @@ def _mlp(x, w1, b1, w2, b2):
     return (fused_mlp(x, w1, b1, w2, b2, "quick_gelu", 0.1, 9),)
 
 
+def _attention(q, k, v):
+    return (cross_attention(q, k, v, kv_lengths=torch.tensor([9, 4], dtype=torch.int32), dropout_p=0.1,
+                            seed=3),)
+
+
 CASES = {
+    "cross_attention": (ATTENTION_OP, _attention, lambda: [torch.randn(2, 5, 2, 32), torch.randn(2, 9, 2, 32),
+                                                           torch.randn(2, 9, 2, 32)]),
     "dropout_add_layer_norm": (LN_OP, _ln, lambda: [torch.randn(3, 5, 40), torch.randn(3, 5, 40),
                                                     torch.randn(40), torch.randn(40)]),
     "linear_act": (LINEAR_OP, _linear, lambda: [torch.randn(2, 7, 40), torch.randn(100, 40) / 7,

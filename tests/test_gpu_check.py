@@ -25,6 +25,8 @@ def test_gpu_check_dry_run(tmp_path):
     assert all("ms" in row and "error" not in row for row in report["benchmarks"])
     assert ("ceiling copy", "torch") in providers and ("ceiling matmul", "torch") in providers
     assert any(row["op"] == "ffn memory" for row in report["extras"])  # extra_rows of bench_linear_act
+    host = [row for row in report["extras"] if row["op"].startswith("host overhead: ")]
+    assert len(host) == 4 and all(row["eager_path_us"] > 0 and row["custom_op_us"] > 0 for row in host)
     # The table is printed last.
     assert "written:" in result.stdout.strip().splitlines()[-1]
 

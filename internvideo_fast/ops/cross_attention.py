@@ -66,6 +66,7 @@ import triton.language as tl
 
 from internvideo_fast.ops.autotuning import launch_tuner, length_bucket
 from internvideo_fast.ops.backend import available_backends, select_backend
+from internvideo_fast.ops.dispatch import eager_op
 from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask, keep_element
 from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
 from internvideo_fast.ops.outputs import new_output
@@ -655,8 +656,7 @@ def _run_candidates(tuner: str, key: tuple, candidates: list, device: torch.devi
 # ----------------------------------------------------------------------------------------------------
 # Host launchers as torch.library ops
 # ----------------------------------------------------------------------------------------------------
-@torch.library.custom_op("internvideo_fast::cross_attention_fwd", mutates_args=())
-def _cross_attention_fwd(
+def _cross_attention_fwd_impl(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -715,14 +715,18 @@ def _cross_attention_fwd(
     return out, lse
 
 
-@_cross_attention_fwd.register_fake
+_cross_attention_fwd_op = torch.library.custom_op(
+    "internvideo_fast::cross_attention_fwd", _cross_attention_fwd_impl, mutates_args=()
+)
+
+
+@_cross_attention_fwd_op.register_fake
 def _cross_attention_fwd_fake(q, k, v, kv_lengths, seed, softmax_scale, dropout_p, deterministic=False):
     B, Sq, H, D = q.shape
     return q.new_empty((B, Sq, H, D)), q.new_empty((B, H, Sq), dtype=torch.float32)
 
 
-@torch.library.custom_op("internvideo_fast::cross_attention_bwd", mutates_args=())
-def _cross_attention_bwd(
+def _cross_attention_bwd_impl(
     dout: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
@@ -794,7 +798,12 @@ def _cross_attention_bwd(
     return dq, dk, dv
 
 
-@_cross_attention_bwd.register_fake
+_cross_attention_bwd_op = torch.library.custom_op(
+    "internvideo_fast::cross_attention_bwd", _cross_attention_bwd_impl, mutates_args=()
+)
+
+
+@_cross_attention_bwd_op.register_fake
 def _cross_attention_bwd_fake(
     dout, q, k, v, out, lse, kv_lengths, seed, softmax_scale, dropout_p, deterministic=False
 ):
@@ -823,6 +832,11 @@ def _backward(ctx, dout, _dlse):
 
 torch.library.register_autograd(
     "internvideo_fast::cross_attention_fwd", _backward, setup_context=_setup_context
+)
+# Eager calls skip torch.library's dispatch (see internvideo_fast/ops/dispatch.py); compiled graphs keep the ops.
+_cross_attention_bwd = eager_op(_cross_attention_bwd_op, _cross_attention_bwd_impl)
+_cross_attention_fwd = eager_op(
+    _cross_attention_fwd_op, _cross_attention_fwd_impl, setup_context=_setup_context, backward=_backward
 )
 
 
