@@ -428,6 +428,23 @@ def test_module_matches_nn_multihead_attention(backend):
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_module_passes_deterministic_through(monkeypatch, deterministic):
+    import internvideo_fast.ops.attention_modules as attention_modules
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["deterministic"])
+        return cross_attention(*args, **kwargs)
+
+    monkeypatch.setattr(attention_modules, "cross_attention", recording)
+    module = MultiHeadCrossAttention(64, 32, 2, deterministic=deterministic)
+    with use_backend("reference", OP_NAME):
+        module(torch.randn(2, 3, 64), torch.randn(2, 5, 32))
+    assert seen == [deterministic]
+
+
 def test_module_rejects_unsupported_head_dims():
     with pytest.raises(ValueError, match="num_heads"):
         MultiHeadCrossAttention(64, 32, 3)

@@ -21,6 +21,9 @@ class MultiHeadCrossAttention(nn.Module):
     ``kv_proj = in_proj[dim:]``; ``out_proj`` keeps its name. That needs ``dim_kv == dim_q``; with
     ``kdim``/``vdim`` set, ``nn.MultiheadAttention`` stores ``q_proj_weight``, ``k_proj_weight`` and
     ``v_proj_weight`` instead, and ``kv_proj.weight = cat(k_proj_weight, v_proj_weight)``.
+
+    ``deterministic=True`` runs cross_attention's fixed launch plan (no atomics, no run-time tuning), so
+    gradients are bitwise identical run to run and process to process; the default lets the GPU tuner pick.
     """
 
     def __init__(
@@ -31,6 +34,7 @@ class MultiHeadCrossAttention(nn.Module):
         qkv_bias: bool = True,
         proj_drop: float = 0.0,
         attn_drop: float = 0.0,
+        deterministic: bool = False,
     ) -> None:
         super().__init__()
         if num_heads < 1 or dim_q % num_heads != 0:
@@ -44,6 +48,8 @@ class MultiHeadCrossAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim_q // num_heads
         self.attn_drop = attn_drop
+        # cross_attention's `deterministic`: the fixed untuned plan, bitwise reproducible across processes.
+        self.deterministic = deterministic
         self.q_proj = nn.Linear(dim_q, dim_q, bias=qkv_bias)
         self.kv_proj = nn.Linear(dim_kv, 2 * dim_q, bias=qkv_bias)
         self.out_proj = nn.Linear(dim_q, dim_q)
@@ -61,7 +67,7 @@ class MultiHeadCrossAttention(nn.Module):
         # k and v are strided views of the fused projection (contiguous last dim): no copies.
         out = cross_attention(
             q, kv[:, :, 0], kv[:, :, 1], kv_lengths=kv_lengths,
-            dropout_p=self.attn_drop if self.training else 0.0,
+            dropout_p=self.attn_drop if self.training else 0.0, deterministic=self.deterministic,
         )
         return self.proj_drop(self.out_proj(out.reshape(B, Sq, self.dim_q)))
 
