@@ -51,11 +51,12 @@ Implementation choices:
   on ``seed`` and the one after fc2 on ``seed + 1``. With dropout, a 128 x 128 tile's epilogue runs in
   four column quarters (Philox's temporaries spilled registers in halves; measured with the sm_90a check).
 - Backward: ``dpre`` comes from a Triton elementwise kernel that reads ``dy`` and ``pre`` once, applies
-  the dropout mask and ``act'`` in fp32, stores ``dpre`` in x's dtype and reduces ``dbias`` per program
-  into a fixed ``[programs, N]`` fp32 buffer (deterministic, like dropout_add_layer_norm). The two
-  matmuls ``dx`` and ``dweight`` are plain GEMMs with nothing left to fuse, so they run on
-  ``torch.matmul`` (cuBLAS on GPU): a single-config Triton matmul would not beat it, and fusing ``act'``
-  into both GEMMs' prologues would read ``dy`` and ``pre`` twice.
+  the dropout mask and ``act'`` in fp32, stores ``dpre`` in x's dtype and accumulates ``dbias`` in a
+  register tile per program (reduced over its rows once, after the loop) into a fixed ``[programs, N]``
+  fp32 buffer, summed by ``torch.sum`` (deterministic, like dropout_add_layer_norm). Its tile and programs
+  per SM are timed on the GPU by the LaunchTuner (``_BWD_GPU_PLANS``). The two matmuls ``dx`` and
+  ``dweight`` are plain GEMMs with nothing left to fuse, so they run on ``torch.matmul`` (cuBLAS on GPU):
+  fusing ``act'`` into both GEMMs' prologues would read ``dy`` and ``pre`` twice.
 - erf: ``tl.math.erf`` works in the Triton interpreter on CPU (max error vs float64 ~3e-8 over [-5, 5]) and
   lowers to libdevice's ``erff`` on the GPU, so no rational approximation is needed. tanh is computed as
   ``2 * sigmoid(2u) - 1`` (Triton has no core tanh; absolute error ~1e-7).
@@ -303,7 +304,9 @@ def _linear_act_bwd_kernel(
     chunk = tl.program_id(1)
     cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
     in_n = cols < N
-    dbias = tl.zeros([BLOCK_N], dtype=tl.float32)
+    # dbias accumulates elementwise in a register tile and is reduced over its rows once, after the loop: a
+    # reduction per iteration (across threads, through shared memory and a barrier) stalled the stream.
+    dbias_tile = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     row_start = chunk.to(tl.int64) * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, M)
     for start in range(row_start, row_end, BLOCK_M):  # int64 rows
@@ -323,7 +326,7 @@ def _linear_act_bwd_kernel(
         if ACTIVATION != "none":
             dpre = dpre * _activation_grad(pre, ACTIVATION)
         if HAS_BIAS:
-            dbias += tl.sum(dpre, axis=0)
+            dbias_tile += dpre
 
         # Stores.
         tl.store(dpre_ptr + offsets, dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
@@ -333,7 +336,7 @@ def _linear_act_bwd_kernel(
                 h = tl.where(keep, h * keep_scale, 0.0)
             tl.store(act_ptr + offsets, h.to(act_ptr.dtype.element_ty), mask=mask)
     if HAS_BIAS:
-        tl.store(dbias_partial_ptr + chunk * N + cols, dbias, mask=in_n)
+        tl.store(dbias_partial_ptr + chunk * N + cols, tl.sum(dbias_tile, axis=0), mask=in_n)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -355,8 +358,19 @@ _FWD_GPU_CONFIGS = (
 _FWD_INTERPRETER_CONFIG = KernelConfig(
     {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4, num_stages=1
 )
-_BWD_GPU_CONFIG = KernelConfig({"BLOCK_M": 16, "BLOCK_N": 256}, num_warps=4, num_stages=1)
+# GPU plans of the backward's elementwise kernel: (tile config, programs per SM), timed by the LaunchTuner.
+# Registers from the sm_90a check (gelu; without / with dropout and the recomputed activation; aligned):
+# 8x256 at 4 warps 80-168 (unaligned 141-245), 4x256 at 4 warps 40-59 (54-101), 8x512 at 8 warps 80-182
+# (143-245), no spills. The first plan is the default. The H100 run of 2026-11-26 measured the earlier
+# 16x256 tile, which reduced dbias across threads every iteration, at 0.164 ms for ViT-B's fc1 (252 MB
+# moved: 51% of copy bandwidth); with the dbias tile accumulated in registers that tile spills.
+_BWD_GPU_PLANS = (
+    (KernelConfig({"BLOCK_M": 8, "BLOCK_N": 256}, num_warps=4, num_stages=1), 4),
+    (KernelConfig({"BLOCK_M": 4, "BLOCK_N": 256}, num_warps=4, num_stages=1), 8),
+    (KernelConfig({"BLOCK_M": 8, "BLOCK_N": 512}, num_warps=8, num_stages=1), 2),
+)
 _BWD_INTERPRETER_CONFIG = KernelConfig({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=1)
+_FORCE_DPRE_PLAN: int | None = None
 
 # The AOT check compiles each tile config with every activation (each is a separate compiled kernel), bias
 # and the pre-activation store on (the largest epilogue), at bf16, where INPUT_PRECISION is unused; once
@@ -439,7 +453,7 @@ register_triton_kernel(
                 c.num_warps, c.num_stages,
             )
             for dropout in (False, True)
-            for c in (_BWD_GPU_CONFIG, _BWD_INTERPRETER_CONFIG)
+            for c in (*(config for config, _ in _BWD_GPU_PLANS), _BWD_INTERPRETER_CONFIG)
             for activation in ACTIVATIONS
             # "none" without dropout needs no dpre pass; with dropout it applies dropout' (fc2). STORE_ACT
             # (fused_mlp's fc1 backward) is compiled with dropout on, its largest form.
@@ -571,27 +585,44 @@ def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act):
     dpre = new_output(dy, (M, N))
     act_out = new_output(dy, (M, N)) if store_act else None
     interpreter = dy.device.type != "cuda" or triton_interpreter_on()
-    config = _BWD_INTERPRETER_CONFIG if interpreter else _BWD_GPU_CONFIG
-    block_m, block_n = config.constexprs["BLOCK_M"], config.constexprs["BLOCK_N"]
-    col_blocks = triton.cdiv(N, block_n)
-    row_blocks = triton.cdiv(M, block_m)
-    # About four programs per SM in all (the interpreter: a handful of row chunks).
-    chunks = max(1, min(row_blocks, (4 * _sm_count(dy.device)) // col_blocks if not interpreter else 2))
-    rows_per_program = triton.cdiv(row_blocks, chunks) * block_m
-    chunks = max(1, triton.cdiv(M, rows_per_program))
-    dbias_partial = new_output(dy, (chunks, N) if has_bias else (0,), torch.float32)
-    if M > 0 and N > 0:
-        _linear_act_bwd_kernel[(col_blocks, chunks)](
-            dy, pre if activation != "none" or store_act else None, seed if has_dropout else None,
-            dpre, act_out, dbias_partial if has_bias else None, M, N, rows_per_program,
-            float(dropout_p) if has_dropout else 0.0, _keep_scale(dropout_p) if has_dropout else 1.0,
-            BLOCK_M=block_m, BLOCK_N=block_n, ACTIVATION=activation, HAS_BIAS=has_bias,
-            HAS_DROPOUT=has_dropout, STORE_ACT=store_act,
-            num_warps=config.num_warps, num_stages=config.num_stages,
-        )
-    elif has_bias:
-        dbias_partial.zero_()
-    # Deterministic: a fixed split of rows over programs, then one reduction over the partial rows.
+
+    def launch(config: KernelConfig, programs_per_sm: int) -> torch.Tensor:
+        """Runs the kernel at `config` over about `programs_per_sm` programs per SM (the interpreter: a
+        couple of row chunks); returns the fp32 dbias partial rows, one per row chunk."""
+        block_m, block_n = config.constexprs["BLOCK_M"], config.constexprs["BLOCK_N"]
+        col_blocks = triton.cdiv(N, block_n)
+        row_blocks = triton.cdiv(M, block_m)
+        wanted = 2 if interpreter else (programs_per_sm * _sm_count(dy.device)) // col_blocks
+        chunks = max(1, min(row_blocks, wanted))
+        rows_per_program = triton.cdiv(row_blocks, chunks) * block_m
+        chunks = max(1, triton.cdiv(M, rows_per_program))
+        dbias_partial = new_output(dy, (chunks, N) if has_bias else (0,), torch.float32)
+        if M > 0 and N > 0:
+            _linear_act_bwd_kernel[(col_blocks, chunks)](
+                dy, pre if activation != "none" or store_act else None, seed if has_dropout else None,
+                dpre, act_out, dbias_partial if has_bias else None, M, N, rows_per_program,
+                float(dropout_p) if has_dropout else 0.0, _keep_scale(dropout_p) if has_dropout else 1.0,
+                BLOCK_M=block_m, BLOCK_N=block_n, ACTIVATION=activation, HAS_BIAS=has_bias,
+                HAS_DROPOUT=has_dropout, STORE_ACT=store_act,
+                num_warps=config.num_warps, num_stages=config.num_stages,
+            )
+        elif has_bias:
+            dbias_partial.zero_()
+        return dbias_partial
+
+    if interpreter:
+        plans = [("interpreter", lambda: launch(_BWD_INTERPRETER_CONFIG, 1))]
+    else:
+        plans = [
+            (f"{config.label()},{per_sm}/SM", functools.partial(launch, config, per_sm))
+            for config, per_sm in _BWD_GPU_PLANS
+        ]
+        if _FORCE_DPRE_PLAN is not None:  # tests: one plan, by its index in _BWD_GPU_PLANS
+            plans = plans[_FORCE_DPRE_PLAN:_FORCE_DPRE_PLAN + 1]
+    key = (dy.dtype, length_bucket(M), N, activation, has_bias, has_dropout, store_act)
+    _, dbias_partial = launch_tuner(OP_NAME + "_bwd").run(key, plans, dy.device)
+    # Deterministic for a given plan: a fixed split of rows over programs, then one reduction over the
+    # partial rows (IVF_AUTOTUNE=0 fixes the plan across processes).
     return dpre, (dbias_partial.sum(0) if has_bias else None), act_out
 
 
