@@ -18,7 +18,7 @@ TESTS = Path(__file__).parent
 def _run_without_interpreter(*command: str):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run(
-        [sys.executable, *command], capture_output=True, text=True, env=env, cwd=TESTS.parent, timeout=600
+        [sys.executable, *command], capture_output=True, text=True, env=env, cwd=TESTS.parent, timeout=1500
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])

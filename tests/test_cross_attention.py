@@ -509,3 +509,27 @@ def test_gpu_dropout_and_determinism():
     ]
     for first, second in zip(*runs):
         assert torch.equal(first, second)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", [40, 64, 128])
+@pytest.mark.parametrize("Sq, Sk", [(113, 203), (1, 1576)])
+def test_gpu_every_tuning_candidate_flash_attn_rule(monkeypatch, Sq, Sk, D):
+    """Each forward tile and backward plan the GPU tuner may pick, forced one by one (candidate i of every
+    tuned launch; lists shorter than i repeat their last): flash-attn's rule in bf16, as the tuned call."""
+    lengths = [Sk, max(1, Sk // 3)]
+    counts = {}
+
+    def record(tuner, key, candidates, device):
+        counts[tuner] = len(candidates)
+        return candidates[0][1]()
+
+    monkeypatch.setattr(ca_module, "_run_candidates", record)
+    _gpu_rule(2, Sq, Sk, 4, D, torch.bfloat16, lengths=lengths)
+    assert counts, "no tuned launch was seen"
+    for index in range(1, max(counts.values())):
+        def pick(tuner, key, candidates, device, index=index):
+            return candidates[min(index, len(candidates) - 1)][1]()
+
+        monkeypatch.setattr(ca_module, "_run_candidates", pick)
+        _gpu_rule(2, Sq, Sk, 4, D, torch.bfloat16, lengths=lengths)

@@ -132,16 +132,34 @@ def compile_for_sm90(spec: TritonKernelSpec, config: KernelConfig, aligned: bool
     return report
 
 
-def check_all(kernels: list[TritonKernelSpec] | None = None) -> list[AotReport]:
+_VARIANTS: list = []  # what forked workers compile, by index (kernels do not pickle)
+
+
+def _compile_variant(index: int) -> AotReport:
+    return compile_for_sm90(*_VARIANTS[index])
+
+
+def check_all(kernels: list[TritonKernelSpec] | None = None, jobs: int = 1) -> list[AotReport]:
     """Every config of every kernel; matmul kernels also in their 16-aligned variant (see compile_for_sm90),
-    and aligned-only configs in that variant alone."""
+    and aligned-only configs in that variant alone. `jobs` > 1 compiles in that many forked processes."""
     kernels = triton_kernels() if kernels is None else kernels
     variants = [(spec, config, False) for spec in kernels if not spec.aligned_only for config in spec.configs]
     variants += [
         (spec, config, True)
         for spec in kernels if spec.multiplies_matrices or spec.aligned_only for config in spec.configs
     ]
-    return [compile_for_sm90(*variant) for variant in variants]
+    if jobs <= 1 or len(variants) < 2:
+        return [compile_for_sm90(*variant) for variant in variants]
+    import concurrent.futures
+    import multiprocessing
+
+    _VARIANTS[:] = variants
+    try:
+        context = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            return list(pool.map(_compile_variant, range(len(variants)), chunksize=4))
+    finally:
+        _VARIANTS.clear()
 
 
 def format_table(reports: list[AotReport]) -> str:
@@ -163,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernel", action="append", help="only these kernels (repeatable)")
     parser.add_argument("--json", action="store_true", help="print the reports as JSON instead of a table")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="compile processes (default: one per CPU)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter replaces the kernels this check compiles")
     kernels = [k for k in triton_kernels() if not args.kernel or k.name in args.kernel]
-    reports = check_all(kernels)
+    reports = check_all(kernels, jobs=args.jobs)
     if args.json:
         print(json.dumps([dataclasses.asdict(r) | {"problems": r.problems()} for r in reports]))
         return 0
