@@ -4,20 +4,21 @@ backward, on InternVideo's shapes (CMA both directions, the UniFormerV2 UniBlock
 decoder) and, unless quick, flash-attn's grid (Sq = Sk in 512..16k, D in {64, 128}, B * S = 16k, 2048
 channels). FLOPs: forward ``4 * B * H * Sq * Sk * D``, backward 2.5x that (forward + backward 3.5x).
 
-``extra_rows`` (in `make gpu-check`) sweeps the 16-bit tile configs: each candidate (block sizes, warps,
-stages) of the forward, the dK/dV kernel and the dQ kernel, swapped in one kernel at a time, timed on the
-CMA shapes and one grid shape, and checked against the default config's result (launched with
-``deterministic=True``, so the op's own tuner stays out of the way). Every candidate here compiles without
-spills for sm_90a in its aligned form with Triton 3.6 and 3.8; the winners become the op's fixed configs
-(and its AOT-checked registry). Then ``tuning_rows`` reports what the op's LaunchTuners chose at runtime
-(``deterministic=False``, the default): one row per tuner and key, with every candidate's time and the bench
-shapes that map to that key, so a GPU run shows which forward tile and backward plan (split or atomic dQ)
-won per shape."""
+``tile_sweep_rows`` (in `make gpu-check` with ``IVF_BENCH_TILE_SWEEP=1``) sweeps the 16-bit tile configs:
+each candidate (block sizes, warps, stages) of the forward, the dK/dV kernel and the dQ kernel, swapped in
+one kernel at a time, timed on the CMA shapes and one grid shape, and checked against the default config's
+result (launched with ``deterministic=True``, so the op's own tuner stays out of the way). Every candidate
+here compiles without spills for sm_90a in its aligned form with Triton 3.6 and 3.8; the winners became the
+op's default configs. ``tuning_rows`` (always in `make gpu-check`) reports what the op's LaunchTuners chose
+at runtime (``deterministic=False``, the default): one row per tuner and key, with every candidate's time and
+the bench shapes that map to that key, so a GPU run shows which forward tile and backward plan (split or
+atomic dQ) won per shape."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 
 import pytest
 import torch
@@ -134,6 +135,14 @@ def _attention_config(kernel: str, block_d: int, config: tuple[int, int, int, in
 
 
 def extra_rows(device: torch.device, quick: bool = False) -> list[dict]:
+    """What `make gpu-check` records beside the timings: the tuners' choices (``tuning_rows``), and the tile
+    sweep only with ``IVF_BENCH_TILE_SWEEP=1`` (the tuners now time their candidates on every bench shape, and
+    the sweep's compiles would eat gpu-check's 8-minute budget)."""
+    sweep = tile_sweep_rows(device, quick) if os.environ.get("IVF_BENCH_TILE_SWEEP") == "1" else []
+    return sweep + tuning_rows(device, quick)
+
+
+def tile_sweep_rows(device: torch.device, quick: bool = False) -> list[dict]:
     """The tile sweep (see the module docstring): one row per (shape, kernel, candidate)."""
     if not triton_runs_on(device):
         return []
@@ -180,7 +189,7 @@ def extra_rows(device: torch.device, quick: bool = False) -> list[dict]:
                 # The backward rows time the whole backward (preprocess + dK/dV + dQ) with one kernel swapped.
                 row["TFLOP/s"] = (flops if kernel == "fwd" else 2.5 * flops) / row["ms"] / 1e9
                 rows.append(row)
-    return rows + tuning_rows(device, quick)
+    return rows
 
 
 _KEY_FIELDS = ("dtype", "D", "aligned", "kv_lengths", "dropout", "Sq_bucket", "Sk_bucket", "BH_bucket")
@@ -230,7 +239,8 @@ def test_cross_attention(benchmark, case):
 
 @pytest.mark.skipif(not triton_runs_on(torch.device("cpu")), reason="needs the Triton interpreter")
 def test_tile_sweep_runs_under_the_interpreter():
-    rows = [row for row in extra_rows(torch.device("cpu"), quick=True) if row["op"] == "tune cross_attention"]
+    rows = tile_sweep_rows(torch.device("cpu"), quick=True)
+    rows = [row for row in rows if row["op"] == "tune cross_attention"]
     assert {row["kernel"] for row in rows} == {"fwd", "bwd_dkdv", "bwd_dq"}
     assert all("error" not in row and row["max_diff_vs_default"] < 1e-2 for row in rows), rows
 

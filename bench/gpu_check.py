@@ -9,7 +9,8 @@ creates no venv and downloads nothing. Stages, each in a subprocess with its own
    whole log kept as gpu-tests.log;
 3. every registered GPU microbenchmark (``cases(device)`` in each bench/bench_*.py and e2e_*.py) against
    its baselines, the device's copy and matmul ceilings first, each module followed by its
-   ``extra_rows(device)`` (figures beside the cases: the FFN's saved bytes, cross_attention's tile sweep).
+   ``extra_rows(device)`` (figures beside the cases: the FFN's saved bytes, fc1's GEMM plans, the tuners'
+   choices), then the host time per call (bench/host_overhead.py) and every tuner's timings.
 
 It writes one JSON (card, driver, versions, every figure) into ``$OUT`` when set, else bench/results/ (a dry
 run: build/gpu-check-dry-run/), draws the plots of bench/plot_results.py beside it when matplotlib is there,
