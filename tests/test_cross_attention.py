@@ -409,6 +409,26 @@ def test_fuzz_shapes(B, Sq, Sk, H, D, masked):
     _check(B, Sq, Sk, H, D, torch.float32, None if lengths is None else lengths.tolist())
 
 
+
+@needs_triton
+@settings(max_examples=6, deadline=None)
+@given(
+    B=st.integers(1, 2),
+    Sq=st.integers(1, 40),
+    Sk=st.integers(1, 70),
+    D=st.sampled_from([32, 40, 64, 80, 96, 128]),
+    masked=st.booleans(),
+)
+def test_fuzz_shapes_atomic_dq_plan(B, Sq, Sk, D, masked):
+    """The atomic-dQ backward (several key blocks adding into one dq row) over random shapes."""
+    lengths = torch.randint(1, Sk + 1, (B,), dtype=torch.int32).tolist() if masked else None
+    previous = ca_module._FORCE_BACKWARD_PLAN
+    ca_module._FORCE_BACKWARD_PLAN = "atomic"  # hypothesis runs examples without function-scoped fixtures
+    try:
+        _check(B, Sq, Sk, 1, D, torch.float32, lengths)
+    finally:
+        ca_module._FORCE_BACKWARD_PLAN = previous
+
 @pytest.mark.parametrize("backend", ["reference"] + (["triton"] if CPU_TRITON else []))
 def test_module_matches_nn_multihead_attention(backend):
     dim, heads, B, Sq, Sk = 64, 2, 2, 3, 11

@@ -631,6 +631,24 @@ def test_tma_plan_matches_pointer_plan_and_float64(rows, dropout_p, activation):
 
 
 @needs_triton
+@settings(max_examples=6, deadline=None)
+@given(
+    rows=st.integers(1, 140),
+    in_features=st.sampled_from([8, 16, 40, 72, 104]),
+    hidden=st.integers(1, 90),
+    activation=st.sampled_from(ACTIVATIONS),
+    dropout_p=st.sampled_from([0.0, 0.3]),
+)
+def test_fuzz_shapes_tma_plan(rows, in_features, hidden, activation, dropout_p):
+    """The TMA plan over random shapes (16-byte rows: K a multiple of 8) equals the pointer plan bitwise."""
+    x, w, b = _inputs((rows, in_features), hidden, torch.float16)
+    seed = 3 if dropout_p else None
+    (_, y_pointer, _), = _run_plan("pointer", x, w, b, activation, seed, dropout_p, True)
+    (_, y_tma, _), = _run_plan("tma", x, w, b, activation, seed, dropout_p, True)
+    assert torch.equal(y_tma, y_pointer)
+
+
+@needs_triton
 def test_tma_plan_only_for_16bit_inputs_with_16_byte_aligned_rows():
     def labels(dtype, in_features):
         x, w, b = _inputs((5, in_features), 16, dtype)
