@@ -18,6 +18,7 @@ import contextlib
 import importlib
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package, uni
 
 
 def _stub_triton_launches() -> None:
-    """Replace every Triton kernel (JITFunction or Autotuner) in the op modules by a launcher doing nothing."""
+    """Replace every Triton kernel (JITFunction, Autotuner) in the op modules by a launcher doing nothing."""
     import triton
 
     class _NoLaunch:
@@ -71,7 +72,8 @@ def workloads(device, dtype, small: bool):
 
     x, r = leaf(rows, D), leaf(rows, D)
     w, b = leaf(D), leaf(D)
-    w1, b1, w2, b2 = leaf(hidden, D, scale=D**-0.5), leaf(hidden), leaf(D, hidden, scale=hidden**-0.5), leaf(D)
+    w1, b1 = leaf(hidden, D, scale=D**-0.5), leaf(hidden)
+    w2, b2 = leaf(D, hidden, scale=hidden**-0.5), leaf(D)
     tokens = rows // 8
     q, k, v = (leaf(8, tokens, heads, D // heads) for _ in range(3))
 
@@ -105,6 +107,16 @@ def host_us_per_call(fn, calls: int, sync) -> float:
     return elapsed / calls * 1e6
 
 
+def interleaved_medians(paths: dict, calls: int, sync, rounds: int = 5) -> dict[str, float]:
+    """Median host µs per call of each path, timed in alternating rounds (shared cores drift over time)."""
+    samples = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, (setup, fn) in paths.items():
+            with setup():
+                samples[name].append(host_us_per_call(fn, max(1, calls // rounds), sync))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def measure(device_name: str, calls: int) -> list[dict]:
     if device_name == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # before triton's import: lets the triton backend be chosen
@@ -121,23 +133,26 @@ def measure(device_name: str, calls: int) -> list[dict]:
     with use_backend("triton"):
         for name, ours, eager in workloads(device, dtype, small=device.type == "cpu"):
             row = {"op": name, "device": device_name, "stubbed_kernels": device.type == "cpu"}
-            with _dispatch_custom_ops(True):
-                row["custom_op_us"] = host_us_per_call(ours, calls, sync)
-            with _dispatch_custom_ops(False):
-                row["eager_path_us"] = host_us_per_call(ours, calls, sync)
+            paths = {
+                "custom_op_us": (lambda: _dispatch_custom_ops(True), ours),
+                "eager_path_us": (lambda: _dispatch_custom_ops(False), ours),
+            }
             if device.type == "cuda":  # on CPU eager PyTorch would run real kernels against our stubs
-                row["pytorch_us"] = host_us_per_call(eager, calls, sync)
+                paths["pytorch_us"] = (contextlib.nullcontext, eager)
+            row.update(interleaved_medians(paths, calls, sync))
             rows.append(row)
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'op, forward + backward':<26} {'custom op us':>13} {'eager path us':>14} {'saved':>6} {'pytorch us':>11}"]
+    header = ("op, forward + backward", "custom op us", "eager path us", "saved", "pytorch us")
+    lines = ["{:<26} {:>13} {:>14} {:>6} {:>11}".format(*header)]
     for row in rows:
         pytorch = f"{row['pytorch_us']:.0f}" if "pytorch_us" in row else "-"
         saved = 1 - row["eager_path_us"] / row["custom_op_us"]
         lines.append(
-            f"{row['op']:<26} {row['custom_op_us']:>13.0f} {row['eager_path_us']:>14.0f} {saved:>6.0%} {pytorch:>11}"
+            f"{row['op']:<26} {row['custom_op_us']:>13.0f} {row['eager_path_us']:>14.0f} {saved:>6.0%} "
+            f"{pytorch:>11}"
         )
     return "\n".join(lines)
 

@@ -1,6 +1,6 @@
-"""eager_op: eager calls of the Triton ops skip torch.library's dispatch but run the same kernels and the same
-registered autograd formula, so outputs and gradients are bitwise equal to the custom ops' (which torch.compile
-and every tracer still get)."""
+"""eager_op: eager calls of the Triton ops skip torch.library's dispatch but run the same kernels and the
+same registered autograd formula, so outputs and gradients are bitwise equal to the custom ops' (which
+torch.compile and every tracer still get)."""
 
 import pytest
 import torch

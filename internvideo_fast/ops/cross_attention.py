@@ -833,7 +833,7 @@ def _backward(ctx, dout, _dlse):
 torch.library.register_autograd(
     "internvideo_fast::cross_attention_fwd", _backward, setup_context=_setup_context
 )
-# Eager calls skip torch.library's dispatch (see internvideo_fast/ops/dispatch.py); compiled graphs keep the ops.
+# Eager calls skip torch.library's dispatch (internvideo_fast/ops/dispatch.py); compiled graphs keep the ops.
 _cross_attention_bwd = eager_op(_cross_attention_bwd_op, _cross_attention_bwd_impl)
 _cross_attention_fwd = eager_op(
     _cross_attention_fwd_op, _cross_attention_fwd_impl, setup_context=_setup_context, backward=_backward

@@ -423,7 +423,7 @@ torch.library.register_autograd(
     "internvideo_fast::dropout_add_layer_norm_fwd", _backward, setup_context=_setup_context
 )
 _dropout_add_layer_norm_bwd = eager_op(_dropout_add_layer_norm_bwd_op, _dropout_add_layer_norm_bwd_impl)
-# Eager calls skip torch.library's dispatch (see internvideo_fast/ops/dispatch.py); compiled graphs keep the ops.
+# Eager calls skip torch.library's dispatch (internvideo_fast/ops/dispatch.py); compiled graphs keep the ops.
 _dropout_add_layer_norm_fwd = eager_op(
     _dropout_add_layer_norm_fwd_op, _dropout_add_layer_norm_fwd_impl,
     setup_context=_setup_context, backward=_backward,

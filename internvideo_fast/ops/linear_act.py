@@ -505,7 +505,8 @@ def _tma_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     and rows (K a multiple of 8), on an sm_90+ GPU (or the interpreter)."""
     if x.dtype not in (torch.float16, torch.bfloat16) or not (x.is_contiguous() and weight.is_contiguous()):
         return False
-    if x.data_ptr() % 16 or weight.data_ptr() % 16 or (x.shape[1] * x.element_size()) % 16:
+    row_bytes = x.shape[1] * x.element_size()
+    if x.data_ptr() % 16 or weight.data_ptr() % 16 or row_bytes == 0 or row_bytes % 16:
         return False
     if x.device.type == "cuda" and not triton_interpreter_on():
         return torch.cuda.get_device_capability(x.device)[0] >= 9
@@ -709,7 +710,7 @@ def _backward(ctx, dy, _dpre):
 
 
 torch.library.register_autograd("internvideo_fast::linear_act_fwd", _backward, setup_context=_setup_context)
-# Eager calls skip torch.library's dispatch (see internvideo_fast/ops/dispatch.py); compiled graphs keep the ops.
+# Eager calls skip torch.library's dispatch (internvideo_fast/ops/dispatch.py); compiled graphs keep the ops.
 _linear_act_bwd = eager_op(_linear_act_bwd_op, _linear_act_bwd_impl)
 _linear_act_fwd = eager_op(
     _linear_act_fwd_op, _linear_act_fwd_impl, setup_context=_setup_context, backward=_backward
