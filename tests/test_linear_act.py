@@ -649,6 +649,48 @@ def test_fuzz_shapes_tma_plan(rows, in_features, hidden, activation, dropout_p):
 
 
 @needs_triton
+@pytest.mark.parametrize("activation", ["gelu", "quick_gelu"])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+@pytest.mark.parametrize("rows", [1, 37, 70])
+def test_fused_dh_plan_matches_float64_and_the_unfused_plan(monkeypatch, rows, dropout_p, activation):
+    """fused_mlp's backward with dh = dz @ weight2 and fc1's elementwise pass in one TMA kernel (dh kept in
+    fp32, never stored): gradients against float64 and close to the two-launch plan's."""
+    hidden = 104  # rows of 208 bytes: TMA-loadable
+    x, w1, b1 = _inputs((rows, IN), hidden, torch.float16)
+    _, w2, b2 = _inputs((1, hidden), IN, torch.float16)
+    dy = torch.randn(rows, IN, dtype=torch.float64)
+    seed = 13 if dropout_p else None
+
+    def grads(fn):
+        leaves = _leaves(x, w1, b1, w2, b2)
+        return torch.autograd.grad((fn(*leaves).double() * dy).sum(), leaves)
+
+    results = {}
+    for plan in ("unfused", "fused"):
+        monkeypatch.setattr(linear_act_module, "_FORCE_DH_PLAN", plan)
+        with use_backend("triton", OP_NAME), poisoned_outputs():
+            results[plan] = grads(lambda *a: fused_mlp(*a, activation, dropout_p, seed))
+    expected = grads(lambda *a: fused_mlp_ref(*a, activation, dropout_p, seed, upcast=True))
+    for name, fused, unfused, ref in zip(("dx", "dw1", "db1", "dw2", "db2"), results["fused"],
+                                        results["unfused"], expected):
+        _assert_close(fused, ref, TOLERANCE[torch.float16][1], name)
+        _assert_close(fused, unfused, TOLERANCE[torch.float16][1], f"{name} fused vs unfused")
+
+
+def test_fused_dh_plan_is_offered_only_for_tma_loadable_tensors():
+    def labels(dtype, hidden):
+        dz = torch.randn(5, 40).to(dtype)
+        w2 = torch.randn(40, hidden).to(dtype)
+        pre = torch.randn(5, hidden).to(dtype)
+        plans = linear_act_module._dh_plans(dz, w2, pre, "gelu", True, None, 0.0, True, True)
+        return [label.split(":")[0] for label, _ in plans]
+
+    assert labels(torch.float16, 104) == (["unfused", "fused"] if CPU_TRITON else ["unfused"])
+    assert labels(torch.float16, 100) == ["unfused"]  # 200-byte rows
+    assert labels(torch.float32, 104) == ["unfused"]
+
+
+@needs_triton
 def test_tma_plan_only_for_16bit_inputs_with_16_byte_aligned_rows():
     def labels(dtype, in_features):
         x, w, b = _inputs((5, in_features), 16, dtype)
@@ -781,8 +823,9 @@ def test_gpu_every_forward_plan_matches_reference(dropout_p):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dropout_p", [0.0, 0.1])
 def test_gpu_every_backward_plan_matches_reference(monkeypatch, dropout_p):
-    """Each tile / programs-per-SM plan of the backward's elementwise kernel, forced one by one: the
-    fused_mlp gradients in bf16 at ViT-B's widths within 3x PyTorch's own error against float64."""
+    """Each tile / programs-per-SM plan of the backward's elementwise kernel, and the fused dh GEMM at each
+    tile, forced one by one: fused_mlp's gradients in bf16 at ViT-B's widths within 3x PyTorch's own error
+    against float64."""
     dtype, seed = torch.bfloat16, 5
     x, w1, b1 = _inputs((2, 1568 + 3, 768), 3072, dtype, device="cuda")
     _, w2, b2 = _inputs((1, 3072), 768, dtype, device="cuda")
@@ -795,9 +838,18 @@ def test_gpu_every_backward_plan_matches_reference(monkeypatch, dropout_p):
 
     expected = grads(lambda *a: fused_mlp_ref(*a, "gelu", dropout_p, seed, upcast=True))
     baseline = grads(lambda *a: fused_mlp_ref(*a, "gelu", dropout_p, seed))
+    monkeypatch.setattr(linear_act_module, "_FORCE_DH_PLAN", "unfused")
     for plan in range(len(linear_act_module._BWD_GPU_PLANS)):
         monkeypatch.setattr(linear_act_module, "_FORCE_DPRE_PLAN", plan)
         with use_backend("triton", OP_NAME):
             actual = grads(lambda *a: fused_mlp(*a, "gelu", dropout_p, seed))
         for name, a, e, base in zip(("dx", "dw1", "db1", "dw2", "db2"), actual, expected, baseline):
             assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (plan {plan})")
+    # The fused dh GEMM + elementwise kernel at each of its tiles.
+    monkeypatch.setattr(linear_act_module, "_FORCE_DH_PLAN", "fused")
+    for index in range(len(linear_act_module._DH_TMA_CONFIGS)):
+        monkeypatch.setattr(linear_act_module, "_DH_TMA_CONFIGS", linear_act_module._DH_TMA_CONFIGS[index:])
+        with use_backend("triton", OP_NAME):
+            actual = grads(lambda *a: fused_mlp(*a, "gelu", dropout_p, seed))
+        for name, a, e, base in zip(("dx", "dw1", "db1", "dw2", "db2"), actual, expected, baseline):
+            assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (fused dh, tile {index})")

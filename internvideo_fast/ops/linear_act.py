@@ -56,7 +56,10 @@ Implementation choices:
   fp32 buffer, summed by ``torch.sum`` (deterministic, like dropout_add_layer_norm). Its tile and programs
   per SM are timed on the GPU by the LaunchTuner (``_BWD_GPU_PLANS``). The two matmuls ``dx`` and
   ``dweight`` are plain GEMMs with nothing left to fuse, so they run on ``torch.matmul`` (cuBLAS on GPU):
-  fusing ``act'`` into both GEMMs' prologues would read ``dy`` and ``pre`` twice.
+  fusing ``act'`` into both GEMMs' prologues would read ``dy`` and ``pre`` twice. In fused_mlp's backward the
+  GEMM that produces fc1's incoming gradient (``dh = dz @ weight2``) can instead carry the elementwise pass
+  in its epilogue (``_fused_mlp_dh_kernel``, TMA loads, ``dh`` kept in fp32 and never stored: 2 of the 6
+  ``[M, hidden]`` passes saved); the tuner times it against cuBLAS + the elementwise kernel.
 - erf: ``tl.math.erf`` works in the Triton interpreter on CPU (max error vs float64 ~3e-8 over [-5, 5]) and
   lowers to libdevice's ``erff`` on the GPU, so no rational approximation is needed. tanh is computed as
   ``2 * sigmoid(2u) - 1`` (Triton has no core tanh; absolute error ~1e-7).
@@ -290,6 +293,91 @@ def _linear_act_fwd_tma_kernel(
 
 
 @triton.jit
+def _dh_epilogue(
+    dh, row0, col0, cols_local, pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr, tile_m, M, N,
+    dropout_p, keep_scale,
+    BLOCK_M: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):
+    """fc1's backward pass over one [BLOCK_M, len(cols_local)] part of dh = dz @ weight2 (fp32, from the
+    accumulator): dpre = dropout'(dh) * act'(pre), h = dropout(act(pre)), and the part's column sums of
+    dpre into dbias partial row `tile_m` -- what _linear_act_bwd_kernel does from a stored dh."""
+    rows = row0 + tl.arange(0, BLOCK_M)
+    cols = col0 + cols_local
+    in_n = cols < N
+    mask = (rows < M)[:, None] & in_n[None, :]
+    base = row0.to(tl.int64) * N + col0
+    offsets = tl.arange(0, BLOCK_M)[:, None] * N + cols_local[None, :]
+
+    # Loads.
+    pre = tl.load(pre_ptr + base + offsets, mask=mask, other=0.0).to(tl.float32)
+
+    # Math (rows / cols past the end: pre = 0 and dh = 0 from the zero-filled tiles, so dpre = 0).
+    dpre = dh
+    if HAS_DROPOUT:
+        keep = keep_element(tl.load(seed_ptr), base + offsets, dropout_p)
+        dpre = tl.where(keep, dpre * keep_scale, 0.0)
+    dpre = dpre * _activation_grad(pre, ACTIVATION)
+    dpre = tl.where(mask, dpre, 0.0)
+    h = _activation(pre, ACTIVATION)
+    if HAS_DROPOUT:
+        h = tl.where(keep, h * keep_scale, 0.0)
+
+    # Stores.
+    tl.store(dpre_ptr + base + offsets, dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
+    tl.store(h_ptr + base + offsets, h.to(h_ptr.dtype.element_ty), mask=mask)
+    if HAS_BIAS:
+        tl.store(dbias_partial_ptr + tile_m.to(tl.int64) * N + cols, tl.sum(dpre, axis=0), mask=in_n)
+
+
+@triton.jit
+def _dh_epilogue_in_parts(
+    dh, row0, col0, pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr, tile_m, M, N, dropout_p,
+    keep_scale, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr, MAX_PART: tl.constexpr,
+    ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):
+    """_dh_epilogue over column halves of the accumulator, recursively, down to MAX_PART elements."""
+    if BLOCK_M * WIDTH <= MAX_PART:
+        _dh_epilogue(
+            dh, row0, col0, tl.arange(0, WIDTH), pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr,
+            tile_m, M, N, dropout_p, keep_scale, BLOCK_M, ACTIVATION, HAS_BIAS, HAS_DROPOUT,
+        )
+    else:
+        left, right = tl.split(tl.permute(tl.reshape(dh, (BLOCK_M, 2, WIDTH // 2)), (0, 2, 1)))
+        _dh_epilogue_in_parts(
+            left, row0, col0, pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr, tile_m, M, N,
+            dropout_p, keep_scale, BLOCK_M, WIDTH // 2, MAX_PART, ACTIVATION, HAS_BIAS, HAS_DROPOUT,
+        )
+        _dh_epilogue_in_parts(
+            right, row0, col0 + WIDTH // 2, pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr, tile_m,
+            M, N, dropout_p, keep_scale, BLOCK_M, WIDTH // 2, MAX_PART, ACTIVATION, HAS_BIAS, HAS_DROPOUT,
+        )
+
+
+@triton.jit
+def _fused_mlp_dh_kernel(
+    dz_desc, weight2_desc, pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr,
+    M, N, K, dropout_p, keep_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr, MAX_PART: tl.constexpr,
+):
+    # fused_mlp's backward through fc1 in one pass: dh = dz [M, K] @ weight2 [K, N] (K = fc2's outputs,
+    # N = hidden) tile by tile through TMA descriptors, then the elementwise pass in the epilogue, so dh is
+    # never stored and read back. dbias partials: one row per tile row (programs write disjoint parts).
+    row0, col0 = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        a = dz_desc.load([row0, k * BLOCK_K])
+        b = weight2_desc.load([k * BLOCK_K, col0])
+        acc = tl.dot(a, b, acc)
+    # Philox's temporaries (dropout) need parts half as large.
+    PART: tl.constexpr = MAX_PART // 2 if HAS_DROPOUT else MAX_PART
+    _dh_epilogue_in_parts(
+        acc, row0, col0, pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr, row0 // BLOCK_M, M, N,
+        dropout_p, keep_scale, BLOCK_M, BLOCK_N, PART, ACTIVATION, HAS_BIAS, HAS_DROPOUT,
+    )
+
+
+@triton.jit
 def _linear_act_bwd_kernel(
     dy_ptr, pre_ptr, seed_ptr, dpre_ptr, act_ptr, dbias_partial_ptr,
     M, N, rows_per_program, dropout_p, keep_scale,
@@ -462,6 +550,46 @@ register_triton_kernel(
     )
 )
 
+# fused_mlp's fused dh GEMM + fc1 backward pass (``_fused_mlp_dh_kernel``): TMA tiles, timed by the tuner
+# against cuBLAS's dh plus the elementwise kernel. MAX_PART bounds the epilogue's parts (it loads pre and
+# computes act and act' on top of the accumulator; half that with dropout). sm_90a check, bf16, aligned:
+# 128x128 at 4 stages 128 KB shared memory and 126-157 registers, 128x256 at 3 stages 144 KB and 173-225
+# registers; no spills (128x256 with dropout in parts of 128x32 spilled 16 B, hence the halving).
+_DH_TMA_CONFIGS = (
+    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "MAX_PART": 128 * 32},
+                 num_warps=8, num_stages=4),
+    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "MAX_PART": 128 * 32},
+                 num_warps=8, num_stages=3),
+)
+_DH_INTERPRETER_CONFIG = KernelConfig(
+    {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "MAX_PART": 64 * 16}, num_warps=4, num_stages=1
+)
+# The plan fused_mlp's backward runs regardless of the tuner ("unfused" or "fused"; tests force each).
+_FORCE_DH_PLAN: str | None = None
+
+register_triton_kernel(
+    TritonKernelSpec(
+        name="fused_mlp_dh_tma",
+        kernel=_fused_mlp_dh_kernel,
+        signature={
+            "dz_desc": "tensordesc<bf16[{BLOCK_M},{BLOCK_K}]>",
+            "weight2_desc": "tensordesc<bf16[{BLOCK_K},{BLOCK_N}]>",
+            "pre_ptr": "*bf16", "seed_ptr": "*i64", "dpre_ptr": "*bf16", "h_ptr": "*bf16",
+            "dbias_partial_ptr": "*fp32",
+            "M": "i32", "N": "i32", "K": "i32", "dropout_p": "fp32", "keep_scale": "fp32",
+        },
+        configs=tuple(
+            KernelConfig(dict(c.constexprs, ACTIVATION=activation, HAS_BIAS=True, HAS_DROPOUT=dropout),
+                         c.num_warps, c.num_stages)
+            for dropout in (False, True)
+            for c in (*_DH_TMA_CONFIGS, _DH_INTERPRETER_CONFIG)
+            for activation in ("gelu", "gelu_tanh", "quick_gelu")
+        ),
+        multiplies_matrices=True,
+        aligned_only=True,
+    )
+)
+
 _fwd_kernel_autotuned = triton.autotune(
     configs=[
         triton.Config(dict(c.constexprs), num_warps=c.num_warps, num_stages=c.num_stages)
@@ -630,6 +758,63 @@ def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act):
 # ----------------------------------------------------------------------------------------------------
 # linear_act as torch.library ops (x [M, K], weight [N, K] contiguous; the public function reshapes)
 # ----------------------------------------------------------------------------------------------------
+def _tma_rows_ok(*tensors: torch.Tensor) -> bool:
+    """Whether TMA descriptors can load these 2-D tensors: 16-bit, contiguous, 16-byte aligned bases and
+    rows, on an sm_90+ GPU (or the interpreter)."""
+    for t in tensors:
+        row_bytes = t.shape[1] * t.element_size()
+        if t.dtype not in (torch.float16, torch.bfloat16) or not t.is_contiguous():
+            return False
+        if t.data_ptr() % 16 or row_bytes == 0 or row_bytes % 16:
+            return False
+    device = tensors[0].device
+    if device.type == "cuda" and not triton_interpreter_on():
+        return torch.cuda.get_device_capability(device)[0] >= 9
+    return triton_interpreter_on()
+
+
+def _launch_dh_fused(dz, weight2, pre, activation, has_bias, seed, dropout_p, config):
+    """(dpre, dbias fp32 or None, h) of fc1's backward from dz [M, K] and weight2 [K, N] in one kernel."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    M, K = dz.shape
+    N = weight2.shape[1]
+    has_dropout = _has_dropout(seed, dropout_p)
+    blocks = config.constexprs
+    dpre = new_output(dz, (M, N))
+    h = new_output(dz, (M, N))
+    tiles_m = triton.cdiv(M, blocks["BLOCK_M"])
+    dbias_partial = new_output(dz, (tiles_m, N) if has_bias else (0,), torch.float32)
+    grid = (tiles_m * triton.cdiv(N, blocks["BLOCK_N"]),)
+    _fused_mlp_dh_kernel[grid](
+        TensorDescriptor.from_tensor(dz, [blocks["BLOCK_M"], blocks["BLOCK_K"]]),
+        TensorDescriptor.from_tensor(weight2, [blocks["BLOCK_K"], blocks["BLOCK_N"]]),
+        pre, seed if has_dropout else None, dpre, h, dbias_partial if has_bias else None, M, N, K,
+        float(dropout_p) if has_dropout else 0.0, _keep_scale(dropout_p) if has_dropout else 1.0,
+        **blocks, ACTIVATION=activation, HAS_BIAS=has_bias, HAS_DROPOUT=has_dropout,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return dpre, (dbias_partial.sum(0) if has_bias else None), h
+
+
+def _dh_plans(dz, weight2, pre, activation, has_bias, seed, dropout_p, interpreter, with_fused):
+    """fused_mlp's fc1 backward as candidate launches, the default first: cuBLAS's dh = dz @ weight2 then
+    the elementwise kernel, or (TMA-loadable 16-bit tensors) the fused kernel at each of its tiles."""
+    plans = [("unfused", lambda: _launch_dpre(
+        torch.matmul(dz, weight2), pre, activation, has_bias, seed, dropout_p, True))]
+    M = dz.shape[0]
+    if with_fused and activation != "none" and M > 0 and _tma_rows_ok(dz, weight2, pre):
+        configs = (_DH_INTERPRETER_CONFIG,) if interpreter else _DH_TMA_CONFIGS
+        plans += [
+            (f"fused:{c.label()}", functools.partial(
+                _launch_dh_fused, dz, weight2, pre, activation, has_bias, seed, dropout_p, c))
+            for c in configs
+        ]
+    if _FORCE_DH_PLAN is not None:  # tests
+        plans = [plan for plan in plans if plan[0].split(":")[0] == _FORCE_DH_PLAN][:1] or plans[:1]
+    return plans
+
+
 def _linear_act_fwd_impl(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -768,10 +953,17 @@ def _fused_mlp_bwd_impl(
     """Returns (dx, dweight1, dbias1, dweight2, dbias2) (the biases' grads empty when has_bias is False).
 
     fc2: dz = dropout'(dy) (mask from seed + 1); dh = dz @ weight2. fc1: one pass over (dh, pre) writes
-    dpre = dropout'(dh) * act'(pre) and recomputes h = dropout(act(pre)) for dweight2 = dz.T @ h."""
+    dpre = dropout'(dh) * act'(pre) and recomputes h = dropout(act(pre)) for dweight2 = dz.T @ h (on the
+    GPU possibly fused into dh's GEMM, see _dh_plans)."""
     dz, dbias2, _ = _launch_dpre(dy, None, "none", has_bias, _next_seed(seed), dropout_p, False)
-    dh = torch.matmul(dz, weight2)  # [M, N2] @ [N2, H]
-    dpre, dbias1, h = _launch_dpre(dh, pre, activation, has_bias, seed, dropout_p, True)
+    # dh = dz @ weight2 ([M, N2] @ [N2, H]) and fc1's elementwise pass: two launches, or one on the GPU
+    # when the tuner finds the fused TMA kernel faster.
+    interpreter = dy.device.type != "cuda" or triton_interpreter_on()
+    plans = _dh_plans(dz, weight2, pre, activation, has_bias, seed, dropout_p, interpreter,
+                      with_fused=not interpreter or _FORCE_DH_PLAN is not None)
+    key = (dy.dtype, length_bucket(dy.shape[0]), weight2.shape[0], weight2.shape[1], activation, has_bias,
+           _has_dropout(seed, dropout_p))
+    _, (dpre, dbias1, h) = launch_tuner("fused_mlp_dh").run(key, plans, dy.device)
     dweight2 = torch.matmul(dz.t(), h)  # [N2, M] @ [M, H]
     dx = torch.matmul(dpre, weight1)  # [M, H] @ [H, K]
     dweight1 = torch.matmul(dpre.t(), x)  # [H, M] @ [M, K]
