@@ -171,6 +171,12 @@ def _linear_act_epilogue(
 
 
 @triton.jit
+def _column_halves(acc, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr):
+    """The left and right column halves of a [BLOCK_M, WIDTH] register tile (a relabelling, no data moves)."""
+    return tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, WIDTH // 2)), (0, 2, 1)))
+
+
+@triton.jit
 def _linear_act_epilogue_in_parts(
     acc, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
     BLOCK_M: tl.constexpr, WIDTH: tl.constexpr, MAX_PART: tl.constexpr, ACTIVATION: tl.constexpr,
@@ -186,7 +192,7 @@ def _linear_act_epilogue_in_parts(
             keep_scale, BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
         )
     else:
-        left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, WIDTH // 2)), (0, 2, 1)))
+        left, right = _column_halves(acc, BLOCK_M, WIDTH)
         _linear_act_epilogue_in_parts(
             left, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
             BLOCK_M, WIDTH // 2, MAX_PART, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
@@ -207,7 +213,7 @@ def _linear_act_store_tile(
     spills at 4 warps), and then in parts of at most 128 x 64 elements, 128 x 32 with dropout (Philox: ten
     rounds of 32-bit multiplies per element)."""
     MAX_PART: tl.constexpr = 128 * 32 if HAS_DROPOUT else 128 * 64
-    left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+    left, right = _column_halves(acc, BLOCK_M, BLOCK_N)
     _linear_act_epilogue_in_parts(
         left, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
         BLOCK_M, BLOCK_N // 2, MAX_PART, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
@@ -342,7 +348,7 @@ def _dh_epilogue_in_parts(
             tile_m, M, N, dropout_p, keep_scale, BLOCK_M, ACTIVATION, HAS_BIAS, HAS_DROPOUT,
         )
     else:
-        left, right = tl.split(tl.permute(tl.reshape(dh, (BLOCK_M, 2, WIDTH // 2)), (0, 2, 1)))
+        left, right = _column_halves(dh, BLOCK_M, WIDTH)
         _dh_epilogue_in_parts(
             left, row0, col0, pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr, tile_m, M, N,
             dropout_p, keep_scale, BLOCK_M, WIDTH // 2, MAX_PART, ACTIVATION, HAS_BIAS, HAS_DROPOUT,
