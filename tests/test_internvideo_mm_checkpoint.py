@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from internvideo_fast.models import create_model
+from official_math import balanced_feature, global_block, layer_norm, residual_block
 from internvideo_fast.models.internvideo_mm import (
     build_internvideo_mm,
     load_internvideo_mm,
@@ -106,30 +107,6 @@ def lightning_file(state: dict[str, torch.Tensor]) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # Test-only reference of the official math
 # ----------------------------------------------------------------------------------------------------
-def _ln(x, sd, prefix):
-    return F.layer_norm(x, x.shape[-1:], sd[prefix + ".weight"], sd[prefix + ".bias"], 1e-5)
-
-
-def _mlp(x, sd, prefix):
-    h = x @ sd[prefix + ".c_fc.weight"].T + sd[prefix + ".c_fc.bias"]
-    h = h * torch.sigmoid(1.702 * h)
-    return h @ sd[prefix + ".c_proj.weight"].T + sd[prefix + ".c_proj.bias"]
-
-
-def _mha(x, y, sd, prefix, heads, mask=None):
-    """nn.MultiheadAttention / official Extractor.attention math on ``[S, N, C]`` inputs."""
-    C = x.shape[-1]
-    w, b = sd[prefix + ".in_proj_weight"], sd[prefix + ".in_proj_bias"]
-    q, k, v = x @ w[:C].T + b[:C], y @ w[C:2 * C].T + b[C:2 * C], y @ w[2 * C:].T + b[2 * C:]
-    d = C // heads
-    q, k, v = (t.reshape(t.shape[0], t.shape[1], heads, d).permute(1, 2, 0, 3) for t in (q, k, v))
-    aff = q @ k.transpose(-2, -1) / d ** 0.5
-    if mask is not None:
-        aff = aff + mask
-    out = (aff.softmax(-1) @ v).permute(2, 0, 1, 3).flatten(2)
-    return out @ sd[prefix + ".out_proj.weight"].T + sd[prefix + ".out_proj.bias"]
-
-
 def reference_encode_video(sd, video):
     """``VideoIntern.encode_video`` with ``vit_only_global``: [N, 3, T, H, W] -> [N, embed] (unnormalized)."""
     C, heads, p = V["width"], V["heads"], V["patch"]
@@ -137,32 +114,16 @@ def reference_encode_video(sd, video):
     N, _, T, H, W = x.shape
     x = x.permute(0, 2, 3, 4, 1).reshape(N * T, H * W, C)
     x = torch.cat([sd["visual.class_embedding"] + torch.zeros(N * T, 1, C), x], dim=1)
-    x = _ln(x + sd["visual.positional_embedding"], sd, "visual.ln_pre").permute(1, 0, 2)  # [L, N*T, C]
-    L = x.shape[0]
+    x = layer_norm(x + sd["visual.positional_embedding"], sd, "visual.ln_pre").permute(1, 0, 2)  # [L, N*T, C]
     cls_token = sd["visual.transformer.temporal_cls_token"].repeat(1, N, 1)
     j = -1
     for i in range(V["layers"]):
-        pre = f"visual.transformer.resblocks.{i}"
-        h = _ln(x, sd, pre + ".ln_1")
-        x = x + _mha(h, h, sd, pre + ".attn", heads)
-        x = x + _mlp(_ln(x, sd, pre + ".ln_2"), sd, pre + ".mlp")
+        x = residual_block(x, sd, f"visual.transformer.resblocks.{i}", heads)
         if i in V["return_list"]:
             j += 1
-            tmp = x.view(L, N, T, C)
-            feats = tmp[1:].permute(1, 3, 2, 0).reshape(N, C, T, H, W)
-            dpe = f"visual.transformer.dpe.{j}"
-            feats = F.conv3d(feats, sd[dpe + ".weight"], sd[dpe + ".bias"], padding=1, groups=C)
-            feats = feats.view(N, C, T, L - 1).permute(3, 0, 2, 1)
-            tmp = torch.cat([tmp[:1], tmp[1:] + feats], dim=0)
-            tmp = tmp.permute(2, 0, 1, 3).flatten(0, 1)  # [T*L, N, C]
-            dec = f"visual.transformer.dec.{j}"
-            cls_token = cls_token + _mha(_ln(cls_token, sd, dec + ".ln_1"), _ln(tmp, sd, dec + ".ln_3"), sd,
-                                         dec + ".attn", heads)
-            cls_token = cls_token + _mlp(_ln(cls_token, sd, dec + ".ln_2"), sd, dec + ".mlp")
-    weight = torch.sigmoid(sd["visual.transformer.balance"])
-    residual = x.view(L, N, T, C)[0].mean(1)
-    feats = (1 - weight) * cls_token[0] + weight * residual
-    return _ln(feats, sd, "visual_ln_post") @ sd["visual_proj"]
+            cls_token = global_block(x, cls_token, sd, "visual.transformer", j, heads, N, T, H, W)
+    feats = balanced_feature(x, cls_token, sd, "visual.transformer", N, T)
+    return layer_norm(feats, sd, "visual_ln_post") @ sd["visual_proj"]
 
 
 def reference_encode_text(sd, text):
@@ -171,11 +132,8 @@ def reference_encode_text(sd, text):
     x = (sd["token_embedding.weight"][text] + sd["positional_embedding"]).permute(1, 0, 2)
     mask = torch.full((n_ctx, n_ctx), float("-inf")).triu_(1)
     for i in range(TXT["layers"]):
-        pre = f"transformer.resblocks.{i}"
-        h = _ln(x, sd, pre + ".ln_1")
-        x = x + _mha(h, h, sd, pre + ".attn", TXT["heads"], mask)
-        x = x + _mlp(_ln(x, sd, pre + ".ln_2"), sd, pre + ".mlp")
-    x = _ln(x.permute(1, 0, 2), sd, "ln_final")
+        x = residual_block(x, sd, f"transformer.resblocks.{i}", TXT["heads"], mask)
+    x = layer_norm(x.permute(1, 0, 2), sd, "ln_final")
     return x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ sd["text_projection"]
 
 

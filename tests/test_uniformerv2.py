@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import describe_difference
+from official_math import balanced_feature, clip_mlp, global_block, layer_norm, mha
 from internvideo_fast.models.uniformerv2 import (
     UniFormerV2,
     UniFormerV2Config,
@@ -29,36 +30,6 @@ TINY = dict(img_size=32, patch_size=16, width=64, layers=4, heads=2, dec_layers=
 # ----------------------------------------------------------------------------------------------------
 # Test-only reference of the official math
 # ----------------------------------------------------------------------------------------------------
-def _ln(x, sd, prefix):
-    return F.layer_norm(x, x.shape[-1:], sd[prefix + ".weight"], sd[prefix + ".bias"], 1e-5)
-
-
-def _quick_gelu(x):
-    return x * torch.sigmoid(1.702 * x)
-
-
-def _mlp(x, sd, prefix):
-    h = _quick_gelu(x @ sd[prefix + ".c_fc.weight"].T + sd[prefix + ".c_fc.bias"])
-    return h @ sd[prefix + ".c_proj.weight"].T + sd[prefix + ".c_proj.bias"]
-
-
-def _mha(x, y, sd, prefix, heads):
-    """Official Extractor.attention / nn.MultiheadAttention math in [S, N, C]."""
-    C = x.shape[-1]
-    w, b = sd[prefix + ".in_proj_weight"], sd[prefix + ".in_proj_bias"]
-    q = x @ w[:C].T + b[:C]
-    k = y @ w[C:2 * C].T + b[C:2 * C]
-    v = y @ w[2 * C:].T + b[2 * C:]
-    Tx, Ty, N = q.shape[0], k.shape[0], q.shape[1]
-    d = C // heads
-    q = q.view(Tx, N, heads, d).permute(1, 2, 0, 3)
-    k = k.view(Ty, N, heads, d).permute(1, 2, 0, 3)
-    v = v.view(Ty, N, heads, d).permute(1, 2, 0, 3)
-    aff = (q @ k.transpose(-2, -1) / d ** 0.5).softmax(dim=-1)
-    out = (aff @ v).permute(2, 0, 1, 3).flatten(2)
-    return out @ sd[prefix + ".out_proj.weight"].T + sd[prefix + ".out_proj.bias"]
-
-
 def _local_mhra(x, sd, prefix):
     """BN3d (eval) -> conv 1x1x1 -> depthwise (3,1,1) -> conv 1x1x1 on [N, C, T, H, W]."""
     p = prefix + ".pos_embed."
@@ -89,35 +60,22 @@ def reference_forward(sd, video, cfg, lmhra):
     N, C, T, H, W = x.shape
     x = x.permute(0, 2, 3, 4, 1).reshape(N * T, H * W, C)
     x = torch.cat([sd["class_embedding"] + torch.zeros(x.shape[0], 1, C), x], dim=1)
-    x = _ln(x + sd["positional_embedding"], sd, "ln_pre").permute(1, 0, 2)  # [L, NT, C]
-    L = x.shape[0]
+    x = layer_norm(x + sd["positional_embedding"], sd, "ln_pre").permute(1, 0, 2)  # [L, NT, C]
     cls_token = sd["transformer.temporal_cls_token"].repeat(1, N, 1)
     j = -1
     for i in range(cfg["layers"]):
         p = f"transformer.resblocks.{i}"
         if lmhra:
             x = _lmhra_residual(x, sd, p + ".lmhra1", N, T)
-        h = _ln(x, sd, p + ".ln_1")
-        x = x + _mha(h, h, sd, p + ".attn", heads)
+        h = layer_norm(x, sd, p + ".ln_1")
+        x = x + mha(h, h, sd, p + ".attn", heads)
         if lmhra:
             x = _lmhra_residual(x, sd, p + ".lmhra2", N, T)
-        x = x + _mlp(_ln(x, sd, p + ".ln_2"), sd, p + ".mlp")
+        x = x + clip_mlp(layer_norm(x, sd, p + ".ln_2"), sd, p + ".mlp")
         if i in dec_layers:
             j += 1
-            tmp = x.clone().view(L, N, T, C)
-            feats = tmp[1:].permute(1, 3, 2, 0).reshape(N, C, T, H, W)
-            dw = sd[f"transformer.dpe.{j}.weight"]
-            feats = F.conv3d(feats, dw, sd[f"transformer.dpe.{j}.bias"], padding=1, groups=C)
-            tmp[1:] = tmp[1:] + feats.view(N, C, T, L - 1).permute(3, 0, 2, 1)
-            tmp = tmp.permute(2, 0, 1, 3).flatten(0, 1)  # [T*L, N, C]
-            d = f"transformer.dec.{j}"
-            cls_token = cls_token + _mha(_ln(cls_token, sd, d + ".ln_1"), _ln(tmp, sd, d + ".ln_3"), sd,
-                                         d + ".attn", heads)
-            cls_token = cls_token + _mlp(_ln(cls_token, sd, d + ".ln_2"), sd, d + ".mlp")
-    weight = torch.sigmoid(sd["transformer.balance"])
-    residual = x.view(L, N, T, C)[0].mean(1)
-    feature = (1 - weight) * cls_token[0] + weight * residual
-    h = _ln(feature, sd, "transformer.proj.0")
+            cls_token = global_block(x, cls_token, sd, "transformer", j, heads, N, T, H, W)
+    h = layer_norm(balanced_feature(x, cls_token, sd, "transformer", N, T), sd, "transformer.proj.0")
     return h @ sd["transformer.proj.2.weight"].T + sd["transformer.proj.2.bias"]
 
 

@@ -213,14 +213,11 @@ def _linear_act_store_tile(
     spills at 4 warps), and then in parts of at most 128 x 64 elements, 128 x 32 with dropout (Philox: ten
     rounds of 32-bit multiplies per element)."""
     MAX_PART: tl.constexpr = 128 * 32 if HAS_DROPOUT else 128 * 64
-    left, right = _column_halves(acc, BLOCK_M, BLOCK_N)
+    HALF: tl.constexpr = BLOCK_M * BLOCK_N // 2
+    PART: tl.constexpr = HALF if HALF < MAX_PART else MAX_PART
     _linear_act_epilogue_in_parts(
-        left, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
-        BLOCK_M, BLOCK_N // 2, MAX_PART, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
-    )
-    _linear_act_epilogue_in_parts(
-        right, row0, col0 + BLOCK_N // 2, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
-        BLOCK_M, BLOCK_N // 2, MAX_PART, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
+        acc, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+        BLOCK_M, BLOCK_N, PART, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
     )
 
 
@@ -285,7 +282,7 @@ def _linear_act_fwd_tma_kernel(
     # The same tile as _linear_act_fwd_kernel, with x and weight tiles loaded by the Hopper TMA unit from
     # tensor descriptors (block [BLOCK_M, BLOCK_K] and [BLOCK_N, BLOCK_K]): no address arithmetic or masks
     # in registers (the unit zero-fills out-of-bounds rows and the K tail), which leaves registers for
-    # larger tiles. Needs 16-byte aligned rows (see _tma_ok).
+    # larger tiles. Needs 16-byte aligned rows (see _tma_rows_ok).
     row0, col0 = _grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
@@ -568,7 +565,8 @@ _DH_TMA_CONFIGS = (
                  num_warps=8, num_stages=3),
 )
 _DH_INTERPRETER_CONFIG = KernelConfig(
-    {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "MAX_PART": 64 * 16}, num_warps=4, num_stages=1
+    {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "MAX_PART": 64 * 16},
+    num_warps=4, num_stages=1,
 )
 # The plan fused_mlp's backward runs regardless of the tuner ("unfused" or "fused"; tests force each).
 _FORCE_DH_PLAN: str | None = None
@@ -634,16 +632,18 @@ def _next_seed(seed: torch.Tensor | None) -> torch.Tensor | None:
 # ----------------------------------------------------------------------------------------------------
 # Kernel launchers (plain functions; the torch.library ops below call them)
 # ----------------------------------------------------------------------------------------------------
-def _tma_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the TMA forward can load x [M, K] and weight [N, K]: 16-bit, contiguous, 16-byte aligned base
-    and rows (K a multiple of 8), on an sm_90+ GPU (or the interpreter)."""
-    if x.dtype not in (torch.float16, torch.bfloat16) or not (x.is_contiguous() and weight.is_contiguous()):
-        return False
-    row_bytes = x.shape[1] * x.element_size()
-    if x.data_ptr() % 16 or weight.data_ptr() % 16 or row_bytes == 0 or row_bytes % 16:
-        return False
-    if x.device.type == "cuda" and not triton_interpreter_on():
-        return torch.cuda.get_device_capability(x.device)[0] >= 9
+def _tma_rows_ok(*tensors: torch.Tensor) -> bool:
+    """Whether TMA descriptors can load these 2-D tensors: 16-bit, contiguous, 16-byte aligned bases and
+    rows, on an sm_90+ GPU (or the interpreter)."""
+    for t in tensors:
+        row_bytes = t.shape[1] * t.element_size()
+        if t.dtype not in (torch.float16, torch.bfloat16) or not t.is_contiguous():
+            return False
+        if t.data_ptr() % 16 or row_bytes == 0 or row_bytes % 16:
+            return False
+    device = tensors[0].device
+    if device.type == "cuda" and not triton_interpreter_on():
+        return torch.cuda.get_device_capability(device)[0] >= 9
     return triton_interpreter_on()
 
 
@@ -687,7 +687,7 @@ def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, 
 
         plans = [("pointer", lambda: _fwd_kernel_autotuned[grid](x, weight, *tail, **common))]
         tma_configs = _FWD_TMA_CONFIGS
-    if with_tma and _tma_ok(x, weight):
+    if with_tma and _tma_rows_ok(x, weight):
         plans += [(f"tma:{c.label()}", functools.partial(launch_tma, c)) for c in tma_configs]
     return plans
 
@@ -764,21 +764,6 @@ def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act):
 # ----------------------------------------------------------------------------------------------------
 # linear_act as torch.library ops (x [M, K], weight [N, K] contiguous; the public function reshapes)
 # ----------------------------------------------------------------------------------------------------
-def _tma_rows_ok(*tensors: torch.Tensor) -> bool:
-    """Whether TMA descriptors can load these 2-D tensors: 16-bit, contiguous, 16-byte aligned bases and
-    rows, on an sm_90+ GPU (or the interpreter)."""
-    for t in tensors:
-        row_bytes = t.shape[1] * t.element_size()
-        if t.dtype not in (torch.float16, torch.bfloat16) or not t.is_contiguous():
-            return False
-        if t.data_ptr() % 16 or row_bytes == 0 or row_bytes % 16:
-            return False
-    device = tensors[0].device
-    if device.type == "cuda" and not triton_interpreter_on():
-        return torch.cuda.get_device_capability(device)[0] >= 9
-    return triton_interpreter_on()
-
-
 def _launch_dh_fused(dz, weight2, pre, activation, has_bias, seed, dropout_p, config):
     """(dpre, dbias fp32 or None, h) of fc1's backward from dz [M, K] and weight2 [K, N] in one kernel."""
     from triton.tools.tensor_descriptor import TensorDescriptor
