@@ -611,21 +611,31 @@ def _run_plan(label_prefix, x, w, b, activation, seed, dropout_p, interpreter):
         yield label, y.clone(), pre.clone()
 
 
+def _tma_plan_prefixes(hidden: int) -> tuple[str, ...]:
+    """The TMA plans offered for 16-byte x / weight rows: the persistent one also stores y through TMA, so
+    it needs 16-byte output rows (hidden a multiple of 8)."""
+    return ("tma", "persistent") if hidden % 8 == 0 else ("tma",)
+
+
 @needs_triton
+@pytest.mark.parametrize("hidden", [HIDDEN, 104])
 @pytest.mark.parametrize("activation", ["gelu", "none"])
 @pytest.mark.parametrize("dropout_p", [0.0, 0.2])
 @pytest.mark.parametrize("rows", [1, 37, 70])
-def test_tma_plan_matches_pointer_plan_and_float64(rows, dropout_p, activation):
-    """The TMA-descriptor forward (zero-filled out-of-bounds tiles instead of masks) equals the pointer
-    kernel and the float64 reference, with its dropout mask, for row counts below, at and past a tile."""
-    x, w, b = _inputs((rows, IN), HIDDEN, torch.float16)
+def test_tma_plans_match_pointer_plan_and_float64(rows, dropout_p, activation, hidden):
+    """The TMA-descriptor forwards (zero-filled out-of-bounds tiles instead of masks), one tile per program
+    and persistent (3 programs walking all tiles under the interpreter, TMA stores clipped at the edges),
+    equal the pointer kernel and the float64 reference, with its dropout mask, for row counts below, at and
+    past a tile."""
+    x, w, b = _inputs((rows, IN), hidden, torch.float16)
     seed = 7 if dropout_p else None
     (_, y_pointer, pre_pointer), = _run_plan("pointer", x, w, b, activation, seed, dropout_p, True)
-    (_, y_tma, pre_tma), = _run_plan("tma", x, w, b, activation, seed, dropout_p, True)
-    assert torch.equal(y_tma, y_pointer)
-    if activation != "none":
-        assert torch.equal(pre_tma, pre_pointer)
-    keep = dropout_keep_mask(seed, (rows, HIDDEN), dropout_p) if dropout_p else None
+    for prefix in _tma_plan_prefixes(hidden):
+        (_, y_tma, pre_tma), = _run_plan(prefix, x, w, b, activation, seed, dropout_p, True)
+        assert torch.equal(y_tma, y_pointer), prefix
+        if activation != "none":
+            assert torch.equal(pre_tma, pre_pointer), prefix
+    keep = dropout_keep_mask(seed, (rows, hidden), dropout_p) if dropout_p else None
     expected = linear_act_ref(x, w, b, activation, upcast=True, keep_mask=keep, dropout_p=dropout_p)
     _assert_close(y_tma, expected, TOLERANCE[torch.float16][0], "y")
 
@@ -635,17 +645,18 @@ def test_tma_plan_matches_pointer_plan_and_float64(rows, dropout_p, activation):
 @given(
     rows=st.integers(1, 140),
     in_features=st.sampled_from([8, 16, 40, 72, 104]),
-    hidden=st.integers(1, 90),
+    hidden=st.one_of(st.integers(1, 90), st.integers(1, 12).map(lambda n: 8 * n)),
     activation=st.sampled_from(ACTIVATIONS),
     dropout_p=st.sampled_from([0.0, 0.3]),
 )
-def test_fuzz_shapes_tma_plan(rows, in_features, hidden, activation, dropout_p):
-    """The TMA plan over random shapes (16-byte rows: K a multiple of 8) equals the pointer plan bitwise."""
+def test_fuzz_shapes_tma_plans(rows, in_features, hidden, activation, dropout_p):
+    """The TMA plans over random shapes (16-byte rows: K a multiple of 8) equal the pointer plan bitwise."""
     x, w, b = _inputs((rows, in_features), hidden, torch.float16)
     seed = 3 if dropout_p else None
     (_, y_pointer, _), = _run_plan("pointer", x, w, b, activation, seed, dropout_p, True)
-    (_, y_tma, _), = _run_plan("tma", x, w, b, activation, seed, dropout_p, True)
-    assert torch.equal(y_tma, y_pointer)
+    for prefix in _tma_plan_prefixes(hidden):
+        (_, y_tma, _), = _run_plan(prefix, x, w, b, activation, seed, dropout_p, True)
+        assert torch.equal(y_tma, y_pointer), prefix
 
 
 @needs_triton
@@ -691,15 +702,16 @@ def test_fused_dh_plan_is_offered_only_for_tma_loadable_tensors():
 
 
 @needs_triton
-def test_tma_plan_only_for_16bit_inputs_with_16_byte_aligned_rows():
-    def labels(dtype, in_features):
-        x, w, b = _inputs((5, in_features), 16, dtype)
-        y = torch.empty(5, 16, dtype=dtype)
+def test_tma_plans_only_for_16bit_inputs_with_16_byte_aligned_rows():
+    def labels(dtype, in_features, hidden=16):
+        x, w, b = _inputs((5, in_features), hidden, dtype)
+        y = torch.empty(5, hidden, dtype=dtype)
         plans = linear_act_module._fwd_plans(x, w, b, None, y, y, "gelu", False, 0.0, True, True)
         return [label.split(":")[0] for label, _ in plans]
 
-    assert labels(torch.float16, 40) == ["pointer", "tma"]
-    assert labels(torch.bfloat16, 64) == ["pointer", "tma"]
+    assert labels(torch.float16, 40) == ["pointer", "tma", "persistent"]
+    assert labels(torch.bfloat16, 64) == ["pointer", "tma", "persistent"]
+    assert labels(torch.float16, 40, hidden=20) == ["pointer", "tma"]  # 40-byte output rows: no TMA stores
     assert labels(torch.float16, 36) == ["pointer"]  # 72-byte rows: TMA needs multiples of 16 bytes
     assert labels(torch.float32, 40) == ["pointer"]
 
@@ -806,8 +818,9 @@ def test_gpu_fused_mlp_saves_activation_memory():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dropout_p", [0.0, 0.1])
 def test_gpu_every_forward_plan_matches_reference(dropout_p):
-    """Each candidate the run-time tuner may pick (pointer kernel, TMA kernel at every registered tile),
-    forced one by one at ViT-B's fc1 in bf16: flash-attn's rule against float64, and the same dropout mask."""
+    """Each candidate the run-time tuner may pick (pointer kernel, TMA and persistent TMA kernels at every
+    registered tile), forced one by one at ViT-B's fc1 in bf16: flash-attn's rule against float64, and the
+    same dropout mask."""
     dtype, seed = torch.bfloat16, 11
     x, w, b = _inputs((1568 + 5, 768), 3072, dtype, device="cuda")
     keep = dropout_keep_mask(seed, (x.shape[0], 3072), dropout_p, device="cuda") if dropout_p else None
@@ -817,7 +830,7 @@ def test_gpu_every_forward_plan_matches_reference(dropout_p):
     for label, y, _ in _run_plan("", x, w, b, "gelu", seed if dropout_p else None, dropout_p, False):
         assert_close_to_reference(y, expected, baseline, name=label)
         seen += 1
-    assert seen == 1 + len(linear_act_module._FWD_TMA_CONFIGS)
+    assert seen == 1 + len(linear_act_module._FWD_TMA_CONFIGS) + len(linear_act_module._FWD_PERSISTENT_CONFIGS)
 
 
 @pytest.mark.gpu

@@ -29,8 +29,11 @@ Implementation choices:
   16-byte aligned rows on sm_90+; no address registers, which leaves room for 128 x 256 tiles). On the
   GPU a :class:`~internvideo_fast.ops.autotuning.LaunchTuner` times the pointer kernel (itself autotuned
   over its tiles) and the TMA kernel at each of its tiles once per (dtype, rows bucket, N, K, epilogue)
-  and keeps the fastest; elsewhere the pointer kernel runs. Why: the H100 run of 2026-11-26 measured the
-  pointer kernel at 0.124 ms for ViT-B's fc1 against cuBLAS's 0.067-0.080 ms (``bench_linear_act``'s
+  and keeps the fastest; elsewhere the pointer kernel runs. A third candidate,
+  ``_linear_act_fwd_persistent_kernel``, is the TMA kernel made persistent: one program per SM walks the
+  tiles, the tile and K loops are flattened so that the next tile's loads overlap this tile's epilogue,
+  and the epilogue stores through TMA too (output rows of 16 bytes). Why: the H100 run of 2026-11-26
+  measured the pointer kernel at 0.124 ms for ViT-B's fc1 against cuBLAS's 0.067-0.080 ms (``bench_linear_act``'s
   ``gemm_rows`` times every plan against cuBLAS in one run).
 - Memory: ``pre`` is *saved* (``M x N`` in x's dtype), not recomputed. Recomputing it would cost a second
   ``M x N x K`` matmul in the backward (+50% of this layer's forward FLOPs) to save one activation that eager
@@ -145,10 +148,12 @@ def _activation_grad(pre, ACTIVATION: tl.constexpr):
 def _linear_act_epilogue(
     acc, row0, col0, cols_local, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
     BLOCK_M: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_PRE: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, TMA_STORE: tl.constexpr = False,
 ):
     """Bias, pre-activation store, activation, dropout and store of one [BLOCK_M, len(cols_local)] part of
-    a tile whose top-left element is (row0, col0)."""
+    a tile whose top-left element is (row0, col0). With TMA_STORE, y_ptr and pre_ptr are tensor descriptors
+    whose block is this part: the TMA unit stores from shared memory, asynchronously, and clips the rows
+    and columns past the end itself."""
     rows = row0 + tl.arange(0, BLOCK_M)
     cols = col0 + cols_local
     in_n = cols < N
@@ -159,15 +164,22 @@ def _linear_act_epilogue(
     offsets = tl.arange(0, BLOCK_M)[:, None] * N + cols_local[None, :]
     mask = (rows < M)[:, None] & in_n[None, :]
     if STORE_PRE:
-        pre = acc.to(pre_ptr.dtype.element_ty)
-        tl.store(pre_ptr + base + offsets, pre, mask=mask)
+        if TMA_STORE:
+            pre = acc.to(pre_ptr.dtype)
+            pre_ptr.store([row0, col0], pre)
+        else:
+            pre = acc.to(pre_ptr.dtype.element_ty)
+            tl.store(pre_ptr + base + offsets, pre, mask=mask)
         # The backward sees the rounded pre-activation: apply the activation to the same value.
         acc = pre.to(tl.float32)
     y = _activation(acc, ACTIVATION)
     if HAS_DROPOUT:
         # Keyed on the output element's flat index row * N + col (int64), as dropout_add_layer_norm.
         y = tl.where(keep_element(tl.load(seed_ptr), base + offsets, dropout_p), y * keep_scale, 0.0)
-    tl.store(y_ptr + base + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+    if TMA_STORE:
+        y_ptr.store([row0, col0], y.to(y_ptr.dtype))
+    else:
+        tl.store(y_ptr + base + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -181,6 +193,7 @@ def _linear_act_epilogue_in_parts(
     acc, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
     BLOCK_M: tl.constexpr, WIDTH: tl.constexpr, MAX_PART: tl.constexpr, ACTIVATION: tl.constexpr,
     HAS_BIAS: tl.constexpr, STORE_PRE: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    TMA_STORE: tl.constexpr = False,
 ):
     """The epilogue of a [BLOCK_M, WIDTH] accumulator, split into column halves (recursively) until a part
     holds at most MAX_PART elements: the activation's temporaries (and Philox's, with dropout) on top of a
@@ -189,17 +202,17 @@ def _linear_act_epilogue_in_parts(
     if BLOCK_M * WIDTH <= MAX_PART:
         _linear_act_epilogue(
             acc, row0, col0, tl.arange(0, WIDTH), bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p,
-            keep_scale, BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
+            keep_scale, BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT, TMA_STORE,
         )
     else:
         left, right = _column_halves(acc, BLOCK_M, WIDTH)
         _linear_act_epilogue_in_parts(
             left, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
-            BLOCK_M, WIDTH // 2, MAX_PART, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
+            BLOCK_M, WIDTH // 2, MAX_PART, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT, TMA_STORE,
         )
         _linear_act_epilogue_in_parts(
             right, row0, col0 + WIDTH // 2, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
-            BLOCK_M, WIDTH // 2, MAX_PART, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
+            BLOCK_M, WIDTH // 2, MAX_PART, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT, TMA_STORE,
         )
 
 
@@ -293,6 +306,41 @@ def _linear_act_fwd_tma_kernel(
         acc, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
         BLOCK_M, BLOCK_N, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
     )
+
+
+@triton.jit
+def _linear_act_fwd_persistent_kernel(
+    x_desc, weight_desc, bias_ptr, seed_ptr, y_desc, pre_desc,
+    M, N, K, dropout_p, keep_scale, programs,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    EPILOGUE_N: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_PRE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):
+    # _linear_act_fwd_tma_kernel made persistent: `programs` (one per SM) walk the output tiles in the same
+    # grouped order, tile, tile + programs, ... With K = 768 or 1024 a tile has only 12-16 K steps, so a
+    # one-tile program spends much of its life filling the pipeline and in the epilogue (bias, activation,
+    # stores) with the tensor cores idle. `flatten` fuses the two loops into one that Triton pipelines
+    # across tile boundaries, so the next tile's TMA loads are in flight during this tile's epilogue, whose
+    # stores go out through TMA too (y_desc / pre_desc, block [BLOCK_M, EPILOGUE_N]: one epilogue part)
+    # (Triton's persistent-matmul tutorial; cuBLAS does the same).
+    tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    k_steps = tl.cdiv(K, BLOCK_K)
+    # The epilogue recomputes its tile from its own counter, so that it does not depend on values the
+    # pipelined loads of the next tile have already moved on from.
+    epilogue_tile = tl.program_id(0) - programs
+    for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
+        row0, col0 = _grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, k_steps):
+            a = x_desc.load([row0, k * BLOCK_K])
+            b = weight_desc.load([col0, k * BLOCK_K])
+            acc = tl.dot(a, b.T, acc, input_precision=INPUT_PRECISION)
+        epilogue_tile += programs
+        row0, col0 = _grouped_tile(epilogue_tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        _linear_act_epilogue_in_parts(
+            acc, row0, col0, bias_ptr, y_desc, pre_desc, seed_ptr, M, N, dropout_p, keep_scale,
+            BLOCK_M, BLOCK_N, BLOCK_M * EPILOGUE_N, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT, True,
+        )
 
 
 @triton.jit
@@ -502,6 +550,27 @@ _FWD_TMA_CONFIGS = (
 )
 # Under the interpreter (tests of the TMA path on CPU tensors).
 _FWD_TMA_INTERPRETER_CONFIG = _FWD_INTERPRETER_CONFIG
+# Persistent TMA forward (``_linear_act_fwd_persistent_kernel``, one program per SM, TMA loads and
+# stores), timed beside the others; not yet timed on a GPU. sm_90a check (bf16, aligned, every activation;
+# Triton 3.8 / 3.6): 128x128x64 at 4 stages 144 KB of shared memory (the flattened loop keeps more in
+# flight than the one-tile kernel's 128 KB) and 97-128 registers, 194-224 with dropout; at 3 stages 112 KB;
+# 128x256x64 at 3 stages 160 KB and 162-255 registers; no spills. warp_specialize=True on the loop is a
+# no-op at 8 warps and crashes the compiler at 4 on sm_90a with both versions, so it is not used.
+_FWD_PERSISTENT_CONFIGS = (
+    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
+    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+)
+
+
+def _epilogue_columns(block_m: int, block_n: int, has_dropout: bool) -> int:
+    """Columns of one epilogue part, as _linear_act_store_tile splits a tile: half the tile, at most
+    128 x 64 elements (128 x 32 with dropout)."""
+    return min(block_n // 2, (128 * 32 if has_dropout else 128 * 64) // block_m)
+
+
+# Programs of the persistent kernel under the interpreter: a few, so that each walks several tiles.
+_PERSISTENT_INTERPRETER_PROGRAMS = 3
 
 register_triton_kernel(
     TritonKernelSpec(
@@ -525,6 +594,33 @@ register_triton_kernel(
         ),
         multiplies_matrices=True,
         # TMA needs 16-byte aligned rows: real launches always get Triton's 16-divisibility specialization.
+        aligned_only=True,
+    )
+)
+register_triton_kernel(
+    TritonKernelSpec(
+        name="linear_act_fwd_persistent",
+        kernel=_linear_act_fwd_persistent_kernel,
+        signature={
+            "x_desc": "tensordesc<bf16[{BLOCK_M},{BLOCK_K}]>",
+            "weight_desc": "tensordesc<bf16[{BLOCK_N},{BLOCK_K}]>",
+            "bias_ptr": "*bf16", "seed_ptr": "*i64",
+            "y_desc": "tensordesc<bf16[{BLOCK_M},{EPILOGUE_N}]>", "pre_desc": "tensordesc<bf16[{BLOCK_M},{EPILOGUE_N}]>",
+            "M": "i32", "N": "i32", "K": "i32", "dropout_p": "fp32", "keep_scale": "fp32", "programs": "i32",
+        },
+        configs=tuple(
+            KernelConfig(
+                dict(c.constexprs,
+                     EPILOGUE_N=_epilogue_columns(c.constexprs["BLOCK_M"], c.constexprs["BLOCK_N"], dropout),
+                     ACTIVATION=activation, HAS_BIAS=True, STORE_PRE=activation != "none",
+                     INPUT_PRECISION="tf32", HAS_DROPOUT=dropout),
+                c.num_warps, c.num_stages,
+            )
+            for dropout in (False, True)
+            for c in _FWD_PERSISTENT_CONFIGS
+            for activation in ACTIVATIONS
+        ),
+        multiplies_matrices=True,
         aligned_only=True,
     )
 )
@@ -649,8 +745,8 @@ def _tma_rows_ok(*tensors: torch.Tensor) -> bool:
 
 def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, interpreter, with_tma):
     """Candidate launches of the forward as (label, closure), the default first: on the GPU the pointer
-    kernel (itself autotuned over _FWD_GPU_CONFIGS), then the TMA kernel at each of _FWD_TMA_CONFIGS; under
-    the interpreter one config of each."""
+    kernel (itself autotuned over _FWD_GPU_CONFIGS), then the TMA kernel at each of _FWD_TMA_CONFIGS and the
+    persistent TMA kernel at each of _FWD_PERSISTENT_CONFIGS; under the interpreter one config of each."""
     M, K = x.shape
     N = weight.shape[0]
     has_dropout = _has_dropout(seed, dropout_p)
@@ -669,26 +765,45 @@ def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, 
         kernel[grid](*operands, *tail, **blocks, **common, num_warps=config.num_warps,
                      num_stages=config.num_stages)
 
-    def launch_tma(config):
+    def descriptors(config):
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         blocks = config.constexprs
-        x_desc = TensorDescriptor.from_tensor(x, [blocks["BLOCK_M"], blocks["BLOCK_K"]])
-        weight_desc = TensorDescriptor.from_tensor(weight, [blocks["BLOCK_N"], blocks["BLOCK_K"]])
-        launch(_linear_act_fwd_tma_kernel, config, (x_desc, weight_desc))
+        return (TensorDescriptor.from_tensor(x, [blocks["BLOCK_M"], blocks["BLOCK_K"]]),
+                TensorDescriptor.from_tensor(weight, [blocks["BLOCK_N"], blocks["BLOCK_K"]]))
+
+    def launch_tma(config):
+        launch(_linear_act_fwd_tma_kernel, config, descriptors(config))
+
+    def launch_persistent(config):
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        blocks = config.constexprs
+        tiles = triton.cdiv(M, blocks["BLOCK_M"]) * triton.cdiv(N, blocks["BLOCK_N"])
+        programs = min(tiles, _PERSISTENT_INTERPRETER_PROGRAMS if interpreter else _sm_count(x.device))
+        epilogue_n = _epilogue_columns(blocks["BLOCK_M"], blocks["BLOCK_N"], has_dropout)
+        y_desc = TensorDescriptor.from_tensor(y, [blocks["BLOCK_M"], epilogue_n])
+        pre_desc = TensorDescriptor.from_tensor(pre, [blocks["BLOCK_M"], epilogue_n]) if store_pre else y_desc
+        _linear_act_fwd_persistent_kernel[(programs,)](
+            *descriptors(config), bias, tail[1], y_desc, pre_desc, *tail[4:], programs, **blocks,
+            EPILOGUE_N=epilogue_n, **common, num_warps=config.num_warps, num_stages=config.num_stages,
+        )
 
     if interpreter:
         plans = [("pointer", lambda: launch(_linear_act_fwd_kernel, _FWD_INTERPRETER_CONFIG, (x, weight)))]
-        tma_configs = (_FWD_TMA_INTERPRETER_CONFIG,)
+        tma_configs = persistent_configs = (_FWD_TMA_INTERPRETER_CONFIG,)
     else:
 
         def grid(meta):
             return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
         plans = [("pointer", lambda: _fwd_kernel_autotuned[grid](x, weight, *tail, **common))]
-        tma_configs = _FWD_TMA_CONFIGS
+        tma_configs, persistent_configs = _FWD_TMA_CONFIGS, _FWD_PERSISTENT_CONFIGS
     if with_tma and _tma_rows_ok(x, weight):
         plans += [(f"tma:{c.label()}", functools.partial(launch_tma, c)) for c in tma_configs]
+        if _tma_rows_ok(y):  # its stores go through TMA too
+            plans += [(f"persistent:{c.label()}", functools.partial(launch_persistent, c))
+                      for c in persistent_configs]
     return plans
 
 
