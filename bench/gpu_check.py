@@ -6,7 +6,7 @@ creates no venv and downloads nothing. Stages, each in a subprocess with its own
 1. build ``_C`` in place with CUDA for the present card (``setup.py build_ext --inplace``), unless an
    extension built for this card's architecture already imports (one built ahead elsewhere and carried);
 2. ``pytest -m gpu`` over tests/, spread over several processes (Triton's compiles are CPU-bound), its
-   whole log kept as gpu-tests.log;
+   whole log kept as gpu-tests.log (one line per test, so a run cut short still counts what ended);
 3. every registered GPU microbenchmark (``cases(device)`` in each bench/bench_*.py and e2e_*.py) against
    its baselines, the device's copy and matmul ceilings first, each module followed by its
    ``extra_rows(device)`` (figures beside the cases: the FFN's saved bytes, fc1's GEMM plans, the tuners'
@@ -119,6 +119,25 @@ def junit_counts(path: Path) -> dict[str, int]:
         for key in counts:
             counts[key] += int(suite.get(key, 0))
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    return counts
+
+
+_OUTCOME = re.compile(r"\b(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b")
+
+
+def log_counts(log: str) -> dict[str, int]:
+    """Test counts from pytest's verbose lines (``tests/x.py::test PASSED`` or, under xdist, ``[gw0] [ 5%]
+    PASSED tests/x.py::test``), for a run cut short before it wrote its JUnit file; each test counted once."""
+    outcomes: dict[str, str] = {}
+    for line in log.splitlines():
+        outcome = _OUTCOME.search(line)
+        test_id = next((token for token in line.split() if "::" in token), None)
+        if outcome and test_id:
+            outcomes[test_id] = outcome.group(1)
+    found = list(outcomes.values())
+    counts = {"tests": len(found), "failures": found.count("FAILED"), "errors": found.count("ERROR"),
+              "skipped": found.count("SKIPPED")}
+    counts["passed"] = found.count("PASSED")
     return counts
 
 
@@ -238,14 +257,16 @@ def main(argv: list[str] | None = None) -> int:
         stages.run("build", [python, "setup.py", "build_ext", "--inplace"], env)
 
     junit = Path(tempfile.mkdtemp()) / "gpu-tests.xml"
-    test_command = [python, "-m", "pytest", "tests", "-m", "gpu", "-q", "-rfE", "-p", "no:cacheprovider",
-                    f"--junitxml={junit}"]
+    # -v: one line per test as it ends, so that a run cut short by its timeout still tells what passed (the
+    # dry run lists the collected tests, one "file::test" line each, with -q).
+    test_command = [python, "-m", "pytest", "tests", "-m", "gpu", "-q" if args.dry_run else "-v", "-rfE",
+                    "-p", "no:cacheprovider", f"--junitxml={junit}"]
     if args.dry_run:
         test_command.append("--collect-only")
     elif (workers := gpu_test_workers()) > 1:
         test_command += ["-n", str(workers)]
     tests = stages.run("tests", test_command)
-    tests["counts"] = junit_counts(junit)
+    tests["counts"] = junit_counts(junit) or dict(log_counts(tests.get("output", "")), from_log=True)
     (out_dir / "gpu-tests.log").write_text(tests.get("output", ""))
     if args.dry_run:
         tests["collected"] = sum(1 for line in tests["tail"].splitlines() if "::" in line)

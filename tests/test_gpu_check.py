@@ -57,3 +57,24 @@ def test_plots_of_a_committed_gpu_result(tmp_path):
     suffixes = ("-cross-attention-grid.png", "-cross-attention-internvideo.png", "-ffn.png")
     assert len(written) == 3 and all(p.name.endswith(end) for p, end in zip(written, suffixes)), written
     assert all(p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG" for p in written)
+
+
+def test_test_counts_from_a_log_cut_short():
+    """A GPU test run killed by its timeout writes no JUnit file: the verbose log still counts each test
+    once (plain and xdist line formats; the failure summary repeats a test without counting it twice)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    log = """
+[gw0] [  1%] PASSED tests/test_a.py::test_one[bf16]
+[gw1] [  2%] FAILED tests/test_a.py::test_two
+tests/test_b.py::test_three SKIPPED (needs DALI)                         [  3%]
+tests/test_b.py::test_four PASSED                                         [  4%]
+[gw1] [  5%] ERROR tests/test_c.py::test_five
+FAILED tests/test_a.py::test_two - AssertionError: out
+"""
+    assert gpu_check.log_counts(log) == {"tests": 5, "failures": 1, "errors": 1, "skipped": 1, "passed": 2}
+    assert gpu_check.log_counts("collected 0 items") == {"tests": 0, "failures": 0, "errors": 0, "skipped": 0,
+                                                          "passed": 0}
