@@ -665,7 +665,8 @@ def test_fuzz_shapes_tma_plans(rows, in_features, hidden, activation, dropout_p)
 @pytest.mark.parametrize("rows", [1, 37, 70])
 def test_fused_dh_plan_matches_float64_and_the_unfused_plan(monkeypatch, rows, dropout_p, activation):
     """fused_mlp's backward with dh = dz @ weight2 and fc1's elementwise pass in one TMA kernel (dh kept in
-    fp32, never stored): gradients against float64 and close to the two-launch plan's."""
+    fp32, never stored), one program per tile and persistent (3 programs walking all tiles): gradients
+    against float64 and close to the two-launch plan's."""
     hidden = 104  # rows of 208 bytes: TMA-loadable
     x, w1, b1 = _inputs((rows, IN), hidden, torch.float16)
     _, w2, b2 = _inputs((1, hidden), IN, torch.float16)
@@ -677,15 +678,19 @@ def test_fused_dh_plan_matches_float64_and_the_unfused_plan(monkeypatch, rows, d
         return torch.autograd.grad((fn(*leaves).double() * dy).sum(), leaves)
 
     results = {}
-    for plan in ("unfused", "fused"):
+    for plan in ("unfused", "fused", "fused_persistent"):
         monkeypatch.setattr(linear_act_module, "_FORCE_DH_PLAN", plan)
         with use_backend("triton", OP_NAME), poisoned_outputs():
             results[plan] = grads(lambda *a: fused_mlp(*a, activation, dropout_p, seed))
     expected = grads(lambda *a: fused_mlp_ref(*a, activation, dropout_p, seed, upcast=True))
-    for name, fused, unfused, ref in zip(("dx", "dw1", "db1", "dw2", "db2"), results["fused"],
-                                        results["unfused"], expected):
-        _assert_close(fused, ref, TOLERANCE[torch.float16][1], name)
-        _assert_close(fused, unfused, TOLERANCE[torch.float16][1], f"{name} fused vs unfused")
+    for plan in ("fused", "fused_persistent"):
+        for name, fused, unfused, ref in zip(("dx", "dw1", "db1", "dw2", "db2"), results[plan],
+                                            results["unfused"], expected):
+            _assert_close(fused, ref, TOLERANCE[torch.float16][1], f"{name} ({plan})")
+            _assert_close(fused, unfused, TOLERANCE[torch.float16][1], f"{name} {plan} vs unfused")
+    # Same tiles, same order of accumulation: the persistent kernel gives the per-tile kernel's bits.
+    for fused, persistent in zip(results["fused"], results["fused_persistent"]):
+        assert torch.equal(fused, persistent)
 
 
 def test_fused_dh_plan_is_offered_only_for_tma_loadable_tensors():
@@ -696,7 +701,7 @@ def test_fused_dh_plan_is_offered_only_for_tma_loadable_tensors():
         plans = linear_act_module._dh_plans(dz, w2, pre, "gelu", True, None, 0.0, True, True)
         return [label.split(":")[0] for label, _ in plans]
 
-    assert labels(torch.float16, 104) == (["unfused", "fused"] if CPU_TRITON else ["unfused"])
+    assert labels(torch.float16, 104) == (["unfused", "fused", "fused_persistent"] if CPU_TRITON else ["unfused"])
     assert labels(torch.float16, 100) == ["unfused"]  # 200-byte rows
     assert labels(torch.float32, 104) == ["unfused"]
 
@@ -866,3 +871,12 @@ def test_gpu_every_backward_plan_matches_reference(monkeypatch, dropout_p):
             actual = grads(lambda *a: fused_mlp(*a, "gelu", dropout_p, seed))
         for name, a, e, base in zip(("dx", "dw1", "db1", "dw2", "db2"), actual, expected, baseline):
             assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (fused dh, tile {index})")
+    # Its persistent form at each of its tiles.
+    monkeypatch.setattr(linear_act_module, "_FORCE_DH_PLAN", "fused_persistent")
+    for index in range(len(linear_act_module._DH_PERSISTENT_CONFIGS)):
+        monkeypatch.setattr(linear_act_module, "_DH_PERSISTENT_CONFIGS",
+                            linear_act_module._DH_PERSISTENT_CONFIGS[index:])
+        with use_backend("triton", OP_NAME):
+            actual = grads(lambda *a: fused_mlp(*a, "gelu", dropout_p, seed))
+        for name, a, e, base in zip(("dx", "dw1", "db1", "dw2", "db2"), actual, expected, baseline):
+            assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (persistent dh, tile {index})")

@@ -429,6 +429,35 @@ def _fused_mlp_dh_kernel(
 
 
 @triton.jit
+def _fused_mlp_dh_persistent_kernel(
+    dz_desc, weight2_desc, pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr,
+    M, N, K, dropout_p, keep_scale, programs,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr, MAX_PART: tl.constexpr,
+):
+    # _fused_mlp_dh_kernel made persistent, as _linear_act_fwd_persistent_kernel: `programs` walk the tiles
+    # with the tile and K loops flattened, so the next tile's loads overlap this tile's epilogue (which
+    # here also loads pre and computes act and act': the longest epilogue of the MLP's kernels).
+    tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    k_steps = tl.cdiv(K, BLOCK_K)
+    PART: tl.constexpr = MAX_PART // 2 if HAS_DROPOUT else MAX_PART
+    epilogue_tile = tl.program_id(0) - programs
+    for tile in tl.range(tl.program_id(0), tiles, programs, flatten=True):
+        row0, col0 = _grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, k_steps):
+            a = dz_desc.load([row0, k * BLOCK_K])
+            b = weight2_desc.load([k * BLOCK_K, col0])
+            acc = tl.dot(a, b, acc)
+        epilogue_tile += programs
+        row0, col0 = _grouped_tile(epilogue_tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        _dh_epilogue_in_parts(
+            acc, row0, col0, pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr, row0 // BLOCK_M, M, N,
+            dropout_p, keep_scale, BLOCK_M, BLOCK_N, PART, ACTIVATION, HAS_BIAS, HAS_DROPOUT,
+        )
+
+
+@triton.jit
 def _linear_act_bwd_kernel(
     dy_ptr, pre_ptr, seed_ptr, dpre_ptr, act_ptr, dbias_partial_ptr,
     M, N, rows_per_program, dropout_p, keep_scale,
@@ -664,6 +693,15 @@ _DH_INTERPRETER_CONFIG = KernelConfig(
     {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "MAX_PART": 64 * 16},
     num_warps=4, num_stages=1,
 )
+# The persistent form (``_fused_mlp_dh_persistent_kernel``, one program per SM), also a tuner candidate; not
+# yet timed on a GPU. sm_90a check (bf16, aligned, Triton 3.8 / 3.6): 136 KB (4 stages) / 104 KB (3 stages)
+# of shared memory, 128-170 registers, 193-215 with dropout; no spills.
+_DH_PERSISTENT_CONFIGS = (
+    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "MAX_PART": 128 * 32},
+                 num_warps=8, num_stages=4),
+    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "MAX_PART": 128 * 32},
+                 num_warps=8, num_stages=3),
+)
 # The plan fused_mlp's backward runs regardless of the tuner ("unfused" or "fused"; tests force each).
 _FORCE_DH_PLAN: str | None = None
 
@@ -683,6 +721,28 @@ register_triton_kernel(
                          c.num_warps, c.num_stages)
             for dropout in (False, True)
             for c in (*_DH_TMA_CONFIGS, _DH_INTERPRETER_CONFIG)
+            for activation in ("gelu", "gelu_tanh", "quick_gelu")
+        ),
+        multiplies_matrices=True,
+        aligned_only=True,
+    )
+)
+register_triton_kernel(
+    TritonKernelSpec(
+        name="fused_mlp_dh_persistent",
+        kernel=_fused_mlp_dh_persistent_kernel,
+        signature={
+            "dz_desc": "tensordesc<bf16[{BLOCK_M},{BLOCK_K}]>",
+            "weight2_desc": "tensordesc<bf16[{BLOCK_K},{BLOCK_N}]>",
+            "pre_ptr": "*bf16", "seed_ptr": "*i64", "dpre_ptr": "*bf16", "h_ptr": "*bf16",
+            "dbias_partial_ptr": "*fp32",
+            "M": "i32", "N": "i32", "K": "i32", "dropout_p": "fp32", "keep_scale": "fp32", "programs": "i32",
+        },
+        configs=tuple(
+            KernelConfig(dict(c.constexprs, ACTIVATION=activation, HAS_BIAS=True, HAS_DROPOUT=dropout),
+                         c.num_warps, c.num_stages)
+            for dropout in (False, True)
+            for c in _DH_PERSISTENT_CONFIGS
             for activation in ("gelu", "gelu_tanh", "quick_gelu")
         ),
         multiplies_matrices=True,
@@ -879,8 +939,10 @@ def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act):
 # ----------------------------------------------------------------------------------------------------
 # linear_act as torch.library ops (x [M, K], weight [N, K] contiguous; the public function reshapes)
 # ----------------------------------------------------------------------------------------------------
-def _launch_dh_fused(dz, weight2, pre, activation, has_bias, seed, dropout_p, config):
-    """(dpre, dbias fp32 or None, h) of fc1's backward from dz [M, K] and weight2 [K, N] in one kernel."""
+def _launch_dh_fused(dz, weight2, pre, activation, has_bias, seed, dropout_p, config, programs=None):
+    """(dpre, dbias fp32 or None, h) of fc1's backward from dz [M, K] and weight2 [K, N] in one kernel: one
+    program per tile, or with `programs` the persistent kernel with that many programs (at most the
+    tiles)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     M, K = dz.shape
@@ -891,31 +953,38 @@ def _launch_dh_fused(dz, weight2, pre, activation, has_bias, seed, dropout_p, co
     h = new_output(dz, (M, N))
     tiles_m = triton.cdiv(M, blocks["BLOCK_M"])
     dbias_partial = new_output(dz, (tiles_m, N) if has_bias else (0,), torch.float32)
-    grid = (tiles_m * triton.cdiv(N, blocks["BLOCK_N"]),)
-    _fused_mlp_dh_kernel[grid](
+    tiles = tiles_m * triton.cdiv(N, blocks["BLOCK_N"])
+    operands = (
         TensorDescriptor.from_tensor(dz, [blocks["BLOCK_M"], blocks["BLOCK_K"]]),
         TensorDescriptor.from_tensor(weight2, [blocks["BLOCK_K"], blocks["BLOCK_N"]]),
         pre, seed if has_dropout else None, dpre, h, dbias_partial if has_bias else None, M, N, K,
         float(dropout_p) if has_dropout else 0.0, _keep_scale(dropout_p) if has_dropout else 1.0,
-        **blocks, ACTIVATION=activation, HAS_BIAS=has_bias, HAS_DROPOUT=has_dropout,
-        num_warps=config.num_warps, num_stages=config.num_stages,
     )
+    options = dict(**blocks, ACTIVATION=activation, HAS_BIAS=has_bias, HAS_DROPOUT=has_dropout,
+                   num_warps=config.num_warps, num_stages=config.num_stages)
+    if programs is None:
+        _fused_mlp_dh_kernel[(tiles,)](*operands, **options)
+    else:
+        programs = min(programs, tiles)
+        _fused_mlp_dh_persistent_kernel[(programs,)](*operands, programs, **options)
     return dpre, (dbias_partial.sum(0) if has_bias else None), h
 
 
 def _dh_plans(dz, weight2, pre, activation, has_bias, seed, dropout_p, interpreter, with_fused):
     """fused_mlp's fc1 backward as candidate launches, the default first: cuBLAS's dh = dz @ weight2 then
-    the elementwise kernel, or (TMA-loadable 16-bit tensors) the fused kernel at each of its tiles."""
+    the elementwise kernel, or (TMA-loadable 16-bit tensors) the fused kernel at each of its tiles, one
+    program per tile ("fused") or persistent ("fused_persistent")."""
     plans = [("unfused", lambda: _launch_dpre(
         torch.matmul(dz, weight2), pre, activation, has_bias, seed, dropout_p, True))]
     M = dz.shape[0]
     if with_fused and activation != "none" and M > 0 and _tma_rows_ok(dz, weight2, pre):
         configs = (_DH_INTERPRETER_CONFIG,) if interpreter else _DH_TMA_CONFIGS
-        plans += [
-            (f"fused:{c.label()}", functools.partial(
-                _launch_dh_fused, dz, weight2, pre, activation, has_bias, seed, dropout_p, c))
-            for c in configs
-        ]
+        persistent_configs = (_DH_INTERPRETER_CONFIG,) if interpreter else _DH_PERSISTENT_CONFIGS
+        programs = _PERSISTENT_INTERPRETER_PROGRAMS if interpreter else _sm_count(dz.device)
+        fused = functools.partial(_launch_dh_fused, dz, weight2, pre, activation, has_bias, seed, dropout_p)
+        plans += [(f"fused:{c.label()}", functools.partial(fused, c)) for c in configs]
+        plans += [(f"fused_persistent:{c.label()}", functools.partial(fused, c, programs=programs))
+                  for c in persistent_configs]
     if _FORCE_DH_PLAN is not None:  # tests
         plans = [plan for plan in plans if plan[0].split(":")[0] == _FORCE_DH_PLAN][:1] or plans[:1]
     return plans
