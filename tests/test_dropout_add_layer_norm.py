@@ -2,6 +2,8 @@
 mask (rate, seeding, forward/backward agreement, bitwise equal to the PyTorch reproduction), bad input,
 torch.compile, opcheck."""
 
+import importlib
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -15,6 +17,8 @@ from internvideo_fast.ops.dropout_add_layer_norm import (
     dropout_add_layer_norm_ref,
     dropout_keep_mask,
 )
+
+ln_module = importlib.import_module("internvideo_fast.ops.dropout_add_layer_norm")
 
 # Tolerances of the CPU tests against float64: (outputs, gradients) per dtype.
 TOLERANCE = {torch.float32: (2e-5, 1e-4), torch.float16: (4e-3, 2e-2)}
@@ -278,6 +282,15 @@ def test_fuzz_shapes_no_dropout(rows, D, residual, affine):
 
 
 
+@needs_triton
+def test_every_backward_plan_matches_float64_reference(monkeypatch):
+    """Each (warps, programs per SM) plan the GPU tuner may pick, forced one by one: 4 or 8 programs here,
+    so rows split differently over programs (and over dweight / dbias partial rows)."""
+    for index in range(len(ln_module._BWD_PLAN_SHAPES)):
+        monkeypatch.setattr(ln_module, "_FORCE_BWD_PLAN", index)
+        _check_against_reference((37, 100), torch.float32, dropout_p=0.2, seed=3, drop_path=True)
+
+
 # ---------------------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
@@ -322,3 +335,29 @@ def test_gpu_mask_equals_pytorch_reproduction_and_backward_is_deterministic():
         normed, _ = dropout_add_layer_norm(x, res, w, b, dropout_p=0.1, seed=77)
         grads.append(torch.autograd.grad(normed.float().sum(), (x, w)))
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", [768, 1024])
+def test_gpu_every_backward_plan_flash_attn_rule(monkeypatch, D):
+    """Each backward plan the tuner may pick, forced one by one, in bf16 with dropout: flash-attn's rule."""
+    shape, seed, dtype = (2, 1568, D), 11, torch.bfloat16
+    x, res, w, b, scale = _inputs(shape, dtype, device="cuda", drop_path=True)
+    dy = torch.randn(shape, device="cuda", dtype=torch.float64)
+    dr = torch.randn(shape, device="cuda", dtype=torch.float64)
+    keep = dropout_keep_mask(seed, shape, 0.1, device="cuda", elements_per_draw=4)
+
+    def reference(*args, upcast):
+        return dropout_add_layer_norm_ref(*args, keep, 0.1, 1e-6, scale, upcast=upcast)
+
+    expected = _forward_backward(lambda *a: reference(*a, upcast=True), *_leaves(x, res, w, b), dy, dr)
+    baseline = _forward_backward(lambda *a: reference(*a, upcast=False), *_leaves(x, res, w, b), dy, dr)
+    for index in range(len(ln_module._BWD_PLAN_SHAPES)):
+        monkeypatch.setattr(ln_module, "_FORCE_BWD_PLAN", index)
+        with use_backend("triton", OP_NAME), poisoned_outputs():
+            actual = _forward_backward(
+                lambda *a: dropout_add_layer_norm(*a, dropout_p=0.1, drop_path_scale=scale, seed=seed),
+                *_leaves(x, res, w, b), dy, dr,
+            )
+        for name, a, e, base in zip(("dx", "dresidual", "dweight", "dbias"), actual[2], expected[2], baseline[2]):
+            assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (plan {index})")

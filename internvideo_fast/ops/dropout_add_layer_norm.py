@@ -18,7 +18,9 @@ Backward, for ``dy = d normed`` and ``dr = d new_residual`` (from the residual s
 
 Inside the kernels every value is fp32 whatever the input dtype (fp32 / fp16 / bf16); ``normed`` and
 ``new_residual`` are stored in x's dtype. ``dweight`` / ``dbias`` are summed per program into a
-``[programs, D]`` fp32 buffer and reduced with ``torch.sum(0)``, so they are deterministic.
+``[programs, D]`` fp32 buffer and reduced with ``torch.sum(0)``, so they are deterministic. The backward's
+warps and programs per SM are timed on the GPU by a LaunchTuner (``_BWD_PLAN_SHAPES``); the plan fixes how
+rows split over programs, so across processes dweight / dbias are bitwise equal under ``IVF_AUTOTUNE=0``.
 
 The dropout mask: element ``i`` of the flattened x (``i = row * D + col``) is kept when
 ``tl.rand4x(seed, i // 4)[i % 4] >= p``: Triton's Philox4x32-10 with counter ``(i // 4 mod 2**32,
@@ -44,6 +46,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from internvideo_fast.ops.autotuning import launch_tuner, length_bucket
 from internvideo_fast.ops.backend import available_backends, select_backend
 from internvideo_fast.ops.dispatch import eager_op
 from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
@@ -240,6 +243,30 @@ register_triton_kernel(
         ),
     )
 )
+# Backward plans per row width, timed by a LaunchTuner on the GPU (the first is the default everywhere
+# else): (config, programs per SM). The H100 run of 2026-11-26 measured the default at 55% of copy bandwidth
+# at D = 768: BLOCK_D = 1024 at 4 warps holds 8 values of each row vector per thread (107 registers), so
+# only 4 programs (16 warps) fit on an SM, with one row in flight per program. Twice the warps halve the
+# values per thread and let twice the warps be resident; more programs per SM put more rows in flight.
+_BWD_PLAN_SHAPES = ((1, 4), (2, 4), (2, 8), (1, 8))  # (warps multiplier, programs per SM)
+# Tests set this to a plan index to run that plan where the tuner would run the default.
+_FORCE_BWD_PLAN: int | None = None
+
+
+def _backward_plans(config: KernelConfig) -> list[tuple[KernelConfig, int]]:
+    """The plans of one row width, default first. At most 8 warps: at 16 (512 threads) an SM caps a thread
+    at 128 registers, and D = 4096 spills there (measured with the sm_90a check)."""
+    plans = {}
+    for factor, per_sm in _BWD_PLAN_SHAPES:
+        warps = min(8, config.num_warps * factor)
+        plans.setdefault((warps, per_sm), KernelConfig(config.constexprs, num_warps=warps, num_stages=1))
+    return [(plan, per_sm) for (_, per_sm), plan in plans.items()]
+
+
+def _distinct_configs(configs) -> list[KernelConfig]:
+    return list({config.label(): config for config in configs}.values())
+
+
 register_triton_kernel(
     TritonKernelSpec(
         name="dropout_add_layer_norm_bwd",
@@ -256,7 +283,8 @@ register_triton_kernel(
         configs=tuple(
             KernelConfig(dict(c.constexprs, **_ALL_FEATURES_BWD, D_MULTIPLE_OF_4=aligned), c.num_warps,
                          c.num_stages)
-            for c in _TRITON_CONFIGS for aligned in _MASK_PATHS
+            for c in _distinct_configs(plan for config in _TRITON_CONFIGS for plan, _ in _backward_plans(config))
+            for aligned in _MASK_PATHS
         ),
     )
 )
@@ -267,11 +295,11 @@ def _triton_config(D: int) -> KernelConfig:
 
 
 @functools.lru_cache(maxsize=None)
-def _backward_programs(device: torch.device) -> int:
-    """Programs of the backward kernel: a few per SM on CUDA (the interpreter: a handful)."""
+def _backward_programs(device: torch.device, per_sm: int = 4) -> int:
+    """Programs of the backward kernel: `per_sm` per SM on CUDA (the interpreter: a handful)."""
     if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
+        return per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+    return per_sm
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -346,13 +374,18 @@ def _dropout_add_layer_norm_bwd_impl(
     rows, D = new_residual.shape
     dx = new_output(new_residual, (rows, D))
     dresidual = new_output(new_residual, (rows, D) if has_residual else (0,))
-    programs = max(1, min(rows, _backward_programs(new_residual.device)))
-    partial_shape = (programs, D)
-    dweight_partial = new_output(new_residual, partial_shape if weight is not None else (0,), torch.float32)
-    dbias_partial = new_output(new_residual, partial_shape if bias is not None else (0,), torch.float32)
-    if rows > 0:
-        has_dropout = seed is not None and dropout_p > 0.0
-        config = _triton_config(D)
+    if rows == 0:
+        zeros = new_residual.new_zeros((D,), dtype=torch.float32)
+        return (dx, dresidual, zeros.to(weight.dtype) if weight is not None else zeros[:0],
+                zeros.to(bias.dtype) if bias is not None else zeros[:0])
+    has_dropout = seed is not None and dropout_p > 0.0
+    results = {}
+
+    def launch(config: KernelConfig, per_sm: int) -> None:
+        programs = max(1, min(rows, _backward_programs(new_residual.device, per_sm)))
+        partial_shape = (programs, D)
+        dweight_partial = new_output(new_residual, partial_shape if weight is not None else (0,), torch.float32)
+        dbias_partial = new_output(new_residual, partial_shape if bias is not None else (0,), torch.float32)
         _dropout_add_layer_norm_bwd_kernel[(programs,)](
             dy, dnew_residual, new_residual, weight, mean, rstd, drop_path_scale,
             seed if has_dropout else None,
@@ -366,10 +399,19 @@ def _dropout_add_layer_norm_bwd_impl(
             HAS_DROP_PATH=drop_path_scale is not None, HAS_DROPOUT=has_dropout, D_MULTIPLE_OF_4=D % 4 == 0,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
-    else:
-        dweight_partial.zero_()
-        dbias_partial.zero_()
-    # Deterministic: a fixed split of rows over programs, then one reduction over the partial rows.
+        results["partials"] = dweight_partial, dbias_partial
+
+    plans = _backward_plans(_triton_config(D))
+    if _FORCE_BWD_PLAN is not None:  # tests
+        plans = [plans[min(_FORCE_BWD_PLAN, len(plans) - 1)]]
+    candidates = [(f"w{config.num_warps}_{per_sm}per_sm", functools.partial(launch, config, per_sm))
+                  for config, per_sm in plans]
+    key = (str(new_residual.dtype), D, length_bucket(rows), dnew_residual is not None, has_residual,
+           weight is not None, bias is not None, has_dropout)
+    launch_tuner(OP_NAME + "_bwd").run(key, candidates, new_residual.device)
+    # Deterministic: a fixed split of rows over programs, then one reduction over the partial rows (the
+    # split, hence the rounding of dweight / dbias, is the plan's: IVF_AUTOTUNE=0 fixes it across processes).
+    dweight_partial, dbias_partial = results["partials"]
     dweight = dweight_partial.sum(0).to(weight.dtype) if weight is not None else dweight_partial
     dbias = dbias_partial.sum(0).to(bias.dtype) if bias is not None else dbias_partial
     return dx, dresidual, dweight, dbias
