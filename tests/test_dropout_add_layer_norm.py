@@ -359,5 +359,6 @@ def test_gpu_every_backward_plan_flash_attn_rule(monkeypatch, D):
                 lambda *a: dropout_add_layer_norm(*a, dropout_p=0.1, drop_path_scale=scale, seed=seed),
                 *_leaves(x, res, w, b), dy, dr,
             )
-        for name, a, e, base in zip(("dx", "dresidual", "dweight", "dbias"), actual[2], expected[2], baseline[2]):
+        names = ("dx", "dresidual", "dweight", "dbias")
+        for name, a, e, base in zip(names, actual[2], expected[2], baseline[2]):
             assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (plan {index})")

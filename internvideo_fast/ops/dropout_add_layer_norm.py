@@ -283,7 +283,9 @@ register_triton_kernel(
         configs=tuple(
             KernelConfig(dict(c.constexprs, **_ALL_FEATURES_BWD, D_MULTIPLE_OF_4=aligned), c.num_warps,
                          c.num_stages)
-            for c in _distinct_configs(plan for config in _TRITON_CONFIGS for plan, _ in _backward_plans(config))
+            for c in _distinct_configs(
+                plan for config in _TRITON_CONFIGS for plan, _ in _backward_plans(config)
+            )
             for aligned in _MASK_PATHS
         ),
     )
@@ -384,7 +386,8 @@ def _dropout_add_layer_norm_bwd_impl(
     def launch(config: KernelConfig, per_sm: int) -> None:
         programs = max(1, min(rows, _backward_programs(new_residual.device, per_sm)))
         partial_shape = (programs, D)
-        dweight_partial = new_output(new_residual, partial_shape if weight is not None else (0,), torch.float32)
+        dweight_partial = new_output(new_residual, partial_shape if weight is not None else (0,),
+                                     torch.float32)
         dbias_partial = new_output(new_residual, partial_shape if bias is not None else (0,), torch.float32)
         _dropout_add_layer_norm_bwd_kernel[(programs,)](
             dy, dnew_residual, new_residual, weight, mean, rstd, drop_path_scale,

@@ -33,8 +33,8 @@ Implementation choices:
   ``_linear_act_fwd_persistent_kernel``, is the TMA kernel made persistent: one program per SM walks the
   tiles, the tile and K loops are flattened so that the next tile's loads overlap this tile's epilogue,
   and the epilogue stores through TMA too (output rows of 16 bytes). Why: the H100 run of 2026-11-26
-  measured the pointer kernel at 0.124 ms for ViT-B's fc1 against cuBLAS's 0.067-0.080 ms (``bench_linear_act``'s
-  ``gemm_rows`` times every plan against cuBLAS in one run).
+  measured the pointer kernel at 0.124 ms for ViT-B's fc1 against cuBLAS's 0.067-0.080 ms
+  (``bench_linear_act``'s ``gemm_rows`` times every plan against cuBLAS in one run).
 - Memory: ``pre`` is *saved* (``M x N`` in x's dtype), not recomputed. Recomputing it would cost a second
   ``M x N x K`` matmul in the backward (+50% of this layer's forward FLOPs) to save one activation that eager
   PyTorch keeps as well (its GELU saves its input). With ``activation="none"`` (fc2) or without grad,
@@ -634,7 +634,8 @@ register_triton_kernel(
             "x_desc": "tensordesc<bf16[{BLOCK_M},{BLOCK_K}]>",
             "weight_desc": "tensordesc<bf16[{BLOCK_N},{BLOCK_K}]>",
             "bias_ptr": "*bf16", "seed_ptr": "*i64",
-            "y_desc": "tensordesc<bf16[{BLOCK_M},{EPILOGUE_N}]>", "pre_desc": "tensordesc<bf16[{BLOCK_M},{EPILOGUE_N}]>",
+            "y_desc": "tensordesc<bf16[{BLOCK_M},{EPILOGUE_N}]>",
+            "pre_desc": "tensordesc<bf16[{BLOCK_M},{EPILOGUE_N}]>",
             "M": "i32", "N": "i32", "K": "i32", "dropout_p": "fp32", "keep_scale": "fp32", "programs": "i32",
         },
         configs=tuple(
@@ -814,10 +815,10 @@ def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, 
         ACTIVATION=activation, HAS_BIAS=bias is not None, STORE_PRE=store_pre,
         INPUT_PRECISION=_input_precision(x.dtype), HAS_DROPOUT=has_dropout,
     )
-    tail = (
-        bias, seed if has_dropout else None, y, pre if store_pre else None, M, N, K,
-        float(dropout_p) if has_dropout else 0.0, _keep_scale(dropout_p) if has_dropout else 1.0,
-    )
+    seed_arg = seed if has_dropout else None
+    scalars = (M, N, K, float(dropout_p) if has_dropout else 0.0,
+               _keep_scale(dropout_p) if has_dropout else 1.0)
+    tail = (bias, seed_arg, y, pre if store_pre else None, *scalars)
 
     def launch(kernel, config, operands):
         blocks = config.constexprs
@@ -845,7 +846,7 @@ def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, 
         y_desc = TensorDescriptor.from_tensor(y, [blocks["BLOCK_M"], epilogue_n])
         pre_desc = TensorDescriptor.from_tensor(pre, [blocks["BLOCK_M"], epilogue_n]) if store_pre else y_desc
         _linear_act_fwd_persistent_kernel[(programs,)](
-            *descriptors(config), bias, tail[1], y_desc, pre_desc, *tail[4:], programs, **blocks,
+            *descriptors(config), bias, seed_arg, y_desc, pre_desc, *scalars, programs, **blocks,
             EPILOGUE_N=epilogue_n, **common, num_warps=config.num_warps, num_stages=config.num_stages,
         )
 
