@@ -11,8 +11,8 @@ result (launched with ``deterministic=True``, so the op's own tuner stays out of
 here compiles without spills for sm_90a in its aligned form with Triton 3.6 and 3.8; the winners became the
 op's default configs. ``tuning_rows`` (always in `make gpu-check`) reports what the op's LaunchTuners chose
 at runtime (``deterministic=False``, the default): one row per tuner and key, with every candidate's time and
-the bench shapes that map to that key, so a GPU run shows which forward tile and backward plan (split or
-atomic dQ) won per shape."""
+the bench shapes that map to that key, so a GPU run shows which forward tile (of the pointer kernel, or of
+the TMA kernel: labels ``tma:M.._N.._w.._s..``) and backward plan (split or atomic dQ) won per shape."""
 
 from __future__ import annotations
 
@@ -192,7 +192,8 @@ def tile_sweep_rows(device: torch.device, quick: bool = False) -> list[dict]:
     return rows
 
 
-_KEY_FIELDS = ("dtype", "D", "aligned", "kv_lengths", "dropout", "Sq_bucket", "Sk_bucket", "BH_bucket")
+# The forward tuners' keys end with whether the TMA kernel was offered; the backward's stop at BH_bucket.
+_KEY_FIELDS = ("dtype", "D", "aligned", "kv_lengths", "dropout", "Sq_bucket", "Sk_bucket", "BH_bucket", "tma")
 
 
 def tuning_rows(device: torch.device, quick: bool = False) -> list[dict]:
@@ -258,4 +259,20 @@ def test_tuning_rows_report_each_choice_with_its_shapes():
         del tuner._best[key], tuner.timings[key]
     assert len(rows) == 1 and rows[0]["shapes"] == ["cma-mm->mae"], rows
     assert rows[0]["choice"].startswith("atomic:") and rows[0]["default"].startswith("split:")
+    assert abs(rows[0]["speedup_vs_default"] - 1.5) < 1e-9
+
+
+def test_tuning_rows_report_tma_forward_candidates():
+    """The forward tuner's TMA candidates appear under their labels, beside the pointer kernel's tiles."""
+    tuner = launch_tuner("cross_attention_fwd")
+    key = ("torch.bfloat16", 64, True, False, False, 4096, 2048, 128, True)
+    tuner._best[key] = "tma:M128_N64_w8_s3"
+    tuner.timings[key] = {"M128_N64_w8_s3": 0.9, "tma:M128_N64_w8_s3": 0.6}
+    try:
+        rows = [row for row in tuning_rows(torch.device("cpu")) if row["key"] == dict(zip(_KEY_FIELDS, key))]
+    finally:
+        del tuner._best[key], tuner.timings[key]
+    assert len(rows) == 1 and rows[0]["choice"] == "tma:M128_N64_w8_s3"
+    assert rows[0]["default"] == "M128_N64_w8_s3"
+    assert set(rows[0]["candidates_ms"]) == {"M128_N64_w8_s3", "tma:M128_N64_w8_s3"}
     assert abs(rows[0]["speedup_vs_default"] - 1.5) < 1e-9

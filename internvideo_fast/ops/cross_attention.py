@@ -21,6 +21,13 @@ Kernels (every value fp32 inside; q/k/v fp32, fp16 or bf16; fp32 matmuls run in 
   ``[B, H, Sq]`` fp32 directly. For a few queries against many keys (``Sq <= 16``, the UniBlock query
   and decoding) the keys are split over several programs (flash-decoding), which write fp32 partial
   ``(out, lse)`` per split, and ``_cross_attention_combine_kernel`` merges them with their lse weights.
+- ``_cross_attention_fwd_tma_kernel``: the same forward (grid, outputs, split keys, dropout keying) for
+  16-bit inputs on sm_90+, with q / k / v blocks loaded by the TMA unit from 4-D descriptors over
+  ``[B, S, H, D]`` (zero-filled past S and D, no load masks); the key loop runs the full key blocks
+  unmasked, then at most one masked tail block (scores -inf and v rows zeroed past the split's end). The
+  scale is folded into the exponent and ``P V`` accumulates in place, so it rounds differently from the
+  pointer kernel in the last bits. A GPU tuning candidate only (after the pointer kernel's tiles), where
+  ``_tma_layout_ok`` holds.
 - ``_cross_attention_bwd_preprocess_kernel``: ``delta``.
 - ``_cross_attention_bwd_dkdv_kernel``: one program per (key block, b * h), looping over all query blocks.
   With ``ATOMIC_DQ`` it also adds each tile's ``c * dS k`` into an fp32 dq with ``tl.atomic_add``.
@@ -44,9 +51,10 @@ Launch configurations: each (kernel, 16-bit or fp32 inputs, BLOCK_D, 16-aligned 
 (BLOCK_M, BLOCK_N, warps, stages); fp32 inputs use much smaller tiles because an IEEE fp32 ``tl.dot`` runs
 on FMA units. With ``deterministic=False`` on a CUDA device, a ``LaunchTuner`` (``ops/autotuning.py``) times
 the default and a few alternatives once per key (dtype, head dim, aligned, kv_lengths / dropout on, and
-the power-of-two buckets of Sq, Sk and B * H) and keeps the fastest: forward tiles (16-bit), and whole
-backward plans (split or atomic, with their tiles). The interpreter, CPU tensors,
-``IVF_AUTOTUNE=0``, CUDA-graph capture and ``deterministic=True`` launch the default. Every candidate is
+the power-of-two buckets of Sq, Sk and B * H) and keeps the fastest: forward tiles (16-bit; the pointer
+kernel's, then the TMA kernel's, labelled ``tma:M..``), and whole backward plans (split or atomic, with
+their tiles). The interpreter, CPU tensors, ``IVF_AUTOTUNE=0``, CUDA-graph capture and
+``deterministic=True`` launch the default. Every candidate is
 registered with the ahead-of-time sm_90a check (no spills, fits shared memory, wgmma for 16-bit).
 
 Layouts: any strides with a contiguous last dim (e.g. ``[B, H, S, D]`` tensors passed as
@@ -65,7 +73,7 @@ import triton
 import triton.language as tl
 
 from internvideo_fast.ops.autotuning import launch_tuner, length_bucket
-from internvideo_fast.ops.backend import available_backends, select_backend
+from internvideo_fast.ops.backend import available_backends, select_backend, triton_interpreter_on
 from internvideo_fast.ops.dispatch import eager_op
 from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask, keep_element
 from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
@@ -163,6 +171,102 @@ def _cross_attention_fwd_kernel(
         out_ptr + split * stride_osplit + b * stride_ob + h * stride_oh + rows[:, None] * stride_os
         + dims[None, :],
         out.to(out_ptr.dtype.element_ty), mask=in_rows[:, None] & in_dims[None, :],
+    )
+    tl.store(lse_ptr + split * stride_lsplit + b * stride_lb + h * stride_lh + rows, lse, mask=in_rows)
+
+
+@triton.jit
+def _attend_key_block(
+    q, k, v, m_i, l_i, acc, cols, end, qk_scale, seed, drop_base, dropout_p, keep_scale,
+    MASKED: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):
+    # One key block of the TMA forward's online softmax (exp2 domain, 16-bit operands, fp32 state). The
+    # scale is folded into the exponent (one FMA per score) and P V accumulates into the rescaled acc
+    # (wgmma's in-place accumulator). MASKED (the tail block): keys at or past `end` get score -inf and
+    # their v rows zero, so NaN / inf in padded rows cannot reach acc (0 * inf = NaN).
+    s = tl.dot(q, tl.trans(k))
+    if MASKED:
+        in_cols = cols < end
+        s = tl.where(in_cols[None, :], s, float("-inf"))
+        v = tl.where(in_cols[:, None], v, 0.0)
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)  # finite: the block's first key is valid
+    p = tl.exp2(s * qk_scale - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if HAS_DROPOUT:
+        keep = keep_element(seed, drop_base[:, None] + cols[None, :], dropout_p)
+        p = tl.where(keep, p * keep_scale, 0.0)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _cross_attention_fwd_tma_kernel(
+    q_desc, k_desc, v_desc, lengths_ptr, seed_ptr, out_ptr, lse_ptr,
+    stride_osplit, stride_ob, stride_os, stride_oh,
+    stride_lsplit, stride_lb, stride_lh,
+    H, Sq, Sk, D, keys_per_split, softmax_scale, dropout_p, keep_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):
+    # _cross_attention_fwd_kernel (same grid, outputs and dropout keying) for 16-bit inputs, with q / k / v
+    # blocks loaded by the Hopper TMA unit from 4-D descriptors over [B, S, H, D] (blocks
+    # [1, rows, 1, BLOCK_D]; the unit zero-fills past S and D, so no load masks), and the key loop split
+    # into full blocks (no masking at all) and at most one masked tail block.
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    split = tl.program_id(2)
+    b = bh // H  # int32 descriptor coordinates; 64-bit offsets for the stores below
+    h = bh % H
+    row0 = pid_m * BLOCK_M
+    rows = row0 + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    length = Sk
+    if HAS_LENGTHS:
+        length = tl.minimum(tl.load(lengths_ptr + b), Sk)
+    start = split * keys_per_split
+    end = tl.minimum(start + keys_per_split, length)
+    full_end = start + tl.maximum(end - start, 0) // BLOCK_N * BLOCK_N
+    qk_scale = softmax_scale * 1.4426950408889634  # exp2 domain
+    if HAS_DROPOUT:
+        seed = tl.load(seed_ptr)
+        drop_base = ((b.to(tl.int64) * H + h) * Sq + rows) * Sk
+    else:
+        seed = 0
+        drop_base = rows
+
+    # Loads and math.
+    q = q_desc.load([b, row0, h, 0]).reshape(BLOCK_M, BLOCK_D)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in range(start, full_end, BLOCK_N):
+        k = k_desc.load([b, start_n, h, 0]).reshape(BLOCK_N, BLOCK_D)
+        v = v_desc.load([b, start_n, h, 0]).reshape(BLOCK_N, BLOCK_D)
+        m_i, l_i, acc = _attend_key_block(
+            q, k, v, m_i, l_i, acc, start_n + tl.arange(0, BLOCK_N), end, qk_scale, seed, drop_base,
+            dropout_p, keep_scale, False, HAS_DROPOUT,
+        )
+    if full_end < end:
+        k = k_desc.load([b, full_end, h, 0]).reshape(BLOCK_N, BLOCK_D)
+        v = v_desc.load([b, full_end, h, 0]).reshape(BLOCK_N, BLOCK_D)
+        m_i, l_i, acc = _attend_key_block(
+            q, k, v, m_i, l_i, acc, full_end + tl.arange(0, BLOCK_N), end, qk_scale, seed, drop_base,
+            dropout_p, keep_scale, True, HAS_DROPOUT,
+        )
+
+    # Stores, as _cross_attention_fwd_kernel's (an empty split writes out 0 and lse -inf).
+    has_keys = l_i > 0.0
+    safe_l = tl.where(has_keys, l_i, 1.0)
+    out = acc / safe_l[:, None]
+    lse = tl.where(has_keys, (m_i + tl.log2(safe_l)) / 1.4426950408889634, float("-inf"))
+    b = b.to(tl.int64)
+    h = h.to(tl.int64)
+    in_rows = rows < Sq
+    tl.store(
+        out_ptr + split * stride_osplit + b * stride_ob + h * stride_oh + rows[:, None] * stride_os
+        + dims[None, :],
+        out.to(out_ptr.dtype.element_ty), mask=in_rows[:, None] & (dims < D)[None, :],
     )
     tl.store(lse_ptr + split * stride_lsplit + b * stride_lb + h * stride_lh + rows, lse, mask=in_rows)
 
@@ -424,6 +528,16 @@ _FWD_TUNE_ALIGNED = {
     "fwd": {128: [(128, 64, 8, 3), (64, 64, 4, 3)]},
     "fwd_split": {128: [(64, 64, 4, 3)]},
 }
+# Tiles of _cross_attention_fwd_tma_kernel, tuned after the pointer kernel's tiles on launches that TMA can
+# load (see _tma_layout_ok); the first is what _FORCE_FORWARD_KERNEL runs. Each compiles for sm_90a (Triton
+# 3.8 and 3.6, 16-aligned specialization, kv_lengths and dropout on) without spills and with wgmma; 128x128
+# tiles (D 32, 64) and 128x64 with 4 warps (D 64) spill with both, 64x64 (D 128) with 3.8: not offered.
+_FWD_TMA_TUNE = {
+    "fwd": {32: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3)],
+            64: [(128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 8, 4), (64, 64, 4, 3)],
+            128: [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2), (64, 32, 4, 3)]},
+    "fwd_split": {32: [(64, 64, 4, 3)], 64: [(64, 64, 4, 3)], 128: [(64, 64, 4, 3)]},
+}
 # Backward plans that the GPU tunes after the default one when deterministic=False: ("split", dK/dV tile,
 # dQ tile) runs the dK/dV kernel, then the dQ kernel (7 matmuls per tile pair); ("atomic", dK/dV tile) runs
 # the dK/dV kernel with ATOMIC_DQ (5 matmuls, FlashAttention-2's Triton backward), then converts dq.
@@ -459,6 +573,10 @@ _BLOCK_DS = (32, 64, 128)
 # Tests set this to "split" or "atomic" to run that backward plan (its first candidate) where the tuner
 # would run the default; deterministic=True ignores it.
 _FORCE_BACKWARD_PLAN: str | None = None
+# Tests set this to "tma" to run the TMA forward (its first tile) wherever q / k / v have a TMA layout,
+# skipping the device check (the interpreter runs host descriptors over CPU tensors); deterministic=True
+# ignores it.
+_FORCE_FORWARD_KERNEL: str | None = None
 
 
 def _precision_class(dtype: torch.dtype) -> str:
@@ -494,6 +612,10 @@ def _tile_label(tile: tuple) -> str:
     return "M{}_N{}_w{}_s{}".format(*tile)
 
 
+def _tma_label(tile: tuple) -> str:
+    return "tma:" + _tile_label(tile)
+
+
 def _plan_label(plan: tuple) -> str:
     if plan[0] == "split":
         return f"split:dkdv={_tile_label(plan[1])},dq={_tile_label(plan[2])}"
@@ -507,6 +629,13 @@ def _tile_config(kind: str, kernel: str, block_d: int, tile: tuple, **features) 
     constexprs.update(features)
     if kernel.startswith("bwd_dkdv"):
         constexprs["ATOMIC_DQ"] = kernel == "bwd_dkdv_atomic"
+    return KernelConfig(constexprs, num_warps=warps, num_stages=stages)
+
+
+def _tma_config(block_d: int, tile: tuple, **features) -> KernelConfig:
+    """_cross_attention_fwd_tma_kernel at `tile` (16-bit only, so no PRECISION)."""
+    block_m, block_n, warps, stages = tile
+    constexprs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, **features}
     return KernelConfig(constexprs, num_warps=warps, num_stages=stages)
 
 
@@ -547,6 +676,20 @@ def _attention_signature(kernel: str, pointer: str) -> dict[str, str]:
     }
 
 
+def _tma_signature(kernel: str) -> dict[str, str]:
+    """The AOT signature of the TMA forward: q / k / v as 4-D bf16 descriptors instead of pointers."""
+    pointer = _attention_signature(kernel, "*bf16")
+    descriptors = {
+        "q_desc": "tensordesc<bf16[1,{BLOCK_M},1,{BLOCK_D}]>",
+        "k_desc": "tensordesc<bf16[1,{BLOCK_N},1,{BLOCK_D}]>",
+        "v_desc": "tensordesc<bf16[1,{BLOCK_N},1,{BLOCK_D}]>",
+    }
+    return descriptors | {
+        name: kind for name, kind in pointer.items()
+        if not name.startswith(("q_", "k_", "v_", "stride_q", "stride_k", "stride_v"))
+    }
+
+
 _ATTENTION_KERNELS = {
     "fwd": _cross_attention_fwd_kernel,
     "fwd_split": _cross_attention_fwd_kernel,
@@ -574,7 +717,8 @@ def _register_attention_kernels() -> None:
     """Registers every candidate tile: tiles used on unaligned launches as `cross_attention_<kernel>` (checked
     in both specializations), tiles only aligned launches use as `..._aligned` (aligned_only). 16-bit
     kernels are checked with bf16 pointers (fp16 compiles to the same wgmma code) and must use wgmma; the
-    fp32 (IEEE) variants run on FMA and are checked for spills and shared memory only."""
+    fp32 (IEEE) variants run on FMA and are checked for spills and shared memory only. The TMA forward's
+    tiles register as `cross_attention_fwd_tma` and `cross_attention_fwd_split_tma` (aligned_only)."""
     for kind in ("16bit", "fp32"):
         for kernel, fn in _ATTENTION_KERNELS.items():
             unaligned = [(d, t) for d in _BLOCK_DS for t in _candidate_tiles(kind, d, False)[kernel]]
@@ -595,6 +739,19 @@ def _register_attention_kernels() -> None:
                     aligned_only=aligned_only,
                 ))
 
+    # The TMA forward launches only with 16-byte aligned bases and strides (TMA's own requirement).
+    for kernel in ("fwd", "fwd_split"):
+        register_triton_kernel(TritonKernelSpec(
+            name=f"cross_attention_{kernel}_tma",
+            kernel=_cross_attention_fwd_tma_kernel,
+            signature=_tma_signature(kernel),
+            configs=tuple(
+                _tma_config(d, t, **_FEATURES) for d in _BLOCK_DS for t in _FWD_TMA_TUNE[kernel][d]
+            ),
+            multiplies_matrices=True,
+            aligned_only=True,
+        ))
+
 
 _register_attention_kernels()
 
@@ -608,6 +765,27 @@ def _aligned16(*tensors: torch.Tensor) -> bool:
     return all(
         t.data_ptr() % 16 == 0 and all(stride % 16 == 0 for stride in t.stride()[:-1]) for t in tensors
     )
+
+
+def _tma_layout_ok(capability: tuple[int, int] | None, *tensors: torch.Tensor) -> bool:
+    """Whether TMA descriptors can load these [B, S, H, D] tensors on a device of `capability` (None: not a
+    CUDA device): sm_90+, 16-bit, 16-byte aligned base, every stride but the last a positive multiple of 16
+    bytes."""
+    if capability is None or capability[0] < 9:
+        return False
+    for t in tensors:
+        if t.dtype not in (torch.float16, torch.bfloat16) or t.data_ptr() % 16 or t.stride(-1) != 1:
+            return False
+        if any(stride <= 0 or stride * t.element_size() % 16 for stride in t.stride()[:-1]):
+            return False
+    return True
+
+
+def _tma_eligible(*tensors: torch.Tensor) -> bool:
+    """_tma_layout_ok on the tensors' device: CUDA outside the interpreter, else not eligible."""
+    device = tensors[0].device
+    on_gpu = device.type == "cuda" and not triton_interpreter_on()
+    return _tma_layout_ok(torch.cuda.get_device_capability(device) if on_gpu else None, *tensors)
 
 
 def _split_block_n(D: int, dtype: torch.dtype) -> int:
@@ -636,6 +814,17 @@ def _num_splits(batch_heads: int, Sq: int, Sk: int, block_n: int, device: torch.
 def _bsh_strides(t: torch.Tensor) -> tuple[int, int, int]:
     """(batch, sequence, head) strides of a [B, S, H, D] tensor."""
     return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _tma_descriptors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks: dict) -> tuple:
+    """4-D TMA descriptors over q, k, v [B, S, H, D] with their strides: blocks of [1, BLOCK_M or BLOCK_N, 1,
+    BLOCK_D] (the unit zero-fills rows past S and dims past D)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return tuple(
+        TensorDescriptor(t, list(t.shape), list(t.stride()), [1, blocks[rows], 1, blocks["BLOCK_D"]])
+        for t, rows in ((q, "BLOCK_M"), (k, "BLOCK_N"), (v, "BLOCK_N"))
+    )
 
 
 def _tuning_key(q: torch.Tensor, Sk: int, aligned: bool, has_lengths: bool, has_dropout: bool) -> tuple:
@@ -678,8 +867,11 @@ def _cross_attention_fwd_impl(
     kernel = "fwd" if splits == 1 else "fwd_split"
     features = dict(HAS_LENGTHS=kv_lengths is not None, HAS_DROPOUT=has_dropout)
 
-    def launch(tile):
-        constexprs, options = _launch_options(_tile_config(kind, kernel, block_d, tile, **features))
+    def launch(tile, tma=False):
+        config = _tma_config(block_d, tile, **features) if tma else _tile_config(
+            kind, kernel, block_d, tile, **features
+        )
+        constexprs, options = _launch_options(config)
         block_n = constexprs["BLOCK_N"]
         keys_per_split = triton.cdiv(triton.cdiv(Sk, splits), block_n) * block_n
         tile_splits = triton.cdiv(Sk, keys_per_split)
@@ -693,10 +885,14 @@ def _cross_attention_fwd_impl(
             out_strides = target_out.stride()[:4]
             lse_strides = target_lse.stride()[:3]
         grid = (triton.cdiv(Sq, constexprs["BLOCK_M"]), B * H, tile_splits)
-        _cross_attention_fwd_kernel[grid](
-            q, k, v, kv_lengths, seed if has_dropout else None, target_out, target_lse,
-            *_bsh_strides(q), *_bsh_strides(k), *_bsh_strides(v), *out_strides, *lse_strides,
-            H, Sq, Sk, D, keys_per_split, softmax_scale,
+        if tma:
+            fn, inputs = _cross_attention_fwd_tma_kernel, _tma_descriptors(q, k, v, constexprs)
+        else:
+            fn, inputs = _cross_attention_fwd_kernel, (q, k, v)
+        fn[grid](
+            *inputs, kv_lengths, seed if has_dropout else None, target_out, target_lse,
+            *(() if tma else (*_bsh_strides(q), *_bsh_strides(k), *_bsh_strides(v))), *out_strides,
+            *lse_strides, H, Sq, Sk, D, keys_per_split, softmax_scale,
             dropout_p if has_dropout else 0.0, 1.0 / (1.0 - dropout_p) if has_dropout else 1.0,
             **constexprs, **options,
         )
@@ -710,7 +906,16 @@ def _cross_attention_fwd_impl(
     aligned = _aligned16(q, k, v, out)
     tiles = _forward_tiles(kind, kernel, block_d, aligned, tune=not deterministic)
     candidates = [(_tile_label(tile), functools.partial(launch, tile)) for tile in tiles]
-    key = _tuning_key(q, Sk, aligned, kv_lengths is not None, has_dropout)
+    forced = _FORCE_FORWARD_KERNEL == "tma"
+    with_tma = not deterministic and kind == "16bit" and (
+        _tma_layout_ok((9, 0), q, k, v) if forced else _tma_eligible(q, k, v)
+    )
+    if with_tma:
+        tma_tiles = _FWD_TMA_TUNE[kernel][block_d]
+        tma = [(_tma_label(tile), functools.partial(launch, tile, True)) for tile in tma_tiles]
+        candidates = tma[:1] if forced else candidates + tma
+    # TMA eligibility is part of the key: launches of one key always offer the same candidates.
+    key = (*_tuning_key(q, Sk, aligned, kv_lengths is not None, has_dropout), with_tma)
     _run_candidates(f"cross_attention_{kernel}", key, candidates, q.device)
     return out, lse
 
