@@ -71,8 +71,23 @@ def test_default_runs_untimed_where_tuning_must_not_happen(monkeypatch, why):
     tuner = LaunchTuner("t", timer=timer)
     calls = []
     candidates = _recording_candidates(calls)[:1] if why == "one_candidate" else _recording_candidates(calls)
+    assert not tuner.will_time("k", len(candidates), device, tune=tune)
     assert tuner.run("k", candidates, device, tune=tune) == ("a", "A")
     assert calls == ["a"] and tuner.choices() == {}
+
+
+def test_will_time_says_when_run_times_the_candidates(monkeypatch):
+    """Callers that launch in place (overwriting an input) ask first: timing reruns every candidate on the
+    same inputs. True exactly on the call that times; False once the key has a choice."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("IVF_AUTOTUNE", raising=False)
+    tuner = LaunchTuner("t", timer=_fake_timer({"a": 3.0, "b": 1.0, "c": 2.0}))
+    assert tuner.will_time("k", 3, GPU)
+    calls = []
+    tuner.run("k", _recording_candidates(calls), GPU)
+    assert len(calls) == 4  # timed
+    assert not tuner.will_time("k", 3, GPU)
+    assert tuner.will_time("other key", 3, GPU)
 
 
 def test_length_bucket():

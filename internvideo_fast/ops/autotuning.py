@@ -60,6 +60,19 @@ class LaunchTuner:
     def choices(self) -> dict[Hashable, str]:
         return dict(self._best)
 
+    def will_time(self, key: Hashable, candidates: int, device: torch.device, tune: bool = True) -> bool:
+        """Whether :meth:`run` with that many candidates times them now (each runs several times on the same
+        inputs, so a caller whose launch overwrites its input must not launch in place then)."""
+        return not (
+            key in self._best
+            or not tune
+            or candidates <= 1
+            or device.type != "cuda"
+            or triton_interpreter_on()
+            or not autotuning_enabled()
+            or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+        )
+
     def run(self, key: Hashable, candidates: Sequence[Candidate], device: torch.device, tune: bool = True):
         """Run the chosen candidate for `key` and return ``(label, result)``."""
         if not candidates:
@@ -68,14 +81,7 @@ class LaunchTuner:
         chosen = self._best.get(key)
         if chosen in by_label:
             return chosen, by_label[chosen]()
-        if (
-            not tune
-            or len(candidates) == 1
-            or device.type != "cuda"
-            or triton_interpreter_on()
-            or not autotuning_enabled()
-            or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
-        ):
+        if not self.will_time(key, len(candidates), device, tune):
             label, launch = candidates[0]
             return label, launch()
         timings: dict[str, float] = {}

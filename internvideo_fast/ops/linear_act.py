@@ -886,16 +886,22 @@ def _launch_fwd(x, weight, bias, activation, store_pre, seed, dropout_p):
     return y, pre
 
 
-def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act):
+def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act, in_place=False):
     """(dpre, dbias fp32 or None, act_out or None) for dy [M, N]: dpre = dropout'(dy) * act'(pre);
-    `store_act` also returns dropout(act(pre)) (the forward's output, recomputed)."""
+    `store_act` also returns dropout(act(pre)) (the forward's output, recomputed). `in_place` writes dpre
+    over dy (each element is read before it is written, by the same program): for a dy the caller owns."""
     M, N = dy.shape
     has_dropout = _has_dropout(seed, dropout_p)
     if activation == "none" and not has_dropout:
         return dy, (dy.sum(0, dtype=torch.float32) if has_bias else None), (pre if store_act else None)
-    dpre = new_output(dy, (M, N))
-    act_out = new_output(dy, (M, N)) if store_act else None
     interpreter = dy.device.type != "cuda" or triton_interpreter_on()
+    tuner = launch_tuner(OP_NAME + "_bwd")
+    key = (dy.dtype, length_bucket(M), N, activation, has_bias, has_dropout, store_act)
+    plan_count = 1 if interpreter or _FORCE_DPRE_PLAN is not None else len(_BWD_GPU_PLANS)
+    timed = tuner.will_time(key, plan_count, dy.device)
+    # Timing runs each plan several times over the same dy: never in place then (first call per shape).
+    dpre = dy if in_place and not timed else new_output(dy, (M, N))
+    act_out = new_output(dy, (M, N)) if store_act else None
 
     def launch(config: KernelConfig, programs_per_sm: int) -> torch.Tensor:
         """Runs the kernel at `config` over about `programs_per_sm` programs per SM (the interpreter: a
@@ -930,8 +936,7 @@ def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act):
         ]
         if _FORCE_DPRE_PLAN is not None:  # tests: one plan, by its index in _BWD_GPU_PLANS
             plans = plans[_FORCE_DPRE_PLAN:_FORCE_DPRE_PLAN + 1]
-    key = (dy.dtype, length_bucket(M), N, activation, has_bias, has_dropout, store_act)
-    _, dbias_partial = launch_tuner(OP_NAME + "_bwd").run(key, plans, dy.device)
+    _, dbias_partial = tuner.run(key, plans, dy.device)
     # Deterministic for a given plan: a fixed split of rows over programs, then one reduction over the
     # partial rows (IVF_AUTOTUNE=0 fixes the plan across processes).
     return dpre, (dbias_partial.sum(0) if has_bias else None), act_out
@@ -975,8 +980,9 @@ def _dh_plans(dz, weight2, pre, activation, has_bias, seed, dropout_p, interpret
     """fused_mlp's fc1 backward as candidate launches, the default first: cuBLAS's dh = dz @ weight2 then
     the elementwise kernel, or (TMA-loadable 16-bit tensors) the fused kernel at each of its tiles, one
     program per tile ("fused") or persistent ("fused_persistent")."""
+    # dpre overwrites dh (which nothing else holds): one [M, hidden] buffer fewer at the backward's peak.
     plans = [("unfused", lambda: _launch_dpre(
-        torch.matmul(dz, weight2), pre, activation, has_bias, seed, dropout_p, True))]
+        torch.matmul(dz, weight2), pre, activation, has_bias, seed, dropout_p, True, in_place=True))]
     M = dz.shape[0]
     if with_fused and activation != "none" and M > 0 and _tma_rows_ok(dz, weight2, pre):
         configs = (_DH_INTERPRETER_CONFIG,) if interpreter else _DH_TMA_CONFIGS
@@ -1141,6 +1147,7 @@ def _fused_mlp_bwd_impl(
            _has_dropout(seed, dropout_p))
     _, (dpre, dbias1, h) = launch_tuner("fused_mlp_dh").run(key, plans, dy.device)
     dweight2 = torch.matmul(dz.t(), h)  # [N2, M] @ [M, H]
+    del h  # [M, H]: freed before the two GEMMs below allocate their outputs
     dx = torch.matmul(dpre, weight1)  # [M, H] @ [H, K]
     dweight1 = torch.matmul(dpre.t(), x)  # [H, M] @ [M, K]
     return (
