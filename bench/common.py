@@ -44,8 +44,13 @@ def time_cuda_ms(fn: Callable[[], object]) -> float:
     return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
-def measure(cases: list[Case], timer: Callable[[Callable[[], object]], float]) -> list[dict]:
-    """Time every case; add each one's speedup over its group's baseline, measured in the same run."""
+def measure(
+    cases: list[Case],
+    timer: Callable[[Callable[[], object]], float],
+    on_row: Callable[[list[dict]], None] | None = None,
+) -> list[dict]:
+    """Time every case; add each one's speedup over its group's baseline, measured in the same run.
+    `on_row` gets the rows so far after each case (so a run killed midway keeps what it measured)."""
     rows = []
     for case in cases:
         row = {"op": case.op, "size": case.size, "provider": case.provider, "baseline": case.baseline}
@@ -53,13 +58,19 @@ def measure(cases: list[Case], timer: Callable[[Callable[[], object]], float]) -
             row["ms"] = timer(case.fn)
         except Exception as error:  # noqa: BLE001 - a failing provider is reported, not fatal
             row["error"] = f"{type(error).__name__}: {error}"[:300]
-            rows.append(row)
-            continue
-        if case.bytes_moved:
-            row["GB/s"] = case.bytes_moved / row["ms"] / 1e6
-        if case.flops:
-            row["TFLOP/s"] = case.flops / row["ms"] / 1e9
+        else:
+            if case.bytes_moved:
+                row["GB/s"] = case.bytes_moved / row["ms"] / 1e6
+            if case.flops:
+                row["TFLOP/s"] = case.flops / row["ms"] / 1e9
         rows.append(row)
+        if on_row is not None:
+            on_row(_with_speedups(rows))
+    return _with_speedups(rows)
+
+
+def _with_speedups(rows: list[dict]) -> list[dict]:
+    """Each row with its speedup over its group's baseline row (where both were timed)."""
     baselines = {(r["op"], r["size"]): r.get("ms") for r in rows if r["baseline"]}
     for row in rows:
         base = baselines.get((row["op"], row["size"]))

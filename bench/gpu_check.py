@@ -185,6 +185,13 @@ def _load(path: Path):
     return module
 
 
+def _write_json_atomically(path: Path, payload: dict) -> None:
+    """A stage killed mid-write must leave the previous complete file, not half of a new one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(payload))
+    os.replace(partial, path)
+
+
 def run_benchmarks(device_name: str, quick: bool, out_file: Path) -> None:
     """The bench stage's body (run in its own process): every module's cases, timed, into out_file."""
     import torch
@@ -203,9 +210,14 @@ def run_benchmarks(device_name: str, quick: bool, out_file: Path) -> None:
         except Exception as error:  # noqa: BLE001
             rows.append({"op": path.stem, "size": "-", "provider": "-", "error": f"import: {type(error).__name__}: {error}"})
             continue
+
+        # After every case: the rows of the modules before this one and this module's so far.
+        def save(partial_rows, done=tuple(rows)):
+            _write_json_atomically(out_file, {"rows": [*done, *partial_rows], "extras": extras + tuning_report()})
+
         if hasattr(module, "cases"):
             try:
-                rows += common.measure(module.cases(device, quick=quick), timer)
+                rows += common.measure(module.cases(device, quick=quick), timer, on_row=save)
             except Exception as error:  # noqa: BLE001 - one broken module must not hide the others
                 rows.append({"op": path.stem, "size": "-", "provider": "-", "error": f"{type(error).__name__}: {error}"})
         if hasattr(module, "extra_rows"):
@@ -214,7 +226,7 @@ def run_benchmarks(device_name: str, quick: bool, out_file: Path) -> None:
             except Exception as error:  # noqa: BLE001
                 extras.append({"op": path.stem, "error": f"{type(error).__name__}: {error}"[:300]})
         # A timeout keeps what was measured, with the tuners' choices and timings so far.
-        out_file.write_text(json.dumps({"rows": rows, "extras": extras + tuning_report()}))
+        _write_json_atomically(out_file, {"rows": rows, "extras": extras + tuning_report()})
     # Host time per call of the fused ops: eager fast path against custom-op dispatch (bench/host_overhead.py).
     try:
         import host_overhead
@@ -223,7 +235,7 @@ def run_benchmarks(device_name: str, quick: bool, out_file: Path) -> None:
             device_name, calls=20 if quick else 100)]
     except Exception as error:  # noqa: BLE001
         extras.append({"op": "host_overhead", "error": f"{type(error).__name__}: {error}"[:300]})
-    out_file.write_text(json.dumps({"rows": rows, "extras": extras + tuning_report()}))
+    _write_json_atomically(out_file, {"rows": rows, "extras": extras + tuning_report()})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,3 +78,21 @@ FAILED tests/test_a.py::test_two - AssertionError: out
     assert gpu_check.log_counts(log) == {"tests": 5, "failures": 1, "errors": 1, "skipped": 1, "passed": 2}
     assert gpu_check.log_counts("collected 0 items") == {"tests": 0, "failures": 0, "errors": 0, "skipped": 0,
                                                           "passed": 0}
+
+
+def test_measure_hands_over_each_row_as_it_is_timed(monkeypatch):
+    """The bench stage saves after every case, so a stage killed by its timeout keeps what it timed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "bench" / "common.py")
+    common = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_common", common)  # dataclasses look their module up
+    spec.loader.exec_module(common)
+    times = {"eager": 2.0, "ours": 1.0}
+    cases = [common.Case("op", "s", provider, lambda provider=provider: provider, baseline=provider == "eager")
+             for provider in times]
+    seen = []
+    rows = common.measure(cases, lambda fn: times[fn()], on_row=lambda partial: seen.append(
+        [(row["provider"], row.get("speedup")) for row in partial]))
+    assert seen == [[("eager", 1.0)], [("eager", 1.0), ("ours", 2.0)]]
+    assert [row["speedup"] for row in rows] == [1.0, 2.0]
