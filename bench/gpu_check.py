@@ -7,7 +7,10 @@ creates no venv and downloads nothing. Stages, each in a subprocess with its own
    extension built for this card's architecture already imports (one built ahead elsewhere and carried);
 2. ``pytest -m gpu`` over tests/, spread over several processes (Triton's compiles are CPU-bound), its
    whole log kept as gpu-tests.log (one line per test, so a run cut short still counts what ended);
-3. every registered GPU microbenchmark (``cases(device)`` in each bench/bench_*.py and e2e_*.py) against
+3. warm the kernel caches: several processes (``IVF_AUTOTUNE=compile``) run the bench cases once, sharing
+   them out, so every tuner candidate and compiled graph is in Triton's and Inductor's on-disk caches
+   before the one timing process needs them (it would compile them one after another);
+4. every registered GPU microbenchmark (``cases(device)`` in each bench/bench_*.py and e2e_*.py) against
    its baselines, the device's copy and matmul ceilings first, each module followed by its
    ``extra_rows(device)`` (figures beside the cases: the FFN's saved bytes, fc1's GEMM plans, the tuners'
    choices), then the host time per call (bench/host_overhead.py) and every tuner's timings.
@@ -27,6 +30,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,9 +42,13 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 # The whole run must end within 8 minutes; IVF_GPU_CHECK_BUDGET_S shortens it to fit what is left of a lease.
 TOTAL_BUDGET_S = float(os.environ.get("IVF_GPU_CHECK_BUDGET_S", 450))
-STAGE_BUDGET_S = {"build": 210, "tests": 190, "bench": 450}
+STAGE_BUDGET_S = {"build": 210, "tests": 190, "warm": 150, "bench": 450}
 # Time each stage leaves for the stages after it, so a slow build or test run cannot starve the benchmarks.
-RESERVE_S = {"build": 300, "tests": 200, "bench": 0}
+RESERVE_S = {"build": 300, "tests": 200, "warm": 240, "bench": 0}
+# Modules the cache-warming stage skips (nothing of ours to compile), and those whose cases it runs in one
+# process only (each builds several models: every process building them would not fit on the card).
+WARM_SKIP = ("bench_ceilings",)
+WARM_WHOLE_MODULE_PREFIX = "e2e_"
 
 
 def _env() -> dict[str, str]:
@@ -60,13 +68,16 @@ class Stages:
         timeout = max(5.0, min(STAGE_BUDGET_S[name], left - reserve))
         start = time.monotonic()
         print(f"[gpu-check] {name}: {' '.join(command)} (timeout {timeout:.0f} s)", flush=True)
+        # Its own session, so that a timeout kills the stage's children too (xdist workers, warming shards).
+        process = subprocess.Popen(command, cwd=ROOT, env=env or _env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
-            done = subprocess.run(command, cwd=ROOT, env=env or _env(), capture_output=True, text=True, timeout=timeout)
-            status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
-            output = done.stdout + done.stderr
-        except subprocess.TimeoutExpired as expired:
+            output, _ = process.communicate(timeout=timeout)
+            status = "ok" if process.returncode == 0 else f"failed (exit {process.returncode})"
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
             status = f"timed out after {timeout:.0f} s"
-            output = (expired.stdout or b"").decode(errors="replace") if isinstance(expired.stdout, bytes) else (expired.stdout or "")
         result = {"status": status, "seconds": round(time.monotonic() - start, 1), "tail": output[-4000:],
                   "output": output}
         self.results[name] = result
@@ -185,6 +196,59 @@ def _load(path: Path):
     return module
 
 
+def warm_kernel_cache(device_name: str, quick: bool, shard: int, shards: int) -> None:
+    """One cache-warming process (``IVF_AUTOTUNE=compile``): runs its share of the bench cases once, so that
+    every tuner candidate and torch.compile graph they reach is compiled into the on-disk caches (Triton's,
+    Inductor's) before the bench stage times anything. Shards share the micro-benchmarks case by case; an
+    e2e module goes whole to one shard."""
+    import torch
+
+    os.environ["IVF_AUTOTUNE"] = "compile"
+    sys.path.insert(0, str(BENCH))
+    device = torch.device(device_name)
+    ran = failed = 0
+    for module_index, path in enumerate(bench_modules()):
+        whole = path.stem.startswith(WARM_WHOLE_MODULE_PREFIX)
+        if path.stem in WARM_SKIP or (whole and module_index % shards != shard):
+            continue
+        try:
+            module = _load(path)
+            cases = module.cases(device, quick=quick) if hasattr(module, "cases") else []
+        except Exception as error:  # noqa: BLE001 - the bench stage reports it
+            print(f"[warm {shard}] {path.stem}: {type(error).__name__}: {error}"[:300], flush=True)
+            continue
+        for index, case in enumerate(cases):
+            if whole or index % shards == shard:
+                try:
+                    case.fn()
+                    ran += 1
+                except Exception as error:  # noqa: BLE001
+                    failed += 1
+                    print(f"[warm {shard}] {case.op} {case.size} {case.provider}: {type(error).__name__}"[:300])
+        del cases
+        if hasattr(module, "extra_rows") and module_index % shards == shard:
+            try:
+                module.extra_rows(device, quick=quick)
+            except Exception as error:  # noqa: BLE001
+                print(f"[warm {shard}] {path.stem} extra rows: {type(error).__name__}"[:300], flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print(f"[warm {shard}] {ran} cases ran, {failed} failed", flush=True)
+
+
+def warm_shards(device_name: str, quick: bool, shards: int) -> int:
+    """Runs `shards` warming processes at once (compiles are CPU-bound and single-threaded); their output
+    goes to this process's, which the stage keeps."""
+    command = [sys.executable, str(Path(__file__)), "--warm-shard", device_name, "--shards", str(shards)]
+    processes = [subprocess.Popen([*command, "--shard", str(shard), *(["--quick"] if quick else [])], cwd=ROOT,
+                                  env=_env()) for shard in range(shards)]
+    return max(process.wait() for process in processes)
+
+
+def warm_workers() -> int:
+    return max(1, min(12, (os.cpu_count() or 2) - 2))
+
+
 def _write_json_atomically(path: Path, payload: dict) -> None:
     """A stage killed mid-write must leave the previous complete file, not half of a new one."""
     partial = path.with_name(path.name + ".partial")
@@ -245,9 +309,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench-only", metavar="DEVICE", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bench-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--warm", metavar="DEVICE", help=argparse.SUPPRESS)
+    parser.add_argument("--warm-shard", metavar="DEVICE", help=argparse.SUPPRESS)
+    parser.add_argument("--shard", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--shards", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.bench_only:
         run_benchmarks(args.bench_only, args.quick, args.bench_out)
+        return 0
+    if args.warm:
+        return warm_shards(args.warm, args.quick, args.shards)
+    if args.warm_shard:
+        warm_kernel_cache(args.warm_shard, args.quick, args.shard, args.shards)
         return 0
 
     default_dir = ROOT / "build" / "gpu-check-dry-run" if args.dry_run else BENCH / "results"
@@ -286,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     bench_file = out_dir / "bench-rows.json"
     bench_file.unlink(missing_ok=True)
     device = "cpu" if args.dry_run else "cuda"
+    # Compile what the bench will run, in parallel, so its one timing process does not compile serially.
+    shards = 2 if args.dry_run else warm_workers()
+    stages.run("warm", [python, str(Path(__file__)), "--warm", device, "--shards", str(shards)]
+               + (["--quick"] if args.dry_run else []))
     bench_command = [python, str(Path(__file__)), "--bench-only", device, "--bench-out", str(bench_file)]
     stages.run("bench", bench_command + (["--quick"] if args.dry_run else []))
     measured = json.loads(bench_file.read_text()) if bench_file.exists() else {}

@@ -90,6 +90,28 @@ def test_will_time_says_when_run_times_the_candidates(monkeypatch):
     assert tuner.will_time("other key", 3, GPU)
 
 
+def test_compile_mode_runs_every_candidate_once_untimed_and_chooses_nothing(monkeypatch):
+    """IVF_AUTOTUNE=compile (gpu-check's cache-warming processes): each candidate compiles by running once;
+    a failing one is skipped; the default's result is returned; the key is not run again."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("IVF_AUTOTUNE", "compile")
+
+    def timer(launch):
+        raise AssertionError("nothing may be timed here")
+
+    tuner = LaunchTuner("t", timer=timer)
+    calls = []
+    assert tuner.will_time("k", 3, GPU)  # candidates rerun on the same inputs: no in-place launches
+    assert tuner.run("k", _recording_candidates(calls, failing=("b",)), GPU) == ("a", "A")
+    assert calls == ["c", "a"] and tuner.choices() == {} and tuner.timings == {}
+    calls.clear()
+    assert not tuner.will_time("k", 3, GPU)
+    assert tuner.run("k", _recording_candidates(calls), GPU) == ("a", "A")
+    assert calls == ["a"]
+    with pytest.raises(RuntimeError, match="a cannot run"):  # the default's own error is not swallowed
+        tuner.run("other", _recording_candidates([], failing=("a",)), GPU)
+
+
 def test_length_bucket():
     assert [length_bucket(n) for n in (1, 2, 3, 16, 17, 1568, 2056)] == [1, 2, 4, 16, 32, 2048, 4096]
 

@@ -20,6 +20,8 @@ def test_gpu_check_dry_run(tmp_path):
     assert report["machine"]["torch"] and report["machine"]["dry_run"] is True
     assert report["stages"]["tests"]["status"] == "ok" and report["stages"]["tests"]["collected"] > 0
     assert report["stages"]["bench"]["status"] == "ok"
+    warm = report["stages"]["warm"]
+    assert warm["status"] == "ok" and "[warm 0]" in warm["tail"] and "[warm 1]" in warm["tail"], warm
     providers = {(row["op"], row["provider"]) for row in report["benchmarks"]}
     assert ("tube_mask", "official-numpy") in providers and ("tube_mask", "reference") in providers
     assert all("ms" in row and "error" not in row for row in report["benchmarks"])

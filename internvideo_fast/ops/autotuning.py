@@ -15,6 +15,9 @@ Rules:
   promise bitwise-reproducible results across processes (``deterministic=True``) pass a single candidate.
 - A candidate that raises while being timed (e.g. Triton's ``OutOfResources`` on a smaller GPU) is
   skipped; if every candidate fails, the default's error is raised.
+- ``IVF_AUTOTUNE=compile`` runs every candidate once per key, untimed, then the default, and chooses
+  nothing: processes that warm Triton's on-disk kernel cache in parallel (``make gpu-check``) so that the
+  process that times finds every candidate compiled.
 
 :func:`tuning_choices` returns every choice made so far and :func:`tuning_report` every timing, for benchmark
 reports (``make gpu-check`` records the report).
@@ -37,6 +40,11 @@ def autotuning_enabled() -> bool:
     return os.environ.get("IVF_AUTOTUNE", "1") != "0"
 
 
+def compile_only() -> bool:
+    """``IVF_AUTOTUNE=compile``: candidates run once each (compiling them), nothing is timed or chosen."""
+    return os.environ.get("IVF_AUTOTUNE") == "compile"
+
+
 def length_bucket(length: int) -> int:
     """Lengths grouped for tuning keys: the next power of two (1, 2, 4, ..., 1024, 2048, ...)."""
     return 1 << max(0, int(length) - 1).bit_length()
@@ -55,6 +63,7 @@ class LaunchTuner:
         self.name = name
         self._timer = timer or _time_ms
         self._best: dict[Hashable, str] = {}
+        self._compiled: set[Hashable] = set()  # keys whose candidates ran once under IVF_AUTOTUNE=compile
         self.timings: dict[Hashable, dict[str, float]] = {}
 
     def choices(self) -> dict[Hashable, str]:
@@ -65,6 +74,7 @@ class LaunchTuner:
         inputs, so a caller whose launch overwrites its input must not launch in place then)."""
         return not (
             key in self._best
+            or key in self._compiled
             or not tune
             or candidates <= 1
             or device.type != "cuda"
@@ -82,6 +92,15 @@ class LaunchTuner:
         if chosen in by_label:
             return chosen, by_label[chosen]()
         if not self.will_time(key, len(candidates), device, tune):
+            label, launch = candidates[0]
+            return label, launch()
+        if compile_only():
+            for _, launch in candidates[1:]:
+                try:
+                    launch()
+                except Exception:  # noqa: BLE001 -- the timing process skips it the same way
+                    pass
+            self._compiled.add(key)
             label, launch = candidates[0]
             return label, launch()
         timings: dict[str, float] = {}
