@@ -1,6 +1,6 @@
-"""dropout_add_layer_norm: the Triton kernel against a float64 reference (forward and backward), the dropout
-mask (rate, seeding, forward/backward agreement, bitwise equal to the PyTorch reproduction), bad input,
-torch.compile, opcheck."""
+"""dropout_add_layer_norm and its RMSNorm variant (dropout_add_rms_norm): the Triton kernel against a float64
+reference (forward and backward), the dropout mask (rate, seeding, forward/backward agreement, bitwise equal
+to the PyTorch reproduction), bad input, torch.compile, opcheck."""
 
 import importlib
 
@@ -15,6 +15,8 @@ from internvideo_fast.ops.dropout_add_layer_norm import (
     OP_NAME,
     dropout_add_layer_norm,
     dropout_add_layer_norm_ref,
+    dropout_add_rms_norm,
+    dropout_add_rms_norm_ref,
     dropout_keep_mask,
 )
 
@@ -57,16 +59,22 @@ def _assert_close(actual, expected, tol, name):
     )
 
 
-def _check_against_reference(shape, dtype, dropout_p=0.0, eps=1e-6, seed=7, **features):
+# (public op, its reference) per norm.
+NORMS = {"layer": (dropout_add_layer_norm, dropout_add_layer_norm_ref),
+         "rms": (dropout_add_rms_norm, dropout_add_rms_norm_ref)}
+
+
+def _check_against_reference(shape, dtype, dropout_p=0.0, eps=1e-6, seed=7, norm="layer", **features):
     x, res, w, b, scale = _inputs(shape, dtype, **features)
     dy, dr = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
     keep = dropout_keep_mask(seed, shape, dropout_p, elements_per_draw=4) if dropout_p > 0 else None
+    op, op_ref = NORMS[norm]
 
     def kernel(*args):
-        return dropout_add_layer_norm(*args, dropout_p=dropout_p, eps=eps, drop_path_scale=scale, seed=seed)
+        return op(*args, dropout_p=dropout_p, eps=eps, drop_path_scale=scale, seed=seed)
 
     def reference(*args):
-        return dropout_add_layer_norm_ref(*args, keep, dropout_p, eps, scale, upcast=True)
+        return op_ref(*args, keep, dropout_p, eps, scale, upcast=True)
 
     with use_backend("triton", OP_NAME), poisoned_outputs():
         actual = _forward_backward(kernel, *_leaves(x, res, w, b), dy, dr)
@@ -88,6 +96,23 @@ def _check_against_reference(shape, dtype, dropout_p=0.0, eps=1e-6, seed=7, **fe
 @pytest.mark.parametrize("shape", [(1, 40), (3, 100), (37, 40), (2, 3, 100)], ids=str)
 def test_forward_backward_match_float64_reference(shape, dtype):
     _check_against_reference(shape, dtype)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", [(1, 40), (37, 40), (2, 3, 100)], ids=str)
+def test_rms_norm_forward_backward_match_float64_reference(shape, dtype):
+    _check_against_reference(shape, dtype, norm="rms", bias=False)
+    _check_against_reference(shape, dtype, norm="rms", dropout_p=0.2, seed=5, drop_path=True)  # with a bias
+
+
+def test_rms_norm_reference_is_torch_rms_norm():
+    """The RMSNorm reference against torch's own F.rms_norm (float64), so both norms rest on torch."""
+    x, res, w, _, _ = _inputs((3, 5, 40), torch.float64)
+    normed, new_residual = dropout_add_rms_norm_ref(x, res, w, None, eps=1e-5)
+    expected = torch.nn.functional.rms_norm(res + x, (40,), w, eps=1e-5)
+    torch.testing.assert_close(normed, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(new_residual, res + x)
 
 
 @needs_triton
@@ -210,9 +235,10 @@ def _bad(**kwargs):
         (dict(seed=torch.tensor(1, device="meta")), "seed"),
     ],
 )
-def test_bad_input_names_the_argument(kwargs, argument):
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_bad_input_names_the_argument(kwargs, argument, norm):
     with pytest.raises(ValueError, match=argument):
-        dropout_add_layer_norm(**_bad(**kwargs))
+        NORMS[norm][0](**_bad(**kwargs))
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
@@ -233,10 +259,11 @@ def test_backend_choice_is_explicit():
         dropout_add_layer_norm(*_inputs((2, 40), torch.float32)[:4])
 
 
+@pytest.mark.parametrize("norm", sorted(NORMS))
 @pytest.mark.parametrize("backend", ["reference"] + (["triton"] if CPU_TRITON else []))
-def test_torch_compile_fullgraph(backend):
+def test_torch_compile_fullgraph(backend, norm):
     def block(x, residual, weight, bias):
-        normed, new_residual = dropout_add_layer_norm(x, residual, weight, bias, dropout_p=0.2, seed=3)
+        normed, new_residual = NORMS[norm][0](x, residual, weight, bias, dropout_p=0.2, seed=3)
         return normed * 2 + new_residual
 
     x, res, w, b, _ = _inputs((3, 2, 40), torch.float32)
@@ -258,8 +285,9 @@ def test_opcheck():
     x, res, w, b, scale = _inputs((4, 40), torch.float32, drop_path=True)
     seed = torch.tensor(9)
     for args in [
-        (x, res, w, b, scale, seed, 0.25, 1e-6),
-        (x.requires_grad_(), None, w.requires_grad_(), None, None, None, 0.0, 1e-5),
+        (x, res, w, b, scale, seed, 0.25, 1e-6, False),
+        (x.requires_grad_(), None, w.requires_grad_(), None, None, None, 0.0, 1e-5, False),
+        (x, res, w, None, scale, seed, 0.25, 1e-6, True),
     ]:
         torch.library.opcheck(torch.ops.internvideo_fast.dropout_add_layer_norm_fwd.default, args)
 
@@ -271,12 +299,14 @@ def test_opcheck():
     D=st.integers(1, 70),
     residual=st.booleans(),
     affine=st.booleans(),
+    norm=st.sampled_from(sorted(NORMS)),
 )
-def test_fuzz_shapes_no_dropout(rows, D, residual, affine):
+def test_fuzz_shapes_no_dropout(rows, D, residual, affine, norm):
     x, res, w, b, _ = _inputs((rows, D), torch.float32, residual=residual, weight=affine, bias=affine)
+    op, op_ref = NORMS[norm]
     with use_backend("triton", OP_NAME), poisoned_outputs():
-        actual = dropout_add_layer_norm(x, res, w, b)
-    expected = dropout_add_layer_norm_ref(x, res, w, b, upcast=True)
+        actual = op(x, res, w, b)
+    expected = op_ref(x, res, w, b, upcast=True)
     for name, a, e in zip(("normed", "new_residual"), actual, expected):
         _assert_close(a, e, 5e-5, name)
 
@@ -293,12 +323,14 @@ def test_every_backward_plan_matches_float64_reference(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("D", [768, 1024])
-@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
-def test_gpu_matches_reference_flash_attn_rule(D, dtype, dropout_p):
+@pytest.mark.parametrize("dtype, D, dropout_p, norm", [
+    *((dtype, D, p, "layer") for dtype in (torch.bfloat16, torch.float16) for D in (768, 1024) for p in (0.0, 0.1)),
+    (torch.bfloat16, 768, 0.1, "rms"), (torch.float16, 1024, 0.0, "rms"),
+], ids=str)
+def test_gpu_matches_reference_flash_attn_rule(D, dtype, dropout_p, norm):
     """ViT-B / ViT-L widths, 2 x 1568 tokens: kernel error <= 2x (outputs) / 3x (grads) PyTorch's own error
     at the same dtype, both against float64 with the same dropout mask."""
+    op, op_ref = NORMS[norm]
     shape, seed = (2, 1568, D), 11
     x, res, w, b, scale = _inputs(shape, dtype, device="cuda", drop_path=True)
     dy = torch.randn(shape, device="cuda", dtype=torch.float64)
@@ -306,12 +338,13 @@ def test_gpu_matches_reference_flash_attn_rule(D, dtype, dropout_p):
     keep = dropout_keep_mask(seed, shape, dropout_p, device="cuda", elements_per_draw=4) if dropout_p > 0 else None
 
     def kernel(*args):
-        return dropout_add_layer_norm(*args, dropout_p=dropout_p, drop_path_scale=scale, seed=seed)
+        return op(*args, dropout_p=dropout_p, drop_path_scale=scale, seed=seed)
 
     with use_backend("triton", OP_NAME), poisoned_outputs():
         actual = _forward_backward(kernel, *_leaves(x, res, w, b), dy, dr)
+
     def reference(*args, upcast):
-        return dropout_add_layer_norm_ref(*args, keep, dropout_p, 1e-6, scale, upcast=upcast)
+        return op_ref(*args, keep, dropout_p, 1e-6, scale, upcast=upcast)
 
     expected = _forward_backward(lambda *a: reference(*a, upcast=True), *_leaves(x, res, w, b), dy, dr)
     baseline = _forward_backward(lambda *a: reference(*a, upcast=False), *_leaves(x, res, w, b), dy, dr)

@@ -8,6 +8,8 @@ from internvideo_fast.ops.cross_attention import cross_attention, cross_attentio
 from internvideo_fast.ops.dropout_add_layer_norm import (
     dropout_add_layer_norm,
     dropout_add_layer_norm_ref,
+    dropout_add_rms_norm,
+    dropout_add_rms_norm_ref,
     dropout_keep_mask,
 )
 from internvideo_fast.ops.linear_act import linear_act, linear_act_ref
@@ -23,6 +25,8 @@ __all__ = [
     "cross_attention_ref",
     "dropout_add_layer_norm",
     "dropout_add_layer_norm_ref",
+    "dropout_add_rms_norm",
+    "dropout_add_rms_norm_ref",
     "dropout_keep_mask",
     "gather_tokens",
     "linear_act",

@@ -1,4 +1,4 @@
-"""Fused dropout + drop-path + residual add + LayerNorm (the pre-norm transformer block's seam).
+"""Fused dropout + drop-path + residual add + LayerNorm or RMSNorm (the pre-norm transformer block's seam).
 
 For ``x, residual [..., D]`` flattened to ``rows = x.numel() / D`` rows, a per-sample drop-path scale
 ``s [B]`` (``B = x.shape[0]``, each sample owning ``rows / B`` consecutive rows; 1 when absent), a dropout
@@ -8,6 +8,9 @@ probability ``p`` and a keep mask ``k`` (1 where kept):
     mean   = sum(h) / D,      rstd = 1 / sqrt(sum((h - mean)^2) / D + eps)
     xhat   = (h - mean) * rstd
     normed = xhat * weight + bias                           (weight / bias None: 1 / 0)
+
+RMSNorm (``dropout_add_rms_norm``, as flash-attn's) is the same with ``mean = 0``: ``rstd = 1 / sqrt(sum(h^2)
+/ D + eps)``, ``xhat = h * rstd``, and no ``sum(g) / D`` term in the backward's ``dh``.
 
 Backward, for ``dy = d normed`` and ``dr = d new_residual`` (from the residual stream's later uses):
 
@@ -94,20 +97,27 @@ def keep_block4(seed, first, dropout_p, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _normalize(h, in_row, D, eps):
-    """LayerNorm statistics of one row (padding lanes of h are 0 and stay out of the variance)."""
-    mean = tl.sum(h, axis=0) / D
-    centered = tl.where(in_row, h - mean, 0.0)
+def _normalize(h, in_row, D, eps, IS_RMS_NORM: tl.constexpr):
+    """LayerNorm (RMSNorm: mean 0) statistics of one row (padding lanes of h are 0 and stay out of the
+    variance)."""
+    if IS_RMS_NORM:
+        mean = 0.0
+        centered = h
+    else:
+        mean = tl.sum(h, axis=0) / D
+        centered = tl.where(in_row, h - mean, 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=0) / D + eps)
     return centered * rstd, mean, rstd
 
 
 @triton.jit
-def _normalize_backward(g, xhat, rstd, D):
-    """d h of xhat = (h - mean) * rstd, given g = d xhat (padding lanes of g and xhat are 0)."""
-    c1 = tl.sum(g * xhat, axis=0) / D
-    c2 = tl.sum(g, axis=0) / D
-    return rstd * (g - xhat * c1 - c2)
+def _normalize_backward(g, xhat, rstd, D, IS_RMS_NORM: tl.constexpr):
+    """d h of xhat = (h - mean) * rstd (RMSNorm: h * rstd), given g = d xhat (padding lanes of g and xhat
+    are 0)."""
+    dh = g - xhat * (tl.sum(g * xhat, axis=0) / D)
+    if not IS_RMS_NORM:
+        dh -= tl.sum(g, axis=0) / D  # the mean's share
+    return rstd * dh
 
 
 @triton.jit
@@ -125,6 +135,7 @@ def _dropout_add_layer_norm_fwd_kernel(
     D, rows_per_sample, dropout_p, keep_scale, eps,
     BLOCK_D: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_DROP_PATH: tl.constexpr, HAS_DROPOUT: tl.constexpr, D_MULTIPLE_OF_4: tl.constexpr,
+    IS_RMS_NORM: tl.constexpr,
 ):
     # One row per program.
     row = tl.program_id(0).to(tl.int64)
@@ -144,7 +155,7 @@ def _dropout_add_layer_norm_fwd_kernel(
         h += tl.load(residual_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
 
     # Math.
-    xhat, mean, rstd = _normalize(h, in_row, D, eps)
+    xhat, mean, rstd = _normalize(h, in_row, D, eps, IS_RMS_NORM)
     y = xhat
     if HAS_WEIGHT:
         y = y * tl.load(weight_ptr + col, mask=in_row, other=0.0).to(tl.float32)
@@ -165,7 +176,7 @@ def _dropout_add_layer_norm_bwd_kernel(
     rows, D, rows_per_program, rows_per_sample, dropout_p, keep_scale,
     BLOCK_D: tl.constexpr, HAS_DNEW_RESIDUAL: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROP_PATH: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    D_MULTIPLE_OF_4: tl.constexpr,
+    D_MULTIPLE_OF_4: tl.constexpr, IS_RMS_NORM: tl.constexpr,
 ):
     # A contiguous block of rows per program; dweight / dbias accumulate in registers, one partial row per
     # program.
@@ -193,7 +204,7 @@ def _dropout_add_layer_norm_bwd_kernel(
 
         # Math.
         xhat = tl.where(in_row, (h - mean) * rstd, 0.0)
-        dh = _normalize_backward(dy * weight, xhat, rstd, D)
+        dh = _normalize_backward(dy * weight, xhat, rstd, D, IS_RMS_NORM)
         if HAS_DNEW_RESIDUAL:
             dh += tl.load(dnew_residual_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
         dx = dh * factor
@@ -219,10 +230,10 @@ _TRITON_CONFIGS = tuple(
     KernelConfig({"BLOCK_D": block}, num_warps=warps, num_stages=1)
     for block, warps in ((64, 1), (128, 1), (256, 2), (512, 4), (1024, 4), (2048, 8), (4096, 8))
 )
-# The AOT check compiles every feature switched on (the largest kernel); the launcher switches off the
-# features a call lacks, which only removes code.
+# The AOT check compiles every feature switched on, with LayerNorm (the largest kernel); the launcher switches
+# off the features a call lacks and RMSNorm drops the mean, which only removes code.
 _ALL_FEATURES_FWD = dict(
-    HAS_RESIDUAL=True, HAS_WEIGHT=True, HAS_BIAS=True, HAS_DROP_PATH=True, HAS_DROPOUT=True
+    HAS_RESIDUAL=True, HAS_WEIGHT=True, HAS_BIAS=True, HAS_DROP_PATH=True, HAS_DROPOUT=True, IS_RMS_NORM=False
 )
 _ALL_FEATURES_BWD = dict(_ALL_FEATURES_FWD, HAS_DNEW_RESIDUAL=True)
 _MASK_PATHS = (True, False)  # D_MULTIPLE_OF_4: the group-wise and the per-element mask
@@ -322,8 +333,10 @@ def _dropout_add_layer_norm_fwd_impl(
     seed: torch.Tensor | None,
     dropout_p: float,
     eps: float,
+    rms_norm: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (normed, new_residual, mean, rstd); dropout runs when `seed` is given and dropout_p > 0."""
+    """Returns (normed, new_residual, mean, rstd) (RMSNorm: mean 0); dropout runs when `seed` is given and
+    dropout_p > 0."""
     rows, D = x.shape
     normed = new_output(x, (rows, D))
     new_residual = new_output(x, (rows, D))
@@ -340,7 +353,7 @@ def _dropout_add_layer_norm_fwd_impl(
             **config.constexprs,
             HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
             HAS_DROP_PATH=drop_path_scale is not None, HAS_DROPOUT=has_dropout, D_MULTIPLE_OF_4=D % 4 == 0,
-            num_warps=config.num_warps, num_stages=config.num_stages,
+            IS_RMS_NORM=rms_norm, num_warps=config.num_warps, num_stages=config.num_stages,
         )
     return normed, new_residual, mean, rstd
 
@@ -351,7 +364,8 @@ _dropout_add_layer_norm_fwd_op = torch.library.custom_op(
 
 
 @_dropout_add_layer_norm_fwd_op.register_fake
-def _dropout_add_layer_norm_fwd_fake(x, residual, weight, bias, drop_path_scale, seed, dropout_p, eps):
+def _dropout_add_layer_norm_fwd_fake(x, residual, weight, bias, drop_path_scale, seed, dropout_p, eps,
+                                     rms_norm):
     rows, D = x.shape
     return (
         x.new_empty((rows, D)), x.new_empty((rows, D)),
@@ -371,6 +385,7 @@ def _dropout_add_layer_norm_bwd_impl(
     seed: torch.Tensor | None,
     dropout_p: float,
     has_residual: bool,
+    rms_norm: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (dx, dresidual, dweight, dbias); each of the last three is empty when its input was None."""
     rows, D = new_residual.shape
@@ -400,7 +415,7 @@ def _dropout_add_layer_norm_bwd_impl(
             HAS_DNEW_RESIDUAL=dnew_residual is not None, HAS_RESIDUAL=has_residual,
             HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
             HAS_DROP_PATH=drop_path_scale is not None, HAS_DROPOUT=has_dropout, D_MULTIPLE_OF_4=D % 4 == 0,
-            num_warps=config.num_warps, num_stages=config.num_stages,
+            IS_RMS_NORM=rms_norm, num_warps=config.num_warps, num_stages=config.num_stages,
         )
         results["partials"] = dweight_partial, dbias_partial
 
@@ -410,7 +425,7 @@ def _dropout_add_layer_norm_bwd_impl(
     candidates = [(f"w{config.num_warps}_{per_sm}per_sm", functools.partial(launch, config, per_sm))
                   for config, per_sm in plans]
     key = (str(new_residual.dtype), D, length_bucket(rows), dnew_residual is not None, has_residual,
-           weight is not None, bias is not None, has_dropout)
+           weight is not None, bias is not None, has_dropout, rms_norm)
     launch_tuner(OP_NAME + "_bwd").run(key, candidates, new_residual.device)
     # Deterministic: a fixed split of rows over programs, then one reduction over the partial rows (the
     # split, hence the rounding of dweight / dbias, is the plan's: IVF_AUTOTUNE=0 fixes it across processes).
@@ -427,7 +442,8 @@ _dropout_add_layer_norm_bwd_op = torch.library.custom_op(
 
 @_dropout_add_layer_norm_bwd_op.register_fake
 def _dropout_add_layer_norm_bwd_fake(
-    dy, dnew_residual, new_residual, weight, bias, mean, rstd, drop_path_scale, seed, dropout_p, has_residual
+    dy, dnew_residual, new_residual, weight, bias, mean, rstd, drop_path_scale, seed, dropout_p, has_residual,
+    rms_norm,
 ):
     rows, D = new_residual.shape
     return (
@@ -439,10 +455,11 @@ def _dropout_add_layer_norm_bwd_fake(
 
 
 def _setup_context(ctx, inputs, output):
-    x, residual, weight, bias, drop_path_scale, seed, dropout_p, eps = inputs
+    x, residual, weight, bias, drop_path_scale, seed, dropout_p, eps, rms_norm = inputs
     _, new_residual, mean, rstd = output
     ctx.save_for_backward(new_residual, weight, bias, mean, rstd, drop_path_scale, seed)
     ctx.dropout_p = dropout_p
+    ctx.rms_norm = rms_norm
     ctx.has_residual = residual is not None
     ctx.mark_non_differentiable(mean, rstd)
 
@@ -454,13 +471,14 @@ def _backward(ctx, dnormed, dnew_residual, _dmean, _drstd):
     dx, dresidual, dweight, dbias = _dropout_add_layer_norm_bwd(
         dnormed.contiguous(), None if dnew_residual is None else dnew_residual.contiguous(),
         new_residual, weight, bias, mean, rstd, drop_path_scale, seed, ctx.dropout_p, ctx.has_residual,
+        ctx.rms_norm,
     )
     return (
         dx,
         dresidual if ctx.has_residual else None,
         dweight if weight is not None else None,
         dbias if bias is not None else None,
-        None, None, None, None,
+        None, None, None, None, None,
     )
 
 
@@ -534,6 +552,29 @@ def dropout_add_layer_norm_ref(
     return normed, new_residual
 
 
+def dropout_add_rms_norm_ref(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    keep_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    eps: float = 1e-6,
+    drop_path_scale: torch.Tensor | None = None,
+    upcast: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`dropout_add_layer_norm_ref` with RMSNorm: ``h / sqrt(mean(h^2) + eps) * weight + bias``."""
+    _, new_residual = dropout_add_layer_norm_ref(
+        x, residual, None, None, keep_mask, dropout_p, eps, drop_path_scale, upcast)
+    dtype = new_residual.dtype
+    normed = new_residual * torch.rsqrt(new_residual.pow(2).mean(-1, keepdim=True) + eps)
+    if weight is not None:
+        normed = normed * weight.to(dtype)
+    if bias is not None:
+        normed = normed + bias.to(dtype)
+    return normed, new_residual
+
+
 # ----------------------------------------------------------------------------------------------------
 # Public function
 # ----------------------------------------------------------------------------------------------------
@@ -562,7 +603,8 @@ def dropout_add_layer_norm(
     training: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(normed, new_residual)`` with ``new_residual = residual + dropout(x) * drop_path_scale[sample]``
-    and ``normed = LayerNorm(new_residual) * weight + bias`` over the last dim (see the module docstring).
+    and ``normed = LayerNorm(new_residual) * weight + bias`` over the last dim (see the module docstring;
+    :func:`dropout_add_rms_norm` for RMSNorm).
 
     Args:
         x: ``[..., D]`` float32 / float16 / bfloat16 (the branch output: attention or MLP).
@@ -580,6 +622,29 @@ def dropout_add_layer_norm(
         ``(normed, new_residual)``, both x's shape, in x's dtype, or in the wider of x's and residual's
         (as ``residual + x``) when they differ: an fp32 residual stream under bf16 autocast stays fp32.
     """
+    return _dropout_add_norm(x, residual, weight, bias, dropout_p, eps, drop_path_scale, seed, training,
+                             rms_norm=False)
+
+
+def dropout_add_rms_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    eps: float = 1e-6,
+    drop_path_scale: torch.Tensor | None = None,
+    seed: int | torch.Tensor | None = None,
+    training: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`dropout_add_layer_norm` with RMSNorm (flash-attn's ``dropout_add_rms_norm``): ``normed =
+    new_residual / sqrt(mean(new_residual^2) + eps) * weight + bias``, the same kernels without the mean.
+    Arguments and returns as there; `bias` is usually None."""
+    return _dropout_add_norm(x, residual, weight, bias, dropout_p, eps, drop_path_scale, seed, training,
+                             rms_norm=True)
+
+
+def _dropout_add_norm(x, residual, weight, bias, dropout_p, eps, drop_path_scale, seed, training, rms_norm):
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"x must be a tensor, got {type(x).__name__}")
     if x.dtype not in SUPPORTED_DTYPES:
@@ -611,14 +676,13 @@ def dropout_add_layer_norm(
     backend = select_backend(OP_NAME, x.device, available)
     if backend == "reference":
         keep = None if seed is None else dropout_keep_mask(seed, x.shape, dropout_p, elements_per_draw=4)
-        return dropout_add_layer_norm_ref(
-            x, residual, weight, bias, keep, dropout_p, float(eps), drop_path_scale
-        )
+        reference = dropout_add_rms_norm_ref if rms_norm else dropout_add_layer_norm_ref
+        return reference(x, residual, weight, bias, keep, dropout_p, float(eps), drop_path_scale)
     flat_residual = None if residual is None else residual.contiguous().reshape(-1, D)
     normed, new_residual, _, _ = _dropout_add_layer_norm_fwd(
         x.contiguous().reshape(-1, D), flat_residual,
         None if weight is None else weight.contiguous(), None if bias is None else bias.contiguous(),
         None if drop_path_scale is None else drop_path_scale.contiguous(),
-        seed, dropout_p, float(eps),
+        seed, dropout_p, float(eps), rms_norm,
     )
     return normed.reshape(x.shape), new_residual.reshape(x.shape)
