@@ -143,7 +143,8 @@ def memory_rows(device: torch.device, drop: float = 0.1, quick: bool = False) ->
 def gemm_rows(device: torch.device, quick: bool = False) -> list[dict]:
     """fc1's forward alone (x @ W1.T + b1, GELU, pre-activation stored) on CUDA, in one run: every launch
     plan the run-time tuner chooses from (the pointer kernel, the TMA and persistent TMA kernels at each
-    registered tile), forced one by one, against cuBLAS (addmm) alone and addmm + F.gelu (eager's fc1)."""
+    registered tile, addmm + our elementwise pass), forced one by one, against cuBLAS (addmm) alone and
+    addmm + F.gelu (eager's fc1)."""
     if device.type != "cuda":
         return []
     import importlib

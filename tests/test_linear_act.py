@@ -592,14 +592,16 @@ def test_fused_mlp_bad_input_names_the_argument(kwargs, argument):
 
 
 # ------------------------------------------------------------------------------ TMA forward plan
-def _run_plan(label_prefix, x, w, b, activation, seed, dropout_p, interpreter):
-    """(y, pre) of the forward plan whose label starts with `label_prefix`, into poisoned outputs."""
+def _run_plan(label_prefix, x, w, b, activation, seed, dropout_p, interpreter, store_pre=None):
+    """(y, pre) of the forward plan whose label starts with `label_prefix`, into poisoned outputs; `pre` is
+    stored when `store_pre` (default: for an activation)."""
     M, N = x.shape[0], w.shape[0]
     y = torch.full((M, N), float("nan"), dtype=x.dtype, device=x.device)
     pre = torch.full((M, N), float("nan"), dtype=x.dtype, device=x.device)
     seed_t = None if seed is None else seed_tensor(seed, x.device)
     plans = dict(
-        linear_act_module._fwd_plans(x, w, b, seed_t, y, pre, activation, activation != "none", dropout_p,
+        linear_act_module._fwd_plans(x, w, b, seed_t, y, pre, activation,
+                                     activation != "none" if store_pre is None else store_pre, dropout_p,
                                      interpreter, True)
     )
     matching = [label for label in plans if label.startswith(label_prefix)]
@@ -638,6 +640,29 @@ def test_tma_plans_match_pointer_plan_and_float64(rows, dropout_p, activation, h
     keep = dropout_keep_mask(seed, (rows, hidden), dropout_p) if dropout_p else None
     expected = linear_act_ref(x, w, b, activation, upcast=True, keep_mask=keep, dropout_p=dropout_p)
     _assert_close(y_tma, expected, TOLERANCE[torch.float16][0], "y")
+
+
+@needs_triton
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+@pytest.mark.parametrize("store_pre, bias", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("rows", [1, 37])
+def test_cublas_plan_matches_float64_with_the_fused_plans_mask(rows, store_pre, bias, dropout_p, activation):
+    """The "cublas" forward plan (torch.addmm, then the activation / dropout kernel over the flat [M, N]
+    elements, in place on y when pre is not kept) against float64 with the fused epilogue's dropout mask;
+    its pre is the GEMM's own."""
+    x, w, b = _inputs((rows, IN), HIDDEN, torch.float16, bias=bias)
+    seed = 9 if dropout_p else None
+    (_, y, pre), = _run_plan("cublas", x, w, b, activation, seed, dropout_p, True, store_pre=store_pre)
+    keep = dropout_keep_mask(seed, (rows, HIDDEN), dropout_p) if dropout_p else None
+    expected = linear_act_ref(x, w, b, activation, upcast=True, keep_mask=keep, dropout_p=dropout_p)
+    _assert_close(y, expected, TOLERANCE[torch.float16][0], "y")
+    if keep is not None:
+        assert torch.equal(y[~keep], torch.zeros_like(y[~keep]))
+    if store_pre:
+        _assert_close(pre, linear_act_ref(x, w, b, "none", upcast=True), TOLERANCE[torch.float16][0], "pre")
+    else:
+        assert pre.isnan().all()  # not written
 
 
 @needs_triton
@@ -730,11 +755,12 @@ def test_tma_plans_only_for_16bit_inputs_with_16_byte_aligned_rows():
         plans = linear_act_module._fwd_plans(x, w, b, None, y, y, "gelu", False, 0.0, True, True)
         return [label.split(":")[0] for label, _ in plans]
 
-    assert labels(torch.float16, 40) == ["pointer", "tma", "persistent"]
-    assert labels(torch.bfloat16, 64) == ["pointer", "tma", "persistent"]
-    assert labels(torch.float16, 40, hidden=20) == ["pointer", "tma"]  # 40-byte output rows: no TMA stores
-    assert labels(torch.float16, 36) == ["pointer"]  # 72-byte rows: TMA needs multiples of 16 bytes
-    assert labels(torch.float32, 40) == ["pointer"]
+    assert labels(torch.float16, 40) == ["pointer", "tma", "persistent", "cublas"]
+    assert labels(torch.bfloat16, 64) == ["pointer", "tma", "persistent", "cublas"]
+    # 40-byte output rows: no TMA stores.
+    assert labels(torch.float16, 40, hidden=20) == ["pointer", "tma", "cublas"]
+    assert labels(torch.float16, 36) == ["pointer", "cublas"]  # 72-byte rows: TMA needs multiples of 16 bytes
+    assert labels(torch.float32, 40) == ["pointer", "cublas"]
 
 
 # ---------------------------------------------------------------------------------------------------- GPU
@@ -840,8 +866,8 @@ def test_gpu_fused_mlp_saves_activation_memory():
 @pytest.mark.parametrize("dropout_p", [0.0, 0.1])
 def test_gpu_every_forward_plan_matches_reference(dropout_p):
     """Each candidate the run-time tuner may pick (pointer kernel, TMA and persistent TMA kernels at every
-    registered tile), forced one by one at ViT-B's fc1 in bf16: flash-attn's rule against float64, and the
-    same dropout mask."""
+    registered tile, cuBLAS + the elementwise kernel), forced one by one at ViT-B's fc1 in bf16: flash-attn's
+    rule against float64, and the same dropout mask."""
     dtype, seed = torch.bfloat16, 11
     x, w, b = _inputs((1568 + 5, 768), 3072, dtype, device="cuda")
     keep = dropout_keep_mask(seed, (x.shape[0], 3072), dropout_p, device="cuda") if dropout_p else None
@@ -852,7 +878,7 @@ def test_gpu_every_forward_plan_matches_reference(dropout_p):
         assert_close_to_reference(y, expected, baseline, name=label)
         seen += 1
     tma_plans = len(linear_act_module._FWD_TMA_CONFIGS) + len(linear_act_module._FWD_PERSISTENT_CONFIGS)
-    assert seen == 1 + tma_plans
+    assert seen == 1 + tma_plans + 1
 
 
 @pytest.mark.gpu

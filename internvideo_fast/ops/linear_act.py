@@ -34,7 +34,10 @@ Implementation choices:
   tiles, the tile and K loops are flattened so that the next tile's loads overlap this tile's epilogue,
   and the epilogue stores through TMA too (output rows of 16 bytes). Why: the H100 run of 2026-11-26
   measured the pointer kernel at 0.124 ms for ViT-B's fc1 against cuBLAS's 0.067-0.080 ms
-  (``bench_linear_act``'s ``gemm_rows`` times every plan against cuBLAS in one run).
+  (``bench_linear_act``'s ``gemm_rows`` times every plan against cuBLAS in one run). The last candidate,
+  ``cublas``, is eager PyTorch's own path as a floor: ``torch.addmm`` (cuBLAS) writes ``pre``, then
+  ``_activation_dropout_kernel`` reads it and writes ``y`` (one pass more than the fused epilogue, at the
+  library's GEMM speed; ``pre`` is rounded before the activation either way).
 - Memory: ``pre`` is *saved* (``M x N`` in x's dtype), not recomputed. Recomputing it would cost a second
   ``M x N x K`` matmul in the backward (+50% of this layer's forward FLOPs) to save one activation that eager
   PyTorch keeps as well (its GELU saves its input). With ``activation="none"`` (fc2) or without grad,
@@ -507,6 +510,29 @@ def _linear_act_bwd_kernel(
         tl.store(dbias_partial_ptr + chunk * N + cols, tl.sum(dbias_tile, axis=0), mask=in_n)
 
 
+@triton.jit
+def _activation_dropout_kernel(
+    pre_ptr, y_ptr, seed_ptr, numel, dropout_p, keep_scale,
+    BLOCK: tl.constexpr, ACTIVATION: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):
+    # y = dropout(act(pre)) over the flat [M, N] elements: the forward's epilogue for the plan whose GEMM is
+    # torch.addmm's. The flat index is row * N + col, so the mask is the fused epilogue's. In place (y_ptr
+    # == pre_ptr) is allowed: each element is read before it is written, by the same program.
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    in_range = offsets < numel
+
+    # Loads.
+    pre = tl.load(pre_ptr + offsets, mask=in_range, other=0.0).to(tl.float32)
+
+    # Math.
+    y = _activation(pre, ACTIVATION)
+    if HAS_DROPOUT:
+        y = tl.where(keep_element(tl.load(seed_ptr), offsets, dropout_p), y * keep_scale, 0.0)
+
+    # Stores.
+    tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=in_range)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Configurations, registered for the sm_90a ahead-of-time check
 # ----------------------------------------------------------------------------------------------------
@@ -589,6 +615,26 @@ _FWD_PERSISTENT_CONFIGS = (
     KernelConfig({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
     KernelConfig({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
     KernelConfig({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+)
+
+
+# The elementwise pass of the "cublas" forward plan: 8 elements per thread (16 bytes of bf16).
+_ACTIVATION_CONFIG = KernelConfig({"BLOCK": 2048}, num_warps=8, num_stages=1)
+_ACTIVATION_INTERPRETER_CONFIG = KernelConfig({"BLOCK": 256}, num_warps=4, num_stages=1)
+register_triton_kernel(
+    TritonKernelSpec(
+        name="linear_act_activation_dropout",
+        kernel=_activation_dropout_kernel,
+        signature={"pre_ptr": "*bf16", "y_ptr": "*bf16", "seed_ptr": "*i64", "numel": "i64",
+                   "dropout_p": "fp32", "keep_scale": "fp32"},
+        configs=tuple(
+            KernelConfig(dict(c.constexprs, ACTIVATION=activation, HAS_DROPOUT=dropout), c.num_warps,
+                         c.num_stages)
+            for c in (_ACTIVATION_CONFIG, _ACTIVATION_INTERPRETER_CONFIG)
+            for activation in ACTIVATIONS
+            for dropout in (False, True)
+        ),
+    )
 )
 
 
@@ -807,7 +853,8 @@ def _tma_rows_ok(*tensors: torch.Tensor) -> bool:
 def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, interpreter, with_tma):
     """Candidate launches of the forward as (label, closure), the default first: on the GPU the pointer
     kernel (itself autotuned over _FWD_GPU_CONFIGS), then the TMA kernel at each of _FWD_TMA_CONFIGS and the
-    persistent TMA kernel at each of _FWD_PERSISTENT_CONFIGS; under the interpreter one config of each."""
+    persistent TMA kernel at each of _FWD_PERSISTENT_CONFIGS, then torch.addmm + the elementwise kernel
+    ("cublas"); under the interpreter one config of each."""
     M, K = x.shape
     N = weight.shape[0]
     has_dropout = _has_dropout(seed, dropout_p)
@@ -860,11 +907,26 @@ def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, 
 
         plans = [("pointer", lambda: _fwd_kernel_autotuned[grid](x, weight, *tail, **common))]
         tma_configs, persistent_configs = _FWD_TMA_CONFIGS, _FWD_PERSISTENT_CONFIGS
+    def launch_cublas():
+        gemm_out = pre if store_pre else y
+        if bias is None:
+            torch.mm(x, weight.t(), out=gemm_out)
+        else:
+            torch.addmm(bias.to(x.dtype), x, weight.t(), out=gemm_out)
+        if activation == "none" and not has_dropout and gemm_out is y:
+            return
+        config = _ACTIVATION_INTERPRETER_CONFIG if interpreter else _ACTIVATION_CONFIG
+        _activation_dropout_kernel[(triton.cdiv(M * N, config.constexprs["BLOCK"]),)](
+            gemm_out, y, seed_arg, M * N, *scalars[3:], **config.constexprs, ACTIVATION=activation,
+            HAS_DROPOUT=has_dropout, num_warps=config.num_warps, num_stages=config.num_stages,
+        )
+
     if with_tma and _tma_rows_ok(x, weight):
         plans += [(f"tma:{c.label()}", functools.partial(launch_tma, c)) for c in tma_configs]
         if _tma_rows_ok(y):  # its stores go through TMA too
             plans += [(f"persistent:{c.label()}", functools.partial(launch_persistent, c))
                       for c in persistent_configs]
+    plans.append(("cublas", launch_cublas))
     return plans
 
 
