@@ -224,7 +224,8 @@ def warm_kernel_cache(device_name: str, quick: bool, shard: int, shards: int) ->
                     ran += 1
                 except Exception as error:  # noqa: BLE001
                     failed += 1
-                    print(f"[warm {shard}] {case.op} {case.size} {case.provider}: {type(error).__name__}"[:300])
+                    what = f"{case.op} {case.size} {case.provider}"
+                    print(f"[warm {shard}] {what}: {type(error).__name__}"[:300], flush=True)
         del cases
         if hasattr(module, "extra_rows") and module_index % shards == shard:
             try:
@@ -240,8 +241,9 @@ def warm_shards(device_name: str, quick: bool, shards: int) -> int:
     """Runs `shards` warming processes at once (compiles are CPU-bound and single-threaded); their output
     goes to this process's, which the stage keeps."""
     command = [sys.executable, str(Path(__file__)), "--warm-shard", device_name, "--shards", str(shards)]
-    processes = [subprocess.Popen([*command, "--shard", str(shard), *(["--quick"] if quick else [])], cwd=ROOT,
-                                  env=_env()) for shard in range(shards)]
+    quick_flag = ["--quick"] if quick else []
+    processes = [subprocess.Popen([*command, "--shard", str(shard), *quick_flag], cwd=ROOT, env=_env())
+                 for shard in range(shards)]
     return max(process.wait() for process in processes)
 
 
@@ -277,7 +279,8 @@ def run_benchmarks(device_name: str, quick: bool, out_file: Path) -> None:
 
         # After every case: the rows of the modules before this one and this module's so far.
         def save(partial_rows, done=tuple(rows)):
-            _write_json_atomically(out_file, {"rows": [*done, *partial_rows], "extras": extras + tuning_report()})
+            _write_json_atomically(out_file, {"rows": [*done, *partial_rows],
+                                              "extras": extras + tuning_report()})
 
         if hasattr(module, "cases"):
             try:

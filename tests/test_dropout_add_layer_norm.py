@@ -324,7 +324,8 @@ def test_every_backward_plan_matches_float64_reference(monkeypatch):
 # ---------------------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype, D, dropout_p, norm", [
-    *((dtype, D, p, "layer") for dtype in (torch.bfloat16, torch.float16) for D in (768, 1024) for p in (0.0, 0.1)),
+    *((dtype, D, p, "layer")
+      for dtype in (torch.bfloat16, torch.float16) for D in (768, 1024) for p in (0.0, 0.1)),
     (torch.bfloat16, 768, 0.1, "rms"), (torch.float16, 1024, 0.0, "rms"),
 ], ids=str)
 def test_gpu_matches_reference_flash_attn_rule(D, dtype, dropout_p, norm):

@@ -91,8 +91,8 @@ def test_measure_hands_over_each_row_as_it_is_timed(monkeypatch):
     monkeypatch.setitem(sys.modules, "bench_common", common)  # dataclasses look their module up
     spec.loader.exec_module(common)
     times = {"eager": 2.0, "ours": 1.0}
-    cases = [common.Case("op", "s", provider, lambda provider=provider: provider, baseline=provider == "eager")
-             for provider in times]
+    cases = [common.Case("op", "s", provider, lambda provider=provider: provider,
+                         baseline=provider == "eager") for provider in times]
     seen = []
     rows = common.measure(cases, lambda fn: times[fn()], on_row=lambda partial: seen.append(
         [(row["provider"], row.get("speedup")) for row in partial]))
