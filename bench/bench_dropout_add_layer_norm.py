@@ -1,8 +1,11 @@
 """dropout_add_layer_norm: our fused kernel against eager PyTorch (F.dropout, drop-path multiply, add,
 F.layer_norm: four to five passes over the activations) and the reference, at the ViT-B and ViT-L widths
-with 8 clips of 1568 tokens; forward alone and forward + backward."""
+with 8 clips of 1568 tokens; forward alone and forward + backward. The RMSNorm variant
+(dropout_add_rms_norm against F.rms_norm) at the ViT-B width."""
 
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
@@ -11,41 +14,46 @@ import torch.nn.functional as F
 from common import Case
 from internvideo_fast.ops import use_backend
 from internvideo_fast.ops.backend import triton_runs_on
-from internvideo_fast.ops.dropout_add_layer_norm import OP_NAME, dropout_add_layer_norm
+from internvideo_fast.ops.dropout_add_layer_norm import OP_NAME, dropout_add_layer_norm, dropout_add_rms_norm
 
 SIZES = [(8, 1568, 768), (8, 1568, 1024)]  # (clips, tokens, width)
 DROPOUT_P = 0.1
 EPS = 1e-6
 
 
-def _eager(x, residual, weight, bias, drop_path_scale):
+def _eager(x, residual, weight, bias, drop_path_scale, rms=False):
     dropped = F.dropout(x, DROPOUT_P, training=True) * drop_path_scale[:, None, None]
     new_residual = residual + dropped
+    if rms:  # weight only, as RMSNorm layers have
+        return F.rms_norm(new_residual, (x.shape[-1],), weight, EPS), new_residual
     return F.layer_norm(new_residual, (x.shape[-1],), weight, bias, EPS), new_residual
 
 
-def _ours(provider):
+def _ours(provider, rms=False):
+    op = dropout_add_rms_norm if rms else dropout_add_layer_norm
+
     def run(x, residual, weight, bias, drop_path_scale):
         with use_backend(provider, OP_NAME):
-            return dropout_add_layer_norm(
-                x, residual, weight, bias, DROPOUT_P, EPS, drop_path_scale=drop_path_scale, seed=0
-            )
+            return op(x, residual, weight, None if rms else bias, DROPOUT_P, EPS,
+                      drop_path_scale=drop_path_scale, seed=0)
 
     return run
 
 
 def cases(device: torch.device, quick: bool = False) -> list[Case]:
     sizes = SIZES[:1] if quick else SIZES
-    providers = {"eager": _eager}
+    norms = {"ln": {"eager": _eager}, "rms": {"eager": functools.partial(_eager, rms=True)}}
     # On CPU the Triton interpreter is a test tool, not a backend to time, and the reference rebuilds the
     # Philox dropout mask in int64 PyTorch (seconds a call): both are timed on GPU only.
     if device.type == "cuda":
-        providers["reference"] = _ours("reference")
+        norms["ln"]["reference"] = _ours("reference")
         if triton_runs_on(device):
-            providers["triton"] = _ours("triton")
+            norms["ln"]["triton"] = _ours("triton")
+            norms["rms"]["triton"] = _ours("triton", rms=True)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     out = []
-    for clips, tokens, width in sizes:
+    for (clips, tokens, width), norm in [(size, "ln") for size in sizes] + [(SIZES[0], "rms")]:
+        providers = norms[norm]
         size = f"{clips}x{tokens}x{width},{str(dtype).removeprefix('torch.')}"
         shape = (clips, tokens, width)
         x = torch.randn(shape, device=device, dtype=dtype)
@@ -69,10 +77,10 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
 
             baseline = name == "eager"
             out.append(
-                Case("dropout_add_ln", size, name, forward, baseline=baseline, bytes_moved=forward_bytes)
+                Case(f"dropout_add_{norm}", size, name, forward, baseline=baseline, bytes_moved=forward_bytes)
             )
             out.append(
-                Case("dropout_add_ln+bwd", size, name, forward_backward, baseline=baseline,
+                Case(f"dropout_add_{norm}+bwd", size, name, forward_backward, baseline=baseline,
                      bytes_moved=forward_bytes + 5 * activation_bytes)
             )
     return out
