@@ -45,8 +45,11 @@ from internvideo_fast.ops.outputs import poison_, poisoned_outputs  # noqa: E402
 
 import pytest  # noqa: E402
 
-from internvideo_fast.ops.backend import triton_runs_on  # noqa: E402
+from internvideo_fast.ops.backend import interpreter_problem, triton_interpreter_on, triton_runs_on  # noqa: E402
 
 # Triton kernels run on CPU tensors only under the interpreter (conftest.py sets it when there is no GPU).
 CPU_TRITON = triton_runs_on(torch.device("cpu"))
-needs_triton = pytest.mark.skipif(not CPU_TRITON, reason="needs TRITON_INTERPRET=1 on CPU")
+needs_triton = pytest.mark.skipif(
+    not CPU_TRITON,
+    reason=(interpreter_problem() if triton_interpreter_on() else None) or "needs TRITON_INTERPRET=1 on CPU",
+)

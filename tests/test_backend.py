@@ -55,3 +55,20 @@ def test_unknown_or_unavailable_backend_is_a_clear_error(monkeypatch):
 def test_available_backends_on_cpu():
     available = available_backends("tube_mask", torch.device("cpu"))
     assert {"reference", "cpu"} <= available and "cuda" not in available
+
+
+@pytest.mark.skipif(not backend_module.triton_interpreter_on(), reason="the interpreter is off (a GPU run)")
+def test_the_interpreter_runs_our_kernels_with_these_versions():
+    """The CPU tests run every Triton kernel under the interpreter; an environment where it cannot (Triton
+    3.6 with numpy >= 2.4) fails here, with the reason, instead of skipping them all."""
+    assert backend_module.interpreter_problem() is None
+
+
+def test_an_interpreter_that_cannot_run_is_named_in_the_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(backend_module, "interpreter_problem", lambda: "Triton 3.6 with numpy 2.4")
+    cpu = torch.device("cpu")
+    assert not backend_module.triton_runs_on(cpu)
+    assert "triton" not in available_backends("tube_mask", cpu)
+    with use_backend("triton", "tube_mask"), pytest.raises(ValueError, match="Triton 3.6 with numpy 2.4"):
+        select_backend("tube_mask", cpu, available_backends("tube_mask", cpu))

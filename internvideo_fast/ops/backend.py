@@ -18,7 +18,9 @@ default. Asking for a backend that cannot run the call is a ``ValueError``, neve
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
+import inspect
 import os
 from collections.abc import Collection, Iterator
 
@@ -75,13 +77,34 @@ def triton_interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@functools.lru_cache(maxsize=None)
+def interpreter_problem() -> str | None:
+    """Why Triton's interpreter cannot run our kernels in this environment, or None. Triton 3.6's
+    interpreter turns a loop bound (a 1-element array) into an int with ``int(array)``, which numpy >= 2.4
+    refuses; every kernel with a loop then fails with an obscure error (Triton 3.8 squeezes first)."""
+    import numpy
+    from triton.runtime import interpreter
+
+    try:
+        int(numpy.ones(1))
+        return None
+    except TypeError:
+        pass
+    if "int(self.handle.data)" in inspect.getsource(interpreter):
+        import triton
+
+        return (f"Triton {triton.__version__}'s interpreter cannot run loops with numpy {numpy.__version__} "
+                f"(install numpy < 2.4, or Triton >= 3.8)")
+    return None
+
+
 def triton_runs_on(device: torch.device) -> bool:
     """Whether a Triton kernel can run on tensors of `device`."""
     if not _TRITON_IMPORTABLE:
         return False
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and triton_interpreter_on()
+    return device.type == "cpu" and triton_interpreter_on() and interpreter_problem() is None
 
 
 def available_backends(compiled_op: str, device: torch.device, has_triton: bool = True) -> set[str]:
@@ -104,8 +127,11 @@ def select_backend(op: str, device: torch.device, available: Collection[str]) ->
         preference = ("cuda", "triton", "reference") if device.type == "cuda" else ("cpu", "reference")
         return next(backend for backend in preference if backend in available)
     if choice not in available:
+        why = ""
+        if choice == "triton" and device.type == "cpu" and _TRITON_IMPORTABLE and triton_interpreter_on():
+            why = f" ({interpreter_problem()})" if interpreter_problem() else ""
         raise ValueError(
-            f"backend {choice!r} was chosen for {op} but cannot run on {device.type} here; "
+            f"backend {choice!r} was chosen for {op} but cannot run on {device.type} here{why}; "
             f"available: {sorted(available)}"
         )
     return choice
