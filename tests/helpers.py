@@ -45,7 +45,11 @@ from internvideo_fast.ops.outputs import poison_, poisoned_outputs  # noqa: E402
 
 import pytest  # noqa: E402
 
-from internvideo_fast.ops.backend import interpreter_problem, triton_interpreter_on, triton_runs_on  # noqa: E402
+from internvideo_fast.ops.backend import (  # noqa: E402
+    interpreter_problem,
+    triton_interpreter_on,
+    triton_runs_on,
+)
 
 # Triton kernels run on CPU tensors only under the interpreter (conftest.py sets it when there is no GPU).
 CPU_TRITON = triton_runs_on(torch.device("cpu"))
