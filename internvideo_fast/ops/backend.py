@@ -18,7 +18,6 @@ default. Asking for a backend that cannot run the call is a ``ValueError``, neve
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import inspect
 import os
@@ -77,11 +76,10 @@ def triton_interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@functools.lru_cache(maxsize=None)
-def interpreter_problem() -> str | None:
-    """Why Triton's interpreter cannot run our kernels in this environment, or None. Triton 3.6's
-    interpreter turns a loop bound (a 1-element array) into an int with ``int(array)``, which numpy >= 2.4
-    refuses; every kernel with a loop then fails with an obscure error (Triton 3.8 squeezes first)."""
+def _find_interpreter_problem() -> str | None:
+    """Triton 3.6's interpreter turns a loop bound (a 1-element array) into an int with ``int(array)``,
+    which numpy >= 2.4 refuses; every kernel with a loop then fails with an obscure error (Triton 3.8
+    squeezes first)."""
     import numpy
     from triton.runtime import interpreter
 
@@ -96,6 +94,16 @@ def interpreter_problem() -> str | None:
         return (f"Triton {triton.__version__}'s interpreter cannot run loops with numpy {numpy.__version__} "
                 f"(install numpy < 2.4, or Triton >= 3.8)")
     return None
+
+
+_INTERPRETER_PROBLEM: list[str | None] = []  # found once (at import when the interpreter is on)
+
+
+def interpreter_problem() -> str | None:
+    """Why Triton's interpreter cannot run our kernels in this environment, or None."""
+    if not _INTERPRETER_PROBLEM:
+        _INTERPRETER_PROBLEM.append(_find_interpreter_problem())
+    return _INTERPRETER_PROBLEM[0]
 
 
 def triton_runs_on(device: torch.device) -> bool:
@@ -135,3 +143,8 @@ def select_backend(op: str, device: torch.device, available: Collection[str]) ->
             f"available: {sorted(available)}"
         )
     return choice
+
+
+# Outside any traced code: torch.compile then only reads the answer.
+if _TRITON_IMPORTABLE and triton_interpreter_on():
+    interpreter_problem()
