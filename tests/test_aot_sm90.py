@@ -35,19 +35,35 @@ def subject_reports():
 
 
 def test_every_registered_config_fits_the_h100(registered_reports):
-    # Every config unaligned, except aligned-only ones; matmul and aligned-only configs 16-aligned too.
+    # Every config unaligned, except aligned-only ones; matmul, aligned-only and also-aligned configs
+    # 16-aligned too.
     expected = {
         (spec.name, config.label()) for spec in triton_kernels() if not spec.aligned_only for config in spec.configs
     }
     expected |= {
         (spec.name, config.label() + ",aligned16")
-        for spec in triton_kernels() if spec.multiplies_matrices or spec.aligned_only for config in spec.configs
+        for spec in triton_kernels() if spec.multiplies_matrices or spec.aligned_only or spec.also_aligned
+        for config in spec.configs
     }
     assert any(spec.aligned_only for spec in triton_kernels())
     assert {(r["kernel"], r["config"]) for r in registered_reports} == expected
     for report in registered_reports:
         assert report["problems"] == [], report
         assert report["registers"] > 0 and report["shared_bytes"] is not None
+
+
+@pytest.mark.parametrize("kernel", ["dropout_add_layer_norm_bwd", "linear_act_bwd"])
+def test_load_stages_pipeline_the_row_loops(registered_reports, kernel):
+    """Aligned (as the ViT widths launch), LOAD_STAGES > 1 puts the next rows' loads in shared memory
+    (cp.async): more shared memory than the same launch without stages. Triton pipelines only what it can
+    load asynchronously, so this fails if a Triton version stops doing it for these loops."""
+    shared = {r["config"]: r["shared_bytes"] for r in registered_reports if r["kernel"] == kernel}
+    pairs = [(label, label.replace("LOAD_STAGES=3", "LOAD_STAGES=1")) for label in shared
+             if "LOAD_STAGES=3" in label and label.endswith(",aligned16")]
+    pairs = [(staged, unstaged) for staged, unstaged in pairs if unstaged in shared]
+    assert pairs
+    for staged, unstaged in pairs:
+        assert shared[staged] > shared[unstaged], (staged, shared[staged], shared[unstaged])
 
 
 def test_every_op_module_registers_its_kernels():

@@ -140,13 +140,14 @@ def _compile_variant(index: int) -> AotReport:
 
 
 def check_all(kernels: list[TritonKernelSpec] | None = None, jobs: int = 1) -> list[AotReport]:
-    """Every config of every kernel; matmul kernels also in their 16-aligned variant (see compile_for_sm90),
-    and aligned-only configs in that variant alone. `jobs` > 1 compiles in that many forked processes."""
+    """Every config of every kernel; matmul and ``also_aligned`` kernels also in their 16-aligned variant
+    (see compile_for_sm90), and aligned-only configs in that variant alone. `jobs` > 1 compiles in that many forked processes."""
     kernels = triton_kernels() if kernels is None else kernels
     variants = [(spec, config, False) for spec in kernels if not spec.aligned_only for config in spec.configs]
     variants += [
         (spec, config, True)
-        for spec in kernels if spec.multiplies_matrices or spec.aligned_only for config in spec.configs
+        for spec in kernels if spec.multiplies_matrices or spec.aligned_only or spec.also_aligned
+        for config in spec.configs
     ]
     if jobs <= 1 or len(variants) < 2:
         return [compile_for_sm90(*variant) for variant in variants]

@@ -22,8 +22,9 @@ Backward, for ``dy = d normed`` and ``dr = d new_residual`` (from the residual s
 Inside the kernels every value is fp32 whatever the input dtype (fp32 / fp16 / bf16); ``normed`` and
 ``new_residual`` are stored in x's dtype. ``dweight`` / ``dbias`` are summed per program into a
 ``[programs, D]`` fp32 buffer and reduced with ``torch.sum(0)``, so they are deterministic. The backward's
-warps and programs per SM are timed on the GPU by a LaunchTuner (``_BWD_PLAN_SHAPES``); the plan fixes how
-rows split over programs, so across processes dweight / dbias are bitwise equal under ``IVF_AUTOTUNE=0``.
+warps, programs per SM and load stages are timed on the GPU by a LaunchTuner (``_BWD_PLAN_SHAPES``); the
+plan fixes how rows split over programs, so across processes dweight / dbias are bitwise equal under
+``IVF_AUTOTUNE=0``.
 
 The dropout mask: element ``i`` of the flattened x (``i = row * D + col``) is kept when
 ``tl.rand4x(seed, i // 4)[i % 4] >= p``: Triton's Philox4x32-10 with counter ``(i // 4 mod 2**32,
@@ -176,10 +177,11 @@ def _dropout_add_layer_norm_bwd_kernel(
     rows, D, rows_per_program, rows_per_sample, dropout_p, keep_scale,
     BLOCK_D: tl.constexpr, HAS_DNEW_RESIDUAL: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROP_PATH: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    D_MULTIPLE_OF_4: tl.constexpr, IS_RMS_NORM: tl.constexpr,
+    D_MULTIPLE_OF_4: tl.constexpr, IS_RMS_NORM: tl.constexpr, LOAD_STAGES: tl.constexpr,
 ):
     # A contiguous block of rows per program; dweight / dbias accumulate in registers, one partial row per
-    # program.
+    # program. LOAD_STAGES > 1 has Triton pipeline the row loop: the next rows' loads go to shared memory
+    # by cp.async while this row's math runs, so rows are in flight without holding registers.
     program = tl.program_id(0)
     col = tl.arange(0, BLOCK_D)
     in_row = col < D
@@ -190,7 +192,7 @@ def _dropout_add_layer_norm_bwd_kernel(
     dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
     row_start = program.to(tl.int64) * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, rows)
-    for row in range(row_start, row_end):  # int64 rows
+    for row in tl.range(row_start, row_end, num_stages=LOAD_STAGES):  # int64 rows
         offset = row * D + col
 
         # Loads.
@@ -256,10 +258,14 @@ register_triton_kernel(
 )
 # Backward plans per row width, timed by a LaunchTuner on the GPU (the first is the default everywhere
 # else): (config, programs per SM). The H100 run of 2026-11-26 measured the default at 55% of copy bandwidth
-# at D = 768: BLOCK_D = 1024 at 4 warps holds 8 values of each row vector per thread (107 registers), so
-# only 4 programs (16 warps) fit on an SM, with one row in flight per program. Twice the warps halve the
-# values per thread and let twice the warps be resident; more programs per SM put more rows in flight.
-_BWD_PLAN_SHAPES = ((1, 4), (2, 4), (2, 8), (1, 8))  # (warps multiplier, programs per SM)
+# at D = 768: BLOCK_D = 1024 at 4 warps holds 8 values of each row vector per thread, with one row in
+# flight per program. Twice the warps halve the values per thread; more programs per SM put more rows in
+# flight where registers allow (sm_90a check, dropout on: 64 registers in the 16-aligned specialization
+# the ViT widths launch with, 105-125 in the general one). Load stages have Triton pipeline the row loop:
+# the next rows' loads go to shared memory by cp.async (aligned rows only) instead of registers; at
+# D = 1024, 3 stages take 80 registers and 12 KB of shared memory.
+# (warps multiplier, programs per SM, load stages)
+_BWD_PLAN_SHAPES = ((1, 4, 1), (2, 4, 1), (2, 8, 1), (1, 8, 1), (1, 4, 3), (1, 8, 2), (2, 4, 3))
 # Tests set this to a plan index to run that plan where the tuner would run the default.
 _FORCE_BWD_PLAN: int | None = None
 
@@ -268,10 +274,11 @@ def _backward_plans(config: KernelConfig) -> list[tuple[KernelConfig, int]]:
     """The plans of one row width, default first. At most 8 warps: at 16 (512 threads) an SM caps a thread
     at 128 registers, and D = 4096 spills there (measured with the sm_90a check)."""
     plans = {}
-    for factor, per_sm in _BWD_PLAN_SHAPES:
+    for factor, per_sm, stages in _BWD_PLAN_SHAPES:
         warps = min(8, config.num_warps * factor)
-        plans.setdefault((warps, per_sm), KernelConfig(config.constexprs, num_warps=warps, num_stages=1))
-    return [(plan, per_sm) for (_, per_sm), plan in plans.items()]
+        plans.setdefault((warps, per_sm, stages), KernelConfig(
+            dict(config.constexprs, LOAD_STAGES=stages), num_warps=warps, num_stages=1))
+    return [(plan, per_sm) for (_, per_sm, _), plan in plans.items()]
 
 
 def _distinct_configs(configs) -> list[KernelConfig]:
@@ -299,6 +306,7 @@ register_triton_kernel(
             )
             for aligned in _MASK_PATHS
         ),
+        also_aligned=True,  # where the load stages pipeline (the ViT widths)
     )
 )
 
@@ -422,8 +430,11 @@ def _dropout_add_layer_norm_bwd_impl(
     plans = _backward_plans(_triton_config(D))
     if _FORCE_BWD_PLAN is not None:  # tests
         plans = [plans[min(_FORCE_BWD_PLAN, len(plans) - 1)]]
-    candidates = [(f"w{config.num_warps}_{per_sm}per_sm", functools.partial(launch, config, per_sm))
-                  for config, per_sm in plans]
+    candidates = [
+        (f"w{config.num_warps}_{per_sm}per_sm_ld{config.constexprs['LOAD_STAGES']}",
+         functools.partial(launch, config, per_sm))
+        for config, per_sm in plans
+    ]
     key = (str(new_residual.dtype), D, length_bucket(rows), dnew_residual is not None, has_residual,
            weight is not None, bias is not None, has_dropout, rms_norm)
     launch_tuner(OP_NAME + "_bwd").run(key, candidates, new_residual.device)

@@ -33,7 +33,9 @@ class TritonKernelSpec:
     tensor descriptor's block shape may name constexprs: ``"tensordesc<bf16[{BLOCK_M},{BLOCK_K}]>"``);
     ``multiplies_matrices`` marks kernels built on ``tl.dot``, which must compile to ``wgmma`` on sm_90a.
     ``aligned_only`` marks configs that the launcher uses only when every pointer and stride is a multiple of
-    16 elements, so the check compiles them in that specialization alone.
+    16 elements, so the check compiles them in that specialization alone; ``also_aligned`` has the check
+    compile that specialization beside the general one (kernels that compile differently there, e.g. loads
+    pipelined through shared memory, which need 16-byte aligned rows).
     """
 
     name: str
@@ -42,6 +44,7 @@ class TritonKernelSpec:
     configs: tuple[KernelConfig, ...]
     multiplies_matrices: bool = False
     aligned_only: bool = False
+    also_aligned: bool = False
 
 
 _KERNELS: dict[str, TritonKernelSpec] = {}

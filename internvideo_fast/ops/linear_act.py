@@ -59,8 +59,9 @@ Implementation choices:
 - Backward: ``dpre`` comes from a Triton elementwise kernel that reads ``dy`` and ``pre`` once, applies
   the dropout mask and ``act'`` in fp32, stores ``dpre`` in x's dtype and accumulates ``dbias`` in a
   register tile per program (reduced over its rows once, after the loop) into a fixed ``[programs, N]``
-  fp32 buffer, summed by ``torch.sum`` (deterministic, like dropout_add_layer_norm). Its tile and programs
-  per SM are timed on the GPU by the LaunchTuner (``_BWD_GPU_PLANS``). The two matmuls ``dx`` and
+  fp32 buffer, summed by ``torch.sum`` (deterministic, like dropout_add_layer_norm). Its tile, programs
+  per SM and load stages (the row loop pipelined through shared memory) are timed on the GPU by the
+  LaunchTuner (``_BWD_GPU_PLANS``). The two matmuls ``dx`` and
   ``dweight`` are plain GEMMs with nothing left to fuse, so they run on ``torch.matmul`` (cuBLAS on GPU):
   fusing ``act'`` into both GEMMs' prologues would read ``dy`` and ``pre`` twice. In fused_mlp's backward the
   GEMM that produces fc1's incoming gradient (``dh = dz @ weight2``) can instead carry the elementwise pass
@@ -465,7 +466,7 @@ def _linear_act_bwd_kernel(
     dy_ptr, pre_ptr, seed_ptr, dpre_ptr, act_ptr, dbias_partial_ptr,
     M, N, rows_per_program, dropout_p, keep_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, STORE_ACT: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, STORE_ACT: tl.constexpr, LOAD_STAGES: tl.constexpr,
 ):
     # Program (column block, row chunk): dpre = dropout'(dy) * act'(pre) over rows_per_program rows of
     # BLOCK_N columns (the dropout mask regenerated from the seed); dbias of the chunk accumulates in
@@ -480,7 +481,9 @@ def _linear_act_bwd_kernel(
     dbias_tile = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     row_start = chunk.to(tl.int64) * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, M)
-    for start in range(row_start, row_end, BLOCK_M):  # int64 rows
+    # LOAD_STAGES > 1: Triton pipelines this loop, the next row blocks' loads going to shared memory by
+    # cp.async (16-byte aligned rows) while this block's math runs.
+    for start in tl.range(row_start, row_end, BLOCK_M, num_stages=LOAD_STAGES):  # int64 rows
         rows = start + tl.arange(0, BLOCK_M)
         mask = (rows < row_end)[:, None] & in_n[None, :]
         offsets = rows[:, None] * N + cols[None, :]
@@ -557,13 +560,17 @@ _FWD_INTERPRETER_CONFIG = KernelConfig(
 # 8x256 at 4 warps 80-168 (unaligned 141-245), 4x256 at 4 warps 40-59 (54-101), 8x512 at 8 warps 80-182
 # (143-245), no spills. The first plan is the default. The H100 run of 2026-11-26 measured the earlier
 # 16x256 tile, which reduced dbias across threads every iteration, at 0.164 ms for ViT-B's fc1 (252 MB
-# moved: 51% of copy bandwidth); with the dbias tile accumulated in registers that tile spills.
+# moved: 51% of copy bandwidth); with the dbias tile accumulated in registers that tile spills. The
+# LOAD_STAGES plans put the next row blocks' loads in flight through shared memory instead of registers.
 _BWD_GPU_PLANS = (
-    (KernelConfig({"BLOCK_M": 8, "BLOCK_N": 256}, num_warps=4, num_stages=1), 4),
-    (KernelConfig({"BLOCK_M": 4, "BLOCK_N": 256}, num_warps=4, num_stages=1), 8),
-    (KernelConfig({"BLOCK_M": 8, "BLOCK_N": 512}, num_warps=8, num_stages=1), 2),
+    (KernelConfig({"BLOCK_M": 8, "BLOCK_N": 256, "LOAD_STAGES": 1}, num_warps=4, num_stages=1), 4),
+    (KernelConfig({"BLOCK_M": 4, "BLOCK_N": 256, "LOAD_STAGES": 1}, num_warps=4, num_stages=1), 8),
+    (KernelConfig({"BLOCK_M": 8, "BLOCK_N": 512, "LOAD_STAGES": 1}, num_warps=8, num_stages=1), 2),
+    (KernelConfig({"BLOCK_M": 8, "BLOCK_N": 256, "LOAD_STAGES": 3}, num_warps=4, num_stages=1), 4),
+    (KernelConfig({"BLOCK_M": 4, "BLOCK_N": 256, "LOAD_STAGES": 3}, num_warps=4, num_stages=1), 8),
 )
-_BWD_INTERPRETER_CONFIG = KernelConfig({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=1)
+_BWD_INTERPRETER_CONFIG = KernelConfig({"BLOCK_M": 16, "BLOCK_N": 32, "LOAD_STAGES": 1}, num_warps=4,
+                                       num_stages=1)
 _FORCE_DPRE_PLAN: int | None = None
 
 # The AOT check compiles each tile config with every activation (each is a separate compiled kernel), bias
@@ -722,6 +729,7 @@ register_triton_kernel(
             # (fused_mlp's fc1 backward) is compiled with dropout on, its largest form.
             if dropout or activation != "none"
         ),
+        also_aligned=True,  # where the load stages pipeline (ViT widths)
     )
 )
 
@@ -981,7 +989,7 @@ def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act, in_p
                 dy, pre if activation != "none" or store_act else None, seed if has_dropout else None,
                 dpre, act_out, dbias_partial if has_bias else None, M, N, rows_per_program,
                 float(dropout_p) if has_dropout else 0.0, _keep_scale(dropout_p) if has_dropout else 1.0,
-                BLOCK_M=block_m, BLOCK_N=block_n, ACTIVATION=activation, HAS_BIAS=has_bias,
+                **config.constexprs, ACTIVATION=activation, HAS_BIAS=has_bias,
                 HAS_DROPOUT=has_dropout, STORE_ACT=store_act,
                 num_warps=config.num_warps, num_stages=config.num_stages,
             )
