@@ -141,7 +141,8 @@ def _compile_variant(index: int) -> AotReport:
 
 def check_all(kernels: list[TritonKernelSpec] | None = None, jobs: int = 1) -> list[AotReport]:
     """Every config of every kernel; matmul and ``also_aligned`` kernels also in their 16-aligned variant
-    (see compile_for_sm90), and aligned-only configs in that variant alone. `jobs` > 1 compiles in that many forked processes."""
+    (see compile_for_sm90), and aligned-only configs in that variant alone. `jobs` > 1 compiles in that
+    many forked processes."""
     kernels = triton_kernels() if kernels is None else kernels
     variants = [(spec, config, False) for spec in kernels if not spec.aligned_only for config in spec.configs]
     variants += [
