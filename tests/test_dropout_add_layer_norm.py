@@ -106,13 +106,15 @@ def test_rms_norm_forward_backward_match_float64_reference(shape, dtype):
     _check_against_reference(shape, dtype, norm="rms", dropout_p=0.2, seed=5, drop_path=True)  # with a bias
 
 
-def test_rms_norm_reference_is_torch_rms_norm():
-    """The RMSNorm reference against torch's own F.rms_norm (float64), so both norms rest on torch."""
-    x, res, w, _, _ = _inputs((3, 5, 40), torch.float64)
-    normed, new_residual = dropout_add_rms_norm_ref(x, res, w, None, eps=1e-5)
-    expected = torch.nn.functional.rms_norm(res + x, (40,), w, eps=1e-5)
+def test_rms_norm_reference_is_the_formula():
+    """The RMSNorm reference (F.rms_norm after the shared residual part) against the formula in float64,
+    with a bias and a drop-path scale."""
+    x, res, w, b, scale = _inputs((3, 5, 40), torch.float64, drop_path=True)
+    normed, new_residual = dropout_add_rms_norm_ref(x, res, w, b, eps=1e-5, drop_path_scale=scale)
+    h = res + x * scale[:, None, None]
+    expected = h / torch.sqrt((h * h).mean(-1, keepdim=True) + 1e-5) * w + b
+    torch.testing.assert_close(new_residual, h, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(normed, expected, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(new_residual, res + x)
 
 
 @needs_triton

@@ -135,9 +135,10 @@ def select_backend(op: str, device: torch.device, available: Collection[str]) ->
         preference = ("cuda", "triton", "reference") if device.type == "cuda" else ("cpu", "reference")
         return next(backend for backend in preference if backend in available)
     if choice not in available:
-        why = ""
+        problem = None
         if choice == "triton" and device.type == "cpu" and _TRITON_IMPORTABLE and triton_interpreter_on():
-            why = f" ({interpreter_problem()})" if interpreter_problem() else ""
+            problem = interpreter_problem()
+        why = f" ({problem})" if problem else ""
         raise ValueError(
             f"backend {choice!r} was chosen for {op} but cannot run on {device.type} here{why}; "
             f"available: {sorted(available)}"

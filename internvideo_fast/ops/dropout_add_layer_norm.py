@@ -550,12 +550,7 @@ def dropout_add_layer_norm_ref(
     drop_path_scale[sample]``, computed in x's dtype (``upcast``: in float64, returned as float64).
     `keep_mask` (bool, x's shape) is the dropout mask; None keeps everything."""
     dtype = torch.float64 if upcast else x.dtype
-    dropped = x.to(dtype)
-    if keep_mask is not None:
-        dropped = dropped * keep_mask.to(dtype) * (1.0 / (1.0 - dropout_p))
-    if drop_path_scale is not None:
-        dropped = dropped * drop_path_scale.to(dtype).reshape(-1, *([1] * (x.dim() - 1)))
-    new_residual = dropped if residual is None else residual.to(dtype) + dropped
+    new_residual = _new_residual_ref(x, residual, keep_mask, dropout_p, drop_path_scale, dtype)
     normed = F.layer_norm(
         new_residual, (x.shape[-1],),
         None if weight is None else weight.to(dtype), None if bias is None else bias.to(dtype), eps,
@@ -575,15 +570,20 @@ def dropout_add_rms_norm_ref(
     upcast: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`dropout_add_layer_norm_ref` with RMSNorm: ``h / sqrt(mean(h^2) + eps) * weight + bias``."""
-    _, new_residual = dropout_add_layer_norm_ref(
-        x, residual, None, None, keep_mask, dropout_p, eps, drop_path_scale, upcast)
-    dtype = new_residual.dtype
-    normed = new_residual * torch.rsqrt(new_residual.pow(2).mean(-1, keepdim=True) + eps)
-    if weight is not None:
-        normed = normed * weight.to(dtype)
-    if bias is not None:
-        normed = normed + bias.to(dtype)
-    return normed, new_residual
+    dtype = torch.float64 if upcast else x.dtype
+    new_residual = _new_residual_ref(x, residual, keep_mask, dropout_p, drop_path_scale, dtype)
+    normed = F.rms_norm(new_residual, (x.shape[-1],), None if weight is None else weight.to(dtype), eps)
+    return (normed if bias is None else normed + bias.to(dtype)), new_residual
+
+
+def _new_residual_ref(x, residual, keep_mask, dropout_p, drop_path_scale, dtype) -> torch.Tensor:
+    """``residual + x * keep_mask / (1 - p) * drop_path_scale[sample]`` in `dtype` (the references' h)."""
+    dropped = x.to(dtype)
+    if keep_mask is not None:
+        dropped = dropped * keep_mask.to(dtype) * (1.0 / (1.0 - dropout_p))
+    if drop_path_scale is not None:
+        dropped = dropped * drop_path_scale.to(dtype).reshape(-1, *([1] * (x.dim() - 1)))
+    return dropped if residual is None else residual.to(dtype) + dropped
 
 
 # ----------------------------------------------------------------------------------------------------

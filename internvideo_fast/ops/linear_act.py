@@ -871,8 +871,8 @@ def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, 
         INPUT_PRECISION=_input_precision(x.dtype), HAS_DROPOUT=has_dropout,
     )
     seed_arg = seed if has_dropout else None
-    scalars = (M, N, K, float(dropout_p) if has_dropout else 0.0,
-               _keep_scale(dropout_p) if has_dropout else 1.0)
+    dropout_args = (float(dropout_p) if has_dropout else 0.0, _keep_scale(dropout_p) if has_dropout else 1.0)
+    scalars = (M, N, K, *dropout_args)
     tail = (bias, seed_arg, y, pre if store_pre else None, *scalars)
 
     def launch(kernel, config, operands):
@@ -925,7 +925,7 @@ def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, 
             return
         config = _ACTIVATION_INTERPRETER_CONFIG if interpreter else _ACTIVATION_CONFIG
         _activation_dropout_kernel[(triton.cdiv(M * N, config.constexprs["BLOCK"]),)](
-            gemm_out, y, seed_arg, M * N, *scalars[3:], **config.constexprs, ACTIVATION=activation,
+            gemm_out, y, seed_arg, M * N, *dropout_args, **config.constexprs, ACTIVATION=activation,
             HAS_DROPOUT=has_dropout, num_warps=config.num_warps, num_stages=config.num_stages,
         )
 
