@@ -258,6 +258,13 @@ def _write_json_atomically(path: Path, payload: dict) -> None:
     os.replace(partial, path)
 
 
+def rejected_candidates(extras: list[dict]) -> list[str]:
+    """Tuning candidates whose outputs disagreed with their default's (never used, but a kernel bug: the
+    check fails on them), one "tuner key: label (why)" line each, from the bench's tuning rows."""
+    return [f"{row['tuner']} {row['key']}: {label} ({why})"
+            for row in extras if row.get("op") == "tuning" for label, why in row.get("rejected", {}).items()]
+
+
 def run_benchmarks(device_name: str, quick: bool, out_file: Path) -> None:
     """The bench stage's body (run in its own process): every module's cases, timed, into out_file."""
     import torch
@@ -398,7 +405,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(extra))
     print(f"written: {out_dir / name}" + "".join(f", {plot.name}" for plot in plots))
     failed = [s for s, r in stages.results.items() if r["status"] not in ("ok",) and not r["status"].startswith("skipped")]
-    return 1 if failed else 0
+    if rejected := rejected_candidates(extras):
+        print(f"[gpu-check] {len(rejected)} tuning candidates disagreed with their default and were dropped:")
+        print("\n".join(f"  {line}" for line in rejected))
+    return 1 if failed or rejected else 0
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """LaunchTuner: picks the fastest candidate per key, caches it, skips failing candidates, and runs the
 default (first) candidate wherever it must not time anything."""
 
+import importlib
+
 import pytest
 import torch
 
-from internvideo_fast.ops.autotuning import LaunchTuner, length_bucket
+from helpers import needs_triton
+from internvideo_fast.ops.autotuning import LaunchTuner, TuningCandidateRejected, length_bucket
 
 
 def _recording_candidates(calls, failing=()):
@@ -129,3 +132,245 @@ def test_tuning_report_lists_each_timed_choice(monkeypatch):
         "op": "tuning", "tuner": "test_report_tuner", "key": "('shape', 7)", "chosen": "c",
         "candidates_ms": {"a": 3.0, "b": 1.0, "c": 0.5},
     }]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Candidates are checked against the default before one is chosen (outputs=...)
+# ----------------------------------------------------------------------------------------------------
+def _writing_candidates(out, writers):
+    """Candidates that write `out` in place (as the ops' launches do) with `writers[label](out)`."""
+    def make(label, write):
+        def launch():
+            write(out)
+        return label, launch
+    return [make(label, write) for label, write in writers.items()]
+
+
+def _timer_by_order(costs):
+    """Costs in the candidates' order (the tuner times them in order)."""
+    order = iter(costs)
+
+    def timer(launch):
+        launch()
+        return next(order)
+    return timer
+
+
+def test_a_fast_candidate_with_wrong_outputs_is_never_chosen(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("IVF_AUTOTUNE", raising=False)
+    expected = torch.randn(37, 5)
+    out = torch.empty_like(expected)
+    candidates = _writing_candidates(out, {
+        "default": lambda o: o.copy_(expected),
+        "wrong": lambda o: o.copy_(expected.flip(0)),  # a wrong index
+        "right": lambda o: o.copy_(expected + 1e-3 * expected.abs().max()),  # summation-order noise
+    })
+    tuner = LaunchTuner("t", timer=_timer_by_order([3.0, 1.0, 2.0]))
+    with pytest.warns(TuningCandidateRejected, match="'wrong' disagrees with 'default'"):
+        label, _ = tuner.run("k", candidates, GPU, outputs=lambda _: (out,))
+    assert label == "right" and tuner.choices() == {"k": "right"}
+    assert set(tuner.rejected["k"]) == {"wrong"} and "differ beyond rounding" in tuner.rejected["k"]["wrong"]
+    assert tuner.timings["k"] == {"default": 3.0, "wrong": 1.0, "right": 2.0}  # the report keeps its time
+    torch.testing.assert_close(out, expected + 1e-3 * expected.abs().max())  # the chosen one ran last
+
+
+def test_an_element_left_unwritten_is_caught_by_the_poison(monkeypatch):
+    """The default fills the shared buffer first; a candidate that skips the last row would leave the
+    default's (right) values there and agree, were the buffer not poisoned before its check."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("IVF_AUTOTUNE", raising=False)
+    expected = torch.randn(17, 3, dtype=torch.float16)
+    out = torch.empty_like(expected)
+
+    def skips_last_row(o):
+        o[:-1].copy_(expected[:-1])
+
+    candidates = _writing_candidates(out, {"default": lambda o: o.copy_(expected), "tail": skips_last_row})
+    tuner = LaunchTuner("t", timer=_timer_by_order([2.0, 1.0]))
+    with pytest.warns(TuningCandidateRejected, match="non-finite"):
+        assert tuner.run("k", candidates, GPU, outputs=lambda _: (out,))[0] == "default"
+    assert torch.equal(out, expected)
+
+
+def test_candidates_allocating_their_outputs_are_checked_through_their_results(monkeypatch):
+    from internvideo_fast.ops.outputs import new_output
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("IVF_AUTOTUNE", raising=False)
+    expected = torch.randn(9, 4)
+
+    def default():
+        return new_output(expected, expected.shape).copy_(expected), None
+
+    def forgets_a_column():
+        out = new_output(expected, expected.shape)  # poisoned while the tuner checks it
+        out[:, 1:] = expected[:, 1:]
+        return out, None
+
+    def bf16_rounded():
+        return expected.bfloat16().float(), None
+
+    tuner = LaunchTuner("t", timer=_timer_by_order([3.0, 1.0, 2.0]))
+    candidates = [("default", default), ("column", forgets_a_column), ("rounded", bf16_rounded)]
+    with pytest.warns(TuningCandidateRejected, match="'column'"):
+        label, (out, _) = tuner.run("k", candidates, GPU, outputs=lambda result: result)
+    assert label == "rounded" and set(tuner.rejected["k"]) == {"column"}
+
+
+def test_without_outputs_nothing_is_checked(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("IVF_AUTOTUNE", raising=False)
+    tuner = LaunchTuner("t", timer=_fake_timer({"a": 3.0, "b": 1.0, "c": 2.0}))
+    calls = []
+    assert tuner.run("k", _recording_candidates(calls), GPU)[0] == "b"
+    assert calls == ["a", "b", "c", "b"] and tuner.rejected == {}
+
+
+def test_tuning_report_lists_rejected_candidates(monkeypatch):
+    from internvideo_fast.ops.autotuning import launch_tuner, tuning_report
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("IVF_AUTOTUNE", raising=False)
+    tuner = launch_tuner("test_rejection_report_tuner")
+    monkeypatch.setattr(tuner, "_timer", _timer_by_order([2.0, 1.0]))
+    out = torch.empty(4)
+    candidates = _writing_candidates(out, {"a": lambda o: o.fill_(1.0), "b": lambda o: o.fill_(2.0)})
+    with pytest.warns(TuningCandidateRejected):
+        tuner.run("key", candidates, GPU, outputs=lambda _: (out,))
+    [row] = [row for row in tuning_report() if row["tuner"] == "test_rejection_report_tuner"]
+    assert row["chosen"] == "a" and set(row["rejected"]) == {"b"}
+
+
+@pytest.mark.parametrize("chunk", [3, 1 << 22])
+def test_disagreement_tolerates_rounding_and_names_real_differences(chunk):
+    from internvideo_fast.ops.autotuning import disagreement
+
+    torch.manual_seed(0)
+    reference = torch.randn(7, 11)
+    assert disagreement(reference, reference.clone(), chunk) is None
+    assert disagreement(reference, reference.bfloat16().float(), chunk) is None  # one bf16 rounding
+    shifted = reference.clone()
+    shifted[3, 4] += 0.5 * reference.abs().max()
+    assert "1 of 77 elements differ beyond rounding" in disagreement(reference, shifted, chunk)
+    with_nan = reference.clone()
+    with_nan[0, 0] = float("nan")
+    assert disagreement(with_nan, with_nan.clone(), chunk) is None  # the default's own NaN, matched
+    assert "non-finite" in disagreement(reference, with_nan, chunk)
+    assert "non-finite" in disagreement(with_nan, reference, chunk)
+    infinite = reference.clone()
+    infinite[1, 1] = float("-inf")
+    assert disagreement(infinite, infinite.clone(), chunk) is None  # e.g. the lse of a fully masked row
+    flipped = infinite.clone()
+    flipped[1, 1] = float("inf")
+    assert "non-finite" in disagreement(infinite, flipped, chunk)
+    assert "against" in disagreement(reference, reference[:, :5], chunk)
+    integers = torch.arange(10)
+    assert disagreement(integers, integers.clone(), chunk) is None
+    assert "1 of 10 elements differ" in disagreement(integers, integers.where(integers != 4, 0), chunk)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The ops hand their outputs to the tuner: on CPU, with tuning forced on, every candidate is checked
+# ----------------------------------------------------------------------------------------------------
+@pytest.fixture
+def tuning_on_cpu(monkeypatch):
+    """Tuners time and check candidates on CPU tensors as they do on a GPU. The fake timer runs each
+    candidate once and finds each later one faster, so the last candidate that agrees is chosen."""
+    import itertools
+
+    from internvideo_fast.ops import autotuning
+
+    monkeypatch.setattr(autotuning, "_TUNERS", {})
+    calls = itertools.count(1)
+
+    def fake_time_ms(launch):
+        launch()
+        return 1.0 / next(calls)
+
+    def will_time(self, key, candidates, device, tune=True):
+        return tune and candidates > 1 and key not in self._best and autotuning.autotuning_enabled()
+
+    monkeypatch.setattr(autotuning, "_time_ms", fake_time_ms)
+    monkeypatch.setattr(autotuning.LaunchTuner, "will_time", will_time)
+    return autotuning._TUNERS
+
+
+def _tuned_op_calls(dtype):
+    """Forward + backward of each tuned op on tiny inputs: {name: (outputs and input grads)}."""
+    from internvideo_fast.ops import cross_attention, dropout_add_layer_norm, linear_act
+    from internvideo_fast.ops.linear_act import fused_mlp
+
+    generator = torch.Generator().manual_seed(7)
+
+    def leaf(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=generator) * scale).to(dtype).requires_grad_()
+
+    def run(fn, *leaves):
+        outputs = fn(*leaves)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        grads = torch.autograd.grad(outputs, leaves, [torch.randn(o.shape, generator=generator).to(dtype)
+                                                      for o in outputs])
+        return [o.detach() for o in outputs] + list(grads)
+
+    rows, width, hidden = 37, 32, 96
+    x, residual, weight, bias = leaf(rows, width), leaf(rows, width), leaf(width), leaf(width)
+    w1, b1 = leaf(hidden, width, scale=width**-0.5), leaf(hidden)
+    w2, b2 = leaf(width, hidden, scale=hidden**-0.5), leaf(width)
+    q, k, v = leaf(2, 17, 2, 32), leaf(2, 31, 2, 32), leaf(2, 31, 2, 32)
+    return {
+        "cross_attention": run(lambda *t: cross_attention(*t), q, k, v),
+        "dropout_add_layer_norm": run(
+            lambda *t: dropout_add_layer_norm(*t, 0.1, 1e-6, seed=3), x, residual, weight, bias),
+        "linear_act": run(lambda *t: linear_act(*t, "gelu"), x, w1, b1),
+        "fused_mlp": run(lambda *t: fused_mlp(*t, "gelu"), x, w1, b1, w2, b2),
+    }
+
+
+@needs_triton
+def test_every_tuned_op_checks_its_candidates(tuning_on_cpu, monkeypatch):
+    """Each op's tuner gets its outputs: all candidates (the GPU's tiles and plans, under the interpreter)
+    agree with the default, so the last one is chosen, and the results match the untuned ones."""
+    from internvideo_fast.ops import use_backend
+
+    linear_act_module = importlib.import_module("internvideo_fast.ops.linear_act")
+    dh_plans = linear_act_module._dh_plans  # offer the fused dh kernels beside the default, as on a GPU
+    monkeypatch.setattr(linear_act_module, "_dh_plans",
+                        lambda *args, with_fused: dh_plans(*args, with_fused=True))
+    with use_backend("triton"):
+        monkeypatch.setenv("IVF_AUTOTUNE", "0")
+        untuned = _tuned_op_calls(torch.float16)
+        assert not any(tuner.timings for tuner in tuning_on_cpu.values())
+        monkeypatch.delenv("IVF_AUTOTUNE")
+        tuned = _tuned_op_calls(torch.float16)  # a disagreeing candidate's warning fails the test (pyproject)
+    timed = {name: tuner for name, tuner in tuning_on_cpu.items() if tuner.timings}
+    assert {"cross_attention_fwd", "cross_attention_bwd", "dropout_add_layer_norm_bwd", "linear_act_fwd",
+            "fused_mlp_dh"} <= set(timed)
+    for name, tuner in timed.items():
+        assert tuner.rejected == {}, name
+        for key, timings in tuner.timings.items():
+            assert len(timings) > 1 and tuner.choices()[key] == list(timings)[-1], (name, key)
+    for op, results in untuned.items():
+        for index, (expected, actual) in enumerate(zip(results, tuned[op])):
+            torch.testing.assert_close(actual, expected, rtol=2e-2, atol=2e-2, msg=lambda m: f"{op} {index}: {m}")
+
+
+@needs_triton
+def test_a_wrong_candidate_in_an_op_is_dropped_and_its_result_not_used(tuning_on_cpu, monkeypatch):
+    from internvideo_fast.ops import linear_act, linear_act_ref, use_backend
+
+    linear_act_module = importlib.import_module("internvideo_fast.ops.linear_act")
+    fwd_plans = linear_act_module._fwd_plans
+
+    def with_a_wrong_plan(x, weight, bias, seed, y, pre, *rest):
+        plans = fwd_plans(x, weight, bias, seed, y, pre, *rest)
+        return plans + [("wrong", lambda: (plans[0][1](), y[-1].zero_()))]  # forgets the last row's values
+
+    monkeypatch.setattr(linear_act_module, "_fwd_plans", with_a_wrong_plan)
+    x, weight, bias = torch.randn(5, 40), torch.randn(100, 40) / 40**0.5, torch.randn(100)
+    with use_backend("triton"), pytest.warns(TuningCandidateRejected, match="'wrong' disagrees with 'pointer'"):
+        y = linear_act(x, weight, bias, "gelu")
+    torch.testing.assert_close(y, linear_act_ref(x, weight, bias, "gelu"))
+    [tuner] = [tuner for name, tuner in tuning_on_cpu.items() if name == "linear_act_fwd"]
+    assert list(tuner.rejected.values()) == [{"wrong": tuner.rejected[next(iter(tuner.rejected))]["wrong"]}]
+    assert list(tuner.choices().values()) == ["cublas"]

@@ -161,9 +161,9 @@ def launched(monkeypatch):
     calls = []
     run = ca_module._run_candidates
 
-    def recording(tuner, key, candidates, device):
+    def recording(tuner, key, candidates, device, outputs):
         calls.append((tuner, [label for label, _ in candidates]))
-        return run(tuner, key, candidates, device)
+        return run(tuner, key, candidates, device, outputs)
 
     monkeypatch.setattr(ca_module, "_run_candidates", recording)
     return calls
@@ -468,9 +468,9 @@ def _check_tma_forward(B, Sq, Sk, H, D, lengths=None, layout="bshd", dropout_p=0
         calls = []
         run = ca_module._run_candidates
 
-        def recording(tuner, key, candidates, device):
+        def recording(tuner, key, candidates, device, outputs):
             calls.append([label for label, _ in candidates])
-            return run(tuner, key, candidates, device)
+            return run(tuner, key, candidates, device, outputs)
 
         previous = ca_module._FORCE_FORWARD_KERNEL, ca_module._run_candidates
         ca_module._FORCE_FORWARD_KERNEL, ca_module._run_candidates = "tma", recording
@@ -556,7 +556,7 @@ def test_tma_candidates_follow_the_pointer_tiles_and_are_registered(monkeypatch)
 
     launched = []
     monkeypatch.setattr(ca_module, "_tma_eligible", lambda *tensors: True)
-    monkeypatch.setattr(ca_module, "_run_candidates", lambda tuner, key, candidates, device: launched.append(
+    monkeypatch.setattr(ca_module, "_run_candidates", lambda tuner, key, candidates, *_: launched.append(
         (tuner, [label for label, _ in candidates])))  # records, launches nothing
     for Sq, kernel in ((33, "fwd"), (1, "fwd_split")):
         for D in (32, 40, 64, 80, 128):
@@ -713,7 +713,7 @@ def test_gpu_every_tuning_candidate_flash_attn_rule(monkeypatch, Sq, Sk, D):
     lengths = [Sk, max(1, Sk // 3)]
     counts = {}
 
-    def record(tuner, key, candidates, device):
+    def record(tuner, key, candidates, device, outputs):
         counts[tuner] = len(candidates)
         return candidates[0][1]()
 
@@ -721,7 +721,7 @@ def test_gpu_every_tuning_candidate_flash_attn_rule(monkeypatch, Sq, Sk, D):
     _gpu_rule(2, Sq, Sk, 4, D, torch.bfloat16, lengths=lengths)
     assert counts, "no tuned launch was seen"
     for index in range(1, max(counts.values())):
-        def pick(tuner, key, candidates, device, index=index):
+        def pick(tuner, key, candidates, device, outputs, index=index):
             return candidates[min(index, len(candidates) - 1)][1]()
 
         monkeypatch.setattr(ca_module, "_run_candidates", pick)

@@ -98,3 +98,20 @@ def test_measure_hands_over_each_row_as_it_is_timed(monkeypatch):
         [(row["provider"], row.get("speedup")) for row in partial]))
     assert seen == [[("eager", 1.0)], [("eager", 1.0), ("ours", 2.0)]]
     assert [row["speedup"] for row in rows] == [1.0, 2.0]
+
+
+def test_rejected_tuning_candidates_are_listed_from_the_tuning_rows():
+    """A candidate the tuner dropped for disagreeing with its default fails gpu-check, named."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    extras = [
+        {"op": "tuning", "tuner": "linear_act_fwd", "key": "(1,)", "chosen": "pointer",
+         "candidates_ms": {"pointer": 2.0, "tma:x": 1.0}, "rejected": {"tma:x": "output 0: 3 of 9 differ"}},
+        {"op": "tuning", "tuner": "cross_attention_fwd", "key": "(2,)", "chosen": "a", "candidates_ms": {"a": 1.0}},
+        {"op": "host overhead: fused_mlp", "custom_op_us": 1.0},
+    ]
+    assert gpu_check.rejected_candidates(extras) == ["linear_act_fwd (1,): tma:x (output 0: 3 of 9 differ)"]
+    assert gpu_check.rejected_candidates(extras[1:]) == []

@@ -15,6 +15,13 @@ Rules:
   promise bitwise-reproducible results across processes (``deterministic=True``) pass a single candidate.
 - A candidate that raises while being timed (e.g. Triton's ``OutOfResources`` on a smaller GPU) is
   skipped; if every candidate fails, the default's error is raised.
+- Candidates are checked as well as timed, where the caller says which tensors a candidate writes
+  (``outputs``): each timed candidate runs once more on poisoned outputs (NaN, see
+  :mod:`internvideo_fast.ops.outputs`) and its results are compared with the first candidate's (the
+  default, tested against float64 references on every machine). One that disagrees beyond rounding, or
+  leaves an element unwritten, is dropped with a :class:`TuningCandidateRejected` warning (an error in
+  the tests) and listed in :func:`tuning_report`:
+  alternative kernels first run on the user's GPU there, and a wrong fast result must not be chosen.
 - ``IVF_AUTOTUNE=compile`` runs every candidate once per key, untimed, then the default, and chooses
   nothing: processes that warm Triton's on-disk kernel cache in parallel (``make gpu-check``) so that the
   process that times finds every candidate compiled.
@@ -26,14 +33,22 @@ reports (``make gpu-check`` records the report).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
 from internvideo_fast.ops.backend import triton_interpreter_on
+from internvideo_fast.ops.outputs import poison_, poisoned_outputs
 
 Candidate = tuple[str, Callable[[], object]]
+# What a candidate's launch wrote, given what it returned (None entries are skipped).
+Outputs = Callable[[object], Sequence[torch.Tensor | None]]
 _TUNERS: dict[str, LaunchTuner] = {}
+
+
+class TuningCandidateRejected(RuntimeWarning):
+    """A tuning candidate's outputs disagreed with the default's: a kernel bug, worked around by not using it."""
 
 
 def autotuning_enabled() -> bool:
@@ -48,6 +63,49 @@ def compile_only() -> bool:
 def length_bucket(length: int) -> int:
     """Lengths grouped for tuning keys: the next power of two (1, 2, 4, ..., 1024, 2048, ...)."""
     return 1 << max(0, int(length) - 1).bit_length()
+
+
+# Candidates differ from the default by summation order (tiles, split keys, atomics) and by where they round
+# to 16 bits, which moves an element by about one bf16 ulp (2^-8 relative); a wrong index, an unwritten
+# tile or a different dropout mask moves it by its own size.
+AGREEMENT_RTOL = 2.0**-5
+AGREEMENT_ATOL = 2.0**-6  # times the default's largest finite magnitude in that tensor
+
+
+def disagreement(reference: torch.Tensor, candidate: torch.Tensor, chunk: int = 1 << 22) -> str | None:
+    """Why `candidate` does not match `reference` within the tuners' tolerance, or None when it does.
+
+    Non-finite values must match exactly (NaN where the reference has NaN, the same infinities), so an
+    element left at its NaN poison fails. Compared `chunk` elements at a time: the fp32 temporaries stay
+    small beside a training job's tensors."""
+    if candidate.shape != reference.shape or candidate.dtype != reference.dtype:
+        return f"{tuple(candidate.shape)} {candidate.dtype} against {tuple(reference.shape)} {reference.dtype}"
+    ref_all, got_all = reference.reshape(-1), candidate.reshape(-1)
+    chunks = [(start, min(start + chunk, ref_all.numel())) for start in range(0, ref_all.numel(), chunk)]
+    if not reference.is_floating_point():
+        mismatched = sum(int((got_all[a:b] != ref_all[a:b]).sum()) for a, b in chunks)
+        return f"{mismatched} of {ref_all.numel()} elements differ" if mismatched else None
+    scale = max((float(ref_all[a:b].float().nan_to_num(0.0, 0.0, 0.0).abs().max()) for a, b in chunks),
+                default=0.0)
+    nonfinite = beyond = 0
+    worst_error = worst_value = 0.0
+    for a, b in chunks:
+        ref, got = ref_all[a:b].float(), got_all[a:b].float()
+        finite = torch.isfinite(ref)
+        same_nonfinite = (got == ref) | (got.isnan() & ref.isnan())
+        nonfinite += int((~torch.where(finite, torch.isfinite(got), same_nonfinite)).sum())
+        error = torch.where(finite, (got - ref).abs(), 0.0).nan_to_num(nan=0.0, posinf=0.0)
+        excess = error - (AGREEMENT_RTOL * torch.where(finite, ref.abs(), 0.0) + AGREEMENT_ATOL * scale)
+        beyond += int((excess > 0).sum())
+        worst = int(excess.argmax())
+        if float(excess[worst]) > 0.0 and float(error[worst]) > worst_error:
+            worst_error, worst_value = float(error[worst]), float(ref[worst])
+    if nonfinite:
+        return f"{nonfinite} of {ref_all.numel()} elements are non-finite where the default's are not, or differ"
+    if beyond:
+        return (f"{beyond} of {ref_all.numel()} elements differ beyond rounding, the worst by {worst_error:.3g} "
+                f"at {worst_value:.3g} (largest magnitude {scale:.3g})")
+    return None
 
 
 def _time_ms(fn: Callable[[], object]) -> float:
@@ -65,6 +123,7 @@ class LaunchTuner:
         self._best: dict[Hashable, str] = {}
         self._compiled: set[Hashable] = set()  # keys whose candidates ran once under IVF_AUTOTUNE=compile
         self.timings: dict[Hashable, dict[str, float]] = {}
+        self.rejected: dict[Hashable, dict[str, str]] = {}  # key -> {label: why its outputs disagreed}
 
     def choices(self) -> dict[Hashable, str]:
         return dict(self._best)
@@ -83,8 +142,16 @@ class LaunchTuner:
             or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
         )
 
-    def run(self, key: Hashable, candidates: Sequence[Candidate], device: torch.device, tune: bool = True):
-        """Run the chosen candidate for `key` and return ``(label, result)``."""
+    def run(
+        self,
+        key: Hashable,
+        candidates: Sequence[Candidate],
+        device: torch.device,
+        tune: bool = True,
+        outputs: Outputs | None = None,
+    ):
+        """Run the chosen candidate for `key` and return ``(label, result)``. With `outputs` (the tensors a
+        launch wrote, from its result) candidates that disagree with the first one are never chosen."""
         if not candidates:
             raise ValueError(f"{self.name}: at least one candidate launch is needed")
         by_label = dict(candidates)
@@ -104,18 +171,68 @@ class LaunchTuner:
             label, launch = candidates[0]
             return label, launch()
         timings: dict[str, float] = {}
+        last_results: dict[str, object] = {}
         first_error: Exception | None = None
         for label, launch in candidates:
             try:
-                timings[label] = self._timer(launch)
+                timings[label] = self._timer(_recording(launch, last_results, label))
             except Exception as error:  # noqa: BLE001 -- a candidate this device cannot run is skipped
                 first_error = first_error or error
         if not timings:
             raise first_error  # type: ignore[misc]
-        chosen = min(timings, key=timings.__getitem__)
-        self._best[key] = chosen
         self.timings[key] = timings
+        usable = dict(timings)
+        if outputs is not None and len(timings) > 1:
+            for label in self._disagreeing(key, candidates, timings, last_results, outputs):
+                del usable[label]
+        chosen = min(usable, key=usable.__getitem__)
+        self._best[key] = chosen
         return chosen, by_label[chosen]()
+
+    def _disagreeing(self, key, candidates, timings, last_results, outputs: Outputs) -> list[str]:
+        """Labels of timed candidates whose outputs, written over poison, differ from the first timed one's."""
+        reference_label, reference = None, None
+        rejected: dict[str, str] = {}
+        for label, launch in candidates:
+            if label not in timings:
+                continue
+            for tensor in _tensors(outputs(last_results[label])):
+                poison_(tensor)  # the buffers launches share: an element this one skips stays NaN
+            with poisoned_outputs():  # and the buffers it allocates
+                written = _tensors(outputs(launch()))
+            if reference is None:
+                reference_label, reference = label, [tensor.clone() for tensor in written]
+            elif (why := _outputs_disagreement(reference, written)) is not None:
+                rejected[label] = why
+                warnings.warn(
+                    f"internvideo_fast: tuner {self.name!r}, key {key}: candidate {label!r} disagrees with "
+                    f"{reference_label!r} ({why}); it will not be used. Please report this with your GPU, "
+                    "torch and Triton versions.",
+                    TuningCandidateRejected, stacklevel=3,
+                )
+        if rejected:
+            self.rejected[key] = rejected
+        return list(rejected)
+
+
+def _outputs_disagreement(reference: list[torch.Tensor], written: list[torch.Tensor]) -> str | None:
+    if len(written) != len(reference):
+        return f"{len(written)} outputs against {len(reference)}"
+    for index, (expected, got) in enumerate(zip(reference, written)):
+        if (reason := disagreement(expected, got)) is not None:
+            return f"output {index}: {reason}"
+    return None
+
+
+def _recording(launch: Callable[[], object], results: dict[str, object], label: str) -> Callable[[], object]:
+    def run():
+        results[label] = launch()
+        return results[label]
+    return run
+
+
+def _tensors(values) -> list[torch.Tensor]:
+    return [value for value in values if value is not None]
 
 
 def launch_tuner(name: str) -> LaunchTuner:
@@ -131,10 +248,12 @@ def tuning_choices() -> dict[str, dict[Hashable, str]]:
 
 
 def tuning_report() -> list[dict]:
-    """Every timed choice as JSON-ready rows: tuner, key, the chosen label and each candidate's ms."""
+    """Every timed choice as JSON-ready rows: tuner, key, the chosen label, each candidate's ms and, where
+    some disagreed with the default, why (``rejected``)."""
     return [
         {"op": "tuning", "tuner": name, "key": str(key), "chosen": tuner.choices()[key],
-         "candidates_ms": {label: round(ms, 5) for label, ms in timings.items()}}
+         "candidates_ms": {label: round(ms, 5) for label, ms in timings.items()},
+         **({"rejected": tuner.rejected[key]} if key in tuner.rejected else {})}
         for name, tuner in _TUNERS.items()
         for key, timings in tuner.timings.items()
     ]

@@ -835,11 +835,12 @@ def _tuning_key(q: torch.Tensor, Sk: int, aligned: bool, has_lengths: bool, has_
     )
 
 
-def _run_candidates(tuner: str, key: tuple, candidates: list, device: torch.device):
-    """One candidate runs directly (deterministic=True, or nothing to tune); more go to the tuner."""
+def _run_candidates(tuner: str, key: tuple, candidates: list, device: torch.device, outputs: tuple):
+    """One candidate runs directly (deterministic=True, or nothing to tune); more go to the tuner, which
+    checks each one's `outputs` against the default's before choosing."""
     if len(candidates) == 1:
         return candidates[0][1]()
-    return launch_tuner(tuner).run(key, candidates, device)[1]
+    return launch_tuner(tuner).run(key, candidates, device, outputs=lambda _: outputs)[1]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -916,7 +917,7 @@ def _cross_attention_fwd_impl(
         candidates = tma[:1] if forced else candidates + tma
     # TMA eligibility is part of the key: launches of one key always offer the same candidates.
     key = (*_tuning_key(q, Sk, aligned, kv_lengths is not None, has_dropout), with_tma)
-    _run_candidates(f"cross_attention_{kernel}", key, candidates, q.device)
+    _run_candidates(f"cross_attention_{kernel}", key, candidates, q.device, (out, lse))
     return out, lse
 
 
@@ -999,7 +1000,7 @@ def _cross_attention_bwd_impl(
         plans = [plan for plan in plans if plan[0] == _FORCE_BACKWARD_PLAN][:1] or plans[:1]
     candidates = [(_plan_label(plan), functools.partial(launch, plan)) for plan in plans]
     key = _tuning_key(q, Sk, aligned, kv_lengths is not None, has_dropout)
-    _run_candidates("cross_attention_bwd", key, candidates, q.device)
+    _run_candidates("cross_attention_bwd", key, candidates, q.device, (dq, dk, dv))
     return dq, dk, dv
 
 

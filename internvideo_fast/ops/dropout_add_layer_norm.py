@@ -404,9 +404,8 @@ def _dropout_add_layer_norm_bwd_impl(
         return (dx, dresidual, zeros.to(weight.dtype) if weight is not None else zeros[:0],
                 zeros.to(bias.dtype) if bias is not None else zeros[:0])
     has_dropout = seed is not None and dropout_p > 0.0
-    results = {}
 
-    def launch(config: KernelConfig, per_sm: int) -> None:
+    def launch(config: KernelConfig, per_sm: int) -> tuple[torch.Tensor, torch.Tensor]:
         programs = max(1, min(rows, _backward_programs(new_residual.device, per_sm)))
         partial_shape = (programs, D)
         dweight_partial = new_output(new_residual, partial_shape if weight is not None else (0,),
@@ -425,7 +424,7 @@ def _dropout_add_layer_norm_bwd_impl(
             HAS_DROP_PATH=drop_path_scale is not None, HAS_DROPOUT=has_dropout, D_MULTIPLE_OF_4=D % 4 == 0,
             IS_RMS_NORM=rms_norm, num_warps=config.num_warps, num_stages=config.num_stages,
         )
-        results["partials"] = dweight_partial, dbias_partial
+        return dweight_partial, dbias_partial
 
     plans = _backward_plans(_triton_config(D))
     if _FORCE_BWD_PLAN is not None:  # tests
@@ -437,10 +436,15 @@ def _dropout_add_layer_norm_bwd_impl(
     ]
     key = (str(new_residual.dtype), D, length_bucket(rows), dnew_residual is not None, has_residual,
            weight is not None, bias is not None, has_dropout, rms_norm)
-    launch_tuner(OP_NAME + "_bwd").run(key, candidates, new_residual.device)
+
+    def outputs(partials):  # plans split the rows differently: their partial sums are compared summed
+        return (dx, dresidual, *(partial.sum(0) if partial.numel() else None for partial in partials))
+
+    _, (dweight_partial, dbias_partial) = launch_tuner(OP_NAME + "_bwd").run(
+        key, candidates, new_residual.device, outputs=outputs
+    )
     # Deterministic: a fixed split of rows over programs, then one reduction over the partial rows (the
     # split, hence the rounding of dweight / dbias, is the plan's: IVF_AUTOTUNE=0 fixes it across processes).
-    dweight_partial, dbias_partial = results["partials"]
     dweight = dweight_partial.sum(0).to(weight.dtype) if weight is not None else dweight_partial
     dbias = dbias_partial.sum(0).to(bias.dtype) if bias is not None else dbias_partial
     return dx, dresidual, dweight, dbias

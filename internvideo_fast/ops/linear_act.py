@@ -952,7 +952,7 @@ def _launch_fwd(x, weight, bias, activation, store_pre, seed, dropout_p):
         )
         key = (x.dtype, M if M < 64 else length_bucket(M), N, K, activation, bias is not None, store_pre,
                _has_dropout(seed, dropout_p))
-        launch_tuner(OP_NAME + "_fwd").run(key, plans, x.device)
+        launch_tuner(OP_NAME + "_fwd").run(key, plans, x.device, outputs=lambda _: (y, pre))
     return y, pre
 
 
@@ -1006,7 +1006,10 @@ def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act, in_p
         ]
         if _FORCE_DPRE_PLAN is not None:  # tests: one plan, by its index in _BWD_GPU_PLANS
             plans = plans[_FORCE_DPRE_PLAN:_FORCE_DPRE_PLAN + 1]
-    _, dbias_partial = tuner.run(key, plans, dy.device)
+    _, dbias_partial = tuner.run(
+        key, plans, dy.device,
+        outputs=lambda partial: (dpre, act_out, partial.sum(0) if has_bias else None),
+    )
     # Deterministic for a given plan: a fixed split of rows over programs, then one reduction over the
     # partial rows (IVF_AUTOTUNE=0 fixes the plan across processes).
     return dpre, (dbias_partial.sum(0) if has_bias else None), act_out
@@ -1215,7 +1218,9 @@ def _fused_mlp_bwd_impl(
                       with_fused=not interpreter or _FORCE_DH_PLAN is not None)
     key = (dy.dtype, length_bucket(dy.shape[0]), weight2.shape[0], weight2.shape[1], activation, has_bias,
            _has_dropout(seed, dropout_p))
-    _, (dpre, dbias1, h) = launch_tuner("fused_mlp_dh").run(key, plans, dy.device)
+    _, (dpre, dbias1, h) = launch_tuner("fused_mlp_dh").run(
+        key, plans, dy.device, outputs=lambda result: result
+    )
     dweight2 = torch.matmul(dz.t(), h)  # [N2, M] @ [M, H]
     del h  # [M, H]: freed before the two GEMMs below allocate their outputs
     dx = torch.matmul(dpre, weight1)  # [M, H] @ [H, K]
