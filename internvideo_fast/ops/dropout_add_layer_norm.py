@@ -316,6 +316,16 @@ def _triton_config(D: int) -> KernelConfig:
 
 
 @functools.lru_cache(maxsize=None)
+def _labelled_backward_plans(D: int) -> tuple[tuple[str, KernelConfig, int], ...]:
+    """(label, config, programs per SM) of each backward plan for rows of width D: built once per width, not
+    on every call (host time)."""
+    return tuple(
+        (f"w{config.num_warps}_{per_sm}per_sm_ld{config.constexprs['LOAD_STAGES']}", config, per_sm)
+        for config, per_sm in _backward_plans(_triton_config(D))
+    )
+
+
+@functools.lru_cache(maxsize=None)
 def _backward_programs(device: torch.device, per_sm: int = 4) -> int:
     """Programs of the backward kernel: `per_sm` per SM on CUDA (the interpreter: a handful)."""
     if device.type == "cuda":
@@ -426,14 +436,10 @@ def _dropout_add_layer_norm_bwd_impl(
         )
         return dweight_partial, dbias_partial
 
-    plans = _backward_plans(_triton_config(D))
+    plans = _labelled_backward_plans(D)
     if _FORCE_BWD_PLAN is not None:  # tests
-        plans = [plans[min(_FORCE_BWD_PLAN, len(plans) - 1)]]
-    candidates = [
-        (f"w{config.num_warps}_{per_sm}per_sm_ld{config.constexprs['LOAD_STAGES']}",
-         functools.partial(launch, config, per_sm))
-        for config, per_sm in plans
-    ]
+        plans = plans[min(_FORCE_BWD_PLAN, len(plans) - 1):][:1]
+    candidates = [(label, functools.partial(launch, config, per_sm)) for label, config, per_sm in plans]
     key = (str(new_residual.dtype), D, length_bucket(rows), dnew_residual is not None, has_residual,
            weight is not None, bias is not None, has_dropout, rms_norm)
 
