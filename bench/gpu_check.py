@@ -354,8 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     junit = Path(tempfile.mkdtemp()) / "gpu-tests.xml"
     # -v: one line per test as it ends, so that a run cut short by its timeout still tells what passed (the
     # dry run lists the collected tests, one "file::test" line each, with -q).
+    # --continue-on-collection-errors: a test module that cannot import on that machine (a missing optional
+    # package) is reported without stopping every other GPU test.
     test_command = [python, "-m", "pytest", "tests", "-m", "gpu", "-q" if args.dry_run else "-v", "-rfE",
-                    "-p", "no:cacheprovider", f"--junitxml={junit}"]
+                    "-p", "no:cacheprovider", "--continue-on-collection-errors", f"--junitxml={junit}"]
     if args.dry_run:
         test_command.append("--collect-only")
     elif (workers := gpu_test_workers()) > 1:

@@ -21,6 +21,7 @@ import contextlib
 import importlib.util
 import inspect
 import os
+import warnings
 from collections.abc import Collection, Iterator
 
 import torch
@@ -84,7 +85,9 @@ def _find_interpreter_problem() -> str | None:
     from triton.runtime import interpreter
 
     try:
-        int(numpy.ones(1))
+        with warnings.catch_warnings():  # numpy 1.25 - 2.3 only deprecate it: no problem, no warning
+            warnings.simplefilter("ignore", DeprecationWarning)
+            int(numpy.ones(1))
         return None
     except TypeError:
         pass
