@@ -3,6 +3,8 @@ in its epilogue, Triton dGELU + dbias pass, cuBLAS backward GEMMs) against eager
 F.gelu + nn.Linear, the baseline) and torch.compile of the same eager MLP (default mode), in bf16 at the
 ViT-B pretraining (64 clips x 160 visible tokens, 768 -> 3072) and ViT-L fine-tuning (8 x 1568 tokens,
 1024 -> 4096) sizes. FLOPs: two GEMMs of 2 * rows * D * hidden each, x3 for forward + backward.
+On a GPU the ``ffn+bwd graph`` rows replay eager's and our call from CUDA graphs: the kernels' time
+without the host's.
 
 Memory (``memory_rows``; ``python bench/bench_linear_act.py [cuda|cpu]`` prints it): per provider, the bytes
 autograd saves for backward in one MLP block (distinct storages, parameters included, counted with
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import Case
+from common import Case, cuda_graphed
 from internvideo_fast.ops import use_backend
 from internvideo_fast.ops.backend import triton_runs_on
 from internvideo_fast.ops.linear_act import OP_NAME
@@ -81,6 +83,11 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
             out.append(
                 Case("ffn+bwd", size, name, forward_backward, baseline=name == "eager", flops=3 * flops)
             )
+            # The same call replayed from a CUDA graph: no host time, so eager's and ours' kernels alone
+            # (eager calls of ours were host-bound on the H100 VM).
+            if on_gpu and name in ("eager", "triton"):
+                out.append(Case("ffn+bwd graph", size, name, cuda_graphed(forward_backward),
+                                baseline=name == "eager", flops=3 * flops))
     return out
 
 

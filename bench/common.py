@@ -44,6 +44,37 @@ def time_cuda_ms(fn: Callable[[], object]) -> float:
     return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
+def cuda_graphed(fn: Callable[[], object], warmup: int = 3) -> Callable[[], None]:
+    """`fn` captured into one CUDA graph on the first call, replayed on every call.
+
+    Before the capture `fn` runs `warmup` times on a side stream (as torch.cuda.graph requires), which also
+    lets the run-time tuners time their candidates and Triton compile. A replay is one launch with no
+    Python, so its time is the kernels' own: the wall-clock view of an op that is host-bound when called
+    eagerly (bench/results/NOTES.md). Tensors `fn` allocates come from the graph's pool; gradients
+    accumulate into the same `.grad` tensors on every replay. Fails (a reported row) where `fn` syncs with
+    the host."""
+    graph = None
+
+    def replay() -> None:
+        nonlocal graph
+        if graph is None:
+            import torch
+
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(warmup):
+                    fn()
+            torch.cuda.current_stream().wait_stream(stream)
+            captured = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(captured):
+                fn()
+            graph = captured
+        graph.replay()
+
+    return replay
+
+
 def measure(
     cases: list[Case],
     timer: Callable[[Callable[[], object]], float],

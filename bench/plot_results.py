@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,6 +23,14 @@ from pathlib import Path
 def _ceiling(rows: list[dict], op: str, metric: str) -> float | None:
     values = [row[metric] for row in rows if row["op"] == op and metric in row]
     return max(values) if values else None
+
+
+def _provider_color(provider: str) -> str:
+    """One colour per provider across every panel (ours is always the same orange)."""
+    fixed = {"eager": "tab:blue", "sdpa-flash": "tab:blue", "triton": "tab:orange", "ours": "tab:orange",
+             "fused": "tab:orange", "compiled": "tab:green", "sdpa-efficient": "tab:purple",
+             "sdpa-math": "tab:brown", "flash-attn": "tab:cyan", "xformers": "tab:olive", "reference": "tab:gray"}
+    return fixed.get(provider, ("tab:pink", "tab:red", "black")[zlib.crc32(provider.encode()) % 3])
 
 
 def _bars(axis, rows: list[dict], op: str, metric: str, ceiling: float | None, ceiling_label: str) -> None:
@@ -35,7 +44,7 @@ def _bars(axis, rows: list[dict], op: str, metric: str, ceiling: float | None, c
     for index, provider in enumerate(providers):
         values = {row["size"]: row[metric] for row in selected if row["provider"] == provider}
         axis.bar(np.arange(len(sizes)) + index * width, [values.get(size, 0.0) for size in sizes], width,
-                 label=provider)
+                 label=provider, color=_provider_color(provider))
     if ceiling:
         axis.axhline(ceiling, color="black", linestyle="--", linewidth=1, label=ceiling_label)
     axis.set_xticks(np.arange(len(sizes)) + 0.4 - width / 2)
@@ -71,7 +80,8 @@ def plot_report(path: Path, out_dir: Path) -> list[Path]:
                 if row_op == op:
                     points.sort()
                     axis.plot([p[0] for p in points], [p[1] for p in points], marker="o",
-                              linestyle="-" if head_dim == 64 else "--", label=f"{provider} D={head_dim}")
+                              color=_provider_color(provider), linestyle="-" if head_dim == 64 else "--",
+                              label=f"{provider} D={head_dim}")
             if matmul:
                 axis.axhline(matmul, color="black", linewidth=1, label="bf16 matmul (measured)")
             axis.set_xscale("log", base=2)
@@ -100,11 +110,15 @@ def plot_report(path: Path, out_dir: Path) -> list[Path]:
         plt.close(figure)
 
     if any(row["op"] in ("ffn+bwd", "dropout_add_ln+bwd") for row in rows):
-        figure, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-        _bars(axes[0], rows, "ffn+bwd", "TFLOP/s", matmul, "bf16 matmul (measured)")
-        _bars(axes[1], rows, "dropout_add_ln", "GB/s", copy, "copy (measured)")
-        _bars(axes[2], rows, "dropout_add_ln+bwd", "GB/s", copy, "copy (measured)")
-        figure.suptitle(f"FFN kernels on {card}")
+        # A second row for the calls replayed from CUDA graphs (kernels without host time), when measured.
+        variants = [""] + ([" graph"] if any(row["op"].endswith(" graph") for row in rows) else [])
+        figure, axes = plt.subplots(len(variants), 3, figsize=(16, 4.5 * len(variants)), squeeze=False)
+        for axis_row, variant in zip(axes, variants):
+            _bars(axis_row[0], rows, "ffn+bwd" + variant, "TFLOP/s", matmul, "bf16 matmul (measured)")
+            _bars(axis_row[1], rows, "dropout_add_ln" + variant, "GB/s", copy, "copy (measured)")
+            _bars(axis_row[2], rows, "dropout_add_ln+bwd" + variant, "GB/s", copy, "copy (measured)")
+        figure.suptitle(f"FFN kernels on {card}" + (" (bottom: replayed from CUDA graphs)" if len(variants) > 1
+                                                   else ""))
         figure.tight_layout()
         written.append(out_dir / f"{stem}-ffn.png")
         figure.savefig(written[-1], dpi=110)

@@ -115,3 +115,44 @@ def test_rejected_tuning_candidates_are_listed_from_the_tuning_rows():
     ]
     assert gpu_check.rejected_candidates(extras) == ["linear_act_fwd (1,): tma:x (output 0: 3 of 9 differ)"]
     assert gpu_check.rejected_candidates(extras[1:]) == []
+
+
+def test_cuda_graphed_warms_up_captures_once_then_replays(monkeypatch):
+    """bench/common.cuda_graphed with torch.cuda's stream and graph calls faked (no GPU here): `warmup`
+    eager calls on a side stream, one call under capture, then only replays."""
+    import contextlib
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_common_graphs", ROOT / "bench" / "common.py")
+    common = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_common_graphs", common)
+    spec.loader.exec_module(common)
+    events = []
+
+    class FakeStream:
+        def wait_stream(self, other):
+            events.append("wait")
+
+    class FakeGraph:
+        def replay(self):
+            events.append("replay")
+
+    @contextlib.contextmanager
+    def in_context(name):
+        events.append(f"enter {name}")
+        yield
+        events.append(f"exit {name}")
+
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: in_context("side stream"))
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda graph: in_context("capture"))
+    replay = common.cuda_graphed(lambda: events.append("call"), warmup=2)
+    assert events == []  # nothing runs before the first timed call
+    replay()
+    replay()
+    assert events == ["wait", "enter side stream", "call", "call", "exit side stream", "wait",
+                      "enter capture", "call", "exit capture", "replay", "replay"]
