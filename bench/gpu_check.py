@@ -203,6 +203,8 @@ def warm_kernel_cache(device_name: str, quick: bool, shard: int, shards: int) ->
     e2e module goes whole to one shard."""
     import torch
 
+    from internvideo_fast.ops.autotuning import TuningCandidateCrashed
+
     os.environ["IVF_AUTOTUNE"] = "compile"
     sys.path.insert(0, str(BENCH))
     device = torch.device(device_name)
@@ -222,6 +224,11 @@ def warm_kernel_cache(device_name: str, quick: bool, shard: int, shards: int) ->
                 try:
                     case.fn()
                     ran += 1
+                except TuningCandidateCrashed as crash:
+                    # The CUDA context is gone: nothing more can run here. The tuner printed the candidate's
+                    # crash line, from which the bench stage is told to leave it out.
+                    print(f"[warm {shard}] stopped: {crash}"[:500], flush=True)
+                    return
                 except Exception as error:  # noqa: BLE001
                     failed += 1
                     what = f"{case.op} {case.size} {case.provider}"
@@ -256,6 +263,18 @@ def _write_json_atomically(path: Path, payload: dict) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(payload))
     os.replace(partial, path)
+
+
+# internvideo_fast.ops.autotuning.CRASH_MARK (a test keeps them equal): this process does not import the
+# package, which the device's Python finds only through the stages' PYTHONPATH.
+CRASH_MARK = "[autotune] crashed: "
+
+
+def crashed_candidates(warm_output: str) -> list[str]:
+    """The "tuner:label" of each candidate that broke a warming process's CUDA context (the tuner's crash
+    lines), once each, in order."""
+    found = (line.split(CRASH_MARK, 1)[1].strip() for line in warm_output.splitlines() if CRASH_MARK in line)
+    return list(dict.fromkeys(found))
 
 
 def rejected_candidates(extras: list[dict]) -> list[str]:
@@ -373,10 +392,16 @@ def main(argv: list[str] | None = None) -> int:
     device = "cpu" if args.dry_run else "cuda"
     # Compile what the bench will run, in parallel, so its one timing process does not compile serially.
     shards = 2 if args.dry_run else warm_workers()
-    stages.run("warm", [python, str(Path(__file__)), "--warm", device, "--shards", str(shards)]
-               + (["--quick"] if args.dry_run else []))
+    warm = stages.run("warm", [python, str(Path(__file__)), "--warm", device, "--shards", str(shards)]
+                      + (["--quick"] if args.dry_run else []))
+    bench_env = _env()
+    if crashed := crashed_candidates(warm.get("output", "")):
+        # A candidate that broke a warming process's CUDA context would end the timing process too.
+        warm["crashed_candidates"] = crashed
+        excluded = [bench_env.get("IVF_AUTOTUNE_EXCLUDE", ""), *crashed]
+        bench_env["IVF_AUTOTUNE_EXCLUDE"] = ";".join(pattern for pattern in excluded if pattern)
     bench_command = [python, str(Path(__file__)), "--bench-only", device, "--bench-out", str(bench_file)]
-    stages.run("bench", bench_command + (["--quick"] if args.dry_run else []))
+    stages.run("bench", bench_command + (["--quick"] if args.dry_run else []), bench_env)
     measured = json.loads(bench_file.read_text()) if bench_file.exists() else {}
     rows, extras = measured.get("rows", []), measured.get("extras", [])
     bench_file.unlink(missing_ok=True)
@@ -410,7 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     if rejected := rejected_candidates(extras):
         print(f"[gpu-check] {len(rejected)} tuning candidates disagreed with their default and were dropped:")
         print("\n".join(f"  {line}" for line in rejected))
-    return 1 if failed or rejected else 0
+    if crashed := stages.results["warm"].get("crashed_candidates"):
+        print(f"[gpu-check] {len(crashed)} tuning candidates broke the CUDA context and were not timed:")
+        print("\n".join(f"  {line}" for line in crashed))
+    return 1 if failed or rejected or crashed else 0
 
 
 if __name__ == "__main__":

@@ -374,3 +374,65 @@ def test_a_wrong_candidate_in_an_op_is_dropped_and_its_result_not_used(tuning_on
     [tuner] = [tuner for name, tuner in tuning_on_cpu.items() if name == "linear_act_fwd"]
     assert list(tuner.rejected.values()) == [{"wrong": tuner.rejected[next(iter(tuner.rejected))]["wrong"]}]
     assert list(tuner.choices().values()) == ["cublas"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Candidates that break the CUDA context are named; IVF_AUTOTUNE_EXCLUDE leaves them out
+# ----------------------------------------------------------------------------------------------------
+def test_excluded_candidates_are_not_offered_but_the_default_always_is(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("IVF_AUTOTUNE", raising=False)
+    monkeypatch.setenv("IVF_AUTOTUNE_EXCLUDE", "t:a; t:b ;other:c")  # a is t's default: kept
+    tuner = LaunchTuner("t", timer=_fake_timer({"a": 3.0, "b": 1.0, "c": 2.0}))
+    calls = []
+    assert tuner.run("k", _recording_candidates(calls), GPU)[0] == "c"
+    assert tuner.timings["k"] == {"a": 3.0, "c": 2.0}
+    monkeypatch.setenv("IVF_AUTOTUNE_EXCLUDE", "t:*")
+    assert tuner.run("k2", _recording_candidates([]), GPU)[0] == "a"  # only the default left: not timed
+    assert "k2" not in tuner.timings
+
+
+def _broken_device(monkeypatch, failing_label):
+    """Candidate `failing_label` raises and leaves the (fake) device unusable, as an illegal memory access
+    does to a CUDA context."""
+    from internvideo_fast.ops import autotuning
+
+    broken = []
+    monkeypatch.setattr(autotuning, "_device_usable", lambda device: not broken)
+
+    def make(label):
+        def launch():
+            if label == failing_label:
+                broken.append(label)
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            return label.upper()
+        return label, launch
+    return [make(label) for label in ("a", "b", "c")]
+
+
+def test_a_candidate_that_breaks_the_device_is_named_with_the_setting_that_skips_it(monkeypatch):
+    from internvideo_fast.ops import autotuning
+    from internvideo_fast.ops.autotuning import TuningCandidateCrashed
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("IVF_AUTOTUNE", raising=False)
+    tuner = LaunchTuner("t", timer=lambda launch: float(len(launch())))
+    with pytest.raises(TuningCandidateCrashed, match="candidate 'b' broke the CUDA context") as raised:
+        tuner.run("k", _broken_device(monkeypatch, "b"), GPU)
+    assert "IVF_AUTOTUNE_EXCLUDE='t:b'" in str(raised.value) and raised.value.pattern == "t:b"
+    # A candidate that merely cannot run (the device still works) is skipped as before.
+    monkeypatch.setattr(autotuning, "_device_usable", lambda device: True)
+    tuner = LaunchTuner("t", timer=_fake_timer({"a": 3.0, "b": 1.0, "c": 2.0}))
+    assert tuner.run("k", _recording_candidates([], failing=("b",)), GPU)[0] == "c"
+
+
+def test_compile_mode_names_a_crashing_candidate_on_its_own_line(monkeypatch, capsys):
+    """gpu-check's warming processes: the line lets the timing process run without that candidate."""
+    from internvideo_fast.ops.autotuning import CRASH_MARK, TuningCandidateCrashed
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("IVF_AUTOTUNE", "compile")
+    tuner = LaunchTuner("t", timer=lambda launch: pytest.fail("nothing may be timed here"))
+    with pytest.raises(TuningCandidateCrashed):
+        tuner.run("k", _broken_device(monkeypatch, "c"), GPU)
+    assert f"{CRASH_MARK}t:c\n" in capsys.readouterr().err

@@ -156,3 +156,22 @@ def test_cuda_graphed_warms_up_captures_once_then_replays(monkeypatch):
     replay()
     assert events == ["wait", "enter side stream", "call", "call", "exit side stream", "wait",
                       "enter capture", "call", "exit capture", "replay", "replay"]
+
+
+def test_crashed_candidates_from_the_warm_stage_output():
+    """Each warming process that a candidate's device fault stopped printed the tuner's crash line; the
+    bench stage is run without those candidates."""
+    import importlib.util
+
+    from internvideo_fast.ops.autotuning import CRASH_MARK
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    assert gpu_check.CRASH_MARK == CRASH_MARK
+    output = (f"[warm 0] 12 cases ran, 0 failed\n{CRASH_MARK}linear_act_fwd:tma:BLOCK_M=128,w8,s3\n"
+              f"[warm 3] stopped: tuner ...\n{CRASH_MARK}linear_act_fwd:tma:BLOCK_M=128,w8,s3\n"
+              f"{CRASH_MARK}cross_attention_bwd:atomic:dkdv=M64_N128_w8_s2\n")
+    assert gpu_check.crashed_candidates(output) == [
+        "linear_act_fwd:tma:BLOCK_M=128,w8,s3", "cross_attention_bwd:atomic:dkdv=M64_N128_w8_s2"]
+    assert gpu_check.crashed_candidates("[warm 0] 12 cases ran, 0 failed\n") == []

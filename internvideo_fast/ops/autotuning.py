@@ -24,7 +24,13 @@ Rules:
   alternative kernels first run on the user's GPU there, and a wrong fast result must not be chosen.
 - ``IVF_AUTOTUNE=compile`` runs every candidate once per key, untimed, then the default, and chooses
   nothing: processes that warm Triton's on-disk kernel cache in parallel (``make gpu-check``) so that the
-  process that times finds every candidate compiled.
+  process that times finds every candidate compiled. Each candidate is synchronized there, so one that
+  faults on the device is named (a line starting with :data:`CRASH_MARK`) and raises
+  :class:`TuningCandidateCrashed`; ``make gpu-check`` then leaves it out of the timing process.
+- ``IVF_AUTOTUNE_EXCLUDE``: ``;``-separated shell patterns over ``tuner:label``; matching candidates are not
+  offered (a tuner's default always is). The way around a candidate that breaks the CUDA context on some
+  GPU: such a fault cannot be recovered from in-process, so it raises :class:`TuningCandidateCrashed`
+  naming the setting that skips it.
 
 :func:`tuning_choices` returns every choice made so far and :func:`tuning_report` every timing, for benchmark
 reports (``make gpu-check`` records the report).
@@ -32,7 +38,9 @@ reports (``make gpu-check`` records the report).
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import sys
 import warnings
 from collections.abc import Callable, Hashable, Sequence
 
@@ -47,8 +55,24 @@ Outputs = Callable[[object], Sequence[torch.Tensor | None]]
 _TUNERS: dict[str, LaunchTuner] = {}
 
 
+CRASH_MARK = "[autotune] crashed: "  # + "tuner:label", printed in IVF_AUTOTUNE=compile mode
+
+
 class TuningCandidateRejected(RuntimeWarning):
     """A tuning candidate's outputs disagreed with the default's: a kernel bug, worked around by not using it."""
+
+
+class TuningCandidateCrashed(RuntimeError):
+    """A tuning candidate left the CUDA context unusable (e.g. an illegal memory access): the process cannot
+    go on, but the message names the candidate and the ``IVF_AUTOTUNE_EXCLUDE`` setting that skips it."""
+
+    def __init__(self, tuner: str, label: str, error: BaseException):
+        self.pattern = f"{tuner}:{label}"
+        super().__init__(
+            f"tuner {tuner!r}: candidate {label!r} broke the CUDA context ({type(error).__name__}: {error}). "
+            f"Run with IVF_AUTOTUNE_EXCLUDE='{self.pattern}' to skip it, and please report it with your GPU, "
+            "torch and Triton versions."
+        )
 
 
 def autotuning_enabled() -> bool:
@@ -58,6 +82,27 @@ def autotuning_enabled() -> bool:
 def compile_only() -> bool:
     """``IVF_AUTOTUNE=compile``: candidates run once each (compiling them), nothing is timed or chosen."""
     return os.environ.get("IVF_AUTOTUNE") == "compile"
+
+
+def excluded_patterns() -> list[str]:
+    """``IVF_AUTOTUNE_EXCLUDE`` as a list of patterns over ``tuner:label`` (``;``-separated)."""
+    return [pattern.strip() for pattern in os.environ.get("IVF_AUTOTUNE_EXCLUDE", "").split(";") if pattern.strip()]
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize(device)
+
+
+def _device_usable(device: torch.device) -> bool:
+    """False once a fault has left the CUDA context unusable (every later call fails with it)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return True
+    try:
+        torch.ones(1, device=device).add_(1).cpu()
+        return True
+    except Exception:  # noqa: BLE001 -- the sticky error itself
+        return False
 
 
 def length_bucket(length: int) -> int:
@@ -154,6 +199,7 @@ class LaunchTuner:
         launch wrote, from its result) candidates that disagree with the first one are never chosen."""
         if not candidates:
             raise ValueError(f"{self.name}: at least one candidate launch is needed")
+        candidates = self._offered(candidates)
         by_label = dict(candidates)
         chosen = self._best.get(key)
         if chosen in by_label:
@@ -162,11 +208,14 @@ class LaunchTuner:
             label, launch = candidates[0]
             return label, launch()
         if compile_only():
-            for _, launch in candidates[1:]:
+            for label, launch in candidates[1:]:
                 try:
                     launch()
-                except Exception:  # noqa: BLE001 -- the timing process skips it the same way
-                    pass
+                    _synchronize(device)  # a device fault surfaces here, where it can be named
+                except Exception as error:  # noqa: BLE001 -- the timing process skips it the same way
+                    if not _device_usable(device):
+                        print(f"{CRASH_MARK}{self.name}:{label}", file=sys.stderr, flush=True)
+                        raise TuningCandidateCrashed(self.name, label, error) from error
             self._compiled.add(key)
             label, launch = candidates[0]
             return label, launch()
@@ -177,6 +226,8 @@ class LaunchTuner:
             try:
                 timings[label] = self._timer(_recording(launch, last_results, label))
             except Exception as error:  # noqa: BLE001 -- a candidate this device cannot run is skipped
+                if not _device_usable(device):
+                    raise TuningCandidateCrashed(self.name, label, error) from error
                 first_error = first_error or error
         if not timings:
             raise first_error  # type: ignore[misc]
@@ -188,6 +239,16 @@ class LaunchTuner:
         chosen = min(usable, key=usable.__getitem__)
         self._best[key] = chosen
         return chosen, by_label[chosen]()
+
+    def _offered(self, candidates: Sequence[Candidate]) -> Sequence[Candidate]:
+        """The candidates ``IVF_AUTOTUNE_EXCLUDE`` leaves (the default always stays)."""
+        patterns = excluded_patterns()
+        if not patterns:
+            return candidates
+        return [candidates[0], *(
+            (label, launch) for label, launch in candidates[1:]
+            if not any(fnmatch.fnmatchcase(f"{self.name}:{label}", pattern) for pattern in patterns)
+        )]
 
     def _disagreeing(self, key, candidates, timings, last_results, outputs: Outputs) -> list[str]:
         """Labels of timed candidates whose outputs, written over poison, differ from the first timed one's."""
