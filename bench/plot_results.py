@@ -29,7 +29,8 @@ def _provider_color(provider: str) -> str:
     """One colour per provider across every panel (ours is always the same orange)."""
     fixed = {"eager": "tab:blue", "sdpa-flash": "tab:blue", "triton": "tab:orange", "ours": "tab:orange",
              "fused": "tab:orange", "compiled": "tab:green", "sdpa-efficient": "tab:purple",
-             "sdpa-math": "tab:brown", "flash-attn": "tab:cyan", "xformers": "tab:olive", "reference": "tab:gray"}
+             "sdpa-math": "tab:brown", "flash-attn": "tab:cyan", "xformers": "tab:olive",
+             "reference": "tab:gray"}
     return fixed.get(provider, ("tab:pink", "tab:red", "black")[zlib.crc32(provider.encode()) % 3])
 
 
@@ -117,8 +118,8 @@ def plot_report(path: Path, out_dir: Path) -> list[Path]:
             _bars(axis_row[0], rows, "ffn+bwd" + variant, "TFLOP/s", matmul, "bf16 matmul (measured)")
             _bars(axis_row[1], rows, "dropout_add_ln" + variant, "GB/s", copy, "copy (measured)")
             _bars(axis_row[2], rows, "dropout_add_ln+bwd" + variant, "GB/s", copy, "copy (measured)")
-        figure.suptitle(f"FFN kernels on {card}" + (" (bottom: replayed from CUDA graphs)" if len(variants) > 1
-                                                   else ""))
+        graphed = " (bottom: replayed from CUDA graphs)" if len(variants) > 1 else ""
+        figure.suptitle(f"FFN kernels on {card}{graphed}")
         figure.tight_layout()
         written.append(out_dir / f"{stem}-ffn.png")
         figure.savefig(written[-1], dpi=110)

@@ -110,7 +110,8 @@ def test_rejected_tuning_candidates_are_listed_from_the_tuning_rows():
     extras = [
         {"op": "tuning", "tuner": "linear_act_fwd", "key": "(1,)", "chosen": "pointer",
          "candidates_ms": {"pointer": 2.0, "tma:x": 1.0}, "rejected": {"tma:x": "output 0: 3 of 9 differ"}},
-        {"op": "tuning", "tuner": "cross_attention_fwd", "key": "(2,)", "chosen": "a", "candidates_ms": {"a": 1.0}},
+        {"op": "tuning", "tuner": "cross_attention_fwd", "key": "(2,)", "chosen": "a",
+         "candidates_ms": {"a": 1.0}},
         {"op": "host overhead: fused_mlp", "custom_op_us": 1.0},
     ]
     assert gpu_check.rejected_candidates(extras) == ["linear_act_fwd (1,): tma:x (output 0: 3 of 9 differ)"]

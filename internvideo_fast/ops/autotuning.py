@@ -15,13 +15,13 @@ Rules:
   promise bitwise-reproducible results across processes (``deterministic=True``) pass a single candidate.
 - A candidate that raises while being timed (e.g. Triton's ``OutOfResources`` on a smaller GPU) is
   skipped; if every candidate fails, the default's error is raised.
-- Candidates are checked as well as timed, where the caller says which tensors a candidate writes
-  (``outputs``): each timed candidate runs once more on poisoned outputs (NaN, see
-  :mod:`internvideo_fast.ops.outputs`) and its results are compared with the first candidate's (the
-  default, tested against float64 references on every machine). One that disagrees beyond rounding, or
-  leaves an element unwritten, is dropped with a :class:`TuningCandidateRejected` warning (an error in
-  the tests) and listed in :func:`tuning_report`:
-  alternative kernels first run on the user's GPU there, and a wrong fast result must not be chosen.
+- Candidates are checked as well as timed when the caller passes ``outputs`` (the tensors a launch wrote,
+  from its result): each timed candidate runs once more on NaN-poisoned outputs
+  (:mod:`internvideo_fast.ops.outputs`) and must match the first candidate's results (the default, which
+  the float64-reference tests pin down on every machine) within rounding. One that disagrees, or leaves
+  an element unwritten, is never chosen: it raises a :class:`TuningCandidateRejected` warning (an error in
+  the tests) and is listed in :func:`tuning_report`. Alternative kernels may first run on a user's GPU; a
+  wrong fast one must cost speed, not correctness.
 - ``IVF_AUTOTUNE=compile`` runs every candidate once per key, untimed, then the default, and chooses
   nothing: processes that warm Triton's on-disk kernel cache in parallel (``make gpu-check``) so that the
   process that times finds every candidate compiled. Each candidate is synchronized there, so one that
@@ -53,13 +53,11 @@ Candidate = tuple[str, Callable[[], object]]
 # What a candidate's launch wrote, given what it returned (None entries are skipped).
 Outputs = Callable[[object], Sequence[torch.Tensor | None]]
 _TUNERS: dict[str, LaunchTuner] = {}
-
-
 CRASH_MARK = "[autotune] crashed: "  # + "tuner:label", printed in IVF_AUTOTUNE=compile mode
 
 
 class TuningCandidateRejected(RuntimeWarning):
-    """A tuning candidate's outputs disagreed with the default's: a kernel bug, worked around by not using it."""
+    """A tuning candidate's outputs disagreed with the default's: a kernel bug, avoided by not using it."""
 
 
 class TuningCandidateCrashed(RuntimeError):
@@ -86,7 +84,8 @@ def compile_only() -> bool:
 
 def excluded_patterns() -> list[str]:
     """``IVF_AUTOTUNE_EXCLUDE`` as a list of patterns over ``tuner:label`` (``;``-separated)."""
-    return [pattern.strip() for pattern in os.environ.get("IVF_AUTOTUNE_EXCLUDE", "").split(";") if pattern.strip()]
+    patterns = os.environ.get("IVF_AUTOTUNE_EXCLUDE", "").split(";")
+    return [pattern.strip() for pattern in patterns if pattern.strip()]
 
 
 def _synchronize(device: torch.device) -> None:
@@ -124,7 +123,8 @@ def disagreement(reference: torch.Tensor, candidate: torch.Tensor, chunk: int = 
     element left at its NaN poison fails. Compared `chunk` elements at a time: the fp32 temporaries stay
     small beside a training job's tensors."""
     if candidate.shape != reference.shape or candidate.dtype != reference.dtype:
-        return f"{tuple(candidate.shape)} {candidate.dtype} against {tuple(reference.shape)} {reference.dtype}"
+        return (f"{tuple(candidate.shape)} {candidate.dtype} against "
+                f"{tuple(reference.shape)} {reference.dtype}")
     ref_all, got_all = reference.reshape(-1), candidate.reshape(-1)
     chunks = [(start, min(start + chunk, ref_all.numel())) for start in range(0, ref_all.numel(), chunk)]
     if not reference.is_floating_point():
@@ -146,10 +146,11 @@ def disagreement(reference: torch.Tensor, candidate: torch.Tensor, chunk: int = 
         if float(excess[worst]) > 0.0 and float(error[worst]) > worst_error:
             worst_error, worst_value = float(error[worst]), float(ref[worst])
     if nonfinite:
-        return f"{nonfinite} of {ref_all.numel()} elements are non-finite where the default's are not, or differ"
+        return (f"{nonfinite} of {ref_all.numel()} elements are non-finite where the default's are not, "
+                "or differ")
     if beyond:
-        return (f"{beyond} of {ref_all.numel()} elements differ beyond rounding, the worst by {worst_error:.3g} "
-                f"at {worst_value:.3g} (largest magnitude {scale:.3g})")
+        return (f"{beyond} of {ref_all.numel()} elements differ beyond rounding, the worst by "
+                f"{worst_error:.3g} at {worst_value:.3g} (largest magnitude {scale:.3g})")
     return None
 
 
@@ -251,7 +252,7 @@ class LaunchTuner:
         )]
 
     def _disagreeing(self, key, candidates, timings, last_results, outputs: Outputs) -> list[str]:
-        """Labels of timed candidates whose outputs, written over poison, differ from the first timed one's."""
+        """Labels of timed candidates whose outputs, written over poison, differ from the first one's."""
         reference_label, reference = None, None
         rejected: dict[str, str] = {}
         for label, launch in candidates:
