@@ -474,3 +474,90 @@ def test_compile_mode_names_a_crashing_candidate_on_its_own_line(monkeypatch, ca
     with pytest.raises(TuningCandidateCrashed):
         tuner.run("k", _broken_device(monkeypatch, "c"), GPU)
     assert f"{CRASH_MARK}t:c\n" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------
+# IVF_AUTOTUNE_CACHE: choices persist across processes (same GPU model, versions and kernel sources)
+# ----------------------------------------------------------------------------------------------------
+@pytest.fixture
+def choice_cache(monkeypatch, tmp_path):
+    """IVF_AUTOTUNE_CACHE set to a fresh file; `new_process()` forgets what this process read."""
+    from internvideo_fast.ops import autotuning
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("IVF_AUTOTUNE", raising=False)
+    import types
+
+    path = tmp_path / "tuning" / "choices.json"  # its folder is made by the first write
+    monkeypatch.setenv("IVF_AUTOTUNE_CACHE", str(path))
+    monkeypatch.setattr(autotuning, "_CHOICE_CACHES", {})
+    return types.SimpleNamespace(path=path, new_process=autotuning._CHOICE_CACHES.clear)
+
+
+def _untimed(launch):
+    raise AssertionError("a cached choice must not be timed")
+
+
+def test_a_cached_choice_is_reused_by_the_next_process_without_timing(choice_cache):
+    import json
+
+    first = LaunchTuner("t", timer=_fake_timer({"a": 3.0, "b": 1.0, "c": 2.0}))
+    assert first.run(("k", 64), _recording_candidates([]), GPU)[0] == "b"
+    stored = json.loads(choice_cache.path.read_text())
+    assert stored["choices"] == {"t": {"('k', 64)": "b"}}
+    assert set(stored["context"]) == {"device", "torch", "triton", "kernels"}
+    choice_cache.new_process()
+    calls = []
+    later = LaunchTuner("t", timer=_untimed)
+    assert later.run(("k", 64), _recording_candidates(calls), GPU) == ("b", "B")
+    assert calls == ["b"] and later.choices() == {("k", 64): "b"} and later.timings == {}
+
+
+def test_choices_of_another_context_or_no_longer_offered_are_timed_again(choice_cache):
+    import json
+
+    LaunchTuner("t", timer=_fake_timer({"a": 3.0, "b": 1.0, "c": 2.0})).run(
+        "k", _recording_candidates([]), GPU)
+    stored = json.loads(choice_cache.path.read_text())
+    # The chosen candidate is no longer offered (excluded, or the candidate list changed).
+    choice_cache.new_process()
+    tuner = LaunchTuner("t", timer=_fake_timer({"a": 3.0, "c": 2.0}))
+    assert tuner.run("k", [c for c in _recording_candidates([]) if c[0] != "b"], GPU)[0] == "c"
+    assert json.loads(choice_cache.path.read_text())["choices"] == {"t": {"'k'": "c"}}
+    # Another GPU model (or torch, Triton, kernel sources): the file's choices do not apply.
+    choice_cache.path.write_text(json.dumps(dict(stored, context=dict(stored["context"], device="another GPU"))))
+    choice_cache.new_process()
+    tuner = LaunchTuner("t", timer=_fake_timer({"a": 1.0, "b": 3.0, "c": 2.0}))
+    assert tuner.run("k", _recording_candidates([]), GPU)[0] == "a"
+    assert json.loads(choice_cache.path.read_text()) == dict(stored, choices={"t": {"'k'": "a"}})
+
+
+def test_processes_writing_the_cache_merge_their_choices(choice_cache):
+    import json
+
+    from internvideo_fast.ops import autotuning
+
+    one = LaunchTuner("one", timer=_fake_timer({"a": 3.0, "b": 1.0, "c": 2.0}))
+    one.run("k", _recording_candidates([]), GPU)
+    cache_of_process_one = autotuning._CHOICE_CACHES.copy()
+    choice_cache.new_process()  # a second process, started before the first wrote anything more
+    LaunchTuner("two", timer=_fake_timer({"a": 1.0, "b": 3.0, "c": 2.0})).run(
+        "k", _recording_candidates([]), GPU)
+    autotuning._CHOICE_CACHES.update(cache_of_process_one)
+    one.run("k2", _recording_candidates([]), GPU)  # the first process again: keeps the second's entry
+    assert json.loads(choice_cache.path.read_text())["choices"] == {
+        "one": {"'k'": "b", "'k2'": "b"}, "two": {"'k'": "a"}}
+
+
+def test_an_unwritable_cache_warns_and_tuning_goes_on(monkeypatch, tmp_path):
+    from internvideo_fast.ops import autotuning
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("IVF_AUTOTUNE", raising=False)
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    monkeypatch.setenv("IVF_AUTOTUNE_CACHE", str(blocker / "choices.json"))  # its parent is a file
+    monkeypatch.setattr(autotuning, "_CHOICE_CACHES", {})
+    tuner = LaunchTuner("t", timer=_fake_timer({"a": 3.0, "b": 1.0, "c": 2.0}))
+    with pytest.warns(RuntimeWarning, match="cannot be written"):
+        assert tuner.run("k", _recording_candidates([]), GPU)[0] == "b"

@@ -199,3 +199,24 @@ def test_vl_pretraining_on_a_video_text_list(sample_data, tmp_path):
                                 f"data.train_list={text_list}", "data.text=true"])
     result = train(config, device="cpu")
     assert len(result["losses"]) == 3 and all(math.isfinite(loss) for loss in result["losses"])
+
+
+def test_the_tuning_cache_lives_in_the_output_dir_for_the_run(tmp_path, monkeypatch):
+    """train.tuning_cache: auto points the fused ops' tuners at output_dir/tuning-choices.json while the run
+    lasts (a resumed run then reuses the plans its first run chose); a variable set by the user wins."""
+    from internvideo_fast.train.loop import tuning_cache
+
+    monkeypatch.delenv("IVF_AUTOTUNE_CACHE", raising=False)
+    config = {"train": {"output_dir": str(tmp_path / "run"), "tuning_cache": "auto"}}
+    with tuning_cache(config):
+        assert os.environ["IVF_AUTOTUNE_CACHE"] == str(tmp_path / "run" / "tuning-choices.json")
+    assert "IVF_AUTOTUNE_CACHE" not in os.environ
+    monkeypatch.setenv("IVF_AUTOTUNE_CACHE", str(tmp_path / "mine.json"))
+    with tuning_cache(config):
+        assert os.environ["IVF_AUTOTUNE_CACHE"] == str(tmp_path / "mine.json")
+    monkeypatch.delenv("IVF_AUTOTUNE_CACHE")
+    with tuning_cache({"train": {"output_dir": str(tmp_path), "tuning_cache": None}}):
+        assert "IVF_AUTOTUNE_CACHE" not in os.environ
+    with pytest.raises(ValueError, match="train.tuning_cache"), tuning_cache(
+            {"train": {"output_dir": str(tmp_path), "tuning_cache": "yes"}}):
+        pass

@@ -27,6 +27,13 @@ Rules:
   process that times finds every candidate compiled. Each candidate is synchronized there, so one that
   faults on the device is named (a line starting with :data:`CRASH_MARK`) and raises
   :class:`TuningCandidateCrashed`; ``make gpu-check`` then leaves it out of the timing process.
+- ``IVF_AUTOTUNE_CACHE=<file.json>`` (opt-in): choices are also written to that file and read back by
+  later processes on the same GPU model with the same torch, Triton and kernel sources, which then neither
+  time nor compile the other candidates: restarts start at full speed, and every process (a resumed run,
+  each DDP rank started after the file exists) runs the same plans, hence the same bits where the plan
+  uses no atomics. A choice whose
+  label is no longer offered is timed again. Writes merge with the file's other entries and replace it
+  atomically.
 - ``IVF_AUTOTUNE_EXCLUDE``: ``;``-separated shell patterns over ``tuner:label``; matching candidates are not
   offered (a tuner's default always is). The way around a candidate that breaks the CUDA context on some
   GPU: such a fault cannot be recovered from in-process, so it raises :class:`TuningCandidateCrashed`
@@ -39,9 +46,13 @@ reports (``make gpu-check`` records the report).
 from __future__ import annotations
 
 import fnmatch
+import functools
+import hashlib
+import json
 import os
 import sys
 import warnings
+from pathlib import Path
 from collections.abc import Callable, Hashable, Sequence
 
 import torch
@@ -102,6 +113,79 @@ def _device_usable(device: torch.device) -> bool:
         return True
     except Exception:  # noqa: BLE001 -- the sticky error itself
         return False
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_sources_digest() -> str:
+    """Of every op module (the kernels and their launch plans): a cached choice is only as good as them."""
+    digest = hashlib.sha1()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _cache_context(device: torch.device) -> dict[str, str]:
+    """What a cached choice depends on besides its key."""
+    import triton
+
+    cuda = device.type == "cuda" and torch.cuda.is_available()
+    return {
+        "device": torch.cuda.get_device_name(device) if cuda else device.type,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "kernels": _kernel_sources_digest(),
+    }
+
+
+class _ChoiceCache:
+    """The ``IVF_AUTOTUNE_CACHE`` file: ``{"context": ..., "choices": {tuner: {repr(key): label}}}``."""
+
+    def __init__(self, path: Path, context: dict[str, str]):
+        self.path, self.context = path, context
+        self.choices = self._read()
+
+    def _read(self) -> dict[str, dict[str, str]]:
+        try:
+            stored = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}  # absent or unreadable: written afresh by the first choice
+        if not isinstance(stored, dict) or stored.get("context") != self.context:
+            return {}  # another GPU, torch, Triton or kernel version: its choices do not apply
+        choices = stored.get("choices")
+        return choices if isinstance(choices, dict) else {}
+
+    def get(self, tuner: str, key: Hashable) -> str | None:
+        return self.choices.get(tuner, {}).get(repr(key))
+
+    def put(self, tuner: str, key: Hashable, label: str) -> None:
+        merged = self._read()  # other processes' choices since this one read the file
+        for name, entries in self.choices.items():
+            merged.setdefault(name, {}).update(entries)
+        merged.setdefault(tuner, {})[repr(key)] = label
+        self.choices = merged
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps({"context": self.context, "choices": merged}, indent=1))
+            os.replace(partial, self.path)
+        except OSError as error:
+            warnings.warn(f"internvideo_fast: IVF_AUTOTUNE_CACHE={self.path} cannot be written ({error})",
+                          RuntimeWarning, stacklevel=4)
+
+
+_CHOICE_CACHES: dict[tuple, _ChoiceCache] = {}
+
+
+def _choice_cache(device: torch.device) -> _ChoiceCache | None:
+    """The process's view of ``IVF_AUTOTUNE_CACHE`` for `device` (read once), or None when it is unset."""
+    location = os.environ.get("IVF_AUTOTUNE_CACHE")
+    if not location:
+        return None
+    context = _cache_context(device)
+    cache_key = (location, tuple(sorted(context.items())))
+    if cache_key not in _CHOICE_CACHES:
+        _CHOICE_CACHES[cache_key] = _ChoiceCache(Path(location), context)
+    return _CHOICE_CACHES[cache_key]
 
 
 def length_bucket(length: int) -> int:
@@ -208,6 +292,10 @@ class LaunchTuner:
         if not self.will_time(key, len(candidates), device, tune):
             label, launch = candidates[0]
             return label, launch()
+        cache = None if compile_only() else _choice_cache(device)
+        if cache is not None and (stored := cache.get(self.name, key)) in by_label:
+            self._best[key] = stored  # chosen, and checked, by an earlier process
+            return stored, by_label[stored]()
         if compile_only():
             for label, launch in candidates[1:]:
                 try:
@@ -239,6 +327,8 @@ class LaunchTuner:
                 del usable[label]
         chosen = min(usable, key=usable.__getitem__)
         self._best[key] = chosen
+        if cache is not None:
+            cache.put(self.name, key, chosen)
         return chosen, by_label[chosen]()
 
     def _offered(self, candidates: Sequence[Candidate]) -> Sequence[Candidate]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -160,9 +161,29 @@ def train(config: dict, device: str | None = None) -> dict:
     evaluation (fine-tuning) of rank 0."""
     ctx = init_distributed(device)
     try:
-        return _train(config, ctx)
+        with tuning_cache(config):
+            return _train(config, ctx)
     finally:
         cleanup()
+
+
+@contextlib.contextmanager
+def tuning_cache(config: dict):
+    """``train.tuning_cache: auto``: the fused ops' run-time tuners keep their choices in
+    ``output_dir/tuning-choices.json`` (``IVF_AUTOTUNE_CACHE``, see internvideo_fast/ops/autotuning.py) for
+    the duration of the run, unless the variable is already set: a resumed run, and every rank, then runs
+    the plans the first run chose."""
+    setting = config["train"].get("tuning_cache", "auto")
+    if setting not in ("auto", None):
+        raise ValueError(f"train.tuning_cache must be auto or null, got {setting!r}")
+    if setting is None or os.environ.get("IVF_AUTOTUNE_CACHE"):
+        yield
+        return
+    os.environ["IVF_AUTOTUNE_CACHE"] = str(Path(config["train"]["output_dir"]) / "tuning-choices.json")
+    try:
+        yield
+    finally:
+        os.environ.pop("IVF_AUTOTUNE_CACHE", None)
 
 
 def _train(config: dict, ctx: DistContext) -> dict:
