@@ -691,6 +691,34 @@ def test_gpu_flash_attn_rule_long(Sq, Sk, D, dtype):
 
 
 @pytest.mark.gpu
+def test_gpu_kv_lengths_capture_in_a_cuda_graph():
+    """kv_lengths' range check reads them on the host, which a CUDA graph capture forbids: it is skipped
+    while capturing (the kernels clamp to Sk), and the replay follows the lengths' new values."""
+    leaves, (q, k, v) = _qkv(3, 33, 200, 2, 64, torch.bfloat16, device="cuda")
+    lengths = torch.tensor([200, 7, 150], dtype=torch.int32, device="cuda")
+    dout = torch.randn(3, 33, 2, 64, device="cuda", dtype=torch.bfloat16)
+
+    def step():
+        out = cross_attention(q, k, v, kv_lengths=lengths)
+        return (out.detach(), *torch.autograd.grad(out, leaves, dout))
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # the tuners choose outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    lengths.copy_(torch.tensor([1, 200, 64], dtype=torch.int32))
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = step()
+    for index, (actual, wanted) in enumerate(zip(captured, expected)):
+        torch.testing.assert_close(actual, wanted, msg=lambda m: f"output {index}: {m}")
+
+
+@pytest.mark.gpu
 def test_gpu_dropout_and_determinism():
     _gpu_rule(2, 113, 203, 4, 64, torch.bfloat16, dropout_p=0.1)
     leaves, inputs = _qkv(2, 1568, 2056, 4, 64, torch.bfloat16, device="cuda")

@@ -1096,7 +1096,9 @@ def _check_lengths(kv_lengths, q: torch.Tensor, Sk: int) -> None:
         raise ValueError(f"kv_lengths must have shape ({q.shape[0]},), got {tuple(kv_lengths.shape)}")
     if kv_lengths.device != q.device:
         raise ValueError(f"kv_lengths is on {kv_lengths.device} but q is on {q.device}")
-    if not torch.compiler.is_compiling():  # a host sync; torch.compile graphs skip the range check
+    # A host sync, so compiled graphs and CUDA graph captures skip it (the kernels clamp lengths to Sk).
+    capturing = kv_lengths.is_cuda and torch.cuda.is_current_stream_capturing()
+    if not torch.compiler.is_compiling() and not capturing:
         low, high = torch.stack(torch.aminmax(kv_lengths)).tolist()  # one host sync for both
         if low < 1 or high > Sk:
             raise ValueError(
