@@ -399,3 +399,29 @@ def test_gpu_every_backward_plan_flash_attn_rule(monkeypatch, D):
         names = ("dx", "dresidual", "dweight", "dbias")
         for name, a, e, base in zip(names, actual[2], expected[2], baseline[2]):
             assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (plan {index})")
+
+
+@pytest.mark.gpu
+def test_gpu_seed_none_draws_anew_on_every_cuda_graph_replay():
+    """seed=None draws the seed on the device: a captured call gets a new dropout mask at every replay
+    (a seed drawn on the host would be frozen into the graph)."""
+    x = torch.randn(4, 1024, device="cuda") + 3.0  # no zeros of its own: a zero is a dropped element
+
+    def dropped():
+        return dropout_add_layer_norm(x, None, None, None, 0.5, 1e-6)[1]
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        dropped()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = dropped()
+    masks = []
+    for _ in range(3):
+        graph.replay()
+        masks.append(out == 0)
+    torch.cuda.synchronize()
+    assert all(0.4 < mask.float().mean() < 0.6 for mask in masks)
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])

@@ -272,7 +272,8 @@ def tube_mask(
         mask_ratio: fraction of spatial positions to mask, in [0, 1); ``int(mask_ratio * height * width)``
             positions are masked.
         seed: an int, or a one-element int64 tensor on the target device (no host sync, CUDA-graph safe).
-            None draws one from `generator` (torch's default CPU generator when None).
+            None draws one from `generator`; without one, from the device's default generator (on a
+            CUDA device, drawn there: a CUDA graph replay draws anew).
         device: where the outputs live; defaults to the seed tensor's device, else the CPU.
 
     Returns:
