@@ -425,3 +425,15 @@ def test_gpu_seed_none_draws_anew_on_every_cuda_graph_replay():
     torch.cuda.synchronize()
     assert all(0.4 < mask.float().mean() < 0.6 for mask in masks)
     assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+
+
+@pytest.mark.parametrize("backend", ["reference"] + (["triton"] if CPU_TRITON else []))
+def test_torch_compile_with_seed_none_draws_a_new_mask_per_call(backend):
+    """seed=None is drawn as a tensor on x's device (not a Python int, which torch.compile could only get
+    through a data-dependent host read): the graph compiles whole and each call draws anew."""
+    x, residual = torch.randn(8, 64) + 3.0, torch.zeros(8, 64)  # x has no zeros: a zero is a dropped element
+    with use_backend(backend, OP_NAME):
+        dropped = torch.compile(lambda x, r: dropout_add_layer_norm(x, r, None, None, 0.25, 1e-6)[1],
+                                fullgraph=True)
+        first, second = dropped(x, residual), dropped(x, residual)
+    assert 0.1 < (first == 0).float().mean() < 0.4 and not torch.equal(first == 0, second == 0)

@@ -103,8 +103,6 @@ class FusedMLP(nn.Module):
             return tensor if tensor is None or tensor.dtype == dtype else tensor.to(dtype)
 
         dropout_p = self.drop if self.training else 0.0
-        if dropout_p > 0.0 and seed is None:
-            seed = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, device=x.device)
         return fused_mlp(
             cast(x), cast(self.fc1.weight), cast(self.fc1.bias), cast(self.fc2.weight), cast(self.fc2.bias),
             self.activation, dropout_p, seed,

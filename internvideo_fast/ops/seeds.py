@@ -16,9 +16,9 @@ def seed_tensor(
 ) -> torch.Tensor:
     """`seed` as a 0-dim int64 tensor on `device` (default: the seed tensor's device, else the CPU).
 
-    None draws 64 random bits from `generator`; without one, on a CUDA device from that device's default
-    generator (on the device: no host sync, and inside a CUDA graph every replay draws anew, where a value
-    drawn on the host would be frozen into the graph), else from torch's default CPU generator. Ints in
+    None draws 64 random bits from `generator`; without one, from `device`'s default generator, as a tensor
+    on that device: no host sync, no data-dependent Python value under torch.compile, and inside a CUDA
+    graph every replay draws anew (a value drawn on the host would be frozen into the graph). Ints in
     [-2**63, 2**64) keep their 64 bits (values >= 2**63 wrap to int64)."""
     if isinstance(seed, torch.Tensor):
         if seed.dtype != torch.int64 or seed.numel() != 1:
@@ -27,7 +27,7 @@ def seed_tensor(
         if wanted.type != seed.device.type or wanted.index not in (None, seed.device.index):
             raise ValueError(f"seed is on {seed.device} but the op runs on device {wanted}")
         return seed.reshape(())
-    if seed is None and generator is None and device is not None and torch.device(device).type == "cuda":
+    if seed is None and generator is None:
         return torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, device=device)
     if seed is None:
         seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator))
