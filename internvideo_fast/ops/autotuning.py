@@ -284,16 +284,16 @@ class LaunchTuner:
         launch wrote, from its result) candidates that disagree with the first one are never chosen."""
         if not candidates:
             raise ValueError(f"{self.name}: at least one candidate launch is needed")
-        candidates = self._offered(candidates)
         by_label = dict(candidates)
         chosen = self._best.get(key)
-        if chosen in by_label:
+        if chosen in by_label:  # the hot path: one dict lookup per call
             return chosen, by_label[chosen]()
+        candidates = self._offered(candidates)
         if not self.will_time(key, len(candidates), device, tune):
             label, launch = candidates[0]
             return label, launch()
         cache = None if compile_only() else _choice_cache(device)
-        if cache is not None and (stored := cache.get(self.name, key)) in by_label:
+        if cache is not None and (stored := cache.get(self.name, key)) in dict(candidates):
             self._best[key] = stored  # chosen, and checked, by an earlier process
             return stored, by_label[stored]()
         if compile_only():
