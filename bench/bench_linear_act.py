@@ -147,30 +147,39 @@ def memory_rows(device: torch.device, drop: float = 0.1, quick: bool = False) ->
     return rows
 
 
-def gemm_rows(device: torch.device, quick: bool = False) -> list[dict]:
-    """fc1's forward alone (x @ W1.T + b1, GELU, pre-activation stored) on CUDA, in one run: every launch
-    plan the run-time tuner chooses from (the pointer kernel, the TMA and persistent TMA kernels at each
-    registered tile, addmm + our elementwise pass), forced one by one, against cuBLAS (addmm) alone and
-    addmm + F.gelu (eager's fc1)."""
-    if device.type != "cuda":
-        return []
+def fc1_plans(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> dict:
+    """fc1's forward (x @ w.T + b, GELU, pre-activation stored) as {label: closure}: every launch plan the
+    run-time tuner chooses from (the pointer kernel, the TMA and persistent TMA kernels at each registered
+    tile, addmm + our elementwise pass), then cuBLAS (addmm) alone and addmm + F.gelu (eager's fc1). Returns
+    the plans and the (y, pre) buffers our plans write into; the two cuBLAS plans return their result."""
     import importlib
 
+    linear_act_module = importlib.import_module("internvideo_fast.ops.linear_act")
+    y = torch.empty(x.shape[0], w.shape[0], device=x.device, dtype=x.dtype)
+    pre = torch.empty_like(y)
+    interpreter = x.device.type == "cpu"
+    plans = dict(linear_act_module._fwd_plans(x, w, b, None, y, pre, "gelu", True, 0.0, interpreter,
+                                              not interpreter))
+    plans["cublas addmm"] = lambda: torch.addmm(b, x, w.t())
+    plans["cublas addmm + gelu"] = lambda: F.gelu(torch.addmm(b, x, w.t()))
+    return plans, (y, pre)
+
+
+def gemm_rows(device: torch.device, quick: bool = False) -> list[dict]:
+    """fc1's plans (`fc1_plans`) timed one by one in one run, on CUDA."""
+    if device.type != "cuda":
+        return []
     from triton.testing import do_bench
 
-    linear_act_module = importlib.import_module("internvideo_fast.ops.linear_act")
     rows = []
     for n_rows, D, hidden in SIZES[: 1 if quick else None]:
         x = torch.randn(n_rows, D, device=device, dtype=torch.bfloat16)
         w = torch.randn(hidden, D, device=device, dtype=torch.bfloat16) / D**0.5
         b = torch.randn(hidden, device=device, dtype=torch.bfloat16)
-        y, pre = torch.empty(n_rows, hidden, device=device, dtype=x.dtype), torch.empty_like(y)
         size = f"rows={n_rows},D={D},hidden={hidden},bfloat16"
         flops = 2 * n_rows * D * hidden
-        timed = dict(linear_act_module._fwd_plans(x, w, b, None, y, pre, "gelu", True, 0.0, False, True))
-        timed["cublas addmm"] = lambda: torch.addmm(b, x, w.t())
-        timed["cublas addmm + gelu"] = lambda: F.gelu(torch.addmm(b, x, w.t()))
-        for provider, fn in timed.items():
+        plans, _ = fc1_plans(x, w, b)
+        for provider, fn in plans.items():
             ms = do_bench(fn, warmup=10, rep=50)
             rows.append({"op": "fc1 gemm plan", "size": size, "provider": provider, "ms": ms,
                          "TFLOP/s": flops / ms / 1e9})

@@ -82,6 +82,25 @@ FAILED tests/test_a.py::test_two - AssertionError: out
                                                           "passed": 0}
 
 
+def test_slowest_tests_from_the_junit_file(tmp_path):
+    """The test stage records its slowest tests (from pytest's JUnit file), slowest first, and nothing when
+    the stage was killed before pytest wrote the file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    junit = tmp_path / "tests.xml"
+    junit.write_text("""<testsuites><testsuite name="pytest" tests="3">
+<testcase classname="tests.test_a" name="test_quick" time="0.31"/>
+<testcase classname="tests.test_b" name="test_slow[bf16]" time="41.27"/>
+<testcase classname="tests.test_a" name="test_middle" time="7.04"><skipped message="no"/></testcase>
+</testsuite></testsuites>""")
+    assert gpu_check.junit_slowest(junit, top=2) == [["tests.test_b::test_slow[bf16]", 41.3],
+                                                     ["tests.test_a::test_middle", 7.0]]
+    assert gpu_check.junit_slowest(tmp_path / "missing.xml") == []
+
+
 def test_measure_hands_over_each_row_as_it_is_timed(monkeypatch):
     """The bench stage saves after every case, so a stage killed by its timeout keeps what it timed."""
     import importlib.util
@@ -176,3 +195,31 @@ def test_crashed_candidates_from_the_warm_stage_output():
     assert gpu_check.crashed_candidates(output) == [
         "linear_act_fwd:tma:BLOCK_M=128,w8,s3", "cross_attention_bwd:atomic:dkdv=M64_N128_w8_s2"]
     assert gpu_check.crashed_candidates("[warm 0] 12 cases ran, 0 failed\n") == []
+
+
+def test_fc1_gemm_plans_of_the_bench_compute_fc1(monkeypatch):
+    """bench_linear_act.gemm_rows times fc1's plans on CUDA only; here each plan runs once (ours in the
+    Triton interpreter) and must compute GELU(x @ w.T + b), so the CUDA-only timing loop meets no surprise."""
+    import importlib
+
+    import torch
+    import torch.nn.functional as F
+
+    from helpers import CPU_TRITON
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    bench_linear_act = importlib.import_module("bench_linear_act")
+    x, w, b = torch.randn(37, 24), torch.randn(40, 24) / 24**0.5, torch.randn(40)
+    plans, (y, pre) = bench_linear_act.fc1_plans(x, w, b)
+    assert "pointer" in plans and "cublas" in plans  # the tuner's default and its cuBLAS plan
+    expected_pre = torch.addmm(b, x, w.t())
+    for label, fn in plans.items():
+        if label.startswith("cublas addmm"):
+            expected = F.gelu(expected_pre) if label.endswith("gelu") else expected_pre
+            torch.testing.assert_close(fn(), expected)
+        elif CPU_TRITON:
+            y.fill_(float("nan"))
+            pre.fill_(float("nan"))
+            fn()
+            torch.testing.assert_close(pre, expected_pre, rtol=1e-4, atol=1e-4, msg=label)
+            torch.testing.assert_close(y, F.gelu(expected_pre), rtol=1e-4, atol=1e-4, msg=label)

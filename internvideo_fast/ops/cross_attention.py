@@ -515,10 +515,12 @@ _ALIGNED_CONFIGS = {
 }
 # Forward alternatives that the GPU tunes after the default (16-bit only: fp32 runs on FMA, where the tile
 # matters less than the missing tensor cores). _FWD_TUNE compiles spill-free in both specializations;
-# _FWD_TUNE_ALIGNED only in the 16-aligned one, so it is tried only on aligned launches.
+# _FWD_TUNE_ALIGNED only in the 16-aligned one, so it is tried only on aligned launches. At D = 64 the
+# 128x32 and 2-stage 128x64 tiles were the slowest on every shape of gpu-check run 4 (H100, 2026-11-27:
+# CMA both ways, UniBlock query, caption decoder) and were dropped.
 _FWD_TUNE = {
     "fwd": {32: [(64, 64, 4, 3), (128, 32, 8, 3), (64, 32, 4, 3)],
-            64: [(64, 64, 4, 3), (128, 32, 8, 3), (128, 64, 8, 2), (128, 64, 8, 4)],
+            64: [(64, 64, 4, 3), (128, 64, 8, 4)],
             128: [(64, 32, 4, 3), (128, 32, 8, 2)]},
     "fwd_split": {32: [(64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 4)],
                   64: [(64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 4)],
@@ -531,10 +533,13 @@ _FWD_TUNE_ALIGNED = {
 # Tiles of _cross_attention_fwd_tma_kernel, tuned after the pointer kernel's tiles on launches that TMA can
 # load (see _tma_layout_ok); the first is what _FORCE_FORWARD_KERNEL runs. Each compiles for sm_90a (Triton
 # 3.8 and 3.6, 16-aligned specialization, kv_lengths and dropout on) without spills and with wgmma; 128x128
-# tiles (D 32, 64) and 128x64 with 4 warps (D 64) spill with both, 64x64 (D 128) with 3.8: not offered.
+# tiles (D 32, 64), 128x64 with 4 warps and 64x128 with 4 warps (D 64) spill with both, 64x64 (D 128) with
+# 3.8: not offered. In gpu-check run 4 (H100, 2026-11-27) the 64x64 4-warp tile won the CMA shapes at D = 64
+# (0.249 ms against 0.280 for 128x64 and 0.294 for the pointer kernel's default), so its 2- and 4-stage
+# forms are offered too, and 128x64 at 2 stages, the slowest TMA tile everywhere, was dropped.
 _FWD_TMA_TUNE = {
     "fwd": {32: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3)],
-            64: [(128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 8, 4), (64, 64, 4, 3)],
+            64: [(128, 64, 8, 3), (128, 64, 8, 4), (64, 64, 4, 3), (64, 64, 4, 4), (64, 64, 4, 2)],
             128: [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2), (64, 32, 4, 3)]},
     "fwd_split": {32: [(64, 64, 4, 3)], 64: [(64, 64, 4, 3)], 128: [(64, 64, 4, 3)]},
 }
@@ -555,12 +560,13 @@ _BWD_TUNE = {
              128: [("atomic", (16, 32, 8, 1))]},
 }
 # On 16-aligned 16-bit launches these replace _BWD_TUNE: tiles that spill only unaligned, and the aligned
-# default's 32x64 dK/dV tile with atomics.
+# default's 32x64 dK/dV tile with atomics. At D = 64 a split plan with 32x128 dK/dV tiles took 1.36-1.39 ms on
+# the CMA shapes against the default's 0.89-0.94 ms and lost on the UniBlock query too (gpu-check run 4), so
+# it was dropped; the atomic 16x128 plan won the UniBlock query (Sq = 1: 0.26 ms against 0.35).
 _BWD_TUNE_ALIGNED = {
     32: [("atomic", (32, 64, 4, 2)), ("atomic", (64, 128, 8, 2)), ("atomic", (32, 128, 8, 2)),
          ("split", (32, 128, 8, 2), (128, 64, 8, 2))],
-    64: [("atomic", (32, 64, 4, 2)), ("atomic", (32, 128, 8, 2)), ("atomic", (16, 128, 8, 1)),
-         ("split", (32, 128, 8, 2), (128, 64, 8, 2))],
+    64: [("atomic", (32, 64, 4, 2)), ("atomic", (32, 128, 8, 2)), ("atomic", (16, 128, 8, 1))],
     128: [("atomic", (16, 64, 8, 2)), ("atomic", (16, 128, 8, 2)), ("atomic", (32, 64, 8, 2)),
           ("split", (16, 128, 8, 2), (128, 32, 8, 2))],
 }

@@ -562,12 +562,16 @@ _FWD_INTERPRETER_CONFIG = KernelConfig(
 # 16x256 tile, which reduced dbias across threads every iteration, at 0.164 ms for ViT-B's fc1 (252 MB
 # moved: 51% of copy bandwidth); with the dbias tile accumulated in registers that tile spills. The
 # LOAD_STAGES plans put the next row blocks' loads in flight through shared memory instead of registers.
+# In gpu-check run 4 (H100, 2026-11-27) they won 4 of the 6 shapes, but by at most 20%, and the best plan
+# moved 46-60% of copy bandwidth; the last two plans put more rows in flight still.
 _BWD_GPU_PLANS = (
     (KernelConfig({"BLOCK_M": 8, "BLOCK_N": 256, "LOAD_STAGES": 1}, num_warps=4, num_stages=1), 4),
     (KernelConfig({"BLOCK_M": 4, "BLOCK_N": 256, "LOAD_STAGES": 1}, num_warps=4, num_stages=1), 8),
     (KernelConfig({"BLOCK_M": 8, "BLOCK_N": 512, "LOAD_STAGES": 1}, num_warps=8, num_stages=1), 2),
     (KernelConfig({"BLOCK_M": 8, "BLOCK_N": 256, "LOAD_STAGES": 3}, num_warps=4, num_stages=1), 4),
     (KernelConfig({"BLOCK_M": 4, "BLOCK_N": 256, "LOAD_STAGES": 3}, num_warps=4, num_stages=1), 8),
+    (KernelConfig({"BLOCK_M": 4, "BLOCK_N": 256, "LOAD_STAGES": 4}, num_warps=4, num_stages=1), 8),
+    (KernelConfig({"BLOCK_M": 8, "BLOCK_N": 256, "LOAD_STAGES": 3}, num_warps=4, num_stages=1), 8),
 )
 _BWD_INTERPRETER_CONFIG = KernelConfig({"BLOCK_M": 16, "BLOCK_N": 32, "LOAD_STAGES": 1}, num_warps=4,
                                        num_stages=1)
@@ -599,29 +603,24 @@ register_triton_kernel(
     )
 )
 # TMA-descriptor forward (``_linear_act_fwd_tma_kernel``), for 16-bit inputs with 16-byte aligned rows on
-# sm_90+. Timed at run time against the pointer kernel (LaunchTuner, keyed on the GEMM's shape); none has
-# been timed on a GPU yet. Measured with the sm_90a check (bf16, gelu + pre store / dropout): 128x128x64
-# at 8 warps uses 125 / 171 registers and 128 KB (4 stages); 128x256 and 256x128 at 8 warps 207-243
-# registers and 144 KB (3 stages) / 192 KB (4 stages), no spills. 4-warp 128x128 and 64x256 tiles spill
-# with dropout, so they are not here.
+# sm_90+. Timed at run time against the pointer kernel (LaunchTuner, keyed on the GEMM's shape). Measured
+# with the sm_90a check (bf16, gelu + pre store / dropout): 128x128x64 at 8 warps uses 125 / 171 registers
+# and 128 KB (4 stages). 4-warp 128x128 and 64x256 tiles spill with dropout. The 128x256 (3 and 4 stages)
+# and 256x128 tiles, also spill-free, took 1.2-2.7x the 128x128 tile's time on all four ViT-B / ViT-L fc1
+# and fc2 shapes on an H100 (gpu-check run 4, 2026-11-27), so they were dropped.
 _FWD_TMA_CONFIGS = (
     KernelConfig({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
-    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
-    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
-    KernelConfig({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
 )
 # Under the interpreter (tests of the TMA path on CPU tensors).
 _FWD_TMA_INTERPRETER_CONFIG = _FWD_INTERPRETER_CONFIG
 # Persistent TMA forward (``_linear_act_fwd_persistent_kernel``, one program per SM, TMA loads and
-# stores), timed beside the others; not yet timed on a GPU. sm_90a check (bf16, aligned, every activation;
-# Triton 3.8 / 3.6): 128x128x64 at 4 stages 144 KB of shared memory (the flattened loop keeps more in
-# flight than the one-tile kernel's 128 KB) and 97-128 registers, 194-224 with dropout; at 3 stages 112 KB;
-# 128x256x64 at 3 stages 160 KB and 162-255 registers; no spills. warp_specialize=True on the loop is a
-# no-op at 8 warps and crashes the compiler at 4 on sm_90a with both versions, so it is not used.
+# stores), timed beside the others. sm_90a check (bf16, aligned, every activation; Triton 3.8 / 3.6):
+# 128x128x64 at 4 stages 144 KB of shared memory (the flattened loop keeps more in flight than the one-tile
+# kernel's 128 KB) and 97-128 registers, 194-224 with dropout; no spills. The 3-stage 128x128 and 128x256
+# tiles were slower on every shape of gpu-check run 4 (H100, 2026-11-27) and were dropped. warp_specialize=
+# True on the loop is a no-op at 8 warps and crashes the compiler at 4 on sm_90a with both versions.
 _FWD_PERSISTENT_CONFIGS = (
     KernelConfig({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
-    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
-    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
 )
 
 
@@ -736,26 +735,23 @@ register_triton_kernel(
 # fused_mlp's fused dh GEMM + fc1 backward pass (``_fused_mlp_dh_kernel``): TMA tiles, timed by the tuner
 # against cuBLAS's dh plus the elementwise kernel. MAX_PART bounds the epilogue's parts (it loads pre and
 # computes act and act' on top of the accumulator; half that with dropout). sm_90a check, bf16, aligned:
-# 128x128 at 4 stages 128 KB shared memory and 126-157 registers, 128x256 at 3 stages 144 KB and 173-225
-# registers; no spills (128x256 with dropout in parts of 128x32 spilled 16 B, hence the halving).
+# 128x128 at 4 stages 128 KB shared memory and 126-157 registers; no spills. A 128x256 tile (3 stages) lost
+# to cuBLAS + the elementwise kernel by 30-270% on every shape of gpu-check run 4 (H100, 2026-11-27), as did
+# this one, which stays as the fused candidate.
 _DH_TMA_CONFIGS = (
     KernelConfig({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "MAX_PART": 128 * 32},
                  num_warps=8, num_stages=4),
-    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "MAX_PART": 128 * 32},
-                 num_warps=8, num_stages=3),
 )
 _DH_INTERPRETER_CONFIG = KernelConfig(
     {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4, "MAX_PART": 64 * 16},
     num_warps=4, num_stages=1,
 )
-# The persistent form (``_fused_mlp_dh_persistent_kernel``, one program per SM), also a tuner candidate; not
-# yet timed on a GPU. sm_90a check (bf16, aligned, Triton 3.8 / 3.6): 136 KB (4 stages) / 104 KB (3 stages)
-# of shared memory, 128-170 registers, 193-215 with dropout; no spills.
+# The persistent form (``_fused_mlp_dh_persistent_kernel``, one program per SM), also a tuner candidate; its
+# 3-stage form was slower everywhere in run 4. sm_90a check (bf16, aligned, Triton 3.8 / 3.6): 136 KB of
+# shared memory, 128-170 registers, 193-215 with dropout; no spills.
 _DH_PERSISTENT_CONFIGS = (
     KernelConfig({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "MAX_PART": 128 * 32},
                  num_warps=8, num_stages=4),
-    KernelConfig({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "MAX_PART": 128 * 32},
-                 num_warps=8, num_stages=3),
 )
 # The plan fused_mlp's backward runs regardless of the tuner ("unfused" or "fused"; tests force each).
 _FORCE_DH_PLAN: str | None = None
