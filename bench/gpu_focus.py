@@ -26,11 +26,12 @@ sys.path.insert(0, str(BENCH.parent))  # the package, uninstalled
 
 # group: (bench module, which of its cases: op names, and a size prefix or "")
 GROUPS = {
+    "ceilings": ("bench_ceilings", ("ceiling copy", "ceiling matmul"), ""),
     "attention": ("bench_cross_attention", ("cross_attention_fwd", "cross_attention_fwd_bwd"), "cma"),
     "layer_norm": ("bench_dropout_add_layer_norm", ("dropout_add_ln+bwd", "dropout_add_ln+bwd graph"), ""),
     "ffn": ("bench_linear_act", ("ffn+bwd", "ffn+bwd graph"), ""),
 }
-PROVIDERS = ("eager", "triton", "sdpa-flash")  # torch.compile's rows would spend the lease compiling
+PROVIDERS = ("eager", "triton", "sdpa-flash", "torch")  # torch.compile's rows would spend the lease compiling
 
 
 def group_cases(name: str, device):
