@@ -27,10 +27,19 @@ except ImportError as error:  # pragma: no cover - exercised only on broken inst
     )
 
 
+_HAS_KERNEL: dict[tuple[str, str], bool] = {}
+
+
 @torch.compiler.assume_constant_result  # registrations do not change once _C is loaded
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """Whether `_C` registered a kernel for torch.ops.internvideo_fast.<op> under `dispatch_key`
-    ("CPU" or "CUDA")."""
-    if not HAS_C or not torch._C._dispatch_has_kernel(f"internvideo_fast::{op}"):
-        return False  # _C does not define this op at all (a Triton-only or Python-only op)
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"internvideo_fast::{op}", dispatch_key)
+    ("CPU" or "CUDA"). Remembered per pair: every op call asks, and the dispatcher lookups cost host time.
+    (A dict, not functools.lru_cache: Dynamo traces through lru_cache wrappers, not into this constant.)"""
+    known = _HAS_KERNEL.get((op, dispatch_key))
+    if known is None:
+        name = f"internvideo_fast::{op}"
+        # _C may not define this op at all (a Triton-only or Python-only op).
+        defined = HAS_C and torch._C._dispatch_has_kernel(name)
+        known = bool(defined) and torch._C._dispatch_has_kernel_for_dispatch_key(name, dispatch_key)
+        _HAS_KERNEL[op, dispatch_key] = known
+    return known

@@ -39,16 +39,25 @@ _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 def _traced(args: tuple) -> bool:
     """Whether a tracer sees this call: torch.compile's Dynamo, a functorch transform, a dispatch mode
     (make_fx / AOTAutograd, FakeTensorMode), or tensor subclasses (fake or functional tensors)."""
-    return (
+    if (
         torch.compiler.is_compiling()
         or torch._C._are_functorch_transforms_active()
         or _get_current_dispatch_mode() is not None
-        or any(isinstance(a, torch.Tensor) and type(a) not in _PLAIN_TENSORS for a in args)
-    )
+    ):
+        return True
+    for a in args:  # plain loops: a generator per call costs more host time than these checks
+        if isinstance(a, torch.Tensor) and type(a) not in _PLAIN_TENSORS:
+            return True
+    return False
 
 
 def _records_autograd(args: tuple) -> bool:
-    return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+    if not torch.is_grad_enabled():
+        return False
+    for a in args:
+        if isinstance(a, torch.Tensor) and a.requires_grad:
+            return True
+    return False
 
 
 def eager_op(

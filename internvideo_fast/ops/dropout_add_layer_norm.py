@@ -54,6 +54,7 @@ from internvideo_fast.ops.autotuning import launch_tuner, length_bucket
 from internvideo_fast.ops.backend import available_backends, select_backend
 from internvideo_fast.ops.dispatch import eager_op
 from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
+from internvideo_fast.ops.launch_math import cdiv
 from internvideo_fast.ops.outputs import new_output
 from internvideo_fast.ops.seeds import seed_tensor
 from internvideo_fast.ops.tube_mask import philox4x32_10_reference
@@ -429,7 +430,7 @@ def _dropout_add_layer_norm_bwd_impl(
             seed if has_dropout else None,
             dx, dresidual if has_residual else None,
             dweight_partial if weight is not None else None, dbias_partial if bias is not None else None,
-            rows, D, triton.cdiv(rows, programs), _rows_per_sample(rows, drop_path_scale),
+            rows, D, cdiv(rows, programs), _rows_per_sample(rows, drop_path_scale),
             dropout_p if has_dropout else 0.0, 1.0 / (1.0 - dropout_p) if has_dropout else 1.0,
             **config.constexprs,
             HAS_DNEW_RESIDUAL=dnew_residual is not None, HAS_RESIDUAL=has_residual,

@@ -97,6 +97,7 @@ from internvideo_fast.ops.backend import available_backends, select_backend, tri
 from internvideo_fast.ops.dispatch import eager_op
 from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask, keep_element
 from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
+from internvideo_fast.ops.launch_math import cdiv
 from internvideo_fast.ops.outputs import new_output
 from internvideo_fast.ops.seeds import seed_tensor
 
@@ -873,7 +874,7 @@ def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, 
 
     def launch(kernel, config, operands):
         blocks = config.constexprs
-        grid = (triton.cdiv(M, blocks["BLOCK_M"]) * triton.cdiv(N, blocks["BLOCK_N"]),)
+        grid = (cdiv(M, blocks["BLOCK_M"]) * cdiv(N, blocks["BLOCK_N"]),)
         kernel[grid](*operands, *tail, **blocks, **common, num_warps=config.num_warps,
                      num_stages=config.num_stages)
 
@@ -891,7 +892,7 @@ def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, 
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         blocks = config.constexprs
-        tiles = triton.cdiv(M, blocks["BLOCK_M"]) * triton.cdiv(N, blocks["BLOCK_N"])
+        tiles = cdiv(M, blocks["BLOCK_M"]) * cdiv(N, blocks["BLOCK_N"])
         programs = min(tiles, _PERSISTENT_INTERPRETER_PROGRAMS if interpreter else _sm_count(x.device))
         epilogue_n = _epilogue_columns(blocks["BLOCK_M"], blocks["BLOCK_N"], has_dropout)
         y_desc = TensorDescriptor.from_tensor(y, [blocks["BLOCK_M"], epilogue_n])
@@ -907,7 +908,7 @@ def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, 
     else:
 
         def grid(meta):
-            return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+            return (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)
 
         plans = [("pointer", lambda: _fwd_kernel_autotuned[grid](x, weight, *tail, **common))]
         tma_configs, persistent_configs = _FWD_TMA_CONFIGS, _FWD_PERSISTENT_CONFIGS
@@ -920,7 +921,7 @@ def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, 
         if activation == "none" and not has_dropout and gemm_out is y:
             return
         config = _ACTIVATION_INTERPRETER_CONFIG if interpreter else _ACTIVATION_CONFIG
-        _activation_dropout_kernel[(triton.cdiv(M * N, config.constexprs["BLOCK"]),)](
+        _activation_dropout_kernel[(cdiv(M * N, config.constexprs["BLOCK"]),)](
             gemm_out, y, seed_arg, M * N, *dropout_args, **config.constexprs, ACTIVATION=activation,
             HAS_DROPOUT=has_dropout, num_warps=config.num_warps, num_stages=config.num_stages,
         )
@@ -973,12 +974,12 @@ def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act, in_p
         """Runs the kernel at `config` over about `programs_per_sm` programs per SM (the interpreter: a
         couple of row chunks); returns the fp32 dbias partial rows, one per row chunk."""
         block_m, block_n = config.constexprs["BLOCK_M"], config.constexprs["BLOCK_N"]
-        col_blocks = triton.cdiv(N, block_n)
-        row_blocks = triton.cdiv(M, block_m)
+        col_blocks = cdiv(N, block_n)
+        row_blocks = cdiv(M, block_m)
         wanted = 2 if interpreter else (programs_per_sm * _sm_count(dy.device)) // col_blocks
         chunks = max(1, min(row_blocks, wanted))
-        rows_per_program = triton.cdiv(row_blocks, chunks) * block_m
-        chunks = max(1, triton.cdiv(M, rows_per_program))
+        rows_per_program = cdiv(row_blocks, chunks) * block_m
+        chunks = max(1, cdiv(M, rows_per_program))
         dbias_partial = new_output(dy, (chunks, N) if has_bias else (0,), torch.float32)
         if M > 0 and N > 0:
             _linear_act_bwd_kernel[(col_blocks, chunks)](
@@ -1026,9 +1027,9 @@ def _launch_dh_fused(dz, weight2, pre, activation, has_bias, seed, dropout_p, co
     blocks = config.constexprs
     dpre = new_output(dz, (M, N))
     h = new_output(dz, (M, N))
-    tiles_m = triton.cdiv(M, blocks["BLOCK_M"])
+    tiles_m = cdiv(M, blocks["BLOCK_M"])
     dbias_partial = new_output(dz, (tiles_m, N) if has_bias else (0,), torch.float32)
-    tiles = tiles_m * triton.cdiv(N, blocks["BLOCK_N"])
+    tiles = tiles_m * cdiv(N, blocks["BLOCK_N"])
     operands = (
         TensorDescriptor.from_tensor(dz, [blocks["BLOCK_M"], blocks["BLOCK_K"]]),
         TensorDescriptor.from_tensor(weight2, [blocks["BLOCK_K"], blocks["BLOCK_N"]]),
