@@ -12,7 +12,9 @@ here compiles without spills for sm_90a in its aligned form with Triton 3.6 and 
 op's default configs. ``tuning_rows`` (always in `make gpu-check`) reports what the op's LaunchTuners chose
 at runtime (``deterministic=False``, the default): one row per tuner and key, with every candidate's time and
 the bench shapes that map to that key, so a GPU run shows which forward tile (of the pointer kernel, or of
-the TMA kernel: labels ``tma:M.._N.._w.._s..``) and backward plan (split or atomic dQ) won per shape."""
+the TMA kernel: labels ``tma:M.._N.._w.._s..``) and backward plan (split or atomic dQ) won per shape. On a GPU
+the InternVideo shapes also run replayed from CUDA graphs (``... graph`` rows: kernel time without host
+time), ours and sdpa-flash."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from common import Case
+from common import Case, cuda_graphed
 from internvideo_fast.ops import use_backend
 from internvideo_fast.ops.autotuning import launch_tuner, length_bucket, tuning_choices
 from internvideo_fast.ops.backend import triton_runs_on
@@ -101,6 +103,13 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
             out.append(Case("cross_attention_fwd", size, provider, forward, baseline=baseline, flops=flops))
             out.append(Case("cross_attention_fwd_bwd", size, provider, forward_backward, baseline=baseline,
                             flops=int(3.5 * flops)))
+            if on_gpu and (name, B, H, D, Sq, Sk) in SHAPES and provider != "sdpa-efficient":
+                # Replayed from CUDA graphs: the kernels' rate without the host time per call, which on the
+                # lent VM's slow cores is close to our CMA forward + backward's GPU time (NOTES.md, run 5).
+                out.append(Case("cross_attention_fwd graph", size, provider, cuda_graphed(forward),
+                                baseline=baseline, flops=flops))
+                out.append(Case("cross_attention_fwd_bwd graph", size, provider,
+                                cuda_graphed(forward_backward), baseline=baseline, flops=int(3.5 * flops)))
     return out
 
 

@@ -61,6 +61,36 @@ def test_plots_of_a_committed_gpu_result(tmp_path):
     assert all(p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG" for p in written)
 
 
+def test_plots_add_a_row_for_cuda_graph_replays(tmp_path):
+    """With `... graph` rows (run 4 on: FFN and LayerNorm; attention after it) a plot gets a second row of
+    panels, so it is taller than the same plot without them."""
+    import importlib.util
+    import json
+
+    import pytest
+
+    pytest.importorskip("matplotlib")
+    spec = importlib.util.spec_from_file_location("plot_results", ROOT / "bench" / "plot_results.py")
+    plot_results = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_results)
+    report = json.loads((ROOT / "bench" / "results" / "gpu-check-2026-11-27-nvidia-h100-80gb-hbm3-run4.json")
+                        .read_text())
+    report["benchmarks"] = [row for row in report["benchmarks"] if row["op"].startswith("cross_attention")]
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps(report))
+    graphed_rows = [dict(row, op=row["op"] + " graph") for row in report["benchmarks"]]
+    graphed = tmp_path / "graphed.json"
+    graphed.write_text(json.dumps(dict(report, benchmarks=report["benchmarks"] + graphed_rows)))
+    from PIL import Image
+
+    heights = []
+    for path, out in ((plain, tmp_path / "a"), (graphed, tmp_path / "b")):
+        out.mkdir()
+        (written,) = plot_results.plot_report(path, out)
+        heights.append(Image.open(written).size[1])
+    assert heights[1] > 1.5 * heights[0]
+
+
 def test_test_counts_from_a_log_cut_short():
     """A GPU test run killed by its timeout writes no JUnit file: the verbose log still counts each test
     once (plain and xdist line formats; the failure summary repeats a test without counting it twice)."""
