@@ -1,7 +1,7 @@
 """A focused GPU measurement for what is left of a short lease: the rows the open goals are judged on.
 
 ``python bench/gpu_focus.py`` (about 3 minutes on an H100 from cold caches) times, in one process and
-against their baselines: the CMA cross-attention shapes (forward, forward + backward; sdpa-flash), the
+against their baselines: the CMA cross-attention shapes (forward, forward + backward, eager and CUDA-graph replay; sdpa-flash), the
 dropout + residual + LayerNorm forward + backward (eager and CUDA-graph replay), the FFN forward + backward
 (eager and replay), then the host time per call (bench/host_overhead.py). Before timing, three processes
 (``IVF_AUTOTUNE=compile``) compile every tuner candidate of the three groups in parallel. One JSON, saved
@@ -27,7 +27,8 @@ sys.path.insert(0, str(BENCH.parent))  # the package, uninstalled
 # group: (bench module, which of its cases: op names, and a size prefix or "")
 GROUPS = {
     "ceilings": ("bench_ceilings", ("ceiling copy", "ceiling matmul"), ""),
-    "attention": ("bench_cross_attention", ("cross_attention_fwd", "cross_attention_fwd_bwd"), "cma"),
+    "attention": ("bench_cross_attention", ("cross_attention_fwd", "cross_attention_fwd_bwd",
+                                            "cross_attention_fwd graph", "cross_attention_fwd_bwd graph"), "cma"),
     "layer_norm": ("bench_dropout_add_layer_norm", ("dropout_add_ln+bwd", "dropout_add_ln+bwd graph"), ""),
     "ffn": ("bench_linear_act", ("ffn+bwd", "ffn+bwd graph"), ""),
 }
