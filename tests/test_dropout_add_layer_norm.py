@@ -318,10 +318,13 @@ def test_fuzz_shapes_no_dropout(rows, D, residual, affine, norm):
 def test_every_backward_plan_matches_float64_reference(monkeypatch):
     """Each (warps, programs per SM, load stages) plan the GPU tuner may pick, forced one by one: 4 or 8
     programs here, so rows split differently over programs (and over dweight / dbias partial rows); the
-    interpreter runs the pipelined row loop as a plain loop (the GPU test covers the pipelining)."""
+    interpreter runs the pipelined row loop as a plain loop (the GPU test covers the pipelining). D = 600
+    also gets the plans with fewer warps than the width's default (BLOCK_D 512 to 2048 only)."""
+    assert len(ln_module._labelled_backward_plans(600)) > len(ln_module._labelled_backward_plans(100))
     for index in range(len(ln_module._BWD_PLAN_SHAPES)):
         monkeypatch.setattr(ln_module, "_FORCE_BWD_PLAN", index)
-        _check_against_reference((37, 100), torch.float32, dropout_p=0.2, seed=3, drop_path=True)
+        for D in (100, 600):
+            _check_against_reference((37, D), torch.float32, dropout_p=0.2, seed=3, drop_path=True)
 
 
 # ---------------------------------------------------------------------------------------------------- GPU

@@ -267,9 +267,13 @@ register_triton_kernel(
 # D = 1024, 3 stages take 80 registers and 12 KB of shared memory. In gpu-check run 4 (H100, 2026-11-27)
 # the pipelined plans won all three ViT shapes (D = 768: 0.046 ms against the default's 0.064, about 69%
 # of copy bandwidth; D = 1024: 0.060 against 0.071) and 8 warps x 8 per SM never did, so that plan gave
-# its place to deeper pipelines: 3 stages at 8 per SM and 4 stages at 4 per SM.
+# its place to deeper pipelines: 3 stages at 8 per SM and 4 stages at 4 per SM. Run 5 timed those within
+# 0.3-12% of the winner, not past it. Each row costs two block-wide reductions (through shared memory, with
+# barriers) before its stores; half the warps per row halve the threads that meet at each barrier (the
+# last two plans; at D = 1024 they take 198-212 registers, so about 5 programs fit an SM, not 8).
 # (warps multiplier, programs per SM, load stages)
-_BWD_PLAN_SHAPES = ((1, 4, 1), (2, 4, 1), (1, 8, 1), (1, 4, 3), (1, 8, 2), (2, 4, 3), (1, 8, 3), (1, 4, 4))
+_BWD_PLAN_SHAPES = ((1, 4, 1), (2, 4, 1), (1, 8, 1), (1, 4, 3), (1, 8, 2), (2, 4, 3), (1, 8, 3), (1, 4, 4),
+                    (0.5, 8, 3), (0.5, 8, 1))
 # Tests set this to a plan index to run that plan where the tuner would run the default.
 _FORCE_BWD_PLAN: int | None = None
 
@@ -279,7 +283,11 @@ def _backward_plans(config: KernelConfig) -> list[tuple[KernelConfig, int]]:
     at 128 registers, and D = 4096 spills there (measured with the sm_90a check)."""
     plans = {}
     for factor, per_sm, stages in _BWD_PLAN_SHAPES:
-        warps = min(8, config.num_warps * factor)
+        warps = max(1, min(8, int(config.num_warps * factor)))
+        if factor < 1 and not 512 <= config.constexprs["BLOCK_D"] <= 16 * 32 * warps:
+            # Fewer warps than the width's default spill outside this range with the sm_90a check:
+            # BLOCK_D = 4096 at 4 warps 160-916 B, BLOCK_D = 256 at 1 warp 8 B (Triton 3.6, unaligned).
+            continue
         plans.setdefault((warps, per_sm, stages), KernelConfig(
             dict(config.constexprs, LOAD_STAGES=stages), num_warps=warps, num_stages=1))
     return [(plan, per_sm) for (_, per_sm, _), plan in plans.items()]
