@@ -160,6 +160,12 @@ def log_counts(log: str) -> dict[str, int]:
     counts = {"tests": len(found), "failures": found.count("FAILED"), "errors": found.count("ERROR"),
               "skipped": found.count("SKIPPED")}
     counts["passed"] = found.count("PASSED")
+    if collected := re.search(r"\[(\d+) items?\]|collected (\d+) items?", log):
+        # What a cut-short run did not finish: started (a bare "file::test" line under -v) or never reached.
+        counts["collected"] = int(collected.group(1) or collected.group(2))
+        started = {token for line in log.splitlines() for token in line.split() if "::" in token}
+        counts["unfinished"] = sorted(started - outcomes.keys())
+        counts["not_reached"] = counts["collected"] - len(started)
     return counts
 
 

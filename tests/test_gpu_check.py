@@ -108,8 +108,14 @@ tests/test_b.py::test_four PASSED                                         [  4%]
 FAILED tests/test_a.py::test_two - AssertionError: out
 """
     assert gpu_check.log_counts(log) == {"tests": 5, "failures": 1, "errors": 1, "skipped": 1, "passed": 2}
+    # Cut short under xdist: how many were collected, which started without an outcome, how many never ran.
+    cut = "8 workers [7 items]\ntests/test_a.py::test_one[bf16] \ntests/test_d.py::test_six \n" + log
+    assert gpu_check.log_counts(cut) == {"tests": 5, "failures": 1, "errors": 1, "skipped": 1, "passed": 2,
+                                         "collected": 7, "unfinished": ["tests/test_d.py::test_six"],
+                                         "not_reached": 1}
     assert gpu_check.log_counts("collected 0 items") == {"tests": 0, "failures": 0, "errors": 0, "skipped": 0,
-                                                          "passed": 0}
+                                                          "passed": 0, "collected": 0, "unfinished": [],
+                                                          "not_reached": 0}
 
 
 def test_slowest_tests_from_the_junit_file(tmp_path):
