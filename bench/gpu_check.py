@@ -13,7 +13,9 @@ creates no venv and downloads nothing. Stages, each in a subprocess with its own
 4. every registered GPU microbenchmark (``cases(device)`` in each bench/bench_*.py and e2e_*.py) against
    its baselines, the device's copy and matmul ceilings first, each module followed by its
    ``extra_rows(device)`` (figures beside the cases: the FFN's saved bytes, fc1's GEMM plans, the tuners'
-   choices), then the host time per call (bench/host_overhead.py) and every tuner's timings.
+   choices), then the host time per call (bench/host_overhead.py), and last each module's ``late_cases``
+   (long sweeps: flash-attn's grid), so that a stage cut by its budget loses those first; every tuner's
+   timings go with the rows.
 
 It writes one JSON (card, driver, versions, every figure) into ``$OUT`` when set, else bench/results/ (a dry
 run: build/gpu-check-dry-run/), draws the plots of bench/plot_results.py beside it when matplotlib is there,
@@ -233,7 +235,8 @@ def warm_kernel_cache(device_name: str, quick: bool, shard: int, shards: int) ->
             continue
         try:
             module = _load(path)
-            cases = module.cases(device, quick=quick) if hasattr(module, "cases") else []
+            cases = [*(module.cases(device, quick=quick) if hasattr(module, "cases") else []),
+                     *(module.late_cases(device, quick=quick) if hasattr(module, "late_cases") else [])]
         except Exception as error:  # noqa: BLE001 - the bench stage reports it
             print(f"[warm {shard}] {path.stem}: {type(error).__name__}: {error}"[:300], flush=True)
             continue
@@ -314,6 +317,7 @@ def run_benchmarks(device_name: str, quick: bool, out_file: Path) -> None:
     device = torch.device(device_name)
     timer = common.time_cuda_ms if device.type == "cuda" else common.time_cpu_ms
     rows, extras = [], []
+    late = []  # modules whose late_cases run after every module's cases and the host-time rows
     for path in bench_modules():
         try:
             module = _load(path)
@@ -336,6 +340,8 @@ def run_benchmarks(device_name: str, quick: bool, out_file: Path) -> None:
                 extras += module.extra_rows(device, quick=quick)
             except Exception as error:  # noqa: BLE001
                 extras.append({"op": path.stem, "error": f"{type(error).__name__}: {error}"[:300]})
+        if hasattr(module, "late_cases"):
+            late.append((path.stem, module))
         # A timeout keeps what was measured, with the tuners' choices and timings so far.
         _write_json_atomically(out_file, {"rows": rows, "extras": extras + tuning_report()})
     # Host time per call of the fused ops: eager fast path against custom-op dispatch (bench/host_overhead.py).
@@ -347,6 +353,18 @@ def run_benchmarks(device_name: str, quick: bool, out_file: Path) -> None:
     except Exception as error:  # noqa: BLE001
         extras.append({"op": "host_overhead", "error": f"{type(error).__name__}: {error}"[:300]})
     _write_json_atomically(out_file, {"rows": rows, "extras": extras + tuning_report()})
+    # The long sweeps last (flash-attn's grid): a budget cut then costs them, not the rows above.
+    for stem, module in late:
+        done = tuple(rows)
+
+        def save(partial_rows, done=done):
+            _write_json_atomically(out_file, {"rows": [*done, *partial_rows], "extras": extras + tuning_report()})
+
+        try:
+            rows += common.measure(module.late_cases(device, quick=quick), timer, on_row=save)
+        except Exception as error:  # noqa: BLE001
+            rows.append({"op": stem, "size": "-", "provider": "-", "error": f"{type(error).__name__}: {error}"})
+        _write_json_atomically(out_file, {"rows": rows, "extras": extras + tuning_report()})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -259,3 +259,39 @@ def test_fc1_gemm_plans_of_the_bench_compute_fc1(monkeypatch):
             fn()
             torch.testing.assert_close(pre, expected_pre, rtol=1e-4, atol=1e-4, msg=label)
             torch.testing.assert_close(y, F.gelu(expected_pre), rtol=1e-4, atol=1e-4, msg=label)
+
+
+def test_late_cases_run_after_every_module_and_the_host_rows(tmp_path, monkeypatch):
+    """The bench stage times each module's `cases`, then the host-time rows, then every `late_cases` (the
+    long sweeps), saving after each: a stage cut by its budget loses the sweeps first."""
+    import importlib.util
+    import json
+    import types
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    (tmp_path / "bench_first.py").write_text(
+        "from common import Case\n"
+        "def cases(device, quick=False):\n"
+        "    return [Case('early', 's', 'p', lambda: None, baseline=True)]\n"
+        "import sys\n"
+        "def late_cases(device, quick=False):\n"
+        "    timed = lambda: sys.modules['host_overhead'].order.append('late')\n"
+        "    return [Case('late', 's', 'p', timed, baseline=True)]\n")
+    (tmp_path / "bench_second.py").write_text(
+        "from common import Case\n"
+        "def cases(device, quick=False):\n"
+        "    return [Case('second', 's', 'p', lambda: None, baseline=True)]\n")
+    monkeypatch.setattr(gpu_check, "bench_modules",
+                        lambda: [tmp_path / "bench_first.py", tmp_path / "bench_second.py"])
+    order = []
+    host = types.SimpleNamespace(order=order, measure=lambda name, calls: order.append("host") or [{"op": "x"}])
+    monkeypatch.setitem(sys.modules, "host_overhead", host)
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    out = tmp_path / "rows.json"
+    gpu_check.run_benchmarks("cpu", True, out)
+    measured = json.loads(out.read_text())
+    assert [row["op"] for row in measured["rows"]] == ["early", "second", "late"]
+    assert order[0] == "host" and set(order[1:]) == {"late"}  # the host rows before the late cases
+    assert any(row["op"] == "host overhead: x" for row in measured["extras"])
