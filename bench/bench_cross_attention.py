@@ -216,11 +216,13 @@ _KEY_FIELDS = ("dtype", "D", "aligned", "kv_lengths", "dropout", "Sq_bucket", "S
 
 def tuning_rows(device: torch.device, quick: bool = False) -> list[dict]:
     """The cross-attention tuners' choices (see the module docstring). On a GPU, first runs forward +
-    backward of each bench shape once in bf16, so that every shape has been tuned even when `cases` did
-    not run; on CPU nothing is tuned, so only choices made elsewhere in the process are reported."""
+    backward of each InternVideo shape once in bf16, so that each has been tuned even when `cases` did
+    not run (the grid's shapes are tuned by `late_cases`, which gpu-check runs after this; its final
+    `tuning` rows have every key); on CPU nothing is tuned, so only choices made elsewhere in the process
+    are reported."""
     shapes = SHAPES + FLASH_GRID
     if device.type == "cuda" and triton_runs_on(device):
-        for name, B, H, D, Sq, Sk in shapes[:2 if quick else None]:
+        for name, B, H, D, Sq, Sk in SHAPES[:2 if quick else None]:
             q, k, v = (torch.randn(B, S, H, D, device=device, dtype=torch.bfloat16, requires_grad=True)
                        for S in (Sq, Sk, Sk))
             with use_backend("triton", OP_NAME):
