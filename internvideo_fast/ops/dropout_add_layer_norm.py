@@ -228,6 +228,87 @@ def _dropout_add_layer_norm_bwd_kernel(
         tl.store(dbias_partial_ptr + program * D + col, dbias, mask=in_row)
 
 
+@triton.jit
+def keep_rows4(seed, firsts, dropout_p, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """keep_block4 of ROWS rows at once: [ROWS, BLOCK] for `firsts` [ROWS], each a multiple of 4."""
+    groups = (firsts >> 2)[:, None] + tl.arange(0, BLOCK // 4)[None, :]
+    u0, u1, u2, u3 = tl.rand4x(seed, groups)
+    # [r, g, a, b] -> element 4 g + 2 a + b of row r, as in keep_block4.
+    uniform = tl.reshape(tl.join(tl.join(u0, u2), tl.join(u1, u3)), [ROWS, BLOCK])
+    return uniform >= dropout_p
+
+
+@triton.jit
+def _dropout_add_layer_norm_bwd_rows_kernel(
+    dy_ptr, dnew_residual_ptr, new_residual_ptr, weight_ptr, mean_ptr, rstd_ptr, drop_path_ptr, seed_ptr,
+    dx_ptr, dresidual_ptr, dweight_partial_ptr, dbias_partial_ptr,
+    rows, D, rows_per_program, rows_per_sample, dropout_p, keep_scale,
+    BLOCK_D: tl.constexpr, HAS_DNEW_RESIDUAL: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROP_PATH: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    D_MULTIPLE_OF_4: tl.constexpr, IS_RMS_NORM: tl.constexpr, LOAD_STAGES: tl.constexpr,
+    ROWS: tl.constexpr,
+):
+    # _dropout_add_layer_norm_bwd_kernel (same arguments, same results) on a [ROWS, BLOCK_D] tile per
+    # iteration: the two row reductions of ROWS rows meet at one set of barriers, and ROWS rows' loads are
+    # in flight per iteration. dweight / dbias accumulate in [ROWS, BLOCK_D] register tiles, reduced over
+    # their rows once, after the loop.
+    program = tl.program_id(0)
+    col = tl.arange(0, BLOCK_D)
+    in_row = col < D
+    weight = tl.full([BLOCK_D], 1.0, tl.float32)
+    if HAS_WEIGHT:
+        weight = tl.load(weight_ptr + col, mask=in_row, other=0.0).to(tl.float32)
+    dweight = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    dbias = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    row_start = program.to(tl.int64) * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, rows)
+    for start in tl.range(row_start, row_end, ROWS, num_stages=LOAD_STAGES):  # int64 rows
+        row = start + tl.arange(0, ROWS)
+        in_rows = row < row_end
+        mask = in_rows[:, None] & in_row[None, :]
+        offset = row[:, None] * D + col[None, :]
+
+        # Loads (rows past row_end: zeros, and rstd 0, so their dh is 0).
+        h = tl.load(new_residual_ptr + offset, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + offset, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(mean_ptr + row, mask=in_rows, other=0.0)
+        rstd = tl.load(rstd_ptr + row, mask=in_rows, other=0.0)
+        factor = tl.full([ROWS], keep_scale, tl.float32)
+        if HAS_DROP_PATH:
+            factor = factor * tl.load(drop_path_ptr + row // rows_per_sample, mask=in_rows, other=0.0).to(
+                tl.float32)
+
+        # Math.
+        xhat = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
+        g = dy * weight[None, :]
+        dh = g - xhat * (tl.sum(g * xhat, axis=1) / D)[:, None]
+        if not IS_RMS_NORM:
+            dh -= (tl.sum(g, axis=1) / D)[:, None]  # the mean's share
+        dh = rstd[:, None] * dh
+        if HAS_DNEW_RESIDUAL:
+            dh += tl.load(dnew_residual_ptr + offset, mask=mask, other=0.0).to(tl.float32)
+        dx = dh * factor[:, None]
+        if HAS_DROPOUT:
+            if D_MULTIPLE_OF_4:
+                keep = keep_rows4(tl.load(seed_ptr), row * D, dropout_p, ROWS, BLOCK_D)
+            else:
+                keep = keep_element4(tl.load(seed_ptr), offset, dropout_p)
+            dx = tl.where(keep, dx, 0.0)
+        if HAS_WEIGHT:
+            dweight += dy * xhat
+        if HAS_BIAS:
+            dbias += dy
+
+        # Stores.
+        tl.store(dx_ptr + offset, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        if HAS_RESIDUAL:
+            tl.store(dresidual_ptr + offset, dh.to(dresidual_ptr.dtype.element_ty), mask=mask)
+    if HAS_WEIGHT:
+        tl.store(dweight_partial_ptr + program * D + col, tl.sum(dweight, axis=0), mask=in_row)
+    if HAS_BIAS:
+        tl.store(dbias_partial_ptr + program * D + col, tl.sum(dbias, axis=0), mask=in_row)
+
+
 # Launch configurations by row width: about 8 fp32 values of a row per thread at the widest.
 _TRITON_CONFIGS = tuple(
     KernelConfig({"BLOCK_D": block}, num_warps=warps, num_stages=1)
@@ -271,56 +352,72 @@ register_triton_kernel(
 # 0.3-12% of the winner, not past it. Each row costs two block-wide reductions (through shared memory, with
 # barriers) before its stores; half the warps per row halve the threads that meet at each barrier (the
 # last two plans; at D = 1024 they take 198-212 registers, so about 5 programs fit an SM, not 8).
-# (warps multiplier, programs per SM, load stages)
-_BWD_PLAN_SHAPES = ((1, 4, 1), (2, 4, 1), (1, 8, 1), (1, 4, 3), (1, 8, 2), (2, 4, 3), (1, 8, 3), (1, 4, 4),
-                    (0.5, 8, 3), (0.5, 8, 1))
+# Plans of more than one row per iteration run _dropout_add_layer_norm_bwd_rows_kernel: a [rows, BLOCK_D]
+# tile, so each barrier serves that many rows and that many rows' loads are issued together (not yet timed
+# on a GPU). Offered at BLOCK_D = 1024 (D 513-1024: ViT-B's and ViT-L's widths), where every plan compiles
+# without spills for sm_90a (100-247 registers); at 256, 512 and 2048 some spill 4-12 B.
+# (warps multiplier, programs per SM, load stages, rows per iteration)
+_BWD_PLAN_SHAPES = ((1, 4, 1, 1), (2, 4, 1, 1), (1, 8, 1, 1), (1, 4, 3, 1), (1, 8, 2, 1), (2, 4, 3, 1),
+                    (1, 8, 3, 1), (1, 4, 4, 1), (0.5, 8, 3, 1), (0.5, 8, 1, 1),
+                    (2, 4, 1, 2), (2, 4, 3, 2), (1, 4, 3, 2))
 # Tests set this to a plan index to run that plan where the tuner would run the default.
 _FORCE_BWD_PLAN: int | None = None
+
+
+_MULTI_ROW_BLOCK_D = 1024
 
 
 def _backward_plans(config: KernelConfig) -> list[tuple[KernelConfig, int]]:
     """The plans of one row width, default first. At most 8 warps: at 16 (512 threads) an SM caps a thread
     at 128 registers, and D = 4096 spills there (measured with the sm_90a check)."""
     plans = {}
-    for factor, per_sm, stages in _BWD_PLAN_SHAPES:
+    block_d = config.constexprs["BLOCK_D"]
+    for factor, per_sm, stages, rows in _BWD_PLAN_SHAPES:
         warps = max(1, min(8, int(config.num_warps * factor)))
-        if factor < 1 and not 512 <= config.constexprs["BLOCK_D"] <= 16 * 32 * warps:
+        if factor < 1 and not 512 <= block_d <= 16 * 32 * warps:
             # Fewer warps than the width's default spill outside this range with the sm_90a check:
             # BLOCK_D = 4096 at 4 warps 160-916 B, BLOCK_D = 256 at 1 warp 8 B (Triton 3.6, unaligned).
             continue
-        plans.setdefault((warps, per_sm, stages), KernelConfig(
-            dict(config.constexprs, LOAD_STAGES=stages), num_warps=warps, num_stages=1))
-    return [(plan, per_sm) for (_, per_sm, _), plan in plans.items()]
+        if rows > 1 and block_d != _MULTI_ROW_BLOCK_D:
+            continue
+        constexprs = dict(config.constexprs, LOAD_STAGES=stages, **({"ROWS": rows} if rows > 1 else {}))
+        plans.setdefault((warps, per_sm, stages, rows), KernelConfig(constexprs, num_warps=warps, num_stages=1))
+    return [(plan, per_sm) for (_, per_sm, _, _), plan in plans.items()]
 
 
 def _distinct_configs(configs) -> list[KernelConfig]:
     return list({config.label(): config for config in configs}.values())
 
 
-register_triton_kernel(
-    TritonKernelSpec(
-        name="dropout_add_layer_norm_bwd",
-        kernel=_dropout_add_layer_norm_bwd_kernel,
-        signature={
-            "dy_ptr": "*bf16", "dnew_residual_ptr": "*bf16", "new_residual_ptr": "*bf16",
-            "weight_ptr": "*fp32",
-            "mean_ptr": "*fp32", "rstd_ptr": "*fp32", "drop_path_ptr": "*fp32", "seed_ptr": "*i64",
-            "dx_ptr": "*bf16", "dresidual_ptr": "*bf16", "dweight_partial_ptr": "*fp32",
-            "dbias_partial_ptr": "*fp32",
-            "rows": "i32", "D": "i32", "rows_per_program": "i32", "rows_per_sample": "i32",
-            "dropout_p": "fp32", "keep_scale": "fp32",
-        },
-        configs=tuple(
-            KernelConfig(dict(c.constexprs, **_ALL_FEATURES_BWD, D_MULTIPLE_OF_4=aligned), c.num_warps,
-                         c.num_stages)
-            for c in _distinct_configs(
-                plan for config in _TRITON_CONFIGS for plan, _ in _backward_plans(config)
-            )
-            for aligned in _MASK_PATHS
-        ),
-        also_aligned=True,  # where the load stages pipeline (the ViT widths)
+_BWD_SIGNATURE = {
+    "dy_ptr": "*bf16", "dnew_residual_ptr": "*bf16", "new_residual_ptr": "*bf16", "weight_ptr": "*fp32",
+    "mean_ptr": "*fp32", "rstd_ptr": "*fp32", "drop_path_ptr": "*fp32", "seed_ptr": "*i64",
+    "dx_ptr": "*bf16", "dresidual_ptr": "*bf16", "dweight_partial_ptr": "*fp32", "dbias_partial_ptr": "*fp32",
+    "rows": "i32", "D": "i32", "rows_per_program": "i32", "rows_per_sample": "i32",
+    "dropout_p": "fp32", "keep_scale": "fp32",
+}
+for _name, _kernel, _multi_row in (
+    ("dropout_add_layer_norm_bwd", _dropout_add_layer_norm_bwd_kernel, False),
+    ("dropout_add_layer_norm_bwd_rows", _dropout_add_layer_norm_bwd_rows_kernel, True),
+):
+    register_triton_kernel(
+        TritonKernelSpec(
+            name=_name,
+            kernel=_kernel,
+            signature=_BWD_SIGNATURE,
+            configs=tuple(
+                KernelConfig(dict(c.constexprs, **_ALL_FEATURES_BWD, D_MULTIPLE_OF_4=aligned), c.num_warps,
+                             c.num_stages)
+                for c in _distinct_configs(
+                    plan for config in _TRITON_CONFIGS for plan, _ in _backward_plans(config)
+                    if ("ROWS" in plan.constexprs) == _multi_row
+                )
+                for aligned in _MASK_PATHS
+            ),
+            also_aligned=True,  # where the load stages pipeline (the ViT widths)
+        )
     )
-)
+del _name, _kernel, _multi_row
 
 
 def _triton_config(D: int) -> KernelConfig:
@@ -331,10 +428,12 @@ def _triton_config(D: int) -> KernelConfig:
 def _labelled_backward_plans(D: int) -> tuple[tuple[str, KernelConfig, int], ...]:
     """(label, config, programs per SM) of each backward plan for rows of width D: built once per width, not
     on every call (host time)."""
-    return tuple(
-        (f"w{config.num_warps}_{per_sm}per_sm_ld{config.constexprs['LOAD_STAGES']}", config, per_sm)
-        for config, per_sm in _backward_plans(_triton_config(D))
-    )
+    def label(config: KernelConfig, per_sm: int) -> str:
+        rows = config.constexprs.get("ROWS", 1)
+        return (f"w{config.num_warps}_{per_sm}per_sm_ld{config.constexprs['LOAD_STAGES']}"
+                + (f"_rows{rows}" if rows > 1 else ""))
+
+    return tuple((label(config, per_sm), config, per_sm) for config, per_sm in _backward_plans(_triton_config(D)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -433,7 +532,9 @@ def _dropout_add_layer_norm_bwd_impl(
         dweight_partial = new_output(new_residual, partial_shape if weight is not None else (0,),
                                      torch.float32)
         dbias_partial = new_output(new_residual, partial_shape if bias is not None else (0,), torch.float32)
-        _dropout_add_layer_norm_bwd_kernel[(programs,)](
+        kernel = _dropout_add_layer_norm_bwd_rows_kernel if "ROWS" in config.constexprs else \
+            _dropout_add_layer_norm_bwd_kernel
+        kernel[(programs,)](
             dy, dnew_residual, new_residual, weight, mean, rstd, drop_path_scale,
             seed if has_dropout else None,
             dx, dresidual if has_residual else None,
