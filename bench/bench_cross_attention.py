@@ -2,7 +2,8 @@
 (FlashAttention-2, the baseline) and the memory-efficient backends, bf16, forward alone and forward +
 backward, on InternVideo's shapes (CMA both directions, the UniFormerV2 UniBlock query, the caption
 decoder) in ``cases`` and, unless quick, flash-attn's grid (Sq = Sk in 512..16k, D in {64, 128},
-B * S = 16k, 2048 channels) in ``late_cases``. FLOPs: forward ``4 * B * H * Sq * Sk * D``, backward 2.5x that (forward + backward 3.5x).
+B * S = 16k, 2048 channels) in ``late_cases``. FLOPs: forward ``4 * B * H * Sq * Sk * D``, backward 2.5x
+that (forward + backward 3.5x).
 
 ``tile_sweep_rows`` (in `make gpu-check` with ``IVF_BENCH_TILE_SWEEP=1``) sweeps the 16-bit tile configs:
 each candidate (block sizes, warps, stages) of the forward, the dK/dV kernel and the dQ kernel, swapped in

@@ -358,12 +358,14 @@ def run_benchmarks(device_name: str, quick: bool, out_file: Path) -> None:
         done = tuple(rows)
 
         def save(partial_rows, done=done):
-            _write_json_atomically(out_file, {"rows": [*done, *partial_rows], "extras": extras + tuning_report()})
+            payload = {"rows": [*done, *partial_rows], "extras": extras + tuning_report()}
+            _write_json_atomically(out_file, payload)
 
         try:
             rows += common.measure(module.late_cases(device, quick=quick), timer, on_row=save)
         except Exception as error:  # noqa: BLE001
-            rows.append({"op": stem, "size": "-", "provider": "-", "error": f"{type(error).__name__}: {error}"})
+            error_text = f"{type(error).__name__}: {error}"
+            rows.append({"op": stem, "size": "-", "provider": "-", "error": error_text})
         _write_json_atomically(out_file, {"rows": rows, "extras": extras + tuning_report()})
 
 

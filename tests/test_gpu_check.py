@@ -286,7 +286,8 @@ def test_late_cases_run_after_every_module_and_the_host_rows(tmp_path, monkeypat
     monkeypatch.setattr(gpu_check, "bench_modules",
                         lambda: [tmp_path / "bench_first.py", tmp_path / "bench_second.py"])
     order = []
-    host = types.SimpleNamespace(order=order, measure=lambda name, calls: order.append("host") or [{"op": "x"}])
+    measure = lambda name, calls: order.append("host") or [{"op": "x"}]  # noqa: E731
+    host = types.SimpleNamespace(order=order, measure=measure)
     monkeypatch.setitem(sys.modules, "host_overhead", host)
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     out = tmp_path / "rows.json"

@@ -381,7 +381,8 @@ def _backward_plans(config: KernelConfig) -> list[tuple[KernelConfig, int]]:
         if rows > 1 and block_d != _MULTI_ROW_BLOCK_D:
             continue
         constexprs = dict(config.constexprs, LOAD_STAGES=stages, **({"ROWS": rows} if rows > 1 else {}))
-        plans.setdefault((warps, per_sm, stages, rows), KernelConfig(constexprs, num_warps=warps, num_stages=1))
+        plan = KernelConfig(constexprs, num_warps=warps, num_stages=1)
+        plans.setdefault((warps, per_sm, stages, rows), plan)
     return [(plan, per_sm) for (_, per_sm, _, _), plan in plans.items()]
 
 
@@ -433,7 +434,8 @@ def _labelled_backward_plans(D: int) -> tuple[tuple[str, KernelConfig, int], ...
         return (f"w{config.num_warps}_{per_sm}per_sm_ld{config.constexprs['LOAD_STAGES']}"
                 + (f"_rows{rows}" if rows > 1 else ""))
 
-    return tuple((label(config, per_sm), config, per_sm) for config, per_sm in _backward_plans(_triton_config(D)))
+    plans = _backward_plans(_triton_config(D))
+    return tuple((label(config, per_sm), config, per_sm) for config, per_sm in plans)
 
 
 @functools.lru_cache(maxsize=None)
