@@ -563,8 +563,9 @@ _FWD_INTERPRETER_CONFIG = KernelConfig(
 # 16x256 tile, which reduced dbias across threads every iteration, at 0.164 ms for ViT-B's fc1 (252 MB
 # moved: 51% of copy bandwidth); with the dbias tile accumulated in registers that tile spills. The
 # LOAD_STAGES plans put the next row blocks' loads in flight through shared memory instead of registers.
-# In gpu-check run 4 (H100, 2026-11-27) they won 4 of the 6 shapes, but by at most 20%, and the best plan
-# moved 46-60% of copy bandwidth; the last two plans put more rows in flight still.
+# In gpu-check run 4 (H100, 2026-11-27) they won 4 of the 6 shapes, by at most 20%; the best plan moved
+# 81-85% of copy bandwidth without dropout and 46-48% with it (the mask's Philox draws). The last two plans
+# put more rows in flight still.
 _BWD_GPU_PLANS = (
     (KernelConfig({"BLOCK_M": 8, "BLOCK_N": 256, "LOAD_STAGES": 1}, num_warps=4, num_stages=1), 4),
     (KernelConfig({"BLOCK_M": 4, "BLOCK_N": 256, "LOAD_STAGES": 1}, num_warps=4, num_stages=1), 8),
