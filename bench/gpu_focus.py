@@ -12,7 +12,6 @@ named like gpu-check's with ``-focus``. ``make gpu-check`` stays the full check;
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import re
 import subprocess
@@ -69,6 +68,7 @@ def main() -> int:
 
     import common
     import host_overhead
+    from gpu_check import _write_json_atomically
     from internvideo_fast.ops.autotuning import tuning_report
 
     device = torch.device("cuda")
@@ -82,7 +82,7 @@ def main() -> int:
               "benchmarks": [], "extras": []}
 
     def save() -> None:
-        out_file.write_text(json.dumps(dict(report, tuning=tuning_report()), indent=1))
+        _write_json_atomically(out_file, dict(report, tuning=tuning_report()))
 
     for name in GROUPS:
         report["benchmarks"] += common.measure(group_cases(name, device), common.time_cuda_ms)

@@ -34,6 +34,16 @@ def _provider_color(provider: str) -> str:
     return fixed.get(provider, ("tab:pink", "tab:red", "black")[zlib.crc32(provider.encode()) % 3])
 
 
+def _variants(rows: list[dict]) -> list[str]:
+    """Op-name suffixes to plot, one row of panels each: the eager calls, then the calls replayed from CUDA
+    graphs (kernels without host time) where those were measured."""
+    return [""] + ([" graph"] if any(row["op"].endswith(" graph") for row in rows) else [])
+
+
+def _variants_note(variants: list[str]) -> str:
+    return " (bottom: replayed from CUDA graphs)" if len(variants) > 1 else ""
+
+
 def _bars(axis, rows: list[dict], op: str, metric: str, ceiling: float | None, ceiling_label: str) -> None:
     """Grouped bars: one group per size, one bar per provider."""
     import numpy as np
@@ -101,29 +111,25 @@ def plot_report(path: Path, out_dir: Path) -> list[Path]:
 
     if any(is_internvideo(row) for row in rows):
         shapes = [row for row in rows if is_internvideo(row)]
-        # A second row for the calls replayed from CUDA graphs (kernels without host time), when measured.
-        variants = [""] + ([" graph"] if any(row["op"].endswith(" graph") for row in shapes) else [])
+        variants = _variants(shapes)
         figure, axes = plt.subplots(len(variants), 2, figsize=(13, 4.5 * len(variants)), squeeze=False)
         for axes_row, variant in zip(axes, variants):
             for axis, op in zip(axes_row, ("cross_attention_fwd", "cross_attention_fwd_bwd")):
                 _bars(axis, shapes, op + variant, "TFLOP/s", matmul, "bf16 matmul (measured)")
-        graphed = " (bottom: replayed from CUDA graphs)" if len(variants) > 1 else ""
-        figure.suptitle(f"cross_attention on InternVideo's shapes, {card}{graphed}")
+        figure.suptitle(f"cross_attention on InternVideo's shapes, {card}{_variants_note(variants)}")
         figure.tight_layout()
         written.append(out_dir / f"{stem}-cross-attention-internvideo.png")
         figure.savefig(written[-1], dpi=110)
         plt.close(figure)
 
     if any(row["op"] in ("ffn+bwd", "dropout_add_ln+bwd") for row in rows):
-        # A second row for the calls replayed from CUDA graphs (kernels without host time), when measured.
-        variants = [""] + ([" graph"] if any(row["op"].endswith(" graph") for row in rows) else [])
+        variants = _variants(rows)
         figure, axes = plt.subplots(len(variants), 3, figsize=(16, 4.5 * len(variants)), squeeze=False)
         for axis_row, variant in zip(axes, variants):
             _bars(axis_row[0], rows, "ffn+bwd" + variant, "TFLOP/s", matmul, "bf16 matmul (measured)")
             _bars(axis_row[1], rows, "dropout_add_ln" + variant, "GB/s", copy, "copy (measured)")
             _bars(axis_row[2], rows, "dropout_add_ln+bwd" + variant, "GB/s", copy, "copy (measured)")
-        graphed = " (bottom: replayed from CUDA graphs)" if len(variants) > 1 else ""
-        figure.suptitle(f"FFN kernels on {card}{graphed}")
+        figure.suptitle(f"FFN kernels on {card}{_variants_note(variants)}")
         figure.tight_layout()
         written.append(out_dir / f"{stem}-ffn.png")
         figure.savefig(written[-1], dpi=110)

@@ -20,3 +20,11 @@ def test_next_power_of_2_is_tritons(n):
 def test_edges():
     assert [next_power_of_2(n) for n in (1, 2, 3, 64, 65)] == [1, 2, 4, 64, 128]
     assert [cdiv(n, 64) for n in (0, 1, 64, 65)] == [0, 1, 1, 2]
+
+
+def test_sm_count_off_cuda_is_one():
+    import torch
+
+    from internvideo_fast.ops.launch_math import sm_count
+
+    assert sm_count(torch.device("cpu")) == 1

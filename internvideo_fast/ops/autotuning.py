@@ -31,9 +31,8 @@ Rules:
   later processes on the same GPU model with the same torch, Triton and kernel sources, which then neither
   time nor compile the other candidates: restarts start at full speed, and every process (a resumed run,
   each DDP rank started after the file exists) runs the same plans, hence the same bits where the plan
-  uses no atomics. A choice whose
-  label is no longer offered is timed again. Writes merge with the file's other entries and replace it
-  atomically.
+  uses no atomics. A choice whose label is no longer offered is timed again. Writes merge with the file's
+  other entries and replace it atomically.
 - ``IVF_AUTOTUNE_EXCLUDE``: ``;``-separated shell patterns over ``tuner:label``; matching candidates are not
   offered (a tuner's default always is). The way around a candidate that breaks the CUDA context on some
   GPU: such a fault cannot be recovered from in-process, so it raises :class:`TuningCandidateCrashed`
@@ -52,8 +51,8 @@ import json
 import os
 import sys
 import warnings
-from pathlib import Path
 from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
 
 import torch
 

@@ -74,10 +74,10 @@ import triton.language as tl
 
 from internvideo_fast.ops.autotuning import launch_tuner, length_bucket
 from internvideo_fast.ops.backend import available_backends, select_backend, triton_interpreter_on
-from internvideo_fast.ops.dispatch import eager_op
+from internvideo_fast.ops.dispatch import PLAIN_TENSORS, eager_op
 from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask, keep_element
 from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
-from internvideo_fast.ops.launch_math import cdiv, next_power_of_2
+from internvideo_fast.ops.launch_math import cdiv, device_capability, next_power_of_2, sm_count
 from internvideo_fast.ops.outputs import new_output
 from internvideo_fast.ops.seeds import seed_tensor
 
@@ -795,16 +795,11 @@ def _tma_layout_ok(capability: tuple[int, int] | None, *tensors: torch.Tensor) -
     return True
 
 
-@functools.lru_cache(maxsize=None)
-def _capability(device: torch.device) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(device)
-
-
 def _tma_eligible(*tensors: torch.Tensor) -> bool:
     """_tma_layout_ok on the tensors' device: CUDA outside the interpreter, else not eligible."""
     device = tensors[0].device
     on_gpu = device.type == "cuda" and not triton_interpreter_on()
-    return _tma_layout_ok(_capability(device) if on_gpu else None, *tensors)
+    return _tma_layout_ok(device_capability(device) if on_gpu else None, *tensors)
 
 
 def _split_block_n(D: int, dtype: torch.dtype) -> int:
@@ -816,7 +811,7 @@ def _target_programs(device: torch.device) -> int:
     """Programs that keep the device busy: two per SM on CUDA; on the interpreter 16, so that the tests'
     tiny shapes take the split path."""
     if device.type == "cuda":
-        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+        return 2 * sm_count(device)
     return 16
 
 
@@ -1071,7 +1066,7 @@ _cross_attention_fwd = eager_op(
 def _qkv_valid(q, k, v) -> bool:
     """A sufficient condition for _check_qkv to pass, in one pass over each tensor's attributes: the common
     case's host time (the per-argument checks below read each attribute again, ~25 µs on the CI machine)."""
-    if not (type(q) in _PLAIN_TENSORS and type(k) in _PLAIN_TENSORS and type(v) in _PLAIN_TENSORS):
+    if not (type(q) in PLAIN_TENSORS and type(k) in PLAIN_TENSORS and type(v) in PLAIN_TENSORS):
         return False
     q_shape, k_shape, v_shape = q.shape, k.shape, v.shape
     if not (len(q_shape) == len(k_shape) == len(v_shape) == 4):
@@ -1086,9 +1081,6 @@ def _qkv_valid(q, k, v) -> bool:
         and k_shape[0] == B and k_shape[2] == H and k_shape[3] == D and v_shape == k_shape
         and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
     )
-
-
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 def _check_qkv(q, k, v) -> None:

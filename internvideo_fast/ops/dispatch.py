@@ -33,7 +33,7 @@ def _always_dispatch() -> bool:
     return os.environ.get("IVF_DISPATCH_CUSTOM_OPS") == "1"
 
 
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # what eager tensors are (not fake / functional)
 
 
 def _traced(args: tuple) -> bool:
@@ -46,7 +46,7 @@ def _traced(args: tuple) -> bool:
     ):
         return True
     for a in args:  # plain loops: a generator per call costs more host time than these checks
-        if isinstance(a, torch.Tensor) and type(a) not in _PLAIN_TENSORS:
+        if isinstance(a, torch.Tensor) and type(a) not in PLAIN_TENSORS:
             return True
     return False
 

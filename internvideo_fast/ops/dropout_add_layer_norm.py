@@ -54,7 +54,7 @@ from internvideo_fast.ops.autotuning import launch_tuner, length_bucket
 from internvideo_fast.ops.backend import available_backends, select_backend
 from internvideo_fast.ops.dispatch import eager_op
 from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
-from internvideo_fast.ops.launch_math import cdiv
+from internvideo_fast.ops.launch_math import cdiv, sm_count
 from internvideo_fast.ops.outputs import new_output
 from internvideo_fast.ops.seeds import seed_tensor
 from internvideo_fast.ops.tube_mask import philox4x32_10_reference
@@ -442,7 +442,7 @@ def _labelled_backward_plans(D: int) -> tuple[tuple[str, KernelConfig, int], ...
 def _backward_programs(device: torch.device, per_sm: int = 4) -> int:
     """Programs of the backward kernel: `per_sm` per SM on CUDA (the interpreter: a handful)."""
     if device.type == "cuda":
-        return per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+        return per_sm * sm_count(device)
     return per_sm
 
 

@@ -97,7 +97,7 @@ from internvideo_fast.ops.backend import available_backends, select_backend, tri
 from internvideo_fast.ops.dispatch import eager_op
 from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask, keep_element
 from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
-from internvideo_fast.ops.launch_math import cdiv
+from internvideo_fast.ops.launch_math import cdiv, device_capability, sm_count
 from internvideo_fast.ops.outputs import new_output
 from internvideo_fast.ops.seeds import seed_tensor
 
@@ -812,13 +812,6 @@ _fwd_kernel_autotuned = triton.autotune(
 )(_linear_act_fwd_kernel)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1
-
-
 def _input_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
         return "ieee"
@@ -852,7 +845,7 @@ def _tma_rows_ok(*tensors: torch.Tensor) -> bool:
             return False
     device = tensors[0].device
     if device.type == "cuda" and not triton_interpreter_on():
-        return torch.cuda.get_device_capability(device)[0] >= 9
+        return device_capability(device)[0] >= 9
     return triton_interpreter_on()
 
 
@@ -894,7 +887,7 @@ def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, 
 
         blocks = config.constexprs
         tiles = cdiv(M, blocks["BLOCK_M"]) * cdiv(N, blocks["BLOCK_N"])
-        programs = min(tiles, _PERSISTENT_INTERPRETER_PROGRAMS if interpreter else _sm_count(x.device))
+        programs = min(tiles, _PERSISTENT_INTERPRETER_PROGRAMS if interpreter else sm_count(x.device))
         epilogue_n = _epilogue_columns(blocks["BLOCK_M"], blocks["BLOCK_N"], has_dropout)
         y_desc = TensorDescriptor.from_tensor(y, [blocks["BLOCK_M"], epilogue_n])
         pre_desc = TensorDescriptor.from_tensor(pre, [blocks["BLOCK_M"], epilogue_n]) if store_pre else y_desc
@@ -977,7 +970,7 @@ def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act, in_p
         block_m, block_n = config.constexprs["BLOCK_M"], config.constexprs["BLOCK_N"]
         col_blocks = cdiv(N, block_n)
         row_blocks = cdiv(M, block_m)
-        wanted = 2 if interpreter else (programs_per_sm * _sm_count(dy.device)) // col_blocks
+        wanted = 2 if interpreter else (programs_per_sm * sm_count(dy.device)) // col_blocks
         chunks = max(1, min(row_blocks, wanted))
         rows_per_program = cdiv(row_blocks, chunks) * block_m
         chunks = max(1, cdiv(M, rows_per_program))
@@ -1058,7 +1051,7 @@ def _dh_plans(dz, weight2, pre, activation, has_bias, seed, dropout_p, interpret
     if with_fused and activation != "none" and M > 0 and _tma_rows_ok(dz, weight2, pre):
         configs = (_DH_INTERPRETER_CONFIG,) if interpreter else _DH_TMA_CONFIGS
         persistent_configs = (_DH_INTERPRETER_CONFIG,) if interpreter else _DH_PERSISTENT_CONFIGS
-        programs = _PERSISTENT_INTERPRETER_PROGRAMS if interpreter else _sm_count(dz.device)
+        programs = _PERSISTENT_INTERPRETER_PROGRAMS if interpreter else sm_count(dz.device)
         fused = functools.partial(_launch_dh_fused, dz, weight2, pre, activation, has_bias, seed, dropout_p)
         plans += [(f"fused:{c.label()}", functools.partial(fused, c)) for c in configs]
         plans += [(f"fused_persistent:{c.label()}", functools.partial(fused, c, programs=programs))
