@@ -350,6 +350,9 @@ def run_benchmarks(device_name: str, quick: bool, out_file: Path) -> None:
 
         extras += [dict(row, op=f"host overhead: {row['op']}") for row in host_overhead.measure(
             device_name, calls=20 if quick else 100)]
+        # Where that host time goes: the primitives' costs and each op's profile.
+        extras += [host_overhead.primitive_costs(device_name, calls=20 if quick else 200),
+                   *host_overhead.profile(device_name, calls=10 if quick else 100)]
     except Exception as error:  # noqa: BLE001
         extras.append({"op": "host_overhead", "error": f"{type(error).__name__}: {error}"[:300]})
     _write_json_atomically(out_file, {"rows": rows, "extras": extras + tuning_report()})

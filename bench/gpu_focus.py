@@ -3,7 +3,8 @@
 ``python bench/gpu_focus.py`` (under 1.5 minutes on an H100 from cold caches) times, in one process and
 against their baselines: the copy and matmul ceilings; the CMA cross-attention shapes (forward, forward +
 backward, eager and replayed from CUDA graphs; sdpa-flash); the dropout + residual + LayerNorm and the FFN
-forward + backward (eager and replayed); then the host time per call (bench/host_overhead.py). Before
+forward + backward (eager and replayed); then the host time per call and where it goes
+(bench/host_overhead.py). Before
 timing, one process per group (``IVF_AUTOTUNE=compile``) compiles every tuner candidate, in parallel. One
 JSON, saved after each group (rows, tuner timings and choices), goes to ``$OUT`` (else bench/results/),
 named like gpu-check's with ``-focus``. ``make gpu-check`` stays the full check; this is its shortest subset.
@@ -90,11 +91,15 @@ def main() -> int:
         print(f"[focus] {name} done at {time.monotonic() - start:.0f} s", flush=True)
     report["extras"] += host_overhead.measure("cuda", calls=100)
     save()
+    primitives, profiles = host_overhead.primitive_costs("cuda"), host_overhead.profile("cuda")
+    report["extras"] += [primitives, *profiles]
+    save()
     for row in report["benchmarks"]:
         figure = row.get("TFLOP/s") or row.get("GB/s") or 0
         print(f"{row['op']:<26} {row['size'][:44]:<44} {row['provider']:<11} {row.get('ms', 0):8.3f} ms "
               f"{figure:8.1f} x{row.get('speedup', 0):.2f}")
     print(host_overhead.format_rows(report["extras"]))
+    print(host_overhead.format_profile(primitives, profiles))
     print(f"written: {out_file}")
     return 0
 

@@ -29,8 +29,29 @@ def test_gpu_check_dry_run(tmp_path):
     assert any(row["op"] == "ffn memory" for row in report["extras"])  # extra_rows of bench_linear_act
     host = [row for row in report["extras"] if row["op"].startswith("host overhead: ")]
     assert len(host) == 4 and all(row["eager_path_us"] > 0 and row["custom_op_us"] > 0 for row in host)
+    primitives = [row for row in report["extras"] if row["op"] == "host primitives"]
+    assert len(primitives) == 1 and primitives[0]["python_autograd_fwd_bwd_us"] > 0, primitives
+    profiles = [row for row in report["extras"] if row["op"].startswith("host profile: ")]
+    assert len(profiles) == 4 and all(row["top"] and row["top"][0]["own_us_per_call"] > 0 for row in profiles)
     # The table is printed last.
     assert "written:" in result.stdout.strip().splitlines()[-1]
+
+
+def test_launch_probe_kernel_computes_its_rows():
+    """bench/launch_probe's kernel (whose launches host_overhead times on a GPU) is a real kernel: under the
+    interpreter it writes x * scale + shift into the first row of each program."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from launch_probe import scale_rows_kernel
+
+    x = torch.randn(8, 40)
+    y = torch.full_like(x, float("nan"))
+    stats = torch.empty(8)
+    scale_rows_kernel[(4,)](x, y, stats, stats, stats, stats, 8, 40, 40, 40, 2, 8, 1, 0, 2.0, 0.5,
+                            BLOCK_D=64, HAS_WEIGHT=True, HAS_BIAS=True, HAS_STATS=False)
+    torch.testing.assert_close(y[0::2], x[0::2] * 2.0 + 0.5)
+    assert y[1::2].isnan().all()
 
 
 def test_gpu_check_without_a_gpu_says_so(tmp_path):
