@@ -147,6 +147,9 @@ def junit_slowest(path: Path, top: int = 15) -> list[list]:
 
 
 _OUTCOME = re.compile(r"\b(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b")
+# A test id, parameters included: they may hold spaces (``test[(3, 2, 64, 64, 0.9)-cuda]``), so an id is not
+# one whitespace-separated token (run 4's count took it for one and merged such tests: 124 for 146).
+_TEST_ID = re.compile(r"(\S+::[^\s\[]+(?:\[[^\]]*\])?)")
 
 
 def log_counts(log: str) -> dict[str, int]:
@@ -154,10 +157,9 @@ def log_counts(log: str) -> dict[str, int]:
     PASSED tests/x.py::test``), for a run cut short before it wrote its JUnit file; each test counted once."""
     outcomes: dict[str, str] = {}
     for line in log.splitlines():
-        outcome = _OUTCOME.search(line)
-        test_id = next((token for token in line.split() if "::" in token), None)
+        outcome, test_id = _OUTCOME.search(line), _TEST_ID.search(line)
         if outcome and test_id:
-            outcomes[test_id] = outcome.group(1)
+            outcomes[test_id.group(1)] = outcome.group(1)
     found = list(outcomes.values())
     counts = {"tests": len(found), "failures": found.count("FAILED"), "errors": found.count("ERROR"),
               "skipped": found.count("SKIPPED")}
@@ -165,7 +167,7 @@ def log_counts(log: str) -> dict[str, int]:
     if collected := re.search(r"\[(\d+) items?\]|collected (\d+) items?", log):
         # What a cut-short run did not finish: started (a bare "file::test" line under -v) or never reached.
         counts["collected"] = int(collected.group(1) or collected.group(2))
-        started = {token for line in log.splitlines() for token in line.split() if "::" in token}
+        started = {test_id.group(1) for line in log.splitlines() if (test_id := _TEST_ID.search(line))}
         counts["unfinished"] = sorted(started - outcomes.keys())
         counts["not_reached"] = counts["collected"] - len(started)
     return counts

@@ -126,14 +126,18 @@ def test_test_counts_from_a_log_cut_short():
 tests/test_b.py::test_three SKIPPED (needs DALI)                         [  3%]
 tests/test_b.py::test_four PASSED                                         [  4%]
 [gw1] [  5%] ERROR tests/test_c.py::test_five
+[gw0] [  6%] PASSED tests/test_e.py::test_shape[(3, 2, 64, 0.9)-cuda]
+tests/test_e.py::test_shape[(3, 2, 64, 0.9)-triton] PASSED                [  7%]
 FAILED tests/test_a.py::test_two - AssertionError: out
 """
-    assert gpu_check.log_counts(log) == {"tests": 5, "failures": 1, "errors": 1, "skipped": 1, "passed": 2}
+    assert gpu_check.log_counts(log) == {"tests": 7, "failures": 1, "errors": 1, "skipped": 1, "passed": 4}
     # Cut short under xdist: how many were collected, which started without an outcome, how many never ran.
-    cut = "8 workers [7 items]\ntests/test_a.py::test_one[bf16] \ntests/test_d.py::test_six \n" + log
-    assert gpu_check.log_counts(cut) == {"tests": 5, "failures": 1, "errors": 1, "skipped": 1, "passed": 2,
-                                         "collected": 7, "unfinished": ["tests/test_d.py::test_six"],
-                                         "not_reached": 1}
+    cut = ("8 workers [10 items]\ntests/test_a.py::test_one[bf16] \ntests/test_d.py::test_six \n"
+           "tests/test_e.py::test_shape[(1, 1, 8, 0.5)-cuda] \n" + log)
+    assert gpu_check.log_counts(cut) == {"tests": 7, "failures": 1, "errors": 1, "skipped": 1, "passed": 4,
+                                         "collected": 10, "not_reached": 1, "unfinished": [
+                                             "tests/test_d.py::test_six",
+                                             "tests/test_e.py::test_shape[(1, 1, 8, 0.5)-cuda]"]}
     assert gpu_check.log_counts("collected 0 items") == {"tests": 0, "failures": 0, "errors": 0, "skipped": 0,
                                                           "passed": 0, "collected": 0, "unfinished": [],
                                                           "not_reached": 0}
