@@ -113,12 +113,26 @@ def _normalize(h, in_row, D, eps, IS_RMS_NORM: tl.constexpr):
 
 
 @triton.jit
-def _normalize_backward(g, xhat, rstd, D, IS_RMS_NORM: tl.constexpr):
-    """d h of xhat = (h - mean) * rstd (RMSNorm: h * rstd), given g = d xhat (padding lanes of g and xhat
-    are 0)."""
-    dh = g - xhat * (tl.sum(g * xhat, axis=0) / D)
-    if not IS_RMS_NORM:
-        dh -= tl.sum(g, axis=0) / D  # the mean's share
+def _normalize_backward(
+    g, xhat, rstd, D, AXIS: tl.constexpr, IS_RMS_NORM: tl.constexpr, PAIRED_SUMS: tl.constexpr,
+):
+    """d h of xhat = (h - mean) * rstd (RMSNorm: h * rstd), given g = d xhat, for rows along AXIS: 0 for
+    one row (rstd a scalar), 1 for a [rows, BLOCK_D] tile (rstd [rows]). Padding lanes of g and xhat are 0.
+    PAIRED_SUMS: LayerNorm's two row sums are one reduction of the pairs (g * xhat, g). A reduction across
+    warps goes through shared memory between barriers, and two separate sums paid that twice per row
+    (sm_90a PTX of the backward kernel's loop: 2 bar.sync per row instead of 4). The kernels pair them
+    when D is a multiple of 4 (the ViT widths); on the per-element mask path the pair spills 8 B with
+    Triton 3.6 (unaligned, 2 load stages)."""
+    if IS_RMS_NORM:
+        dh = g - xhat * tl.expand_dims(tl.sum(g * xhat, axis=AXIS) / D, AXIS)
+    else:
+        if PAIRED_SUMS:
+            sum_gx, sum_g = tl.split(tl.sum(tl.join(g * xhat, g), axis=AXIS))
+        else:
+            sum_gx, sum_g = tl.sum(g * xhat, axis=AXIS), tl.sum(g, axis=AXIS)
+        dh = g - xhat * tl.expand_dims(sum_gx / D, AXIS) - tl.expand_dims(sum_g / D, AXIS)  # the mean's share
+    if AXIS == 1:
+        rstd = tl.expand_dims(rstd, 1)
     return rstd * dh
 
 
@@ -207,7 +221,7 @@ def _dropout_add_layer_norm_bwd_kernel(
 
         # Math.
         xhat = tl.where(in_row, (h - mean) * rstd, 0.0)
-        dh = _normalize_backward(dy * weight, xhat, rstd, D, IS_RMS_NORM)
+        dh = _normalize_backward(dy * weight, xhat, rstd, D, 0, IS_RMS_NORM, D_MULTIPLE_OF_4)
         if HAS_DNEW_RESIDUAL:
             dh += tl.load(dnew_residual_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
         dx = dh * factor
@@ -280,11 +294,7 @@ def _dropout_add_layer_norm_bwd_rows_kernel(
 
         # Math.
         xhat = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
-        g = dy * weight[None, :]
-        dh = g - xhat * (tl.sum(g * xhat, axis=1) / D)[:, None]
-        if not IS_RMS_NORM:
-            dh -= (tl.sum(g, axis=1) / D)[:, None]  # the mean's share
-        dh = rstd[:, None] * dh
+        dh = _normalize_backward(dy * weight[None, :], xhat, rstd, D, 1, IS_RMS_NORM, D_MULTIPLE_OF_4)
         if HAS_DNEW_RESIDUAL:
             dh += tl.load(dnew_residual_ptr + offset, mask=mask, other=0.0).to(tl.float32)
         dx = dh * factor[:, None]
