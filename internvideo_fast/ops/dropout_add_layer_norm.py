@@ -263,7 +263,7 @@ def _dropout_add_layer_norm_bwd_rows_kernel(
     ROWS: tl.constexpr,
 ):
     # _dropout_add_layer_norm_bwd_kernel (same arguments, same results) on a [ROWS, BLOCK_D] tile per
-    # iteration: the two row reductions of ROWS rows meet at one set of barriers, and ROWS rows' loads are
+    # iteration: the row sums of ROWS rows meet at one set of barriers, and ROWS rows' loads are
     # in flight per iteration. dweight / dbias accumulate in [ROWS, BLOCK_D] register tiles, reduced over
     # their rows once, after the loop.
     program = tl.program_id(0)
@@ -359,9 +359,10 @@ register_triton_kernel(
 # the pipelined plans won all three ViT shapes (D = 768: 0.046 ms against the default's 0.064, about 69%
 # of copy bandwidth; D = 1024: 0.060 against 0.071) and 8 warps x 8 per SM never did, so that plan gave
 # its place to deeper pipelines: 3 stages at 8 per SM and 4 stages at 4 per SM. Run 5 timed those within
-# 0.3-12% of the winner, not past it. Each row costs two block-wide reductions (through shared memory, with
-# barriers) before its stores; half the warps per row halve the threads that meet at each barrier (the
-# last two plans; at D = 1024 they take 198-212 registers, so about 5 programs fit an SM, not 8).
+# 0.3-12% of the winner, not past it. Each row's sums cross warps through shared memory, between barriers,
+# before its stores (2 barriers per row since the two sums are paired, 4 in runs 4 and 5); half the warps
+# per row halve the threads that meet at each barrier (the last two plans; at D = 1024 they take 198-212
+# registers, so about 5 programs fit an SM, not 8).
 # Plans of more than one row per iteration run _dropout_add_layer_norm_bwd_rows_kernel: a [rows, BLOCK_D]
 # tile, so each barrier serves that many rows and that many rows' loads are issued together (not yet timed
 # on a GPU). Offered at BLOCK_D = 1024 (D 513-1024: ViT-B's and ViT-L's widths), where every plan compiles
