@@ -2,7 +2,8 @@
 lengths, head dims, dtypes, key lengths and strided layouts; the split-key (flash-decoding) forward; no NaN
 with one key; bitwise-deterministic gradients (deterministic=True: default plan, no tuner); the atomic-dQ
 backward; the TMA forward (forced: float64, split keys, NaN in padded keys, its dropout mask, eligibility,
-its place among the candidates); every tuning candidate registered for the AOT check; the dropout mask; bad
+its place among the candidates); the TMA backward (forced: float64 with NaN in padded keys; offered only
+where TMA can load); every tuning candidate registered for the AOT check; the dropout mask; bad
 input; opcheck; torch.compile; fuzzes; and MultiHeadCrossAttention against nn.MultiheadAttention."""
 
 import importlib
@@ -270,6 +271,19 @@ def test_every_candidate_is_registered_for_the_aot_check_and_the_default_is_firs
     assert ca_module._forward_tiles("16bit", "fwd", 128, True)[0] == (128, 32, 8, 3)
 
 
+def test_every_tma_backward_tile_is_registered_for_the_aot_check():
+    """The split_tma plans' dK/dV and dQ tiles, at every head-dim block, are in the TMA backward kernels'
+    AOT specs (compiled 16-aligned only: TMA launches always are)."""
+    kernels = (ca_module._cross_attention_bwd_dkdv_tma_kernel, ca_module._cross_attention_bwd_dq_tma_kernel)
+    for block_d in ca_module._BLOCK_DS:
+        plans = ca_module._BWD_TMA_TUNE[block_d]
+        assert plans and all(plan[0] == "split_tma" for plan in plans)
+        for plan in plans:
+            for tile, kernel in zip(plan[1:], kernels):
+                config = ca_module._tma_bwd_config(block_d, tile, **ca_module._FEATURES)
+                assert config in _registered_configs(kernel, aligned_only_allowed=True), (block_d, plan)
+
+
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_dropout_matches_reference_with_the_same_mask(dtype):
@@ -528,6 +542,66 @@ def test_tma_forward_dropout_mask_is_bitwise_the_pytorch_mask(monkeypatch, Sq, S
     torch.testing.assert_close(kept_values, expected, rtol=1e-3, atol=0)
 
 
+# The TMA backward (the split_tma plan: _cross_attention_bwd_dkdv_tma_kernel, then
+# _cross_attention_bwd_dq_tma_kernel), forced with _FORCE_BACKWARD_PLAN = "split_tma": fp16 under the
+# interpreter, gradients against float64 while the padded keys hold NaN (B, Sq, Sk, H, D, kv_lengths,
+# layout, dropout_p): query and key blocks with tails, several key blocks per dq row (Sk = 150), one query
+# row, fewer keys than one block, head dims padded to the block (40, 80), both layouts, dropout.
+TMA_BWD_CASES = [
+    (2, 17, 31, 2, 40, [31, 5], "bhsd", 0.0),
+    (1, 64, 150, 2, 80, None, "bshd", 0.0),
+    (2, 33, 150, 1, 32, [150, 70], "bshd", 0.2),
+    (1, 1, 70, 2, 64, [9], "bhsd", 0.0),
+    (2, 70, 9, 1, 128, None, "bshd", 0.1),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    "B, Sq, Sk, H, D, lengths, layout, dropout_p", TMA_BWD_CASES,
+    ids=[f"b{c[0]}-sq{c[1]}-sk{c[2]}-h{c[3]}-d{c[4]}-{'len' if c[5] else 'full'}-{c[6]}-p{c[7]}"
+         for c in TMA_BWD_CASES],
+)
+def test_tma_backward_matches_float64_reference(monkeypatch, launched, B, Sq, Sk, H, D, lengths, layout,
+                                                dropout_p):
+    seed = 31
+    leaves, inputs = _qkv(B, Sq, Sk, H, D, torch.float16, layout)
+    kv_lengths = None if lengths is None else torch.tensor(lengths, dtype=torch.int32)
+    dout = torch.randn(B, Sq, H, D, dtype=torch.float64)
+    keep = dropout_keep_mask(seed, (B, H, Sq, Sk), dropout_p) if dropout_p > 0 else None
+    ref_leaves = [leaf.detach().double().requires_grad_() for leaf in leaves]
+    ref_inputs = [t.transpose(1, 2) if layout == "bhsd" else t for t in ref_leaves]
+    _, _, ref_grads = _run(
+        lambda q, k, v: cross_attention_ref(q, k, v, None, kv_lengths, keep, dropout_p, return_lse=True),
+        ref_leaves, ref_inputs, dout,
+    )
+    with torch.no_grad():
+        _poison_padded_keys(inputs[1], inputs[2], lengths)
+    monkeypatch.setattr(ca_module, "_FORCE_BACKWARD_PLAN", "split_tma")
+    with use_backend("triton", OP_NAME), poisoned_outputs():
+        _, _, grads = _run(
+            lambda q, k, v: cross_attention(q, k, v, kv_lengths=kv_lengths, dropout_p=dropout_p, seed=seed),
+            leaves, inputs, dout,
+        )
+    for name, grad, ref_grad in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert grad.dtype == torch.float16, name
+        _assert_close(grad, ref_grad, TOLERANCE[torch.float16][1], name)
+    backward = [labels for tuner, labels in launched if tuner == "cross_attention_bwd"]
+    assert len(backward) == 1 and len(backward[0]) == 1 and backward[0][0].startswith("split_tma:"), launched
+
+
+@needs_triton
+def test_tma_backward_plans_need_a_tma_layout(launched):
+    """Without the force the interpreter's launches are not TMA-eligible (no CUDA device): the split_tma
+    plans are not offered, and the tuning key says so."""
+    leaves, inputs = _qkv(1, 5, 9, 2, 64, torch.float16)
+    with use_backend("triton", OP_NAME):
+        out = cross_attention(*inputs)
+        torch.autograd.grad(out.float().sum(), leaves)
+    backward = [labels for tuner, labels in launched if tuner == "cross_attention_bwd"]
+    assert backward and not any(label.startswith("split_tma:") for label in backward[0])
+
+
 def _tma_tensor(shape=(2, 5, 2, 32), dtype=torch.float16):
     return torch.randn(shape).to(dtype)
 
@@ -776,3 +850,35 @@ def test_gpu_tma_forward_ignores_nan_in_padded_keys(monkeypatch, Sq, Sk, layout)
     with use_backend("triton", OP_NAME), poisoned_outputs():
         out = cross_attention(q, k, v, kv_lengths=kv_lengths)
     assert_close_to_reference(out, expected, baseline, name="out")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["bshd", "bhsd"])
+@pytest.mark.parametrize("Sq, Sk, D", [(113, 203, 64), (1, 1576, 64), (2056, 1568, 64), (113, 203, 128)])
+def test_gpu_tma_backward_ignores_nan_in_padded_keys(monkeypatch, Sq, Sk, D, layout):
+    """The TMA backward (split_tma plan), forced, in bf16 with NaN in the key / value rows past
+    kv_lengths: flash-attn's rule (3x for gradients) against the clean inputs' references."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA needs sm_90+")
+    B, H = 2, 4
+    lengths = [Sk, max(1, Sk // 3)]
+    leaves, inputs = _qkv(B, Sq, Sk, H, D, torch.bfloat16, layout, device="cuda")
+    kv_lengths = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+    dout = torch.randn(B, Sq, H, D, device="cuda")
+
+    def reference(upcast):
+        ref_leaves = [leaf.detach().float().requires_grad_() if upcast else leaf.detach().requires_grad_()
+                      for leaf in leaves]
+        ref_inputs = [t.transpose(1, 2) if layout == "bhsd" else t for t in ref_leaves]
+        return _run(lambda q, k, v: cross_attention_ref(q, k, v, None, kv_lengths, upcast=False),
+                    ref_leaves, ref_inputs, dout)
+
+    expected, baseline = reference(True), reference(False)
+    with torch.no_grad():
+        _poison_padded_keys(inputs[1], inputs[2], lengths)
+    monkeypatch.setattr(ca_module, "_FORCE_BACKWARD_PLAN", "split_tma")
+    with use_backend("triton", OP_NAME), poisoned_outputs():
+        _, _, grads = _run(lambda q, k, v: cross_attention(q, k, v, kv_lengths=kv_lengths),
+                           leaves, inputs, dout)
+    for name, grad, ref, base in zip(("dq", "dk", "dv"), grads, expected[2], baseline[2]):
+        assert_close_to_reference(grad, ref, base, factor=3.0, name=name)

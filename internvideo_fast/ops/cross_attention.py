@@ -32,15 +32,21 @@ Kernels (every value fp32 inside; q/k/v fp32, fp16 or bf16; fp32 matmuls run in 
 - ``_cross_attention_bwd_dkdv_kernel``: one program per (key block, b * h), looping over all query blocks.
   With ``ATOMIC_DQ`` it also adds each tile's ``c * dS k`` into an fp32 dq with ``tl.atomic_add``.
 - ``_cross_attention_bwd_dq_kernel``: one program per (query block, b * h), looping over the key blocks.
+- ``_cross_attention_bwd_dkdv_tma_kernel`` and ``_cross_attention_bwd_dq_tma_kernel``: the two backward
+  kernels (no atomic dq) for 16-bit inputs on sm_90+ with TMA loads, as the TMA forward: the operands a
+  loop brings (q and dout for dK/dV, k and v for dQ) come to shared memory by TMA, where wgmma reads them;
+  keys at or past the length are zeroed where they are loaded (once per dK/dV program; in dQ's masked tail
+  block), so padded rows may hold anything, NaN included.
 
 Backward plans: *split* runs the dK/dV kernel, then the dQ kernel (no atomics; 7 matmuls per tile pair,
 since the dQ kernel recomputes ``q k^T`` and ``dout v^T``); *atomic* runs the dK/dV kernel with
 ``ATOMIC_DQ`` and converts the fp32 dq to q's dtype (5 matmuls, FlashAttention-2's Triton backward), whose
-dq rounding depends on the order the atomics land in. ``deterministic=True`` runs the split plan at the
-default tiles, never tuned, so forward and gradients are bitwise identical run to run and across
-processes; ``deterministic=False`` (the default, as in flash-attn) lets the GPU tune between the plans and
-tiles below. Keys at or past ``kv_lengths[b]`` get probability 0 and zero gradients; every row has at least
-one key (``kv_lengths >= 1``), so no row divides by zero.
+dq rounding depends on the order the atomics land in; *split_tma* is the split plan on the TMA kernels (a
+GPU tuning candidate only, where ``_tma_layout_ok`` holds for q, k, v and dout). ``deterministic=True``
+runs the split plan at the default tiles, never tuned, so forward and gradients are bitwise identical run
+to run and across processes; ``deterministic=False`` (the default, as in flash-attn) lets the GPU tune
+between the plans and tiles below. Keys at or past ``kv_lengths[b]`` get probability 0 and zero
+gradients; every row has at least one key (``kv_lengths >= 1``), so no row divides by zero.
 
 Dropout: the attention probability at flat index ``((b * H + h) * Sq + i) * Sk + j`` of ``[B, H, Sq, Sk]``
 is kept by ``keep_element(seed, index, p)``, i.e. ``tl.rand(seed, index) >= p`` (Philox4x32-10, so
@@ -52,8 +58,8 @@ Launch configurations: each (kernel, 16-bit or fp32 inputs, BLOCK_D, 16-aligned 
 on FMA units. With ``deterministic=False`` on a CUDA device, a ``LaunchTuner`` (``ops/autotuning.py``) times
 the default and a few alternatives once per key (dtype, head dim, aligned, kv_lengths / dropout on, and
 the power-of-two buckets of Sq, Sk and B * H) and keeps the fastest: forward tiles (16-bit; the pointer
-kernel's, then the TMA kernel's, labelled ``tma:M..``), and whole backward plans (split or atomic, with
-their tiles). The interpreter, CPU tensors, ``IVF_AUTOTUNE=0``, CUDA-graph capture and
+kernel's, then the TMA kernel's, labelled ``tma:M..``), and whole backward plans (split, atomic or
+split_tma, with their tiles). The interpreter, CPU tensors, ``IVF_AUTOTUNE=0``, CUDA-graph capture and
 ``deterministic=True`` launch the default. Every candidate is
 registered with the ahead-of-time sm_90a check (no spills, fits shared memory, wgmma for 16-bit).
 
@@ -482,6 +488,147 @@ def _cross_attention_bwd_dq_kernel(
              (dq * softmax_scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
 
 
+@triton.jit
+def _cross_attention_bwd_dkdv_tma_kernel(
+    q_desc, k_desc, v_desc, do_desc, lse_ptr, delta_ptr, lengths_ptr, seed_ptr, dk_ptr, dv_ptr,
+    H, Sq, Sk, D, softmax_scale, dropout_p, keep_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):
+    # _cross_attention_bwd_dkdv_kernel (same grid, outputs and dropout keying; no atomic dq) for 16-bit
+    # inputs, with q / k / v / dout blocks loaded by the TMA unit from 4-D descriptors over [B, S, H, D]
+    # (rows past S and dims past D come zero-filled). q and dout, the operands every query block brings,
+    # land in shared memory where wgmma reads them (the pointer kernel loads them to registers first); k and
+    # v, loaded once, stay in registers as the A operands.
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H  # int32 descriptor coordinates; 64-bit offsets below
+    h = bh % H
+    col0 = pid_n * BLOCK_N
+    cols = col0 + tl.arange(0, BLOCK_N)
+    rows0 = tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    length = Sk
+    if HAS_LENGTHS:
+        length = tl.minimum(tl.load(lengths_ptr + b), Sk)
+    in_cols = cols < length
+    # Keys at or past the length are real rows (NaN allowed): zeroed, so 0 * NaN cannot reach dk / dv.
+    k = tl.where(in_cols[:, None], k_desc.load([b, col0, h, 0]).reshape(BLOCK_N, BLOCK_D), 0.0)
+    v = tl.where(in_cols[:, None], v_desc.load([b, col0, h, 0]).reshape(BLOCK_N, BLOCK_D), 0.0)
+    row_base = (b.to(tl.int64) * H + h) * Sq
+    qk_scale = softmax_scale * 1.4426950408889634
+    seed = 0
+    if HAS_DROPOUT:
+        seed = tl.load(seed_ptr)
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    if col0 < length:  # key blocks wholly past the length only write zeros
+        for start_m in range(0, Sq, BLOCK_M):
+            rows = start_m + rows0
+            in_rows = rows < Sq
+            q = q_desc.load([b, start_m, h, 0]).reshape(BLOCK_M, BLOCK_D)
+            dout = do_desc.load([b, start_m, h, 0]).reshape(BLOCK_M, BLOCK_D)
+            lse = tl.load(lse_ptr + row_base + rows, mask=in_rows, other=0.0)
+            delta = tl.load(delta_ptr + row_base + rows, mask=in_rows, other=0.0)
+            # Math, as _cross_attention_bwd_dkdv_kernel's.
+            sT = tl.dot(k, tl.trans(q))
+            pT = tl.exp2(sT * qk_scale - (lse * 1.4426950408889634)[None, :])
+            pT = tl.where(in_cols[:, None] & in_rows[None, :], pT, 0.0)
+            dpT = tl.dot(v, tl.trans(dout))
+            if HAS_DROPOUT:
+                offset = (row_base + rows.to(tl.int64))[None, :] * Sk + cols[:, None]
+                keep = keep_element(seed, offset, dropout_p)
+                pT_dropped = tl.where(keep, pT * keep_scale, 0.0)
+                dpT = tl.where(keep, dpT * keep_scale, 0.0)
+            else:
+                pT_dropped = pT
+            dv += tl.dot(pT_dropped.to(dout.dtype), dout)
+            dsT = pT * (dpT - delta[None, :])
+            dk += tl.dot(dsT.to(q.dtype), q)
+
+    b = b.to(tl.int64)
+    h = h.to(tl.int64)
+    out_offset = ((b * Sk + cols[:, None]) * H + h) * D + dims[None, :]
+    out_mask = (cols < Sk)[:, None] & (dims < D)[None, :]
+    tl.store(dk_ptr + out_offset, (dk * softmax_scale).to(dk_ptr.dtype.element_ty), mask=out_mask)
+    tl.store(dv_ptr + out_offset, dv.to(dv_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _dq_key_block(
+    q, dout, k, v, lse2, delta, dq, cols, end, qk_scale, seed, drop_base, dropout_p, keep_scale,
+    MASKED: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):
+    # One key block of the TMA dQ kernel. MASKED (the tail block): keys at or past `end` get p = 0 and
+    # k, v rows zero (their rows may hold NaN). Query rows past Sq need no mask: their dq is never stored.
+    if MASKED:
+        in_cols = cols < end
+        k = tl.where(in_cols[:, None], k, 0.0)
+        v = tl.where(in_cols[:, None], v, 0.0)
+    s = tl.dot(q, tl.trans(k))
+    p = tl.exp2(s * qk_scale - lse2[:, None])
+    if MASKED:
+        p = tl.where(in_cols[None, :], p, 0.0)
+    dp = tl.dot(dout, tl.trans(v))
+    if HAS_DROPOUT:
+        keep = keep_element(seed, drop_base[:, None] + cols[None, :], dropout_p)
+        dp = tl.where(keep, dp * keep_scale, 0.0)
+    ds = p * (dp - delta[:, None])
+    return tl.dot(ds.to(k.dtype), k, dq)
+
+
+@triton.jit
+def _cross_attention_bwd_dq_tma_kernel(
+    q_desc, k_desc, v_desc, do_desc, lse_ptr, delta_ptr, lengths_ptr, seed_ptr, dq_ptr,
+    H, Sq, Sk, D, softmax_scale, dropout_p, keep_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):
+    # _cross_attention_bwd_dq_kernel (same grid, output and dropout keying) for 16-bit inputs: q and dout
+    # loaded once, k / v blocks by the TMA unit (wgmma's B operands, straight from shared memory), the key
+    # loop split into full blocks (no masks) and at most one masked tail block, as the TMA forward.
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    row0 = pid_m * BLOCK_M
+    rows = row0 + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    in_rows = rows < Sq
+    length = Sk
+    if HAS_LENGTHS:
+        length = tl.minimum(tl.load(lengths_ptr + b), Sk)
+    full_end = length // BLOCK_N * BLOCK_N
+    row_base = (b.to(tl.int64) * H + h) * Sq
+    q = q_desc.load([b, row0, h, 0]).reshape(BLOCK_M, BLOCK_D)
+    dout = do_desc.load([b, row0, h, 0]).reshape(BLOCK_M, BLOCK_D)
+    lse2 = tl.load(lse_ptr + row_base + rows, mask=in_rows, other=0.0) * 1.4426950408889634
+    delta = tl.load(delta_ptr + row_base + rows, mask=in_rows, other=0.0)
+    qk_scale = softmax_scale * 1.4426950408889634
+    seed = 0
+    if HAS_DROPOUT:
+        seed = tl.load(seed_ptr)
+    drop_base = (row_base + rows.to(tl.int64)) * Sk
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in range(0, full_end, BLOCK_N):
+        k = k_desc.load([b, start_n, h, 0]).reshape(BLOCK_N, BLOCK_D)
+        v = v_desc.load([b, start_n, h, 0]).reshape(BLOCK_N, BLOCK_D)
+        dq = _dq_key_block(q, dout, k, v, lse2, delta, dq, start_n + tl.arange(0, BLOCK_N), length, qk_scale,
+                           seed, drop_base, dropout_p, keep_scale, False, HAS_DROPOUT)
+    if full_end < length:
+        k = k_desc.load([b, full_end, h, 0]).reshape(BLOCK_N, BLOCK_D)
+        v = v_desc.load([b, full_end, h, 0]).reshape(BLOCK_N, BLOCK_D)
+        dq = _dq_key_block(q, dout, k, v, lse2, delta, dq, full_end + tl.arange(0, BLOCK_N), length, qk_scale,
+                           seed, drop_base, dropout_p, keep_scale, True, HAS_DROPOUT)
+
+    b = b.to(tl.int64)
+    h = h.to(tl.int64)
+    tl.store(dq_ptr + ((b * Sq + rows[:, None]) * H + h) * D + dims[None, :],
+             (dq * softmax_scale).to(dq_ptr.dtype.element_ty), mask=in_rows[:, None] & (dims < D)[None, :])
+
+
 # ----------------------------------------------------------------------------------------------------
 # Launch configurations (by BLOCK_D = next power of two of the head dim), registered for the AOT check
 # ----------------------------------------------------------------------------------------------------
@@ -571,14 +718,29 @@ _BWD_TUNE_ALIGNED = {
     128: [("atomic", (16, 64, 8, 2)), ("atomic", (16, 128, 8, 2)), ("atomic", (32, 64, 8, 2)),
           ("split", (16, 128, 8, 2), (128, 32, 8, 2))],
 }
+# Backward plans through the TMA kernels (_cross_attention_bwd_dkdv_tma_kernel, then
+# _cross_attention_bwd_dq_tma_kernel), offered after the others on launches that TMA can load (16-bit,
+# sm_90+, 16-byte aligned rows: see _tma_layout_ok). The TMA forward took 0.247 ms against the pointer
+# kernel's 0.294-0.321 on the CMA shapes (gpu-check run 4): these carry the same loads into the backward,
+# where q and dout (dK/dV) and k and v (dQ) are wgmma's shared-memory operands. Not yet timed on a GPU. Each
+# tile compiles for sm_90a (Triton 3.8 and 3.6, 16-aligned, kv_lengths and dropout on) without spills, with
+# wgmma; first a plan with the pointer default's dK/dV tile, then smaller and larger tiles.
+_BWD_TMA_TUNE = {
+    32: [("split_tma", (32, 64, 4, 2), (128, 32, 8, 2)), ("split_tma", (16, 128, 8, 2), (64, 64, 4, 2)),
+         ("split_tma", (64, 64, 8, 2), (128, 64, 8, 2))],
+    64: [("split_tma", (32, 64, 4, 2), (128, 32, 8, 2)), ("split_tma", (16, 64, 4, 3), (64, 32, 4, 3)),
+         ("split_tma", (32, 128, 8, 2), (64, 64, 8, 2))],
+    128: [("split_tma", (16, 64, 8, 2), (64, 32, 8, 2)), ("split_tma", (16, 128, 8, 2), (128, 32, 8, 2))],
+}
 _PRECISION = {"16bit": "tf32", "fp32": "ieee"}  # PRECISION is read by tl.dot on fp32 operands only
 _POINTER = {"16bit": "*bf16", "fp32": "*fp32"}
 _COMBINE = {32: (16, 4), 64: (16, 4), 128: (16, 4)}  # (BLOCK_M, num_warps)
 _PREPROCESS = {32: (64, 4), 64: (64, 4), 128: (64, 4)}
 _FEATURES = dict(HAS_LENGTHS=True, HAS_DROPOUT=True)
 _BLOCK_DS = (32, 64, 128)
-# Tests set this to "split" or "atomic" to run that backward plan (its first candidate) where the tuner
-# would run the default; deterministic=True ignores it.
+# Tests set this to "split", "atomic" or "split_tma" to run that backward plan (its first candidate) where
+# the tuner would run the default ("split_tma" skips the device check, as _FORCE_FORWARD_KERNEL does);
+# deterministic=True ignores it.
 _FORCE_BACKWARD_PLAN: str | None = None
 # Tests set this to "tma" to run the TMA forward (its first tile) wherever q / k / v have a TMA layout,
 # skipping the device check (the interpreter runs host descriptors over CPU tensors); deterministic=True
@@ -624,8 +786,8 @@ def _tma_label(tile: tuple) -> str:
 
 
 def _plan_label(plan: tuple) -> str:
-    if plan[0] == "split":
-        return f"split:dkdv={_tile_label(plan[1])},dq={_tile_label(plan[2])}"
+    if plan[0] in ("split", "split_tma"):
+        return f"{plan[0]}:dkdv={_tile_label(plan[1])},dq={_tile_label(plan[2])}"
     return f"atomic:dkdv={_tile_label(plan[1])}"
 
 
@@ -644,6 +806,14 @@ def _tile_config(kind: str, kernel: str, block_d: int, tile: tuple, **features) 
 @functools.lru_cache(maxsize=None)
 def _tma_config(block_d: int, tile: tuple, **features) -> KernelConfig:
     """_cross_attention_fwd_tma_kernel at `tile` (16-bit only, so no PRECISION)."""
+    block_m, block_n, warps, stages = tile
+    constexprs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, **features}
+    return KernelConfig(constexprs, num_warps=warps, num_stages=stages)
+
+
+@functools.lru_cache(maxsize=None)
+def _tma_bwd_config(block_d: int, tile: tuple, **features) -> KernelConfig:
+    """A TMA backward kernel at `tile` (16-bit only, so no PRECISION; no atomic dq)."""
     block_m, block_n, warps, stages = tile
     constexprs = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, **features}
     return KernelConfig(constexprs, num_warps=warps, num_stages=stages)
@@ -697,6 +867,21 @@ def _tma_signature(kernel: str) -> dict[str, str]:
     return descriptors | {
         name: kind for name, kind in pointer.items()
         if not name.startswith(("q_", "k_", "v_", "stride_q", "stride_k", "stride_v"))
+    }
+
+
+def _tma_bwd_signature(kernel: str) -> dict[str, str]:
+    """The AOT signature of a TMA backward kernel ("bwd_dkdv" or "bwd_dq"): q / k / v / dout as 4-D bf16
+    descriptors."""
+    rows = {"q": "BLOCK_M", "k": "BLOCK_N", "v": "BLOCK_N", "do": "BLOCK_M"}  # the kernels' argument order
+    descriptors = {
+        f"{name}_desc": f"tensordesc<bf16[1,{{{block}}},1,{{BLOCK_D}}]>" for name, block in rows.items()
+    }
+    outputs = {"dk_ptr": "*bf16", "dv_ptr": "*bf16"} if kernel == "bwd_dkdv" else {"dq_ptr": "*bf16"}
+    return {
+        **descriptors, "lse_ptr": "*fp32", "delta_ptr": "*fp32", "lengths_ptr": "*i32", "seed_ptr": "*i64",
+        **outputs, "H": "i32", "Sq": "i32", "Sk": "i32", "D": "i32",
+        "softmax_scale": "fp32", "dropout_p": "fp32", "keep_scale": "fp32",
     }
 
 
@@ -758,6 +943,17 @@ def _register_attention_kernels() -> None:
             configs=tuple(
                 _tma_config(d, t, **_FEATURES) for d in _BLOCK_DS for t in _FWD_TMA_TUNE[kernel][d]
             ),
+            multiplies_matrices=True,
+            aligned_only=True,
+        ))
+    for kernel, fn, position in (("bwd_dkdv", _cross_attention_bwd_dkdv_tma_kernel, 1),
+                                 ("bwd_dq", _cross_attention_bwd_dq_tma_kernel, 2)):
+        tiles = {(d, plan[position]) for d, plans in _BWD_TMA_TUNE.items() for plan in plans}
+        register_triton_kernel(TritonKernelSpec(
+            name=f"cross_attention_{kernel}_tma",
+            kernel=fn,
+            signature=_tma_bwd_signature(kernel),
+            configs=tuple(_tma_bwd_config(d, tile, **_FEATURES) for d, tile in sorted(tiles)),
             multiplies_matrices=True,
             aligned_only=True,
         ))
@@ -830,14 +1026,15 @@ def _bsh_strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride()[:3]
 
 
-def _tma_descriptors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks: dict) -> tuple:
-    """4-D TMA descriptors over q, k, v [B, S, H, D] with their strides: blocks of [1, BLOCK_M or BLOCK_N, 1,
-    BLOCK_D] (the unit zero-fills rows past S and dims past D)."""
+def _tma_descriptors(blocks: dict, *tensors_and_rows: tuple[torch.Tensor, str]) -> tuple:
+    """4-D TMA descriptors over [B, S, H, D] tensors with their strides, each paired with the name of its
+    block's row count: blocks of [1, BLOCK_M or BLOCK_N, 1, BLOCK_D] (the unit zero-fills rows past S and
+    dims past D)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     return tuple(
         TensorDescriptor(t, list(t.shape), list(t.stride()), [1, blocks[rows], 1, blocks["BLOCK_D"]])
-        for t, rows in ((q, "BLOCK_M"), (k, "BLOCK_N"), (v, "BLOCK_N"))
+        for t, rows in tensors_and_rows
     )
 
 
@@ -901,7 +1098,8 @@ def _cross_attention_fwd_impl(
             lse_strides = target_lse.stride()[:3]
         grid = (cdiv(Sq, constexprs["BLOCK_M"]), B * H, tile_splits)
         if tma:
-            fn, inputs = _cross_attention_fwd_tma_kernel, _tma_descriptors(q, k, v, constexprs)
+            inputs = _tma_descriptors(constexprs, (q, "BLOCK_M"), (k, "BLOCK_N"), (v, "BLOCK_N"))
+            fn = _cross_attention_fwd_tma_kernel
         else:
             fn, inputs = _cross_attention_fwd_kernel, (q, k, v)
         fn[grid](
@@ -986,7 +1184,25 @@ def _cross_attention_bwd_impl(
     features = dict(HAS_LENGTHS=kv_lengths is not None, HAS_DROPOUT=has_dropout)
     seed_arg = seed if has_dropout else None
 
+    def launch_tma(plan):
+        scalars = common[12:]  # H, Sq, Sk, D and the scale / dropout scalars: no strides
+        config = _tma_bwd_config(block_d, plan[1], **features)
+        constexprs, options = _launch_options(config)
+        descriptors = _tma_descriptors(constexprs, (q, "BLOCK_M"), (k, "BLOCK_N"), (v, "BLOCK_N"),
+                                       (dout, "BLOCK_M"))
+        _cross_attention_bwd_dkdv_tma_kernel[(cdiv(Sk, constexprs["BLOCK_N"]), B * H)](
+            *descriptors, lse, delta, kv_lengths, seed_arg, dk, dv, *scalars, **constexprs, **options,
+        )
+        constexprs, options = _launch_options(_tma_bwd_config(block_d, plan[2], **features))
+        descriptors = _tma_descriptors(constexprs, (q, "BLOCK_M"), (k, "BLOCK_N"), (v, "BLOCK_N"),
+                                       (dout, "BLOCK_M"))
+        _cross_attention_bwd_dq_tma_kernel[(cdiv(Sq, constexprs["BLOCK_M"]), B * H)](
+            *descriptors, lse, delta, kv_lengths, seed_arg, dq, *scalars, **constexprs, **options,
+        )
+
     def launch(plan):
+        if plan[0] == "split_tma":
+            return launch_tma(plan)
         atomic = plan[0] == "atomic"
         constexprs, options = _launch_options(
             _tile_config(kind, "bwd_dkdv_atomic" if atomic else "bwd_dkdv", block_d, plan[1], **features)
@@ -1009,11 +1225,18 @@ def _cross_attention_bwd_impl(
 
     aligned = _aligned16(q, k, v, dout, dq, dk, dv)
     plans = _backward_plans(kind, block_d, aligned, deterministic)
+    forced_tma = _FORCE_BACKWARD_PLAN == "split_tma"
+    with_tma = not deterministic and kind == "16bit" and (
+        _tma_layout_ok((9, 0), q, k, v, dout) if forced_tma else _tma_eligible(q, k, v, dout)
+    )
+    if with_tma:
+        plans += _BWD_TMA_TUNE[block_d]
     if _FORCE_BACKWARD_PLAN is not None and not deterministic:
         # Where that plan has no candidate (atomic at D = 128 unaligned), the default runs.
         plans = [plan for plan in plans if plan[0] == _FORCE_BACKWARD_PLAN][:1] or plans[:1]
     candidates = [(_plan_label(plan), functools.partial(launch, plan)) for plan in plans]
-    key = _tuning_key(q, Sk, aligned, kv_lengths is not None, has_dropout)
+    # TMA eligibility is part of the key: launches of one key always offer the same candidates.
+    key = (*_tuning_key(q, Sk, aligned, kv_lengths is not None, has_dropout), with_tma)
     _run_candidates("cross_attention_bwd", key, candidates, q.device, (dq, dk, dv))
     return dq, dk, dv
 
