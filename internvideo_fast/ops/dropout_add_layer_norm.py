@@ -609,6 +609,9 @@ def _setup_context(ctx, inputs, output):
     ctx.rms_norm = rms_norm
     ctx.has_residual = residual is not None
     ctx.mark_non_differentiable(mean, rstd)
+    # Unused outputs' gradients arrive as None, not materialized zeros: for the auxiliary outputs above
+    # that is a fill per backward ([rows, hidden] for the MLPs' pre-activation); the backward handles None.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dnormed, dnew_residual, _dmean, _drstd):

@@ -1125,6 +1125,9 @@ def _setup_context(ctx, inputs, output):
     ctx.dropout_p = dropout_p
     ctx.save_for_backward(x, weight, bias, pre, seed)
     ctx.mark_non_differentiable(pre)
+    # Unused outputs' gradients arrive as None, not materialized zeros: for the auxiliary outputs above
+    # that is a fill per backward ([rows, hidden] for the MLPs' pre-activation); the backward handles None.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dy, _dpre):
@@ -1250,6 +1253,9 @@ def _fused_mlp_setup_context(ctx, inputs, output):
     # pre-activation must be recomputed).
     ctx.save_for_backward(x, weight1, None if save_pre else bias1, weight2, pre, seed)
     ctx.mark_non_differentiable(pre)
+    # Unused outputs' gradients arrive as None, not materialized zeros: for the auxiliary outputs above
+    # that is a fill per backward ([rows, hidden] for the MLPs' pre-activation); the backward handles None.
+    ctx.set_materialize_grads(False)
 
 
 def _fused_mlp_backward(ctx, dy, _dpre):
