@@ -59,9 +59,11 @@ Implementation choices:
 - Backward: ``dpre`` comes from a Triton elementwise kernel that reads ``dy`` and ``pre`` once, applies
   the dropout mask and ``act'`` in fp32, stores ``dpre`` in x's dtype and accumulates ``dbias`` in a
   register tile per program (reduced over its rows once, after the loop) into a fixed ``[programs, N]``
-  fp32 buffer, summed by ``torch.sum`` (deterministic, like dropout_add_layer_norm). Its tile, programs
-  per SM and load stages (the row loop pipelined through shared memory) are timed on the GPU by the
-  LaunchTuner (``_BWD_GPU_PLANS``). The two matmuls ``dx`` and
+  fp32 buffer, summed by ``torch.sum`` (deterministic, like dropout_add_layer_norm). With activation
+  ``none`` and no dropout (fc2) dpre is dy itself, and the same kernel only sums dbias's columns
+  (``STORE_DPRE`` off), where ``dy.sum(0)`` took 0.024 ms for ViT-B's fc2 in an H100 profile (650 GB/s;
+  not yet timed this way). Its tile, programs per SM and load stages (the row loop pipelined through
+  shared memory) are timed on the GPU by the LaunchTuner (``_BWD_GPU_PLANS``). The two matmuls ``dx`` and
   ``dweight`` are plain GEMMs with nothing left to fuse, so they run on ``torch.matmul`` (cuBLAS on GPU):
   fusing ``act'`` into both GEMMs' prologues would read ``dy`` and ``pre`` twice. In fused_mlp's backward the
   GEMM that produces fc1's incoming gradient (``dh = dz @ weight2``) can instead carry the elementwise pass
@@ -468,11 +470,13 @@ def _linear_act_bwd_kernel(
     M, N, rows_per_program, dropout_p, keep_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, STORE_ACT: tl.constexpr, LOAD_STAGES: tl.constexpr,
+    STORE_DPRE: tl.constexpr = True,
 ):
     # Program (column block, row chunk): dpre = dropout'(dy) * act'(pre) over rows_per_program rows of
     # BLOCK_N columns (the dropout mask regenerated from the seed); dbias of the chunk accumulates in
     # registers and lands in one partial row. STORE_ACT also writes act_out = dropout(act(pre)) -- the
     # forward's output, recomputed for the next layer's weight gradient (fused_mlp) in the same pass.
+    # STORE_DPRE False (activation "none", no dropout: dpre is dy itself) leaves only dbias: a column sum.
     col_block = tl.program_id(0)
     chunk = tl.program_id(1)
     cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -504,7 +508,8 @@ def _linear_act_bwd_kernel(
             dbias_tile += dpre
 
         # Stores.
-        tl.store(dpre_ptr + offsets, dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
+        if STORE_DPRE:
+            tl.store(dpre_ptr + offsets, dpre.to(dpre_ptr.dtype.element_ty), mask=mask)
         if STORE_ACT:
             h = _activation(pre, ACTIVATION)
             if HAS_DROPOUT:
@@ -720,15 +725,15 @@ register_triton_kernel(
         configs=tuple(
             KernelConfig(
                 dict(c.constexprs, ACTIVATION=activation, HAS_BIAS=True, HAS_DROPOUT=dropout,
-                     STORE_ACT=dropout and activation != "none"),
+                     STORE_ACT=dropout and activation != "none", STORE_DPRE=dropout or activation != "none"),
                 c.num_warps, c.num_stages,
             )
             for dropout in (False, True)
             for c in (*(config for config, _ in _BWD_GPU_PLANS), _BWD_INTERPRETER_CONFIG)
             for activation in ACTIVATIONS
-            # "none" without dropout needs no dpre pass; with dropout it applies dropout' (fc2). STORE_ACT
-            # (fused_mlp's fc1 backward) is compiled with dropout on, its largest form.
-            if dropout or activation != "none"
+            # "none" without dropout is the bias gradient's column sum alone (STORE_DPRE off); with dropout
+            # it applies dropout' (fc2). STORE_ACT (fused_mlp's fc1 backward) is compiled with dropout on,
+            # its largest form.
         ),
         also_aligned=True,  # where the load stages pipeline (ViT widths)
     )
@@ -953,16 +958,24 @@ def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act, in_p
     over dy (each element is read before it is written, by the same program): for a dy the caller owns."""
     M, N = dy.shape
     has_dropout = _has_dropout(seed, dropout_p)
-    if activation == "none" and not has_dropout:
-        return dy, (dy.sum(0, dtype=torch.float32) if has_bias else None), (pre if store_act else None)
+    # activation "none" without dropout: dpre is dy, and the kernel only sums dbias's columns (PyTorch's
+    # dy.sum(0) took 0.024 ms for fc2's ViT-B [10240, 768], 650 GB/s, in gpu-check run 3's profile).
+    store_dpre = activation != "none" or has_dropout
+    if not store_dpre:
+        store_act_kernel, act_out = False, (pre if store_act else None)
+        if not has_bias:
+            return dy, None, act_out
+    else:
+        store_act_kernel = store_act
     interpreter = dy.device.type != "cuda" or triton_interpreter_on()
     tuner = launch_tuner(OP_NAME + "_bwd")
-    key = (dy.dtype, length_bucket(M), N, activation, has_bias, has_dropout, store_act)
+    key = (dy.dtype, length_bucket(M), N, activation, has_bias, has_dropout, store_act_kernel)
     plan_count = 1 if interpreter or _FORCE_DPRE_PLAN is not None else len(_BWD_GPU_PLANS)
     timed = tuner.will_time(key, plan_count, dy.device)
     # Timing runs each plan several times over the same dy: never in place then (first call per shape).
-    dpre = dy if in_place and not timed else new_output(dy, (M, N))
-    act_out = new_output(dy, (M, N)) if store_act else None
+    dpre = dy if not store_dpre or (in_place and not timed) else new_output(dy, (M, N))
+    if store_dpre:
+        act_out = new_output(dy, (M, N)) if store_act else None
 
     def launch(config: KernelConfig, programs_per_sm: int) -> torch.Tensor:
         """Runs the kernel at `config` over about `programs_per_sm` programs per SM (the interpreter: a
@@ -977,11 +990,12 @@ def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act, in_p
         dbias_partial = new_output(dy, (chunks, N) if has_bias else (0,), torch.float32)
         if M > 0 and N > 0:
             _linear_act_bwd_kernel[(col_blocks, chunks)](
-                dy, pre if activation != "none" or store_act else None, seed if has_dropout else None,
-                dpre, act_out, dbias_partial if has_bias else None, M, N, rows_per_program,
+                dy, pre if activation != "none" or store_act_kernel else None, seed if has_dropout else None,
+                dpre if store_dpre else None, act_out if store_act_kernel else None,
+                dbias_partial if has_bias else None, M, N, rows_per_program,
                 float(dropout_p) if has_dropout else 0.0, _keep_scale(dropout_p) if has_dropout else 1.0,
                 **config.constexprs, ACTIVATION=activation, HAS_BIAS=has_bias,
-                HAS_DROPOUT=has_dropout, STORE_ACT=store_act,
+                HAS_DROPOUT=has_dropout, STORE_ACT=store_act_kernel, STORE_DPRE=store_dpre,
                 num_warps=config.num_warps, num_stages=config.num_stages,
             )
         elif has_bias:
@@ -999,7 +1013,8 @@ def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act, in_p
             plans = plans[_FORCE_DPRE_PLAN:_FORCE_DPRE_PLAN + 1]
     _, dbias_partial = tuner.run(
         key, plans, dy.device,
-        outputs=lambda partial: (dpre, act_out, partial.sum(0) if has_bias else None),
+        outputs=lambda partial: (dpre if store_dpre else None, act_out if store_act_kernel else None,
+                                 partial.sum(0) if has_bias else None),
     )
     # Deterministic for a given plan: a fixed split of rows over programs, then one reduction over the
     # partial rows (IVF_AUTOTUNE=0 fixes the plan across processes).
