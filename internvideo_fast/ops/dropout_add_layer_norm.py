@@ -529,29 +529,28 @@ def _dropout_add_layer_norm_bwd_impl(
     has_residual: bool,
     rms_norm: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (dx, dresidual, dweight, dbias); each of the last three is empty when its input was None."""
+    """Returns (dx, dresidual, dparams): dresidual is empty without a residual; dparams [n, D] fp32 holds
+    the row sums of dweight then dbias, one row each for those that are not None (n = 0, 1 or 2). One
+    buffer, so that both reduce in one launch (the two reductions over the programs' partial rows took
+    0.021 ms beside the kernel's 0.058 in an H100 profile: each such small reduction is mostly latency)."""
     rows, D = new_residual.shape
     dx = new_output(new_residual, (rows, D))
     dresidual = new_output(new_residual, (rows, D) if has_residual else (0,))
+    params = (weight is not None) + (bias is not None)
     if rows == 0:
-        zeros = new_residual.new_zeros((D,), dtype=torch.float32)
-        return (dx, dresidual, zeros.to(weight.dtype) if weight is not None else zeros[:0],
-                zeros.to(bias.dtype) if bias is not None else zeros[:0])
+        return dx, dresidual, new_residual.new_zeros((params, D), dtype=torch.float32)
     has_dropout = seed is not None and dropout_p > 0.0
 
-    def launch(config: KernelConfig, per_sm: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def launch(config: KernelConfig, per_sm: int) -> torch.Tensor:
         programs = max(1, min(rows, _backward_programs(new_residual.device, per_sm)))
-        partial_shape = (programs, D)
-        dweight_partial = new_output(new_residual, partial_shape if weight is not None else (0,),
-                                     torch.float32)
-        dbias_partial = new_output(new_residual, partial_shape if bias is not None else (0,), torch.float32)
+        partials = new_output(new_residual, (params, programs, D), torch.float32)
         kernel = _dropout_add_layer_norm_bwd_rows_kernel if "ROWS" in config.constexprs else \
             _dropout_add_layer_norm_bwd_kernel
         kernel[(programs,)](
             dy, dnew_residual, new_residual, weight, mean, rstd, drop_path_scale,
             seed if has_dropout else None,
             dx, dresidual if has_residual else None,
-            dweight_partial if weight is not None else None, dbias_partial if bias is not None else None,
+            partials[0] if weight is not None else None, partials[params - 1] if bias is not None else None,
             rows, D, cdiv(rows, programs), _rows_per_sample(rows, drop_path_scale),
             dropout_p if has_dropout else 0.0, 1.0 / (1.0 - dropout_p) if has_dropout else 1.0,
             **config.constexprs,
@@ -560,7 +559,7 @@ def _dropout_add_layer_norm_bwd_impl(
             HAS_DROP_PATH=drop_path_scale is not None, HAS_DROPOUT=has_dropout, D_MULTIPLE_OF_4=D % 4 == 0,
             IS_RMS_NORM=rms_norm, num_warps=config.num_warps, num_stages=config.num_stages,
         )
-        return dweight_partial, dbias_partial
+        return partials
 
     plans = _labelled_backward_plans(D)
     if _FORCE_BWD_PLAN is not None:  # tests
@@ -570,16 +569,12 @@ def _dropout_add_layer_norm_bwd_impl(
            weight is not None, bias is not None, has_dropout, rms_norm)
 
     def outputs(partials):  # plans split the rows differently: their partial sums are compared summed
-        return (dx, dresidual, *(partial.sum(0) if partial.numel() else None for partial in partials))
+        return dx, dresidual, partials.sum(1)
 
-    _, (dweight_partial, dbias_partial) = launch_tuner(OP_NAME + "_bwd").run(
-        key, candidates, new_residual.device, outputs=outputs
-    )
+    _, partials = launch_tuner(OP_NAME + "_bwd").run(key, candidates, new_residual.device, outputs=outputs)
     # Deterministic: a fixed split of rows over programs, then one reduction over the partial rows (the
     # split, hence the rounding of dweight / dbias, is the plan's: IVF_AUTOTUNE=0 fixes it across processes).
-    dweight = dweight_partial.sum(0).to(weight.dtype) if weight is not None else dweight_partial
-    dbias = dbias_partial.sum(0).to(bias.dtype) if bias is not None else dbias_partial
-    return dx, dresidual, dweight, dbias
+    return dx, dresidual, partials.sum(1)
 
 
 _dropout_add_layer_norm_bwd_op = torch.library.custom_op(
@@ -596,8 +591,7 @@ def _dropout_add_layer_norm_bwd_fake(
     return (
         new_residual.new_empty((rows, D)),
         new_residual.new_empty((rows, D) if has_residual else (0,)),
-        weight.new_empty((D,)) if weight is not None else new_residual.new_empty((0,), dtype=torch.float32),
-        bias.new_empty((D,)) if bias is not None else new_residual.new_empty((0,), dtype=torch.float32),
+        new_residual.new_empty(((weight is not None) + (bias is not None), D), dtype=torch.float32),
     )
 
 
@@ -618,18 +612,20 @@ def _backward(ctx, dnormed, dnew_residual, _dmean, _drstd):
     new_residual, weight, bias, mean, rstd, drop_path_scale, seed = ctx.saved_tensors
     if dnormed is None:
         dnormed = torch.zeros_like(new_residual)
-    dx, dresidual, dweight, dbias = _dropout_add_layer_norm_bwd(
+    dx, dresidual, dparams = _dropout_add_layer_norm_bwd(
         dnormed.contiguous(), None if dnew_residual is None else dnew_residual.contiguous(),
         new_residual, weight, bias, mean, rstd, drop_path_scale, seed, ctx.dropout_p, ctx.has_residual,
         ctx.rms_norm,
     )
-    return (
-        dx,
-        dresidual if ctx.has_residual else None,
-        dweight if weight is not None else None,
-        dbias if bias is not None else None,
-        None, None, None, None, None,
-    )
+    # dparams: fp32 row sums of dweight then dbias (those not None); one cast when their dtypes agree.
+    params = [t for t in (weight, bias) if t is not None]
+    if len(params) == 2 and weight.dtype == bias.dtype:
+        grads = list(dparams.to(weight.dtype).unbind(0))
+    else:
+        grads = [row.to(param.dtype) for row, param in zip(dparams.unbind(0), params)]
+    dweight = grads.pop(0) if weight is not None else None
+    dbias = grads.pop(0) if bias is not None else None
+    return dx, dresidual if ctx.has_residual else None, dweight, dbias, None, None, None, None, None
 
 
 torch.library.register_autograd(
