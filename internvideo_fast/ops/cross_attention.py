@@ -1261,8 +1261,7 @@ def _setup_context(ctx, inputs, output):
     ctx.dropout_p = dropout_p
     ctx.deterministic = bool(rest[0]) if rest else False
     ctx.mark_non_differentiable(lse)
-    # Unused outputs' gradients arrive as None, not materialized zeros: for the auxiliary outputs above
-    # that is a fill per backward ([rows, hidden] for the MLPs' pre-activation); the backward handles None.
+    # Unused outputs' gradients arrive as None, not as a zero fill per backward; the backward takes None.
     ctx.set_materialize_grads(False)
 
 

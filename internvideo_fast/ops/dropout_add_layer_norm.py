@@ -528,7 +528,7 @@ def _dropout_add_layer_norm_bwd_impl(
     dropout_p: float,
     has_residual: bool,
     rms_norm: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns (dx, dresidual, dparams): dresidual is empty without a residual; dparams [n, D] fp32 holds
     the row sums of dweight then dbias, one row each for those that are not None (n = 0, 1 or 2). One
     buffer, so that both reduce in one launch (the two reductions over the programs' partial rows took
@@ -603,8 +603,7 @@ def _setup_context(ctx, inputs, output):
     ctx.rms_norm = rms_norm
     ctx.has_residual = residual is not None
     ctx.mark_non_differentiable(mean, rstd)
-    # Unused outputs' gradients arrive as None, not materialized zeros: for the auxiliary outputs above
-    # that is a fill per backward ([rows, hidden] for the MLPs' pre-activation); the backward handles None.
+    # Unused outputs' gradients arrive as None, not as a zero fill per backward; the backward takes None.
     ctx.set_materialize_grads(False)
 
 

@@ -958,24 +958,24 @@ def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act, in_p
     over dy (each element is read before it is written, by the same program): for a dy the caller owns."""
     M, N = dy.shape
     has_dropout = _has_dropout(seed, dropout_p)
-    # activation "none" without dropout: dpre is dy, and the kernel only sums dbias's columns (PyTorch's
-    # dy.sum(0) took 0.024 ms for fc2's ViT-B [10240, 768], 650 GB/s, in gpu-check run 3's profile).
+    # activation "none" without dropout: dpre is dy itself and act(pre) is pre, so the kernel only sums
+    # dbias's columns (PyTorch's dy.sum(0) took 0.024 ms for fc2's ViT-B [10240, 768], 650 GB/s, in gpu-check
+    # run 3's profile).
     store_dpre = activation != "none" or has_dropout
+    act_out = pre if store_act and not store_dpre else None
     if not store_dpre:
-        store_act_kernel, act_out = False, (pre if store_act else None)
+        store_act = False
         if not has_bias:
             return dy, None, act_out
-    else:
-        store_act_kernel = store_act
     interpreter = dy.device.type != "cuda" or triton_interpreter_on()
     tuner = launch_tuner(OP_NAME + "_bwd")
-    key = (dy.dtype, length_bucket(M), N, activation, has_bias, has_dropout, store_act_kernel)
+    key = (dy.dtype, length_bucket(M), N, activation, has_bias, has_dropout, store_act)
     plan_count = 1 if interpreter or _FORCE_DPRE_PLAN is not None else len(_BWD_GPU_PLANS)
     timed = tuner.will_time(key, plan_count, dy.device)
     # Timing runs each plan several times over the same dy: never in place then (first call per shape).
     dpre = dy if not store_dpre or (in_place and not timed) else new_output(dy, (M, N))
-    if store_dpre:
-        act_out = new_output(dy, (M, N)) if store_act else None
+    if store_act:
+        act_out = new_output(dy, (M, N))
 
     def launch(config: KernelConfig, programs_per_sm: int) -> torch.Tensor:
         """Runs the kernel at `config` over about `programs_per_sm` programs per SM (the interpreter: a
@@ -990,12 +990,12 @@ def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act, in_p
         dbias_partial = new_output(dy, (chunks, N) if has_bias else (0,), torch.float32)
         if M > 0 and N > 0:
             _linear_act_bwd_kernel[(col_blocks, chunks)](
-                dy, pre if activation != "none" or store_act_kernel else None, seed if has_dropout else None,
-                dpre if store_dpre else None, act_out if store_act_kernel else None,
+                dy, pre if activation != "none" or store_act else None, seed if has_dropout else None,
+                dpre if store_dpre else None, act_out if store_act else None,
                 dbias_partial if has_bias else None, M, N, rows_per_program,
                 float(dropout_p) if has_dropout else 0.0, _keep_scale(dropout_p) if has_dropout else 1.0,
                 **config.constexprs, ACTIVATION=activation, HAS_BIAS=has_bias,
-                HAS_DROPOUT=has_dropout, STORE_ACT=store_act_kernel, STORE_DPRE=store_dpre,
+                HAS_DROPOUT=has_dropout, STORE_ACT=store_act, STORE_DPRE=store_dpre,
                 num_warps=config.num_warps, num_stages=config.num_stages,
             )
         elif has_bias:
@@ -1013,7 +1013,8 @@ def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act, in_p
             plans = plans[_FORCE_DPRE_PLAN:_FORCE_DPRE_PLAN + 1]
     _, dbias_partial = tuner.run(
         key, plans, dy.device,
-        outputs=lambda partial: (dpre if store_dpre else None, act_out if store_act_kernel else None,
+        # Never the caller's tensors (dy, pre): the tuner poisons what it compares.
+        outputs=lambda partial: (dpre if store_dpre else None, act_out if store_act else None,
                                  partial.sum(0) if has_bias else None),
     )
     # Deterministic for a given plan: a fixed split of rows over programs, then one reduction over the
@@ -1140,8 +1141,7 @@ def _setup_context(ctx, inputs, output):
     ctx.dropout_p = dropout_p
     ctx.save_for_backward(x, weight, bias, pre, seed)
     ctx.mark_non_differentiable(pre)
-    # Unused outputs' gradients arrive as None, not materialized zeros: for the auxiliary outputs above
-    # that is a fill per backward ([rows, hidden] for the MLPs' pre-activation); the backward handles None.
+    # Unused outputs' gradients arrive as None, not as a zero fill per backward; the backward takes None.
     ctx.set_materialize_grads(False)
 
 
@@ -1268,8 +1268,7 @@ def _fused_mlp_setup_context(ctx, inputs, output):
     # pre-activation must be recomputed).
     ctx.save_for_backward(x, weight1, None if save_pre else bias1, weight2, pre, seed)
     ctx.mark_non_differentiable(pre)
-    # Unused outputs' gradients arrive as None, not materialized zeros: for the auxiliary outputs above
-    # that is a fill per backward ([rows, hidden] for the MLPs' pre-activation); the backward handles None.
+    # Unused outputs' gradients arrive as None, not as a zero fill per backward; the backward takes None.
     ctx.set_materialize_grads(False)
 
 
