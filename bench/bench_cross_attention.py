@@ -270,10 +270,11 @@ def test_tile_sweep_runs_under_the_interpreter():
 def test_tuning_rows_report_each_choice_with_its_shapes():
     """A choice as a GPU tuner records it (CPU never tunes), reported with the bench shapes of its key."""
     tuner = launch_tuner("cross_attention_bwd")
-    key = ("torch.bfloat16", 64, True, False, False, 4096, 2048, 128)  # CMA mm->mae: 2056 x 1568, B*H 128
+    key = ("torch.bfloat16", 64, True, False, False, 4096, 2048, 128, True)  # CMA mm->mae: 2056 x 1568
     tuner._best[key] = "atomic:dkdv=M32_N128_w8_s2"
     tuner.timings[key] = {"split:dkdv=M32_N64_w4_s2,dq=M128_N64_w8_s3": 1.2,
-                          "atomic:dkdv=M32_N128_w8_s2": 0.8}
+                          "atomic:dkdv=M32_N128_w8_s2": 0.8,
+                          "split_tma:dkdv=M32_N64_w4_s2,dq=M128_N32_w8_s2": 0.9}
     try:
         rows = [row for row in tuning_rows(torch.device("cpu")) if row["key"] == dict(zip(_KEY_FIELDS, key))]
     finally:

@@ -54,6 +54,21 @@ def test_launch_probe_kernel_computes_its_rows():
     assert y[1::2].isnan().all()
 
 
+def test_bench_modules_own_tests_pass():
+    """The bench modules' own tests: their cases called once, the attention tile sweep under the
+    interpreter, the tuning and memory rows (`make bench` runs only the timed cases)."""
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", ".", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         "-o", "python_files=bench_*.py", "--benchmark-disable"],
+        cwd=ROOT / "bench", capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, TRITON_INTERPRET="1"),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-1000:]
+
+
 def test_gpu_check_without_a_gpu_says_so(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--out-dir", str(tmp_path)],
