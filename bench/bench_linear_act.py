@@ -76,9 +76,13 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
         flops = 2 * rows * D * hidden * 2  # forward: fc1 and fc2
         # Forward + backward only (training is what the FFN costs us; a forward-only case would double
         # torch.compile's compile time inside gpu-check's bench budget).
+        parameters = {name: list((fused if name in ("triton", "reference") else eager).parameters())
+                      for name in providers}
         for name, fn in providers.items():
-            def forward_backward(fn=fn, x=x, dy=dy):
-                fn(x).backward(dy)
+            # autograd.grad: dx and the weight gradients, without .backward()'s += into .grad (training
+            # with zero_grad(set_to_none=True) assigns the first gradient instead: no add kernel).
+            def forward_backward(fn=fn, x=x, dy=dy, wrt=(x, *parameters[name])):
+                torch.autograd.grad(fn(x), wrt, dy)
 
             out.append(
                 Case("ffn+bwd", size, name, forward_backward, baseline=name == "eager", flops=3 * flops)

@@ -80,11 +80,12 @@ def workloads(device: torch.device):
     def ffn(backend):
         def run():
             with use_backend(backend):
-                mlp(x).backward(dy)
+                torch.autograd.grad(mlp(x), (x, *mlp.parameters()), dy)
         return run
 
     def ffn_eager():
-        F.linear(F.gelu(F.linear(x, mlp.fc1.weight, mlp.fc1.bias)), mlp.fc2.weight, mlp.fc2.bias).backward(dy)
+        out = F.linear(F.gelu(F.linear(x, mlp.fc1.weight, mlp.fc1.bias)), mlp.fc2.weight, mlp.fc2.bias)
+        torch.autograd.grad(out, (x, *mlp.parameters()), dy)
 
     yield "ffn fwd+bwd eager (F.linear + F.gelu)", ffn_eager
     yield "ffn fwd+bwd FusedMLP triton", ffn("triton")
@@ -99,12 +100,13 @@ def workloads(device: torch.device):
 
     def ln_eager():
         new_residual = residual + F.dropout(branch, 0.1)
-        torch.autograd.backward((F.layer_norm(new_residual, (768,), weight, bias, 1e-6), new_residual), grads)
+        outputs = (F.layer_norm(new_residual, (768,), weight, bias, 1e-6), new_residual)
+        torch.autograd.grad(outputs, (branch, residual, weight, bias), grads)
 
     def ln_triton():
         with use_backend("triton"):
             outputs = dropout_add_layer_norm(branch, residual, weight, bias, 0.1, 1e-6, seed=seed)
-        torch.autograd.backward(outputs, grads)
+        torch.autograd.grad(outputs, (branch, residual, weight, bias), grads)
 
     def ln_triton_forward():
         with use_backend("triton"), torch.no_grad():
@@ -122,14 +124,14 @@ def workloads(device: torch.device):
 
     def attention_ours():
         with use_backend("triton"):
-            cross_attention(q, k, v).backward(dout)
+            torch.autograd.grad(cross_attention(q, k, v), (q, k, v), dout)
 
     def attention_flash():
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        out.backward(dout.transpose(1, 2))
+        torch.autograd.grad(out, (q, k, v), dout.transpose(1, 2))
 
     yield "cross_attention fwd+bwd CMA triton", attention_ours
     yield "cross_attention fwd+bwd CMA sdpa-flash", attention_flash
