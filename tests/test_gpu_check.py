@@ -37,12 +37,12 @@ def test_gpu_check_dry_run(tmp_path):
     assert "written:" in result.stdout.strip().splitlines()[-1]
 
 
-def test_launch_probe_kernel_computes_its_rows():
+def test_launch_probe_kernel_computes_its_rows(monkeypatch):
     """bench/launch_probe's kernel (whose launches host_overhead times on a GPU) is a real kernel: under the
     interpreter it writes x * scale + shift into the first row of each program."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "bench"))
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
     from launch_probe import scale_rows_kernel
 
     x = torch.randn(8, 40)
