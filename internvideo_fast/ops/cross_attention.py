@@ -347,6 +347,29 @@ def _cross_attention_bwd_preprocess_kernel(
 
 
 @triton.jit
+def _dkdv_query_block(
+    k, v, q, dout, lse, delta, dk, dv, rows, cols, in_rows, in_cols, row_base, Sk, qk_scale, seed, dropout_p,
+    keep_scale, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # One query block's share of a key block's dK / dV, from the transposed scores S^T [BLOCK_N, BLOCK_M]
+    # (so no accumulator needs a transpose): returns (dk, dv, dS^T). The math of both dK/dV kernels.
+    sT = tl.dot(k, tl.trans(q), input_precision=PRECISION)
+    pT = tl.exp2(sT * qk_scale - (lse * 1.4426950408889634)[None, :])
+    pT = tl.where(in_cols[:, None] & in_rows[None, :], pT, 0.0)
+    dpT = tl.dot(v, tl.trans(dout), input_precision=PRECISION)
+    if HAS_DROPOUT:
+        keep = keep_element(seed, (row_base + rows.to(tl.int64))[None, :] * Sk + cols[:, None], dropout_p)
+        pT_dropped = tl.where(keep, pT * keep_scale, 0.0)
+        dpT = tl.where(keep, dpT * keep_scale, 0.0)
+    else:
+        pT_dropped = pT
+    dv += tl.dot(pT_dropped.to(dout.dtype), dout, input_precision=PRECISION)
+    dsT = pT * (dpT - delta[None, :])
+    dk += tl.dot(dsT.to(q.dtype), q, input_precision=PRECISION)
+    return dk, dv, dsT
+
+
+@triton.jit
 def _cross_attention_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, dout_ptr, lse_ptr, delta_ptr, lengths_ptr, seed_ptr, dk_ptr, dv_ptr, dq_ptr,
     stride_qb, stride_qs, stride_qh,
@@ -384,6 +407,7 @@ def _cross_attention_bwd_dkdv_kernel(
     do_base = dout_ptr + b * stride_dob + h * stride_doh
     row_base = (b * H + h) * Sq
     qk_scale = softmax_scale * 1.4426950408889634
+    seed = 0
     if HAS_DROPOUT:
         seed = tl.load(seed_ptr)
 
@@ -399,20 +423,10 @@ def _cross_attention_bwd_dkdv_kernel(
             lse = tl.load(lse_ptr + row_base + rows, mask=in_rows, other=0.0)
             delta = tl.load(delta_ptr + row_base + rows, mask=in_rows, other=0.0)
             # Math.
-            sT = tl.dot(k, tl.trans(q), input_precision=PRECISION)
-            pT = tl.exp2(sT * qk_scale - (lse * 1.4426950408889634)[None, :])
-            pT = tl.where(in_cols[:, None] & in_rows[None, :], pT, 0.0)
-            dpT = tl.dot(v, tl.trans(dout), input_precision=PRECISION)
-            if HAS_DROPOUT:
-                offset = (row_base + rows.to(tl.int64))[None, :] * Sk + cols[:, None]
-                keep = keep_element(seed, offset, dropout_p)
-                pT_dropped = tl.where(keep, pT * keep_scale, 0.0)
-                dpT = tl.where(keep, dpT * keep_scale, 0.0)
-            else:
-                pT_dropped = pT
-            dv += tl.dot(pT_dropped.to(dout.dtype), dout, input_precision=PRECISION)
-            dsT = pT * (dpT - delta[None, :])
-            dk += tl.dot(dsT.to(q.dtype), q, input_precision=PRECISION)
+            dk, dv, dsT = _dkdv_query_block(
+                k, v, q, dout, lse, delta, dk, dv, rows, cols, in_rows, in_cols, row_base, Sk, qk_scale, seed,
+                dropout_p, keep_scale, HAS_DROPOUT, PRECISION,
+            )
             if ATOMIC_DQ:
                 dq = tl.dot(tl.trans(dsT.to(k.dtype)), k, input_precision=PRECISION) * softmax_scale
                 tl.atomic_add(dq_ptr + ((b * Sq + rows[:, None]) * H + h) * D + dims[None, :], dq,
@@ -531,21 +545,11 @@ def _cross_attention_bwd_dkdv_tma_kernel(
             dout = do_desc.load([b, start_m, h, 0]).reshape(BLOCK_M, BLOCK_D)
             lse = tl.load(lse_ptr + row_base + rows, mask=in_rows, other=0.0)
             delta = tl.load(delta_ptr + row_base + rows, mask=in_rows, other=0.0)
-            # Math, as _cross_attention_bwd_dkdv_kernel's.
-            sT = tl.dot(k, tl.trans(q))
-            pT = tl.exp2(sT * qk_scale - (lse * 1.4426950408889634)[None, :])
-            pT = tl.where(in_cols[:, None] & in_rows[None, :], pT, 0.0)
-            dpT = tl.dot(v, tl.trans(dout))
-            if HAS_DROPOUT:
-                offset = (row_base + rows.to(tl.int64))[None, :] * Sk + cols[:, None]
-                keep = keep_element(seed, offset, dropout_p)
-                pT_dropped = tl.where(keep, pT * keep_scale, 0.0)
-                dpT = tl.where(keep, dpT * keep_scale, 0.0)
-            else:
-                pT_dropped = pT
-            dv += tl.dot(pT_dropped.to(dout.dtype), dout)
-            dsT = pT * (dpT - delta[None, :])
-            dk += tl.dot(dsT.to(q.dtype), q)
+            # Math (16-bit operands: the precision setting is unused).
+            dk, dv, _ = _dkdv_query_block(
+                k, v, q, dout, lse, delta, dk, dv, rows, cols, in_rows, in_cols, row_base, Sk, qk_scale, seed,
+                dropout_p, keep_scale, HAS_DROPOUT, "tf32",
+            )
 
     b = b.to(tl.int64)
     h = h.to(tl.int64)
