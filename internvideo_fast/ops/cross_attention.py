@@ -1180,18 +1180,16 @@ def _cross_attention_bwd_impl(
         out, dout, delta, *_bsh_strides(dout), H, Sq, D,
         BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps, num_stages=1,
     )
-    common = (
-        *_bsh_strides(q), *_bsh_strides(k), *_bsh_strides(v), *_bsh_strides(dout),
+    scalars = (
         H, Sq, Sk, D, softmax_scale,
         dropout_p if has_dropout else 0.0, 1.0 / (1.0 - dropout_p) if has_dropout else 1.0,
     )
+    common = (*_bsh_strides(q), *_bsh_strides(k), *_bsh_strides(v), *_bsh_strides(dout), *scalars)
     features = dict(HAS_LENGTHS=kv_lengths is not None, HAS_DROPOUT=has_dropout)
     seed_arg = seed if has_dropout else None
 
     def launch_tma(plan):
-        scalars = common[12:]  # H, Sq, Sk, D and the scale / dropout scalars: no strides
-        config = _tma_bwd_config(block_d, plan[1], **features)
-        constexprs, options = _launch_options(config)
+        constexprs, options = _launch_options(_tma_bwd_config(block_d, plan[1], **features))
         descriptors = _tma_descriptors(constexprs, (q, "BLOCK_M"), (k, "BLOCK_N"), (v, "BLOCK_N"),
                                        (dout, "BLOCK_M"))
         _cross_attention_bwd_dkdv_tma_kernel[(cdiv(Sk, constexprs["BLOCK_N"]), B * H)](
