@@ -190,9 +190,51 @@ def gemm_rows(device: torch.device, quick: bool = False) -> list[dict]:
     return rows
 
 
+def dh_plans(dz: torch.Tensor, w2: torch.Tensor, pre: torch.Tensor) -> dict:
+    """fused_mlp's fc1 backward from fc2's input gradient dz (dpre, dbias and the recomputed h) as
+    {label: closure}: every plan the run-time tuner chooses from (cuBLAS + our elementwise pass, the fused
+    Triton and CUTLASS GEMMs), then eager's equivalent (mm, gelu_backward, the bias sum; eager keeps h from
+    its forward instead of recomputing it)."""
+    import importlib
+
+    linear_act_module = importlib.import_module("internvideo_fast.ops.linear_act")
+    interpreter = dz.device.type == "cpu"
+    plans = dict(
+        linear_act_module._dh_plans(dz, w2, pre, "gelu", True, None, 0.0, interpreter, not interpreter)
+    )
+
+    def eager():
+        dpre = torch.ops.aten.gelu_backward(dz @ w2, pre)
+        return dpre, dpre.sum(0)
+
+    plans["eager mm + gelu_backward + sum"] = eager
+    return plans
+
+
+def dh_rows(device: torch.device, quick: bool = False) -> list[dict]:
+    """`dh_plans` timed one by one in one run, on CUDA."""
+    if device.type != "cuda":
+        return []
+    from triton.testing import do_bench
+
+    rows = []
+    for n_rows, D, hidden in SIZES[: 1 if quick else None]:
+        dz = torch.randn(n_rows, D, device=device, dtype=torch.bfloat16)
+        w2 = torch.randn(D, hidden, device=device, dtype=torch.bfloat16) / hidden**0.5
+        pre = torch.randn(n_rows, hidden, device=device, dtype=torch.bfloat16)
+        size = f"rows={n_rows},D={D},hidden={hidden},bfloat16"
+        flops = 2 * n_rows * D * hidden
+        for provider, fn in dh_plans(dz, w2, pre).items():
+            ms = do_bench(fn, warmup=10, rep=50)
+            rows.append({"op": "fc1 backward dh plan", "size": size, "provider": provider, "ms": ms,
+                         "TFLOP/s": flops / ms / 1e9})
+    return rows
+
+
 def extra_rows(device: torch.device, quick: bool = False) -> list[dict]:
-    """What `make gpu-check` records beside the timings: the memory rows and fc1's plans against cuBLAS."""
-    return memory_rows(device, quick=quick) + gemm_rows(device, quick=quick)
+    """What `make gpu-check` records beside the timings: the memory rows, and fc1's forward and backward
+    plans against cuBLAS."""
+    return memory_rows(device, quick=quick) + gemm_rows(device, quick=quick) + dh_rows(device, quick=quick)
 
 
 CPU_CASES = cases(torch.device("cpu"))
@@ -202,6 +244,17 @@ CPU_CASES = cases(torch.device("cpu"))
 def test_linear_act(benchmark, case):
     benchmark.group = case.group
     benchmark(case.fn)
+
+
+def test_dh_plans_run_on_cpu():
+    """Every backward plan of the dh rows runs (the interpreter's) and agrees with eager's dpre."""
+    dz, w2, pre = torch.randn(8, 16), torch.randn(16, 32) / 4, torch.randn(8, 32)
+    plans = dh_plans(dz, w2, pre)
+    expected_dpre, expected_dbias = plans.pop("eager mm + gelu_backward + sum")()
+    for label, fn in plans.items():
+        dpre, dbias, _ = fn()
+        torch.testing.assert_close(dpre, expected_dpre, msg=label)
+        torch.testing.assert_close(dbias, expected_dbias, msg=label)
 
 
 def test_memory_rows_run_on_cpu():

@@ -177,16 +177,18 @@ def prebuilt_extension(capability: str) -> str | None:
     """The architectures of an already built ``_C`` with CUDA code for this card, or None (not built, CPU
     only, other architectures, or it does not load here, e.g. built against another torch)."""
     probe = ("import json, internvideo_fast._extension as e; "
-             "print(json.dumps([bool(e.HAS_C and e._C.with_cuda), e.CUDA_ARCHS]))")
+             "print(json.dumps([bool(e.HAS_C and e._C.with_cuda), e.CUDA_ARCHS, "
+             "bool(e.HAS_C and getattr(e._C, 'with_cutlass_sm90', 0))]))")
     try:
         done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=_env(), capture_output=True, text=True,
                               timeout=120)
-        with_cuda, archs = json.loads(done.stdout.strip().splitlines()[-1])
+        with_cuda, archs, with_cutlass = json.loads(done.stdout.strip().splitlines()[-1])
     except (subprocess.TimeoutExpired, ValueError, IndexError):
         return None
     wanted = cuda_arch_list(capability).replace(".", "")  # CMake spells 9.0a as 90a (or 90a-real)
     built = [arch.split("-")[0] for arch in archs.replace(".", "").replace(";", " ").split()]
-    return archs if with_cuda and wanted in built else None
+    # CUTLASS's kernels need its headers at build time, which the GPU machine may lack: say if they are in.
+    return f"{archs}{', with CUTLASS' if with_cutlass else ''}" if with_cuda and wanted in built else None
 
 
 def gpu_test_workers() -> int:

@@ -37,6 +37,23 @@ def test_extension_loads():
     assert compiled.with_cuda == int(TOOLKIT and os.environ.get("IVF_CUDA", "1") != "0")
 
 
+def test_cutlass_kernels_built_where_they_can_be():
+    """The CUTLASS sm_90a kernels are in every CUDA build with an sm_90a target and CUTLASS's headers
+    (requirements/build.txt installs them), and their CUDA implementations are registered then only."""
+    import internvideo_fast._C as compiled
+
+    try:
+        import cutlass_library  # noqa: F401
+        headers = True
+    except ImportError:
+        headers = bool(os.environ.get("IVF_CUTLASS_DIR"))
+    expected = bool(compiled.with_cuda) and "90a" in compiled.cuda_archs and headers
+    assert compiled.with_cutlass_sm90 == int(expected)
+    for op in ("mlp_gemm_bias_act", "mlp_gemm_act_grad"):
+        assert _extension.has_kernel(op, "CPU")
+        assert _extension.has_kernel(op, "CUDA") == bool(compiled.with_cutlass_sm90)
+
+
 @pytest.mark.skipif(not TOOLKIT, reason="no CUDA toolkit or a CPU build of torch")
 def test_every_cuda_file_has_sm90a_device_code():
     """cuobjdump lists the sm_90a cubin, and in it an entry function from every kernels/*.cu (kernels live in

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from helpers import CPU_TRITON, assert_close_to_reference, describe_difference, poisoned_outputs, needs_triton
+from internvideo_fast._extension import HAS_C
 from internvideo_fast.ops import use_backend
 from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask
 from internvideo_fast.ops.linear_act import (
@@ -763,6 +764,104 @@ def test_tma_plans_only_for_16bit_inputs_with_16_byte_aligned_rows():
     assert labels(torch.float32, 40) == ["pointer", "cublas"]
 
 
+# ------------------------------------------------------------------ the MLP GEMM ops of _C (CUTLASS on sm_90)
+needs_c = pytest.mark.skipif(not HAS_C, reason="internvideo_fast._C is not built")
+
+
+def _mlp_gemm_case(M, K, N, Nout, dtype, device="cpu"):
+    x, w, b = _inputs((M, K), N, dtype, device)
+    dz = torch.randn(M, Nout, device=device).to(dtype)
+    w2 = (torch.randn(Nout, N, device=device) / Nout**0.5).to(dtype)
+    return x, w, b, dz, w2
+
+
+def _check_mlp_gemm_ops(x, w, b, dz, w2, activation):
+    """Both ops against float64 (flash-attn's rule, PyTorch at x's dtype as the baseline), into poisoned
+    outputs: mlp_gemm_bias_act's (y, pre), then mlp_gemm_act_grad's (dpre, dbias, h) from that pre."""
+    ops = torch.ops.internvideo_fast
+    M, N = x.shape[0], w.shape[0]
+    y = torch.full((M, N), float("nan"), dtype=x.dtype, device=x.device)
+    pre = torch.full_like(y, float("nan"))
+    with poisoned_outputs():
+        ops.mlp_gemm_bias_act(x, w, b, activation, y, pre)
+    pre64 = F.linear(x.double(), w.double(), b.double())
+    pre_baseline = F.linear(x, w, b)
+    assert_close_to_reference(pre, pre64, pre_baseline, name=f"pre ({activation})")
+    assert_close_to_reference(y, apply_activation_ref(pre64, activation),
+                              apply_activation_ref(pre_baseline, activation), name=f"y ({activation})")
+
+    with poisoned_outputs():
+        dpre, dbias, h = ops.mlp_gemm_act_grad(dz, w2, pre, activation)
+    assert dbias.dtype == torch.float32
+
+    def backward(dz_, w2_, pre_):
+        """(dpre, dbias, h) by autograd through the reference activation, at the inputs' dtype."""
+        leaf = pre_.detach().requires_grad_()
+        out = apply_activation_ref(leaf, activation)
+        (grad,) = torch.autograd.grad(out, leaf, dz_ @ w2_)
+        return grad, grad.sum(0), out.detach()
+
+    expected = backward(dz.double(), w2.double(), pre.double())
+    baseline = backward(dz, w2, pre)
+    for name, a, e, base in zip(("dpre", "dbias", "h"), (dpre, dbias, h), expected, baseline):
+        assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} ({activation})")
+
+
+@needs_c
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "quick_gelu"])
+@pytest.mark.parametrize("M, K, N, Nout", [(1, 8, 16, 8), (37, 40, 100, 24)])
+def test_mlp_gemm_ops_match_float64_reference(M, K, N, Nout, dtype, activation):
+    """The CPU kernels of the ops behind the "cutlass" plans: the contract the sm_90 kernels are held to."""
+    _check_mlp_gemm_ops(*_mlp_gemm_case(M, K, N, Nout, dtype), activation)
+
+
+@needs_c
+def test_mlp_gemm_bias_act_stores_no_pre_when_given_an_empty_one():
+    x, w, b, _, _ = _mlp_gemm_case(37, 40, 104, 8, torch.float16)
+    y, pre = torch.full((37, 104), float("nan"), dtype=torch.float16), torch.empty(0, dtype=torch.float16)
+    torch.ops.internvideo_fast.mlp_gemm_bias_act(x, w, b, "quick_gelu", y, pre)
+    pre64 = F.linear(x.double(), w.double(), b.double())
+    assert_close_to_reference(y, apply_activation_ref(pre64, "quick_gelu"),
+                              apply_activation_ref(F.linear(x, w, b), "quick_gelu"), name="y")
+    assert pre.shape == (0,)
+
+
+@needs_c
+def test_mlp_gemm_ops_name_bad_arguments():
+    ops = torch.ops.internvideo_fast
+    x, w, b, dz, w2 = _mlp_gemm_case(5, 8, 16, 8, torch.float32)
+    y, pre = torch.empty(5, 16), torch.empty(5, 16)
+    cases = [
+        (lambda: ops.mlp_gemm_bias_act(x, w[:, :4].contiguous(), b, "gelu", y, pre), "weight"),
+        (lambda: ops.mlp_gemm_bias_act(x, w, b[:3], "gelu", y, pre), "bias"),
+        (lambda: ops.mlp_gemm_bias_act(x, w, b, "relu", y, pre), "activation"),
+        (lambda: ops.mlp_gemm_bias_act(x.long(), w, b, "gelu", y, pre), "x"),
+        (lambda: ops.mlp_gemm_bias_act(x, w, b, "gelu", y[:, :4], pre), "y"),
+        (lambda: ops.mlp_gemm_bias_act(x, w, b, "gelu", y, pre.half()), "pre"),
+        (lambda: ops.mlp_gemm_bias_act(x, w, b, "gelu", y, y), "pre"),
+        (lambda: ops.mlp_gemm_act_grad(dz, w2.t(), pre, "gelu"), "weight2"),
+        (lambda: ops.mlp_gemm_act_grad(dz, w2, pre[:4], "gelu"), "pre"),
+        (lambda: ops.mlp_gemm_act_grad(dz[None], w2, pre, "gelu"), "dz"),
+    ]
+    for call, argument in cases:
+        with pytest.raises(ValueError, match=argument):
+            call()
+
+
+@needs_triton
+def test_cutlass_plans_need_the_sm90_build():
+    """No "cutlass" plan on the CPU or under the interpreter, whatever the tensors."""
+    x, w, b = _inputs((8, 64), 32, torch.float16)
+    y = torch.empty(8, 32, dtype=torch.float16)
+    plans = linear_act_module._fwd_plans(x, w, b, None, y, y, "gelu", True, 0.0, True, True)
+    dz, w2, pre = torch.randn(8, 16).half(), torch.randn(16, 32).half(), torch.randn(8, 32).half()
+    plans += linear_act_module._dh_plans(dz, w2, pre, "gelu", True, None, 0.0, True, True)
+    labels = [label for label, _ in plans]
+    assert "cutlass" not in labels
+    assert not linear_act_module._cutlass_ok(x, w, y)
+
+
 # ---------------------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
@@ -878,7 +977,8 @@ def test_gpu_every_forward_plan_matches_reference(dropout_p):
         assert_close_to_reference(y, expected, baseline, name=label)
         seen += 1
     tma_plans = len(linear_act_module._FWD_TMA_CONFIGS) + len(linear_act_module._FWD_PERSISTENT_CONFIGS)
-    assert seen == 1 + tma_plans + 1
+    cutlass = int(dropout_p == 0.0 and linear_act_module._cutlass_ok(x, w))
+    assert seen == 1 + tma_plans + cutlass + 1
 
 
 @pytest.mark.gpu
@@ -923,3 +1023,25 @@ def test_gpu_every_backward_plan_matches_reference(monkeypatch, dropout_p):
             actual = grads(lambda *a: fused_mlp(*a, "gelu", dropout_p, seed))
         for name, a, e, base in zip(("dx", "dw1", "db1", "dw2", "db2"), actual, expected, baseline):
             assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (persistent dh, tile {index})")
+    # CUTLASS's dh GEMM with dpre, h and dbias in its epilogue (sm_90 builds, no dropout).
+    if dropout_p == 0.0 and linear_act_module._cutlass_ok(x[0], w2):
+        monkeypatch.setattr(linear_act_module, "_FORCE_DH_PLAN", "cutlass")
+        with use_backend("triton", OP_NAME):
+            actual = grads(lambda *a: fused_mlp(*a, "gelu", dropout_p, seed))
+        for name, a, e, base in zip(("dx", "dw1", "db1", "dw2", "db2"), actual, expected, baseline):
+            assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (cutlass dh)")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "quick_gelu"])
+@pytest.mark.parametrize(
+    "M, K, N, Nout", [(64 * 160 + 8, 768, 3072, 768), (1568 + 8, 1024, 4096, 1024), (40, 64, 200, 72)],
+    ids=["vit_b", "vit_l", "small"],
+)
+def test_gpu_cutlass_mlp_gemms_flash_attn_rule(M, K, N, Nout, dtype, activation):
+    """The sm_90a CUTLASS kernels against float64 as their CPU twins are (tile tails in M and N included)."""
+    case = _mlp_gemm_case(M, K, N, Nout, dtype, device="cuda")
+    if not linear_act_module._cutlass_ok(*case[:2]):
+        pytest.skip("needs an sm_90 GPU and a _C built with CUTLASS for sm_90a")
+    _check_mlp_gemm_ops(*case, activation)

@@ -49,6 +49,16 @@ Implementation choices:
   saved_tensors_hooks; ``bench/bench_linear_act.py`` reports them and the peak memory on GPU). Without
   dropout, fused_mlp's fc2 (nothing to fuse) runs on cuBLAS (``addmm``), faster than our Triton GEMM on an
   H100; the backward's matmuls are cuBLAS's too.
+- CUTLASS (``kernels/mlp_gemm_sm90.cu``, built for sm_90a when CUTLASS's headers are there): the Triton
+  GEMMs reached 77-83% of cuBLAS on an H100, so the tuned MLP ran cuBLAS GEMMs plus separate elementwise
+  passes. CUTLASS's warp-specialized TMA / wgmma GEMMs run at cuBLAS's speed and take the elementwise work
+  into their epilogue visitor trees: ``mlp_gemm_bias_act`` (the forward's "cutlass" plan) writes ``pre``
+  and ``y = act(pre)`` from the accumulator (the activation of the fp32 value, before ``pre`` is rounded),
+  and ``mlp_gemm_act_grad`` (fused_mlp's "cutlass" dh plan) computes ``dh = dz @ weight2`` and writes only
+  ``dpre = dh * act'(pre)``, the recomputed ``h = act(pre)`` and ``dbias`` (fp32, reduced in the
+  epilogue), never ``dh``. Both are tuner candidates (sm_90, 16-bit, 16-byte rows, no dropout), checked
+  against the default plan's outputs like every candidate; their CPU twins (``csrc/mlp_gemm_cpu.cpp``,
+  ATen) define the same results and are what the CPU tests hold them to.
 - Dropout (``dropout_p > 0``) is fused into the epilogue after the activation: output element
   ``(row, col)`` of the flattened ``[M, N]`` output is kept by ``keep_element(seed, row * N + col, p)``
   (``tl.rand(seed, row * N + col) >= p``, so ``dropout_keep_mask`` reproduces the mask bitwise)
@@ -94,6 +104,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from internvideo_fast._extension import HAS_C, has_kernel
 from internvideo_fast.ops.autotuning import launch_tuner, length_bucket
 from internvideo_fast.ops.backend import available_backends, select_backend, triton_interpreter_on
 from internvideo_fast.ops.dispatch import eager_op
@@ -854,11 +865,20 @@ def _tma_rows_ok(*tensors: torch.Tensor) -> bool:
     return triton_interpreter_on()
 
 
+def _cutlass_ok(*tensors: torch.Tensor) -> bool:
+    """Whether the CUTLASS MLP GEMMs (kernels/mlp_gemm_sm90.cu, sm_90a only) can run on these 2-D tensors:
+    built into _C, an sm_90 GPU (not the interpreter) and TMA-loadable rows."""
+    device = tensors[0].device
+    return (device.type == "cuda" and not triton_interpreter_on() and has_kernel("mlp_gemm_bias_act", "CUDA")
+            and device_capability(device) == (9, 0) and _tma_rows_ok(*tensors))
+
+
 def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, interpreter, with_tma):
     """Candidate launches of the forward as (label, closure), the default first: on the GPU the pointer
     kernel (itself autotuned over _FWD_GPU_CONFIGS), then the TMA kernel at each of _FWD_TMA_CONFIGS and the
-    persistent TMA kernel at each of _FWD_PERSISTENT_CONFIGS, then torch.addmm + the elementwise kernel
-    ("cublas"); under the interpreter one config of each."""
+    persistent TMA kernel at each of _FWD_PERSISTENT_CONFIGS, CUTLASS with the bias and activation in its
+    epilogue ("cutlass": sm_90, no dropout), then torch.addmm + the elementwise kernel ("cublas"); under
+    the interpreter one config of each Triton kernel."""
     M, K = x.shape
     N = weight.shape[0]
     has_dropout = _has_dropout(seed, dropout_p)
@@ -925,11 +945,20 @@ def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, 
             HAS_DROPOUT=has_dropout, num_warps=config.num_warps, num_stages=config.num_stages,
         )
 
+    def launch_cutlass():
+        # pre is [0] (not stored) unless store_pre; the kernel needs a bias (zeros if none).
+        torch.ops.internvideo_fast.mlp_gemm_bias_act(
+            x, weight, bias if bias is not None else y.new_zeros(N), activation, y, pre
+        )
+
     if with_tma and _tma_rows_ok(x, weight):
         plans += [(f"tma:{c.label()}", functools.partial(launch_tma, c)) for c in tma_configs]
         if _tma_rows_ok(y):  # its stores go through TMA too
             plans += [(f"persistent:{c.label()}", functools.partial(launch_persistent, c))
                       for c in persistent_configs]
+    if (activation != "none" and not has_dropout and K > 0 and _cutlass_ok(x, weight, y)
+            and (bias is None or bias.data_ptr() % 16 == 0)):
+        plans.append(("cutlass", launch_cutlass))
     plans.append(("cublas", launch_cublas))
     return plans
 
@@ -1059,7 +1088,8 @@ def _launch_dh_fused(dz, weight2, pre, activation, has_bias, seed, dropout_p, co
 def _dh_plans(dz, weight2, pre, activation, has_bias, seed, dropout_p, interpreter, with_fused):
     """fused_mlp's fc1 backward as candidate launches, the default first: cuBLAS's dh = dz @ weight2 then
     the elementwise kernel, or (TMA-loadable 16-bit tensors) the fused kernel at each of its tiles, one
-    program per tile ("fused") or persistent ("fused_persistent")."""
+    program per tile ("fused") or persistent ("fused_persistent"), or (sm_90, no dropout) CUTLASS's GEMM
+    with dpre, h and dbias in its epilogue ("cutlass")."""
     # dpre overwrites dh (which nothing else holds): one [M, hidden] buffer fewer at the backward's peak.
     plans = [("unfused", lambda: _launch_dpre(
         torch.matmul(dz, weight2), pre, activation, has_bias, seed, dropout_p, True, in_place=True))]
@@ -1072,6 +1102,14 @@ def _dh_plans(dz, weight2, pre, activation, has_bias, seed, dropout_p, interpret
         plans += [(f"fused:{c.label()}", functools.partial(fused, c)) for c in configs]
         plans += [(f"fused_persistent:{c.label()}", functools.partial(fused, c, programs=programs))
                   for c in persistent_configs]
+    if (with_fused and activation != "none" and not _has_dropout(seed, dropout_p) and M > 0
+            and dz.shape[1] > 0 and _cutlass_ok(dz, weight2, pre)):
+
+        def launch_cutlass():
+            dpre, dbias, h = torch.ops.internvideo_fast.mlp_gemm_act_grad(dz, weight2, pre, activation)
+            return dpre, dbias if has_bias else None, h
+
+        plans.append(("cutlass", launch_cutlass))
     if _FORCE_DH_PLAN is not None:  # tests
         plans = [plan for plan in plans if plan[0].split(":")[0] == _FORCE_DH_PLAN][:1] or plans[:1]
     return plans
@@ -1300,6 +1338,19 @@ _fused_mlp_fwd = eager_op(
     _fused_mlp_fwd_op, _fused_mlp_fwd_impl,
     setup_context=_fused_mlp_setup_context, backward=_fused_mlp_backward,
 )
+
+
+if HAS_C:
+    # The CUTLASS MLP GEMMs (kernels/mlp_gemm_sm90.cu; csrc/mlp_gemm_cpu.cpp on the CPU): plans of the ops
+    # above, so never traced themselves, but fake implementations keep them usable under torch.compile.
+    @torch.library.register_fake("internvideo_fast::mlp_gemm_bias_act")
+    def _mlp_gemm_bias_act_fake(x, weight, bias, activation, y, pre):
+        return None
+
+    @torch.library.register_fake("internvideo_fast::mlp_gemm_act_grad")
+    def _mlp_gemm_act_grad_fake(dz, weight2, pre, activation):
+        dbias = pre.new_empty((pre.shape[1],), dtype=torch.float32)
+        return torch.empty_like(pre), dbias, torch.empty_like(pre)
 
 
 # ----------------------------------------------------------------------------------------------------
