@@ -51,8 +51,21 @@ def demangle(names: list[str]) -> list[str]:
     return result.stdout.splitlines() if result.returncode == 0 else names
 
 
+def short_name(name: str) -> str:
+    """A kernel's name without its namespace and arguments; CUTLASS's GEMMs (whose template arguments run to
+    thousands of characters) by what they compute: schedule, dtype and which MLP GEMM."""
+    if name.startswith("void cutlass::device_kernel<cutlass::gemm::kernel::GemmUniversal<"):
+        schedule = "pingpong" if "Pingpong" in name else "cooperative" if "Cooperative" in name else "?"
+        dtype = "bf16" if "bfloat16_t" in name else "fp16" if "half_t" in name else "?"
+        gemm = "mlp_gemm_act_grad" if "Sm90ColReduction" in name else "mlp_gemm_bias_act"
+        return f"CUTLASS {gemm} {schedule} {dtype}"
+    name = name.replace("internvideo_fast::(anonymous namespace)::", "").removeprefix("void ")
+    name = re.sub(r"\(.*", "", name)
+    return name if len(name) <= 80 else name[:77] + "..."
+
+
 def main() -> int:
-    lines = [f"{'file':<24} {'regs':>5} {'smem B':>7} {'spill B':>8}  kernel"]
+    lines = [f"{'file':<36} {'regs':>5} {'smem B':>7} {'spill B':>8}  kernel"]
     spilled = False
     for source, argv in nvcc_commands():
         result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
@@ -63,8 +76,8 @@ def main() -> int:
         for row, name in zip(rows, demangle([r["function"] for r in rows])):
             spills = row["spill_stores"] + row["spill_loads"]
             spilled |= spills > 0
-            short = re.sub(r"\(.*", "", name.replace("internvideo_fast::(anonymous namespace)::", "")).removeprefix("void ")
-            lines.append(f"{source:<24} {row.get('registers', '-'):>5} {row.get('smem', '-'):>7} {spills:>8}  {short}")
+            registers, smem = row.get("registers", "-"), row.get("smem", "-")
+            lines.append(f"{source:<36} {registers:>5} {smem:>7} {spills:>8}  {short_name(name)}")
     print("\n".join(lines))
     return 1 if spilled else 0
 

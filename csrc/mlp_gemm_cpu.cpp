@@ -52,18 +52,23 @@ at::Tensor into_output(const at::Tensor& value, const at::TensorOptions& options
 // pre = x @ weight.T + bias (rounded), y = act(pre before rounding); written into y and pre (unless pre
 // is [0]).
 void mlp_gemm_bias_act_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                           c10::string_view activation, at::Tensor& y, at::Tensor& pre) {
+                           c10::string_view activation, c10::string_view schedule, at::Tensor& y,
+                           at::Tensor& pre) {
   const MlpActivation kind = check_mlp_gemm_bias_act_args(x, weight, bias, activation, y, pre);
+  parse_mlp_schedule("mlp_gemm_bias_act", schedule);
   const at::Tensor acc = at::addmm(bias.to(at::kFloat), x.to(at::kFloat), weight.to(at::kFloat).t());
   y.copy_(activation_value(acc, kind));
   if (!mlp_pre_skipped(pre)) pre.copy_(acc);
 }
 
 // dpre = (dz @ weight2) * act'(pre), dbias = sum of dpre's rows before rounding (fp32), h = act(pre).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_gemm_act_grad_cpu(const at::Tensor& dz, const at::Tensor& weight2,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_gemm_act_grad_cpu(const at::Tensor& dz,
+                                                                     const at::Tensor& weight2,
                                                                      const at::Tensor& pre,
-                                                                     c10::string_view activation) {
+                                                                     c10::string_view activation,
+                                                                     c10::string_view schedule) {
   const MlpActivation kind = check_mlp_gemm_act_grad_args(dz, weight2, pre, activation);
+  parse_mlp_schedule("mlp_gemm_act_grad", schedule);
   const at::Tensor pre32 = pre.to(at::kFloat);
   const at::Tensor dpre = at::mm(dz.to(at::kFloat), weight2.to(at::kFloat)) * activation_slope(pre32, kind);
   return {into_output(dpre, pre.options()), into_output(dpre.sum(0), pre.options().dtype(at::kFloat)),

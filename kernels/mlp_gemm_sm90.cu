@@ -1,10 +1,10 @@
 // CUTLASS GEMMs for the MLP (H100, sm_90a) with fc1's elementwise work in their epilogues: the math is
 // in internvideo_fast/ops/linear_act.py (reference: csrc/mlp_gemm_cpu.cpp, the same ops on the CPU).
 //
-//   mlp_gemm_bias_act(x [M, K], weight [N, K], bias [N], activation, y [M, N], pre [M, N] or [0])
+//   mlp_gemm_bias_act(x [M, K], weight [N, K], bias [N], activation, schedule, y [M, N], pre [M, N] or [0])
 //       pre = x @ weight.T + bias (rounded to x's dtype; not stored if pre is [0]), y = act(pre before
 //       rounding)
-//   mlp_gemm_act_grad(dz [M, Nout], weight2 [Nout, N], pre [M, N], activation) -> (dpre, dbias, h)
+//   mlp_gemm_act_grad(dz [M, Nout], weight2 [Nout, N], pre [M, N], activation, schedule) -> (dpre, dbias, h)
 //       dpre = (dz @ weight2) * act'(pre), dbias = sum over rows of dpre (fp32), h = act(pre)
 //
 // Why: our Triton GEMMs reached 77-83% of cuBLAS on an H100 (2026-11-27), so the tuned MLP ran cuBLAS
@@ -14,285 +14,40 @@
 // stores dh. They are run-time tuner candidates beside cuBLAS (the tuner also checks their outputs
 // against the default plan's), offered for 16-bit inputs with 16-byte aligned rows on sm_90.
 //
-// The backward runs transposed (M' = N hidden columns, N' = M rows): CUTLASS reduces a bias gradient
-// along N' only ("per-row" dbias), so dpre^T = weight2^T @ dz^T is computed in column-major layout,
-// which is dpre in row-major: no transpose is ever materialized.
+// `schedule` ("cooperative" or "pingpong", see kernels/mlp_gemm_sm90.cuh) picks the kernel; the results
+// are the same up to summation order. The backward runs transposed (M' = N hidden columns, N' = M rows):
+// CUTLASS reduces a bias gradient along N' only ("per-row" dbias), so dpre^T = weight2^T @ dz^T is computed
+// in column-major layout, which is dpre in row-major: no transpose is ever materialized.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "cute/tensor.hpp"
-#include "cutlass/cutlass.h"
-#include "cutlass/epilogue/collective/collective_builder.hpp"
-#include "cutlass/epilogue/fusion/operations.hpp"
-#include "cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp"
-#include "cutlass/gemm/collective/collective_builder.hpp"
-#include "cutlass/gemm/device/gemm_universal_adapter.h"
-#include "cutlass/gemm/dispatch_policy.hpp"
-#include "cutlass/gemm/kernel/gemm_universal.hpp"
-
-#include "mlp_gemm_common.h"
+#include "mlp_gemm_sm90.cuh"
 #include "output_alloc.h"
 
 namespace internvideo_fast {
 namespace {
 
-using namespace cute;
-
-// ------------------------------------------------------------------------------------------------------
-// Activations (fp32), as the Triton kernels' _activation / _activation_grad. `kind` is a run-time
-// argument (uniform over the grid), so one kernel per dtype serves every activation.
-// ------------------------------------------------------------------------------------------------------
-struct ActivationArgs {
-  int kind = static_cast<int>(MlpActivation::kGelu);
-};
-
-CUTLASS_DEVICE float tanh_of(float u) { return 2.0f / (1.0f + __expf(-2.0f * u)) - 1.0f; }
-CUTLASS_DEVICE float sigmoid_of(float u) { return 1.0f / (1.0f + __expf(-u)); }
-
-CUTLASS_DEVICE float activation_value(float pre, int kind) {
-  if (kind == static_cast<int>(MlpActivation::kGelu)) {
-    return 0.5f * pre * (1.0f + erff(pre * 0.7071067811865476f));
-  }
-  if (kind == static_cast<int>(MlpActivation::kGeluTanh)) {
-    return 0.5f * pre * (1.0f + tanh_of(0.7978845608028654f * (pre + 0.044715f * pre * pre * pre)));
-  }
-  return pre * sigmoid_of(1.702f * pre);  // quick_gelu
-}
-
-CUTLASS_DEVICE float activation_slope(float pre, int kind) {
-  if (kind == static_cast<int>(MlpActivation::kGelu)) {
-    const float cdf = 0.5f * (1.0f + erff(pre * 0.7071067811865476f));
-    return cdf + pre * 0.3989422804014327f * __expf(-0.5f * pre * pre);
-  }
-  if (kind == static_cast<int>(MlpActivation::kGeluTanh)) {
-    const float t = tanh_of(0.7978845608028654f * (pre + 0.044715f * pre * pre * pre));
-    const float du = 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * pre * pre);
-    return 0.5f * (1.0f + t) + 0.5f * pre * (1.0f - t * t) * du;
-  }
-  const float s = sigmoid_of(1.702f * pre);
-  return s + 1.702f * pre * s * (1.0f - s);
-}
-
-// act(pre), elementwise; Sm90Compute instantiates it for ElementCompute (to find Arguments) and for
-// fragments Array<ElementCompute, N> (to compute).
-template <class T>
-struct Activation {
-  using Arguments = ActivationArgs;
-  CUTLASS_HOST_DEVICE T operator()(T const& pre, Arguments const& args) const;
-};
-
-template <class T, int N>
-struct Activation<cutlass::Array<T, N>> {
-  using Arguments = ActivationArgs;
-  CUTLASS_DEVICE cutlass::Array<T, N> operator()(cutlass::Array<T, N> const& pre, Arguments const& args) const {
-    cutlass::Array<T, N> out;
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < N; ++i) out[i] = activation_value(pre[i], args.kind);
-    return out;
-  }
-};
-
-// dh * act'(pre); the third operand is h, which the tree stores on its way here and this node ignores.
-template <class T>
-struct ActivationGrad {
-  using Arguments = ActivationArgs;
-  CUTLASS_HOST_DEVICE T operator()(T const& dh, T const& pre, T const& h, Arguments const& args) const;
-};
-
-template <class T, int N>
-struct ActivationGrad<cutlass::Array<T, N>> {
-  using Arguments = ActivationArgs;
-  CUTLASS_DEVICE cutlass::Array<T, N> operator()(cutlass::Array<T, N> const& dh, cutlass::Array<T, N> const& pre,
-                                                 cutlass::Array<T, N> const&, Arguments const& args) const {
-    cutlass::Array<T, N> out;
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < N; ++i) out[i] = dh[i] * activation_slope(pre[i], args.kind);
-    return out;
-  }
-};
-
-// ------------------------------------------------------------------------------------------------------
-// Kernel types. 128 x 256 x 64 tiles, 2-CTA clusters along M (the B tile is multicast), cooperative
-// warp specialization (two consumer warp groups on one tile, one producer warp issuing TMA), persistent:
-// cuBLAS's own choice for these shapes on an H100.
-// ------------------------------------------------------------------------------------------------------
-using TileShape = Shape<_128, _256, _64>;
-using ClusterShape = Shape<_2, _1, _1>;
-using MainloopSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
-using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
-constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
-
-template <class Element, class LayoutA, class LayoutB, class LayoutD, class Fusion>
-struct Gemm {
-  static constexpr int kAlign = 128 / cutlass::sizeof_bits<Element>::value;
-  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD, kAlign, Element, LayoutD,
-      kAlign, EpilogueSchedule, Fusion>::CollectiveOp;
-  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, LayoutA, kAlign, Element, LayoutB, kAlign,
-      float, TileShape, ClusterShape,
-      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
-          sizeof(typename CollectiveEpilogue::SharedStorage))>,
-      MainloopSchedule>::CollectiveOp;
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, CollectiveMainloop,
-                                                      CollectiveEpilogue>;
-  using Device = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
-};
-
-// Forward: x [M, K] row-major (A), weight [N, K] row-major = B column-major, pre / y [M, N] row-major.
-template <class Element>
-using BiasActGemm = Gemm<Element, cutlass::layout::RowMajor, cutlass::layout::ColumnMajor,
-                         cutlass::layout::RowMajor,
-                         cutlass::epilogue::fusion::LinCombPerColBiasEltActAux<
-                             cutlass::layout::RowMajor, Activation, Element, float, Element, Element>>;
-
-// Backward, transposed: A = weight2^T [N, Nout] (weight2 [Nout, N] row-major: column-major A),
-// B = dz^T (dz [M, Nout] row-major: column-major B), dpre^T / pre^T / h^T [N, M] column-major.
-template <class Element>
-struct ActGradTree {
-  using Epilogue = cutlass::epilogue::collective::detail::EpilogueDescriptor<
-      TileShape, cutlass::epilogue::collective::EpilogueTileAuto, void, Element, EpilogueSchedule>;
-  using PreDesc = cutlass::epilogue::collective::detail::AuxLoadDescriptor<Epilogue, cutlass::layout::ColumnMajor,
-                                                                           Element>;
-  using HDesc = cutlass::epilogue::collective::detail::AuxStoreDescriptor<Epilogue, cutlass::layout::ColumnMajor,
-                                                                          Element>;
-  using LoadPre = cutlass::epilogue::fusion::Sm90AuxLoad<PreDesc::Stages, typename Epilogue::EpilogueTile, Element,
-                                                         typename PreDesc::Stride, typename PreDesc::SmemLayoutAtom,
-                                                         typename PreDesc::CopyOpS2R>;
-  using StoreH = cutlass::epilogue::fusion::Sm90AuxStore<HDesc::Stages, typename Epilogue::EpilogueTile, Element,
-                                                         kRound, typename HDesc::Stride,
-                                                         typename HDesc::SmemLayoutAtom, typename HDesc::CopyOpR2S>;
-  using H = cutlass::epilogue::fusion::Sm90EVT<
-      StoreH, cutlass::epilogue::fusion::Sm90EVT<cutlass::epilogue::fusion::Sm90Compute<Activation, float, float, kRound>,
-                                                 LoadPre>>;
-  using DPre = cutlass::epilogue::fusion::Sm90EVT<
-      cutlass::epilogue::fusion::Sm90Compute<ActivationGrad, float, float, kRound>,
-      cutlass::epilogue::fusion::Sm90AccFetch, LoadPre, H>;
-  using DBias = cutlass::epilogue::fusion::Sm90ColReduction<cutlass::plus, cutlass::plus, cutlass::plus, 0, TileShape,
-                                                            float, float, kRound, Stride<_1, _0, int64_t>, 4>;
-  using Tree = cutlass::epilogue::fusion::Sm90EVT<
-      cutlass::epilogue::fusion::Sm90Compute<cutlass::epilogue::thread::Identity, Element, float, kRound>,
-      cutlass::epilogue::fusion::Sm90EVT<DBias, DPre>>;
-
-  static typename Tree::Arguments arguments(const Element* pre, Element* h, float* dbias, int64_t N, int64_t M,
-                                            int kind) {
-    using StrideAux = typename PreDesc::Stride;  // column-major [N, M]: (1, N, N * M)
-    const StrideAux stride{_1{}, N, N * M};
-    const typename LoadPre::Arguments load_pre{pre, Element(0), stride};
-    const typename StoreH::Arguments store_h{h, stride};
-    return {                                     // identity (rounding to Element)
-            {                                    // dbias reduction
-             {                                   // dpre = dh * act'(pre)
-              {},                                // dh: the accumulator
-              load_pre,                          // pre
-              {{load_pre, {kind}}, store_h},     // h = store(act(pre))
-              {kind}},
-             {dbias, 0.0f, {_1{}, _0{}, N}}},
-            {}};
-  }
-};
-
-template <class Element>
-using ActGradGemm = Gemm<Element, cutlass::layout::ColumnMajor, cutlass::layout::ColumnMajor,
-                         cutlass::layout::ColumnMajor, typename ActGradTree<Element>::Tree>;
-
-template <class Device>
-void run_gemm(typename Device::Arguments& args, const at::Tensor& like, const char* op) {
-  Device gemm;
-  cutlass::Status status = gemm.can_implement(args);
-  TORCH_CHECK(status == cutlass::Status::kSuccess, op, ": CUTLASS cannot run this problem (",
-              cutlassGetStatusString(status), "); the Python plans offer it only for aligned 16-bit inputs");
-  const size_t workspace_bytes = Device::get_workspace_size(args);
-  at::Tensor workspace = at::empty({static_cast<int64_t>(workspace_bytes)}, like.options().dtype(at::kByte));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  status = gemm.initialize(args, workspace_bytes ? workspace.data_ptr() : nullptr, stream);
-  TORCH_CHECK(status == cutlass::Status::kSuccess, op, ": CUTLASS initialize failed (",
-              cutlassGetStatusString(status), ")");
-  status = gemm.run(stream);
-  TORCH_CHECK(status == cutlass::Status::kSuccess, op, ": CUTLASS launch failed (",
-              cutlassGetStatusString(status), ")");
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-cutlass::KernelHardwareInfo hardware_info(const at::Tensor& like) {
-  cutlass::KernelHardwareInfo info;
-  info.device_id = like.get_device();
-  info.sm_count = cutlass::KernelHardwareInfo::query_device_multiprocessor_count(info.device_id);
-  return info;
-}
-
-template <class Element>
-void bias_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, int kind, const at::Tensor& y,
-              const at::Tensor& pre) {
-  using Device = typename BiasActGemm<Element>::Device;
-  using Kernel = typename BiasActGemm<Element>::Kernel;
-  const int M = static_cast<int>(x.size(0)), K = static_cast<int>(x.size(1)), N = static_cast<int>(weight.size(0));
-  typename Kernel::StrideA stride_x{int64_t(K), _1{}, int64_t(M) * K};
-  typename Kernel::StrideB stride_w{int64_t(K), _1{}, int64_t(N) * K};
-  typename Kernel::StrideD stride_y{int64_t(N), _1{}, int64_t(M) * N};
-  typename Device::Arguments args{
-      cutlass::gemm::GemmUniversalMode::kGemm,
-      {M, N, K, 1},
-      {reinterpret_cast<const Element*>(x.const_data_ptr()), stride_x,
-       reinterpret_cast<const Element*>(weight.const_data_ptr()), stride_w},
-      {{}, nullptr, stride_y, reinterpret_cast<Element*>(y.data_ptr()), stride_y},
-      hardware_info(x)};
-  auto& fusion = args.epilogue.thread;
-  fusion.alpha = 1.0f;
-  fusion.beta = 0.0f;
-  fusion.bias_ptr = reinterpret_cast<const Element*>(bias.const_data_ptr());
-  fusion.activation = ActivationArgs{kind};
-  // No pre wanted: a null aux pointer turns the aux store off (Sm90AuxStore's EnableNullptr).
-  fusion.aux_ptr = mlp_pre_skipped(pre) ? nullptr : reinterpret_cast<Element*>(pre.data_ptr());
-  fusion.dAux = stride_y;
-  run_gemm<Device>(args, x, "mlp_gemm_bias_act");
-}
-
-template <class Element>
-void act_grad(const at::Tensor& dz, const at::Tensor& weight2, const at::Tensor& pre, int kind, at::Tensor& dpre,
-              at::Tensor& dbias, at::Tensor& h) {
-  using Device = typename ActGradGemm<Element>::Device;
-  using Kernel = typename ActGradGemm<Element>::Kernel;
-  const int M = static_cast<int>(dz.size(0)), Nout = static_cast<int>(dz.size(1));
-  const int N = static_cast<int>(weight2.size(1));
-  // GEMM (M', N', K) = (N, M, Nout).
-  typename Kernel::StrideA stride_w2t{_1{}, int64_t(N), int64_t(N) * Nout};
-  typename Kernel::StrideB stride_dzt{int64_t(Nout), _1{}, int64_t(M) * Nout};
-  typename Kernel::StrideD stride_out{_1{}, int64_t(N), int64_t(N) * M};
-  typename Device::Arguments args{
-      cutlass::gemm::GemmUniversalMode::kGemm,
-      {N, M, Nout, 1},
-      {reinterpret_cast<const Element*>(weight2.const_data_ptr()), stride_w2t,
-       reinterpret_cast<const Element*>(dz.const_data_ptr()), stride_dzt},
-      {ActGradTree<Element>::arguments(reinterpret_cast<const Element*>(pre.const_data_ptr()),
-                                       reinterpret_cast<Element*>(h.data_ptr()), dbias.data_ptr<float>(), N, M,
-                                       kind),
-       nullptr, stride_out, reinterpret_cast<Element*>(dpre.data_ptr()), stride_out},
-      hardware_info(dz)};
-  run_gemm<Device>(args, dz, "mlp_gemm_act_grad");
-}
-
 // What TMA and this build need beyond the shared checks: 16-bit data, 16-byte aligned rows, an sm_90 GPU.
 void check_cuda_operand(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK_VALUE(t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16, op, ": ", name,
                     " must be float16 or bfloat16 on CUDA, got ", t.scalar_type());
-  TORCH_CHECK_VALUE((t.size(-1) * t.element_size()) % 16 == 0 &&
-                        reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0,
-                    op, ": ", name, " must start at a 16-byte aligned address and have rows of a multiple of 16 bytes",
-                    " (TMA), got ", t.size(-1), " elements per row");
+  TORCH_CHECK_VALUE(
+      (t.size(-1) * t.element_size()) % 16 == 0 && reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0,
+      op, ": ", name, " must start at a 16-byte aligned address and have rows of a multiple of 16 bytes",
+      " (TMA), got ", t.size(-1), " elements per row");
   const cudaDeviceProp* props = at::cuda::getDeviceProperties(t.get_device());
-  TORCH_CHECK_VALUE(props->major == 9 && props->minor == 0, op, ": needs an sm_90 GPU (built for sm_90a), got sm_",
-                    props->major, props->minor);
+  TORCH_CHECK_VALUE(props->major == 9 && props->minor == 0, op,
+                    ": needs an sm_90 GPU (built for sm_90a), got sm_", props->major, props->minor);
 }
 
 void mlp_gemm_bias_act_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                            c10::string_view activation, at::Tensor& y, at::Tensor& pre) {
+                            c10::string_view activation, c10::string_view schedule, at::Tensor& y,
+                            at::Tensor& pre) {
   const char* op = "mlp_gemm_bias_act";
   const int kind = static_cast<int>(check_mlp_gemm_bias_act_args(x, weight, bias, activation, y, pre));
+  const MlpSchedule chosen = parse_mlp_schedule(op, schedule);
   const c10::cuda::CUDAGuard device_guard(x.device());
   check_cuda_operand(op, "x", x);
   check_cuda_operand(op, "weight", weight);
@@ -302,18 +57,21 @@ void mlp_gemm_bias_act_cuda(const at::Tensor& x, const at::Tensor& weight, const
   check_cuda_operand(op, "y", y);
   if (!mlp_pre_skipped(pre)) check_cuda_operand(op, "pre", pre);
   if (x.size(0) == 0 || weight.size(0) == 0) return;
-  if (x.scalar_type() == at::kBFloat16) {
-    bias_act<cutlass::bfloat16_t>(x, weight, bias, kind, y, pre);
+  if (chosen == MlpSchedule::kCooperative) {
+    run_bias_act<CooperativeSchedule>(x, weight, bias, kind, y, pre);
   } else {
-    bias_act<cutlass::half_t>(x, weight, bias, kind, y, pre);
+    mlp_gemm_sm90_pingpong_bias_act(x, weight, bias, kind, y, pre);
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_gemm_act_grad_cuda(const at::Tensor& dz, const at::Tensor& weight2,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_gemm_act_grad_cuda(const at::Tensor& dz,
+                                                                      const at::Tensor& weight2,
                                                                       const at::Tensor& pre,
-                                                                      c10::string_view activation) {
+                                                                      c10::string_view activation,
+                                                                      c10::string_view schedule) {
   const char* op = "mlp_gemm_act_grad";
   const int kind = static_cast<int>(check_mlp_gemm_act_grad_args(dz, weight2, pre, activation));
+  const MlpSchedule chosen = parse_mlp_schedule(op, schedule);
   const c10::cuda::CUDAGuard device_guard(dz.device());
   check_cuda_operand(op, "dz", dz);
   check_cuda_operand(op, "weight2", weight2);
@@ -324,10 +82,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_gemm_act_grad_cuda(const at::
   at::Tensor h = new_output(pre.sizes(), pre.options());
   at::Tensor dbias = new_output({pre.size(1)}, pre.options().dtype(at::kFloat));
   if (dz.size(0) == 0 || pre.size(1) == 0) return {dpre, dbias.zero_(), h};
-  if (dz.scalar_type() == at::kBFloat16) {
-    act_grad<cutlass::bfloat16_t>(dz, weight2, pre, kind, dpre, dbias, h);
+  if (chosen == MlpSchedule::kCooperative) {
+    run_act_grad<CooperativeSchedule>(dz, weight2, pre, kind, dpre, dbias, h);
   } else {
-    act_grad<cutlass::half_t>(dz, weight2, pre, kind, dpre, dbias, h);
+    mlp_gemm_sm90_pingpong_act_grad(dz, weight2, pre, kind, dpre, dbias, h);
   }
   return {dpre, dbias, h};
 }

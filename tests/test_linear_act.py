@@ -775,7 +775,7 @@ def _mlp_gemm_case(M, K, N, Nout, dtype, device="cpu"):
     return x, w, b, dz, w2
 
 
-def _check_mlp_gemm_ops(x, w, b, dz, w2, activation):
+def _check_mlp_gemm_ops(x, w, b, dz, w2, activation, schedule):
     """Both ops against float64 (flash-attn's rule, PyTorch at x's dtype as the baseline), into poisoned
     outputs: mlp_gemm_bias_act's (y, pre), then mlp_gemm_act_grad's (dpre, dbias, h) from that pre."""
     ops = torch.ops.internvideo_fast
@@ -783,7 +783,7 @@ def _check_mlp_gemm_ops(x, w, b, dz, w2, activation):
     y = torch.full((M, N), float("nan"), dtype=x.dtype, device=x.device)
     pre = torch.full_like(y, float("nan"))
     with poisoned_outputs():
-        ops.mlp_gemm_bias_act(x, w, b, activation, y, pre)
+        ops.mlp_gemm_bias_act(x, w, b, activation, schedule, y, pre)
     pre64 = F.linear(x.double(), w.double(), b.double())
     pre_baseline = F.linear(x, w, b)
     assert_close_to_reference(pre, pre64, pre_baseline, name=f"pre ({activation})")
@@ -791,7 +791,7 @@ def _check_mlp_gemm_ops(x, w, b, dz, w2, activation):
                               apply_activation_ref(pre_baseline, activation), name=f"y ({activation})")
 
     with poisoned_outputs():
-        dpre, dbias, h = ops.mlp_gemm_act_grad(dz, w2, pre, activation)
+        dpre, dbias, h = ops.mlp_gemm_act_grad(dz, w2, pre, activation, schedule)
     assert dbias.dtype == torch.float32
 
     def backward(dz_, w2_, pre_):
@@ -813,14 +813,27 @@ def _check_mlp_gemm_ops(x, w, b, dz, w2, activation):
 @pytest.mark.parametrize("M, K, N, Nout", [(1, 8, 16, 8), (37, 40, 100, 24)])
 def test_mlp_gemm_ops_match_float64_reference(M, K, N, Nout, dtype, activation):
     """The CPU kernels of the ops behind the "cutlass" plans: the contract the sm_90 kernels are held to."""
-    _check_mlp_gemm_ops(*_mlp_gemm_case(M, K, N, Nout, dtype), activation)
+    for schedule in linear_act_module.CUTLASS_SCHEDULES:
+        _check_mlp_gemm_ops(*_mlp_gemm_case(M, K, N, Nout, dtype), activation, schedule)
+
+
+@needs_c
+def test_mlp_gemm_ops_opcheck():
+    """Schemas (what each op mutates), fake implementations and dispatch agree (torch.library.opcheck)."""
+    x, w, b, dz, w2 = _mlp_gemm_case(5, 8, 16, 8, torch.float16)
+    ops = torch.ops.internvideo_fast
+    for pre in (torch.empty(5, 16, dtype=torch.float16), torch.empty(0, dtype=torch.float16)):
+        torch.library.opcheck(ops.mlp_gemm_bias_act.default,
+                              (x, w, b, "gelu", "pingpong", torch.empty(5, 16, dtype=torch.float16), pre))
+    torch.library.opcheck(ops.mlp_gemm_act_grad.default, (dz, w2, torch.randn(5, 16).half(), "gelu_tanh",
+                                                           "cooperative"))
 
 
 @needs_c
 def test_mlp_gemm_bias_act_stores_no_pre_when_given_an_empty_one():
     x, w, b, _, _ = _mlp_gemm_case(37, 40, 104, 8, torch.float16)
     y, pre = torch.full((37, 104), float("nan"), dtype=torch.float16), torch.empty(0, dtype=torch.float16)
-    torch.ops.internvideo_fast.mlp_gemm_bias_act(x, w, b, "quick_gelu", y, pre)
+    torch.ops.internvideo_fast.mlp_gemm_bias_act(x, w, b, "quick_gelu", "pingpong", y, pre)
     pre64 = F.linear(x.double(), w.double(), b.double())
     assert_close_to_reference(y, apply_activation_ref(pre64, "quick_gelu"),
                               apply_activation_ref(F.linear(x, w, b), "quick_gelu"), name="y")
@@ -833,16 +846,18 @@ def test_mlp_gemm_ops_name_bad_arguments():
     x, w, b, dz, w2 = _mlp_gemm_case(5, 8, 16, 8, torch.float32)
     y, pre = torch.empty(5, 16), torch.empty(5, 16)
     cases = [
-        (lambda: ops.mlp_gemm_bias_act(x, w[:, :4].contiguous(), b, "gelu", y, pre), "weight"),
-        (lambda: ops.mlp_gemm_bias_act(x, w, b[:3], "gelu", y, pre), "bias"),
-        (lambda: ops.mlp_gemm_bias_act(x, w, b, "relu", y, pre), "activation"),
-        (lambda: ops.mlp_gemm_bias_act(x.long(), w, b, "gelu", y, pre), "x"),
-        (lambda: ops.mlp_gemm_bias_act(x, w, b, "gelu", y[:, :4], pre), "y"),
-        (lambda: ops.mlp_gemm_bias_act(x, w, b, "gelu", y, pre.half()), "pre"),
-        (lambda: ops.mlp_gemm_bias_act(x, w, b, "gelu", y, y), "pre"),
-        (lambda: ops.mlp_gemm_act_grad(dz, w2.t(), pre, "gelu"), "weight2"),
-        (lambda: ops.mlp_gemm_act_grad(dz, w2, pre[:4], "gelu"), "pre"),
-        (lambda: ops.mlp_gemm_act_grad(dz[None], w2, pre, "gelu"), "dz"),
+        (lambda: ops.mlp_gemm_bias_act(x, w[:, :4].contiguous(), b, "gelu", "cooperative", y, pre), "weight"),
+        (lambda: ops.mlp_gemm_bias_act(x, w, b[:3], "gelu", "cooperative", y, pre), "bias"),
+        (lambda: ops.mlp_gemm_bias_act(x, w, b, "relu", "cooperative", y, pre), "activation"),
+        (lambda: ops.mlp_gemm_bias_act(x.long(), w, b, "gelu", "cooperative", y, pre), "x"),
+        (lambda: ops.mlp_gemm_bias_act(x, w, b, "gelu", "cooperative", y[:, :4], pre), "y"),
+        (lambda: ops.mlp_gemm_bias_act(x, w, b, "gelu", "cooperative", y, pre.half()), "pre"),
+        (lambda: ops.mlp_gemm_bias_act(x, w, b, "gelu", "cooperative", y, y), "pre"),
+        (lambda: ops.mlp_gemm_act_grad(dz, w2.t(), pre, "gelu", "pingpong"), "weight2"),
+        (lambda: ops.mlp_gemm_act_grad(dz, w2, pre[:4], "gelu", "pingpong"), "pre"),
+        (lambda: ops.mlp_gemm_act_grad(dz[None], w2, pre, "gelu", "pingpong"), "dz"),
+        (lambda: ops.mlp_gemm_bias_act(x, w, b, "gelu", "split_k", y, pre), "schedule"),
+        (lambda: ops.mlp_gemm_act_grad(dz, w2, pre, "gelu", "basic"), "schedule"),
     ]
     for call, argument in cases:
         with pytest.raises(ValueError, match=argument):
@@ -977,7 +992,8 @@ def test_gpu_every_forward_plan_matches_reference(dropout_p):
         assert_close_to_reference(y, expected, baseline, name=label)
         seen += 1
     tma_plans = len(linear_act_module._FWD_TMA_CONFIGS) + len(linear_act_module._FWD_PERSISTENT_CONFIGS)
-    cutlass = int(dropout_p == 0.0 and linear_act_module._cutlass_ok(x, w))
+    cutlass_offered = dropout_p == 0.0 and linear_act_module._cutlass_ok(x, w)
+    cutlass = len(linear_act_module.CUTLASS_SCHEDULES) if cutlass_offered else 0
     assert seen == 1 + tma_plans + cutlass + 1
 
 
@@ -1023,13 +1039,15 @@ def test_gpu_every_backward_plan_matches_reference(monkeypatch, dropout_p):
             actual = grads(lambda *a: fused_mlp(*a, "gelu", dropout_p, seed))
         for name, a, e, base in zip(("dx", "dw1", "db1", "dw2", "db2"), actual, expected, baseline):
             assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (persistent dh, tile {index})")
-    # CUTLASS's dh GEMM with dpre, h and dbias in its epilogue (sm_90 builds, no dropout).
+    # CUTLASS's dh GEMM with dpre, h and dbias in its epilogue (sm_90 builds, no dropout), each schedule.
     if dropout_p == 0.0 and linear_act_module._cutlass_ok(x[0], w2):
         monkeypatch.setattr(linear_act_module, "_FORCE_DH_PLAN", "cutlass")
-        with use_backend("triton", OP_NAME):
-            actual = grads(lambda *a: fused_mlp(*a, "gelu", dropout_p, seed))
-        for name, a, e, base in zip(("dx", "dw1", "db1", "dw2", "db2"), actual, expected, baseline):
-            assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (cutlass dh)")
+        for schedule in linear_act_module.CUTLASS_SCHEDULES:
+            monkeypatch.setattr(linear_act_module, "CUTLASS_SCHEDULES", (schedule,))
+            with use_backend("triton", OP_NAME):
+                actual = grads(lambda *a: fused_mlp(*a, "gelu", dropout_p, seed))
+            for name, a, e, base in zip(("dx", "dw1", "db1", "dw2", "db2"), actual, expected, baseline):
+                assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (cutlass dh, {schedule})")
 
 
 @pytest.mark.gpu
@@ -1044,4 +1062,5 @@ def test_gpu_cutlass_mlp_gemms_flash_attn_rule(M, K, N, Nout, dtype, activation)
     case = _mlp_gemm_case(M, K, N, Nout, dtype, device="cuda")
     if not linear_act_module._cutlass_ok(*case[:2]):
         pytest.skip("needs an sm_90 GPU and a _C built with CUTLASS for sm_90a")
-    _check_mlp_gemm_ops(*case, activation)
+    for schedule in linear_act_module.CUTLASS_SCHEDULES:
+        _check_mlp_gemm_ops(*case, activation, schedule)

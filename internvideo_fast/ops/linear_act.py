@@ -56,9 +56,10 @@ Implementation choices:
   and ``y = act(pre)`` from the accumulator (the activation of the fp32 value, before ``pre`` is rounded),
   and ``mlp_gemm_act_grad`` (fused_mlp's "cutlass" dh plan) computes ``dh = dz @ weight2`` and writes only
   ``dpre = dh * act'(pre)``, the recomputed ``h = act(pre)`` and ``dbias`` (fp32, reduced in the
-  epilogue), never ``dh``. Both are tuner candidates (sm_90, 16-bit, 16-byte rows, no dropout), checked
-  against the default plan's outputs like every candidate; their CPU twins (``csrc/mlp_gemm_cpu.cpp``,
-  ATen) define the same results and are what the CPU tests hold them to.
+  epilogue), never ``dh``. Both are tuner candidates at two schedules each (cooperative 128x256 tiles,
+  pingpong 128x128 tiles whose epilogues overlap the other warp group's mainloop) for sm_90, 16-bit,
+  16-byte rows and no dropout, checked against the default plan's outputs like every candidate; their CPU
+  twins (``csrc/mlp_gemm_cpu.cpp``, ATen) define the same results and are what the CPU tests hold them to.
 - Dropout (``dropout_p > 0``) is fused into the epilogue after the activation: output element
   ``(row, col)`` of the flattened ``[M, N]`` output is kept by ``keep_element(seed, row * N + col, p)``
   (``tl.rand(seed, row * N + col) >= p``, so ``dropout_keep_mask`` reproduces the mask bitwise)
@@ -118,6 +119,8 @@ OP_NAME = "linear_act"
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "none")
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _QUICK_GELU_SCALE = 1.702
+# The CUTLASS MLP GEMMs' schedules (kernels/mlp_gemm_sm90.cuh), one tuner candidate each.
+CUTLASS_SCHEDULES = ("cooperative", "pingpong")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -945,10 +948,10 @@ def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, 
             HAS_DROPOUT=has_dropout, num_warps=config.num_warps, num_stages=config.num_stages,
         )
 
-    def launch_cutlass():
+    def launch_cutlass(schedule):
         # pre is [0] (not stored) unless store_pre; the kernel needs a bias (zeros if none).
         torch.ops.internvideo_fast.mlp_gemm_bias_act(
-            x, weight, bias if bias is not None else y.new_zeros(N), activation, y, pre
+            x, weight, bias if bias is not None else y.new_zeros(N), activation, schedule, y, pre
         )
 
     if with_tma and _tma_rows_ok(x, weight):
@@ -958,7 +961,7 @@ def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, 
                       for c in persistent_configs]
     if (activation != "none" and not has_dropout and K > 0 and _cutlass_ok(x, weight, y)
             and (bias is None or bias.data_ptr() % 16 == 0)):
-        plans.append(("cutlass", launch_cutlass))
+        plans += [(f"cutlass:{s}", functools.partial(launch_cutlass, s)) for s in CUTLASS_SCHEDULES]
     plans.append(("cublas", launch_cublas))
     return plans
 
@@ -1105,11 +1108,12 @@ def _dh_plans(dz, weight2, pre, activation, has_bias, seed, dropout_p, interpret
     if (with_fused and activation != "none" and not _has_dropout(seed, dropout_p) and M > 0
             and dz.shape[1] > 0 and _cutlass_ok(dz, weight2, pre)):
 
-        def launch_cutlass():
-            dpre, dbias, h = torch.ops.internvideo_fast.mlp_gemm_act_grad(dz, weight2, pre, activation)
+        def launch_cutlass(schedule):
+            ops = torch.ops.internvideo_fast
+            dpre, dbias, h = ops.mlp_gemm_act_grad(dz, weight2, pre, activation, schedule)
             return dpre, dbias if has_bias else None, h
 
-        plans.append(("cutlass", launch_cutlass))
+        plans += [(f"cutlass:{s}", functools.partial(launch_cutlass, s)) for s in CUTLASS_SCHEDULES]
     if _FORCE_DH_PLAN is not None:  # tests
         plans = [plan for plan in plans if plan[0].split(":")[0] == _FORCE_DH_PLAN][:1] or plans[:1]
     return plans
@@ -1344,11 +1348,11 @@ if HAS_C:
     # The CUTLASS MLP GEMMs (kernels/mlp_gemm_sm90.cu; csrc/mlp_gemm_cpu.cpp on the CPU): plans of the ops
     # above, so never traced themselves, but fake implementations keep them usable under torch.compile.
     @torch.library.register_fake("internvideo_fast::mlp_gemm_bias_act")
-    def _mlp_gemm_bias_act_fake(x, weight, bias, activation, y, pre):
+    def _mlp_gemm_bias_act_fake(x, weight, bias, activation, schedule, y, pre):
         return None
 
     @torch.library.register_fake("internvideo_fast::mlp_gemm_act_grad")
-    def _mlp_gemm_act_grad_fake(dz, weight2, pre, activation):
+    def _mlp_gemm_act_grad_fake(dz, weight2, pre, activation, schedule):
         dbias = pre.new_empty((pre.shape[1],), dtype=torch.float32)
         return torch.empty_like(pre), dbias, torch.empty_like(pre)
 
