@@ -169,25 +169,33 @@ def fc1_plans(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> dict:
     return plans, (y, pre)
 
 
-def gemm_rows(device: torch.device, quick: bool = False) -> list[dict]:
-    """fc1's plans (`fc1_plans`) timed one by one in one run, on CUDA."""
+def _plan_rows(op: str, device: torch.device, quick: bool, make_plans) -> list[dict]:
+    """Every plan `make_plans(n_rows, D, hidden)` returns ({label: closure}) timed one by one in one run,
+    bf16, at each size (the first only when `quick`), as rows of `op`; on CUDA only."""
     if device.type != "cuda":
         return []
     from triton.testing import do_bench
 
     rows = []
     for n_rows, D, hidden in SIZES[: 1 if quick else None]:
+        size = f"rows={n_rows},D={D},hidden={hidden},bfloat16"
+        flops = 2 * n_rows * D * hidden
+        for provider, fn in make_plans(n_rows, D, hidden).items():
+            ms = do_bench(fn, warmup=10, rep=50)
+            rows.append({"op": op, "size": size, "provider": provider, "ms": ms, "TFLOP/s": flops / ms / 1e9})
+    return rows
+
+
+def gemm_rows(device: torch.device, quick: bool = False) -> list[dict]:
+    """fc1's forward plans (`fc1_plans`) timed one by one in one run, on CUDA."""
+
+    def plans(n_rows, D, hidden):
         x = torch.randn(n_rows, D, device=device, dtype=torch.bfloat16)
         w = torch.randn(hidden, D, device=device, dtype=torch.bfloat16) / D**0.5
         b = torch.randn(hidden, device=device, dtype=torch.bfloat16)
-        size = f"rows={n_rows},D={D},hidden={hidden},bfloat16"
-        flops = 2 * n_rows * D * hidden
-        plans, _ = fc1_plans(x, w, b)
-        for provider, fn in plans.items():
-            ms = do_bench(fn, warmup=10, rep=50)
-            rows.append({"op": "fc1 gemm plan", "size": size, "provider": provider, "ms": ms,
-                         "TFLOP/s": flops / ms / 1e9})
-    return rows
+        return fc1_plans(x, w, b)[0]
+
+    return _plan_rows("fc1 gemm plan", device, quick, plans)
 
 
 def dh_plans(dz: torch.Tensor, w2: torch.Tensor, pre: torch.Tensor) -> dict:
@@ -212,23 +220,15 @@ def dh_plans(dz: torch.Tensor, w2: torch.Tensor, pre: torch.Tensor) -> dict:
 
 
 def dh_rows(device: torch.device, quick: bool = False) -> list[dict]:
-    """`dh_plans` timed one by one in one run, on CUDA."""
-    if device.type != "cuda":
-        return []
-    from triton.testing import do_bench
+    """fc1's backward plans (`dh_plans`) timed one by one in one run, on CUDA."""
 
-    rows = []
-    for n_rows, D, hidden in SIZES[: 1 if quick else None]:
+    def plans(n_rows, D, hidden):
         dz = torch.randn(n_rows, D, device=device, dtype=torch.bfloat16)
         w2 = torch.randn(D, hidden, device=device, dtype=torch.bfloat16) / hidden**0.5
         pre = torch.randn(n_rows, hidden, device=device, dtype=torch.bfloat16)
-        size = f"rows={n_rows},D={D},hidden={hidden},bfloat16"
-        flops = 2 * n_rows * D * hidden
-        for provider, fn in dh_plans(dz, w2, pre).items():
-            ms = do_bench(fn, warmup=10, rep=50)
-            rows.append({"op": "fc1 backward dh plan", "size": size, "provider": provider, "ms": ms,
-                         "TFLOP/s": flops / ms / 1e9})
-    return rows
+        return dh_plans(dz, w2, pre)
+
+    return _plan_rows("fc1 backward dh plan", device, quick, plans)
 
 
 def extra_rows(device: torch.device, quick: bool = False) -> list[dict]:

@@ -54,7 +54,8 @@ def demangle(names: list[str]) -> list[str]:
 def short_name(name: str) -> str:
     """A kernel's name without its namespace and arguments; CUTLASS's GEMMs (whose template arguments run to
     thousands of characters) by what they compute: schedule, dtype and which MLP GEMM."""
-    if name.startswith("void cutlass::device_kernel<cutlass::gemm::kernel::GemmUniversal<"):
+    # c++filt gives up on some of these names, so match the mangled form too.
+    if "device_kernel" in name and "GemmUniversal" in name:
         schedule = "pingpong" if "Pingpong" in name else "cooperative" if "Cooperative" in name else "?"
         dtype = "bf16" if "bfloat16_t" in name else "fp16" if "half_t" in name else "?"
         gemm = "mlp_gemm_act_grad" if "Sm90ColReduction" in name else "mlp_gemm_bias_act"
