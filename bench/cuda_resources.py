@@ -53,13 +53,12 @@ def demangle(names: list[str]) -> list[str]:
 
 def short_name(name: str) -> str:
     """A kernel's name without its namespace and arguments; CUTLASS's GEMMs (whose template arguments run to
-    thousands of characters) by what they compute: schedule, dtype and which MLP GEMM."""
+    thousands of characters) by what they compute: the op, schedule and dtype."""
     # c++filt gives up on some of these names, so match the mangled form too.
     if "device_kernel" in name and "GemmUniversal" in name:
         schedule = "pingpong" if "Pingpong" in name else "cooperative" if "Cooperative" in name else "?"
         dtype = "bf16" if "bfloat16_t" in name else "fp16" if "half_t" in name else "?"
-        gemm = "mlp_gemm_act_grad" if "Sm90ColReduction" in name else "mlp_gemm_bias_act"
-        return f"CUTLASS {gemm} {schedule} {dtype}"
+        return f"CUTLASS mlp_gemm_bias_act {schedule} {dtype}"
     name = name.replace("internvideo_fast::(anonymous namespace)::", "").removeprefix("void ")
     name = re.sub(r"\(.*", "", name)
     return name if len(name) <= 80 else name[:77] + "..."

@@ -1,4 +1,4 @@
-// Argument checks shared by the CPU and CUDA mlp_gemm_bias_act / mlp_gemm_act_grad kernels.
+// Argument checks shared by the CPU and CUDA mlp_gemm_bias_act kernels.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -67,17 +67,6 @@ inline MlpActivation check_mlp_gemm_bias_act_args(const at::Tensor& x, const at:
     check_mlp_matrix(op, "pre", pre, x, x.size(0), weight.size(0));
     TORCH_CHECK_VALUE(!y.is_same(pre), op, ": y and pre must be different tensors");
   }
-  return parse_mlp_activation(op, activation);
-}
-
-// dz [M, Nout], weight2 [Nout, N], pre [M, N].
-inline MlpActivation check_mlp_gemm_act_grad_args(const at::Tensor& dz, const at::Tensor& weight2,
-                                                  const at::Tensor& pre, c10::string_view activation) {
-  const char* op = "mlp_gemm_act_grad";
-  check_mlp_input(op, "dz", dz);
-  TORCH_CHECK_VALUE(weight2.dim() == 2, op, ": weight2 must be [Nout, N], got ", weight2.sizes());
-  check_mlp_matrix(op, "weight2", weight2, dz, dz.size(1), weight2.size(1));
-  check_mlp_matrix(op, "pre", pre, dz, dz.size(0), weight2.size(1));
   return parse_mlp_activation(op, activation);
 }
 

@@ -39,14 +39,11 @@ TORCH_LIBRARY(internvideo_fast, m) {
   m.def(
       "masked_tubelet_patches_backward(Tensor grad, Tensor ids, SymInt[] video_shape, int tubelet, "
       "int patch, float[]? mean=None, float[]? std=None) -> Tensor");
-  // MLP GEMMs with fc1's elementwise work in the epilogue (internvideo_fast/ops/linear_act.py): CUTLASS on
+  // fc1's GEMM with the bias and activation in its epilogue (internvideo_fast/ops/linear_act.py): CUTLASS on
   // sm_90a (kernels/mlp_gemm_sm90.cu) when built with it, ATen on the CPU (csrc/mlp_gemm_cpu.cpp).
   m.def(
       "mlp_gemm_bias_act(Tensor x, Tensor weight, Tensor bias, str activation, str schedule, Tensor(a!) y, "
       "Tensor(b!) pre) -> ()");
-  m.def(
-      "mlp_gemm_act_grad(Tensor dz, Tensor weight2, Tensor pre, str activation, str schedule) -> "
-      "(Tensor dpre, Tensor dbias, Tensor h)");
   m.def(
       "mae_targets(Tensor video, Tensor ids, int tubelet, int patch, bool normalize=True, float eps=1e-6, "
       "float[]? mean=None, float[]? std=None) -> Tensor");

@@ -1,30 +1,30 @@
-// CUTLASS GEMMs for the MLP (H100, sm_90a) with fc1's elementwise work in their epilogues: the math is
-// in internvideo_fast/ops/linear_act.py (reference: csrc/mlp_gemm_cpu.cpp, the same ops on the CPU).
+// A CUTLASS GEMM for the MLP's fc1 (H100, sm_90a) with the bias and activation in its epilogue: the math
+// is in internvideo_fast/ops/linear_act.py (reference: csrc/mlp_gemm_cpu.cpp, the same op on the CPU).
 //
 //   mlp_gemm_bias_act(x [M, K], weight [N, K], bias [N], activation, schedule, y [M, N], pre [M, N] or [0])
 //       pre = x @ weight.T + bias (rounded to x's dtype; not stored if pre is [0]), y = act(pre before
 //       rounding)
-//   mlp_gemm_act_grad(dz [M, Nout], weight2 [Nout, N], pre [M, N], activation, schedule) -> (dpre, dbias, h)
-//       dpre = (dz @ weight2) * act'(pre), dbias = sum over rows of dpre (fp32), h = act(pre)
 //
-// Why: our Triton GEMMs reached 77-83% of cuBLAS on an H100 (2026-11-27), so the tuned MLP ran cuBLAS
-// GEMMs plus separate elementwise passes over [M, hidden]. CUTLASS's warp-specialized TMA / wgmma kernels
-// run at cuBLAS's speed and let the epilogue visitor tree do the elementwise work from the accumulator
-// in registers: fc1 writes pre and y in one pass (no re-read of pre), and the backward's dh GEMM never
-// stores dh. They are run-time tuner candidates beside cuBLAS (the tuner also checks their outputs
-// against the default plan's), offered for 16-bit inputs with 16-byte aligned rows on sm_90.
+// Why: our Triton GEMMs reached 77-83% of cuBLAS on an H100 (2026-11-27), so the tuned fc1 ran cuBLAS's
+// GEMM plus a separate elementwise pass over [M, hidden]. CUTLASS's warp-specialized TMA / wgmma kernels
+// run at cuBLAS's speed and let the epilogue visitor tree apply the activation to the accumulator in
+// registers: y and pre are written in one pass and pre is never read back (without pre, for inference or
+// frozen backbones, only y is written). It is a run-time tuner candidate beside cuBLAS (the tuner also
+// checks its outputs against the default plan's), offered for 16-bit inputs with 16-byte aligned rows on
+// sm_90.
 //
 // `schedule` ("cooperative" or "pingpong", see kernels/mlp_gemm_sm90.cuh) picks the kernel; the results
-// are the same up to summation order. The backward runs transposed (M' = N hidden columns, N' = M rows):
-// CUTLASS reduces a bias gradient along N' only ("per-row" dbias), so dpre^T = weight2^T @ dz^T is computed
-// in column-major layout, which is dpre in row-major: no transpose is ever materialized.
+// are the same up to summation order.
+//
+// A backward twin (dh = dz @ weight2 with dpre, h and dbias in the epilogue) was built and measured on an
+// H100 (run 6, 2026-11-27): 2.8-4.5x slower than cuBLAS's dh GEMM plus our elementwise kernel, so it was
+// removed (bench/results/NOTES.md says why and what it would need).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "mlp_gemm_sm90.cuh"
-#include "output_alloc.h"
 
 namespace internvideo_fast {
 namespace {
@@ -64,37 +64,8 @@ void mlp_gemm_bias_act_cuda(const at::Tensor& x, const at::Tensor& weight, const
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mlp_gemm_act_grad_cuda(const at::Tensor& dz,
-                                                                      const at::Tensor& weight2,
-                                                                      const at::Tensor& pre,
-                                                                      c10::string_view activation,
-                                                                      c10::string_view schedule) {
-  const char* op = "mlp_gemm_act_grad";
-  const int kind = static_cast<int>(check_mlp_gemm_act_grad_args(dz, weight2, pre, activation));
-  const MlpSchedule chosen = parse_mlp_schedule(op, schedule);
-  const c10::cuda::CUDAGuard device_guard(dz.device());
-  check_cuda_operand(op, "dz", dz);
-  check_cuda_operand(op, "weight2", weight2);
-  check_cuda_operand(op, "pre", pre);
-  TORCH_CHECK_VALUE(dz.size(1) > 0 && dz.size(0) < INT32_MAX && pre.size(1) < INT32_MAX, op,
-                    ": needs 0 < Nout and M, N < 2^31, got dz ", dz.sizes(), " and pre ", pre.sizes());
-  at::Tensor dpre = new_output(pre.sizes(), pre.options());
-  at::Tensor h = new_output(pre.sizes(), pre.options());
-  at::Tensor dbias = new_output({pre.size(1)}, pre.options().dtype(at::kFloat));
-  if (dz.size(0) == 0 || pre.size(1) == 0) return {dpre, dbias.zero_(), h};
-  if (chosen == MlpSchedule::kCooperative) {
-    run_act_grad<CooperativeSchedule>(dz, weight2, pre, kind, dpre, dbias, h);
-  } else {
-    mlp_gemm_sm90_pingpong_act_grad(dz, weight2, pre, kind, dpre, dbias, h);
-  }
-  return {dpre, dbias, h};
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(internvideo_fast, CUDA, m) {
-  m.impl("mlp_gemm_bias_act", &mlp_gemm_bias_act_cuda);
-  m.impl("mlp_gemm_act_grad", &mlp_gemm_act_grad_cuda);
-}
+TORCH_LIBRARY_IMPL(internvideo_fast, CUDA, m) { m.impl("mlp_gemm_bias_act", &mlp_gemm_bias_act_cuda); }
 
 }  // namespace internvideo_fast

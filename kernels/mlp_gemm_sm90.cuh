@@ -23,11 +23,9 @@
 
 namespace internvideo_fast {
 
-// Defined in kernels/mlp_gemm_sm90_pingpong.cu: the pingpong schedule's launchers (arguments checked).
+// Defined in kernels/mlp_gemm_sm90_pingpong.cu: the pingpong schedule's launcher (arguments checked).
 void mlp_gemm_sm90_pingpong_bias_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                      int kind, const at::Tensor& y, const at::Tensor& pre);
-void mlp_gemm_sm90_pingpong_act_grad(const at::Tensor& dz, const at::Tensor& weight2, const at::Tensor& pre,
-                                     int kind, at::Tensor& dpre, at::Tensor& dbias, at::Tensor& h);
 
 // An anonymous namespace: each translation unit's kernels are its own (and carry its name).
 namespace {
@@ -35,39 +33,31 @@ namespace {
 using namespace cute;
 
 // ------------------------------------------------------------------------------------------------------
-// Activations (fp32), as the Triton kernels' _activation / _activation_grad. `kind` is a run-time
-// argument (uniform over the grid), so one kernel per dtype serves every activation.
+// Activations (fp32), as the Triton kernels' _activation. `kind` is a run-time argument (uniform over the
+// grid), so one kernel per dtype serves every activation.
+//
+// Why one branch per fragment and __fdividef: CUTLASS unrolls the epilogue over its subtiles (8 per
+// 128 x 256 tile), so this code is inlined 8 times per kernel. With the branch on `kind` inside each
+// element and IEEE division (a slow-path call per division), the forward kernel was 13.6k SASS
+// instructions, more than the SM's instruction cache holds: every tile re-fetched its epilogue, and on an
+// H100 (2026-11-27) it ran 3-4x slower than cuBLAS's GEMM plus a separate GELU pass (a one-tile problem
+// took 27 us against 4). Branching once per fragment keeps the executed code to one activation's (8.8k
+// instructions in all, 3x faster; bench/results/NOTES.md, run 6); __fdividef (2 ulp) is exact enough for
+// 16-bit outputs.
 // ------------------------------------------------------------------------------------------------------
 struct ActivationArgs {
   int kind = static_cast<int>(MlpActivation::kGelu);
 };
 
-CUTLASS_DEVICE float tanh_of(float u) { return 2.0f / (1.0f + __expf(-2.0f * u)) - 1.0f; }
-CUTLASS_DEVICE float sigmoid_of(float u) { return 1.0f / (1.0f + __expf(-u)); }
+CUTLASS_DEVICE float sigmoid_of(float u) { return __fdividef(1.0f, 1.0f + __expf(-u)); }
+// tanh(u) = 2 sigmoid(2u) - 1; saturates to -1 (__fdividef(2, inf) is 0).
+CUTLASS_DEVICE float tanh_of(float u) { return __fdividef(2.0f, 1.0f + __expf(-2.0f * u)) - 1.0f; }
 
-CUTLASS_DEVICE float activation_value(float pre, int kind) {
-  if (kind == static_cast<int>(MlpActivation::kGelu)) {
-    return 0.5f * pre * (1.0f + erff(pre * 0.7071067811865476f));
-  }
-  if (kind == static_cast<int>(MlpActivation::kGeluTanh)) {
-    return 0.5f * pre * (1.0f + tanh_of(0.7978845608028654f * (pre + 0.044715f * pre * pre * pre)));
-  }
-  return pre * sigmoid_of(1.702f * pre);  // quick_gelu
+CUTLASS_DEVICE float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f)); }
+CUTLASS_DEVICE float gelu_tanh(float x) {
+  return 0.5f * x * (1.0f + tanh_of(0.7978845608028654f * (x + 0.044715f * x * x * x)));
 }
-
-CUTLASS_DEVICE float activation_slope(float pre, int kind) {
-  if (kind == static_cast<int>(MlpActivation::kGelu)) {
-    const float cdf = 0.5f * (1.0f + erff(pre * 0.7071067811865476f));
-    return cdf + pre * 0.3989422804014327f * __expf(-0.5f * pre * pre);
-  }
-  if (kind == static_cast<int>(MlpActivation::kGeluTanh)) {
-    const float t = tanh_of(0.7978845608028654f * (pre + 0.044715f * pre * pre * pre));
-    const float du = 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * pre * pre);
-    return 0.5f * (1.0f + t) + 0.5f * pre * (1.0f - t * t) * du;
-  }
-  const float s = sigmoid_of(1.702f * pre);
-  return s + 1.702f * pre * s * (1.0f - s);
-}
+CUTLASS_DEVICE float quick_gelu(float x) { return x * sigmoid_of(1.702f * x); }
 
 // act(pre), elementwise; Sm90Compute instantiates it for ElementCompute (to find Arguments) and for
 // fragments Array<ElementCompute, N> (to compute).
@@ -83,28 +73,16 @@ struct Activation<cutlass::Array<T, N>> {
   CUTLASS_DEVICE cutlass::Array<T, N> operator()(cutlass::Array<T, N> const& pre,
                                                  Arguments const& args) const {
     cutlass::Array<T, N> out;
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < N; ++i) out[i] = activation_value(pre[i], args.kind);
-    return out;
-  }
-};
-
-// dh * act'(pre); the third operand is h, which the tree stores on its way here and this node ignores.
-template <class T>
-struct ActivationGrad {
-  using Arguments = ActivationArgs;
-  CUTLASS_HOST_DEVICE T operator()(T const& dh, T const& pre, T const& h, Arguments const& args) const;
-};
-
-template <class T, int N>
-struct ActivationGrad<cutlass::Array<T, N>> {
-  using Arguments = ActivationArgs;
-  CUTLASS_DEVICE cutlass::Array<T, N> operator()(cutlass::Array<T, N> const& dh,
-                                                 cutlass::Array<T, N> const& pre, cutlass::Array<T, N> const&,
-                                                 Arguments const& args) const {
-    cutlass::Array<T, N> out;
-    CUTLASS_PRAGMA_UNROLL
-    for (int i = 0; i < N; ++i) out[i] = dh[i] * activation_slope(pre[i], args.kind);
+    if (args.kind == static_cast<int>(MlpActivation::kGelu)) {
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < N; ++i) out[i] = gelu(pre[i]);
+    } else if (args.kind == static_cast<int>(MlpActivation::kGeluTanh)) {
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < N; ++i) out[i] = gelu_tanh(pre[i]);
+    } else {
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < N; ++i) out[i] = quick_gelu(pre[i]);
+    }
     return out;
   }
 };
@@ -132,8 +110,6 @@ struct PingpongSchedule {
   using Epilogue = cutlass::epilogue::TmaWarpSpecialized;
 };
 
-constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
-
 template <class Schedule, class Element, class LayoutA, class LayoutB, class LayoutD, class Fusion>
 struct Gemm {
   static constexpr int kAlign = 128 / cutlass::sizeof_bits<Element>::value;
@@ -159,62 +135,6 @@ using BiasActGemm =
          cutlass::layout::RowMajor,
          cutlass::epilogue::fusion::LinCombPerColBiasEltActAux<cutlass::layout::RowMajor, Activation, Element,
                                                                float, Element, Element>>;
-
-// Backward, transposed: A = weight2^T [N, Nout] (weight2 [Nout, N] row-major: column-major A),
-// B = dz^T (dz [M, Nout] row-major: column-major B), dpre^T / pre^T / h^T [N, M] column-major.
-template <class Schedule, class Element>
-struct ActGradTree {
-  using TileShape = typename Schedule::TileShape;
-  using Epilogue = cutlass::epilogue::collective::detail::EpilogueDescriptor<
-      TileShape, cutlass::epilogue::collective::EpilogueTileAuto, void, Element, typename Schedule::Epilogue>;
-  using PreDesc =
-      cutlass::epilogue::collective::detail::AuxLoadDescriptor<Epilogue, cutlass::layout::ColumnMajor,
-                                                               Element>;
-  using HDesc =
-      cutlass::epilogue::collective::detail::AuxStoreDescriptor<Epilogue, cutlass::layout::ColumnMajor,
-                                                                Element>;
-  using LoadPre =
-      cutlass::epilogue::fusion::Sm90AuxLoad<PreDesc::Stages, typename Epilogue::EpilogueTile, Element,
-                                             typename PreDesc::Stride, typename PreDesc::SmemLayoutAtom,
-                                             typename PreDesc::CopyOpS2R>;
-  using StoreH =
-      cutlass::epilogue::fusion::Sm90AuxStore<HDesc::Stages, typename Epilogue::EpilogueTile, Element, kRound,
-                                              typename HDesc::Stride, typename HDesc::SmemLayoutAtom,
-                                              typename HDesc::CopyOpR2S>;
-  using H = cutlass::epilogue::fusion::Sm90EVT<
-      StoreH, cutlass::epilogue::fusion::Sm90EVT<
-                  cutlass::epilogue::fusion::Sm90Compute<Activation, float, float, kRound>, LoadPre>>;
-  using DPre = cutlass::epilogue::fusion::Sm90EVT<
-      cutlass::epilogue::fusion::Sm90Compute<ActivationGrad, float, float, kRound>,
-      cutlass::epilogue::fusion::Sm90AccFetch, LoadPre, H>;
-  using DBias =
-      cutlass::epilogue::fusion::Sm90ColReduction<cutlass::plus, cutlass::plus, cutlass::plus, 0, TileShape,
-                                                  float, float, kRound, Stride<_1, _0, int64_t>, 4>;
-  using Tree = cutlass::epilogue::fusion::Sm90EVT<
-      cutlass::epilogue::fusion::Sm90Compute<cutlass::epilogue::thread::Identity, Element, float, kRound>,
-      cutlass::epilogue::fusion::Sm90EVT<DBias, DPre>>;
-
-  static typename Tree::Arguments arguments(const Element* pre, Element* h, float* dbias, int64_t N,
-                                            int64_t M, int kind) {
-    using StrideAux = typename PreDesc::Stride;  // column-major [N, M]: (1, N, N * M)
-    const StrideAux stride{_1{}, N, N * M};
-    const typename LoadPre::Arguments load_pre{pre, Element(0), stride};
-    const typename StoreH::Arguments store_h{h, stride};
-    return {                                  // identity (rounding to Element)
-            {                                 // dbias reduction
-             {                                // dpre = dh * act'(pre)
-              {},                             // dh: the accumulator
-              load_pre,                       // pre
-              {{load_pre, {kind}}, store_h},  // h = store(act(pre))
-              {kind}},
-             {dbias, 0.0f, {_1{}, _0{}, N}}},
-            {}};
-  }
-};
-
-template <class Schedule, class Element>
-using ActGradGemm = Gemm<Schedule, Element, cutlass::layout::ColumnMajor, cutlass::layout::ColumnMajor,
-                         cutlass::layout::ColumnMajor, typename ActGradTree<Schedule, Element>::Tree>;
 
 template <class Device>
 void run_gemm(typename Device::Arguments& args, const at::Tensor& like, const char* op) {
@@ -268,31 +188,7 @@ void bias_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& b
   run_gemm<Device>(args, x, "mlp_gemm_bias_act");
 }
 
-template <class Schedule, class Element>
-void act_grad(const at::Tensor& dz, const at::Tensor& weight2, const at::Tensor& pre, int kind,
-              at::Tensor& dpre, at::Tensor& dbias, at::Tensor& h) {
-  using Device = typename ActGradGemm<Schedule, Element>::Device;
-  using Kernel = typename ActGradGemm<Schedule, Element>::Kernel;
-  const int M = static_cast<int>(dz.size(0)), Nout = static_cast<int>(dz.size(1));
-  const int N = static_cast<int>(weight2.size(1));
-  // GEMM (M', N', K) = (N, M, Nout).
-  typename Kernel::StrideA stride_w2t{_1{}, int64_t(N), int64_t(N) * Nout};
-  typename Kernel::StrideB stride_dzt{int64_t(Nout), _1{}, int64_t(M) * Nout};
-  typename Kernel::StrideD stride_out{_1{}, int64_t(N), int64_t(N) * M};
-  typename Device::Arguments args{
-      cutlass::gemm::GemmUniversalMode::kGemm,
-      {N, M, Nout, 1},
-      {reinterpret_cast<const Element*>(weight2.const_data_ptr()), stride_w2t,
-       reinterpret_cast<const Element*>(dz.const_data_ptr()), stride_dzt},
-      {ActGradTree<Schedule, Element>::arguments(reinterpret_cast<const Element*>(pre.const_data_ptr()),
-                                                 reinterpret_cast<Element*>(h.data_ptr()),
-                                                 dbias.data_ptr<float>(), N, M, kind),
-       nullptr, stride_out, reinterpret_cast<Element*>(dpre.data_ptr()), stride_out},
-      hardware_info(dz)};
-  run_gemm<Device>(args, dz, "mlp_gemm_act_grad");
-}
-
-// The launchers a schedule's translation unit instantiates, by dtype.
+// The launcher a schedule's translation unit instantiates, by dtype.
 template <class Schedule>
 void run_bias_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, int kind,
                   const at::Tensor& y, const at::Tensor& pre) {
@@ -300,16 +196,6 @@ void run_bias_act(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
     bias_act<Schedule, cutlass::bfloat16_t>(x, weight, bias, kind, y, pre);
   } else {
     bias_act<Schedule, cutlass::half_t>(x, weight, bias, kind, y, pre);
-  }
-}
-
-template <class Schedule>
-void run_act_grad(const at::Tensor& dz, const at::Tensor& weight2, const at::Tensor& pre, int kind,
-                  at::Tensor& dpre, at::Tensor& dbias, at::Tensor& h) {
-  if (dz.scalar_type() == at::kBFloat16) {
-    act_grad<Schedule, cutlass::bfloat16_t>(dz, weight2, pre, kind, dpre, dbias, h);
-  } else {
-    act_grad<Schedule, cutlass::half_t>(dz, weight2, pre, kind, dpre, dbias, h);
   }
 }
 

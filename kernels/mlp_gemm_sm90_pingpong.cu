@@ -1,6 +1,6 @@
-// The pingpong schedule of the CUTLASS MLP GEMMs (kernels/mlp_gemm_sm90.cuh), in its own translation unit
+// The pingpong schedule of the CUTLASS MLP GEMM (kernels/mlp_gemm_sm90.cuh), in its own translation unit
 // so that the two schedules compile in parallel; kernels/mlp_gemm_sm90.cu checks the arguments and calls
-// these.
+// it.
 #include "mlp_gemm_sm90.cuh"
 
 namespace internvideo_fast {
@@ -8,11 +8,6 @@ namespace internvideo_fast {
 void mlp_gemm_sm90_pingpong_bias_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                      int kind, const at::Tensor& y, const at::Tensor& pre) {
   run_bias_act<PingpongSchedule>(x, weight, bias, kind, y, pre);
-}
-
-void mlp_gemm_sm90_pingpong_act_grad(const at::Tensor& dz, const at::Tensor& weight2, const at::Tensor& pre,
-                                     int kind, at::Tensor& dpre, at::Tensor& dbias, at::Tensor& h) {
-  run_act_grad<PingpongSchedule>(dz, weight2, pre, kind, dpre, dbias, h);
 }
 
 }  // namespace internvideo_fast

@@ -39,7 +39,7 @@ def test_extension_loads():
 
 def test_cutlass_kernels_built_where_they_can_be():
     """The CUTLASS sm_90a kernels are in every CUDA build with an sm_90a target and CUTLASS's headers
-    (requirements/build.txt installs them), and their CUDA implementations are registered then only."""
+    (requirements/build.txt installs them), and their CUDA implementation is registered then only."""
     import internvideo_fast._C as compiled
 
     try:
@@ -49,9 +49,8 @@ def test_cutlass_kernels_built_where_they_can_be():
         headers = bool(os.environ.get("IVF_CUTLASS_DIR"))
     expected = bool(compiled.with_cuda) and "90a" in compiled.cuda_archs and headers
     assert compiled.with_cutlass_sm90 == int(expected)
-    for op in ("mlp_gemm_bias_act", "mlp_gemm_act_grad"):
-        assert _extension.has_kernel(op, "CPU")
-        assert _extension.has_kernel(op, "CUDA") == bool(compiled.with_cutlass_sm90)
+    assert _extension.has_kernel("mlp_gemm_bias_act", "CPU")
+    assert _extension.has_kernel("mlp_gemm_bias_act", "CUDA") == bool(compiled.with_cutlass_sm90)
 
 
 @pytest.mark.skipif(not TOOLKIT, reason="no CUDA toolkit or a CPU build of torch")
@@ -73,6 +72,35 @@ def test_every_cuda_file_has_sm90a_device_code():
         assert any(f"_{len(stem) + 3}{stem}_cu_" in line or f"{stem}_cu_" in line for line in entries), (
             f"no sm_90a kernel from {source} in {library}"
         )
+
+
+# SASS instructions a CUTLASS MLP kernel may have. Its epilogue is unrolled over 8 subtiles per tile, so
+# the activation's code appears 8 times; at 13.6k instructions (a branch on the activation per element and
+# IEEE division) every tile re-fetched its epilogue past the instruction cache and the kernel ran 3x
+# slower on an H100 than at 8.8k (one branch per fragment, __fdividef; bench/results/NOTES.md, run 6).
+CUTLASS_MAX_SASS_INSTRUCTIONS = 10_000
+
+
+@pytest.mark.skipif(not TOOLKIT, reason="no CUDA toolkit or a CPU build of torch")
+def test_cutlass_kernels_fit_the_instruction_cache():
+    import internvideo_fast._C as compiled
+
+    if not compiled.with_cutlass_sm90:
+        pytest.skip("built without the CUTLASS kernels")
+    bundled = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    cuobjdump = shutil.which("cuobjdump") or str(bundled)
+    sass = subprocess.run([cuobjdump, "-arch", "sm_90a", "-sass", compiled.__file__], capture_output=True,
+                          text=True, check=True).stdout
+    sizes, kernel = {}, None
+    for line in sass.splitlines():
+        if match := re.match(r"\s*Function : (\S+)", line):
+            kernel = match.group(1) if "GemmUniversal" in match.group(1) else None
+            if kernel:
+                sizes[kernel] = 0
+        elif kernel and re.match(r"\s*/\*[0-9a-f]{4,}\*/\s", line):
+            sizes[kernel] += 1
+    assert len(sizes) == 4, list(sizes)  # 2 schedules x 2 dtypes
+    assert max(sizes.values()) <= CUTLASS_MAX_SASS_INSTRUCTIONS, sorted(sizes.values())
 
 
 def test_cpu_only_switch(tmp_path):

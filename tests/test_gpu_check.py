@@ -1,6 +1,7 @@
 """`make gpu-check`'s script, in its dry mode on CPU: every stage runs and one JSON comes out."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -336,3 +337,13 @@ def test_late_cases_run_after_every_module_and_the_host_rows(tmp_path, monkeypat
     assert [row["op"] for row in measured["rows"]] == ["early", "second", "late"]
     assert order[0] == "host" and set(order[1:]) == {"late"}  # the host rows before the late cases
     assert any(row["op"] == "host overhead: x" for row in measured["extras"])
+
+
+def test_profile_cutlass_says_what_it_needs_without_a_gpu():
+    """bench/profile_cutlass.py imports and, without a CUDA device, exits 2 with a message (not a trace)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "profile_cutlass.py")],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
+    )
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "needs a GPU" in result.stderr

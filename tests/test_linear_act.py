@@ -764,74 +764,52 @@ def test_tma_plans_only_for_16bit_inputs_with_16_byte_aligned_rows():
     assert labels(torch.float32, 40) == ["pointer", "cublas"]
 
 
-# ------------------------------------------------------------------ the MLP GEMM ops of _C (CUTLASS on sm_90)
+# ------------------------------------------------------------------ the fc1 GEMM op of _C (CUTLASS on sm_90)
 needs_c = pytest.mark.skipif(not HAS_C, reason="internvideo_fast._C is not built")
 
 
-def _mlp_gemm_case(M, K, N, Nout, dtype, device="cpu"):
-    x, w, b = _inputs((M, K), N, dtype, device)
-    dz = torch.randn(M, Nout, device=device).to(dtype)
-    w2 = (torch.randn(Nout, N, device=device) / Nout**0.5).to(dtype)
-    return x, w, b, dz, w2
+def _mlp_gemm_case(M, K, N, dtype, device="cpu"):
+    return _inputs((M, K), N, dtype, device)
 
 
-def _check_mlp_gemm_ops(x, w, b, dz, w2, activation, schedule):
-    """Both ops against float64 (flash-attn's rule, PyTorch at x's dtype as the baseline), into poisoned
-    outputs: mlp_gemm_bias_act's (y, pre), then mlp_gemm_act_grad's (dpre, dbias, h) from that pre."""
-    ops = torch.ops.internvideo_fast
+def _check_mlp_gemm_bias_act(x, w, b, activation, schedule):
+    """mlp_gemm_bias_act's (y, pre) against float64 (flash-attn's rule, PyTorch at x's dtype as the
+    baseline), written into poisoned outputs."""
     M, N = x.shape[0], w.shape[0]
     y = torch.full((M, N), float("nan"), dtype=x.dtype, device=x.device)
     pre = torch.full_like(y, float("nan"))
     with poisoned_outputs():
-        ops.mlp_gemm_bias_act(x, w, b, activation, schedule, y, pre)
+        torch.ops.internvideo_fast.mlp_gemm_bias_act(x, w, b, activation, schedule, y, pre)
     pre64 = F.linear(x.double(), w.double(), b.double())
     pre_baseline = F.linear(x, w, b)
-    assert_close_to_reference(pre, pre64, pre_baseline, name=f"pre ({activation})")
+    assert_close_to_reference(pre, pre64, pre_baseline, name=f"pre ({activation}, {schedule})")
     assert_close_to_reference(y, apply_activation_ref(pre64, activation),
-                              apply_activation_ref(pre_baseline, activation), name=f"y ({activation})")
-
-    with poisoned_outputs():
-        dpre, dbias, h = ops.mlp_gemm_act_grad(dz, w2, pre, activation, schedule)
-    assert dbias.dtype == torch.float32
-
-    def backward(dz_, w2_, pre_):
-        """(dpre, dbias, h) by autograd through the reference activation, at the inputs' dtype."""
-        leaf = pre_.detach().requires_grad_()
-        out = apply_activation_ref(leaf, activation)
-        (grad,) = torch.autograd.grad(out, leaf, dz_ @ w2_)
-        return grad, grad.sum(0), out.detach()
-
-    expected = backward(dz.double(), w2.double(), pre.double())
-    baseline = backward(dz, w2, pre)
-    for name, a, e, base in zip(("dpre", "dbias", "h"), (dpre, dbias, h), expected, baseline):
-        assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} ({activation})")
+                              apply_activation_ref(pre_baseline, activation),
+                              name=f"y ({activation}, {schedule})")
 
 
 @needs_c
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "quick_gelu"])
-@pytest.mark.parametrize("M, K, N, Nout", [(1, 8, 16, 8), (37, 40, 100, 24)])
-def test_mlp_gemm_ops_match_float64_reference(M, K, N, Nout, dtype, activation):
-    """The CPU kernels of the ops behind the "cutlass" plans: the contract the sm_90 kernels are held to."""
+@pytest.mark.parametrize("M, K, N", [(1, 8, 16), (37, 40, 100)])
+def test_mlp_gemm_bias_act_matches_float64_reference(M, K, N, dtype, activation):
+    """The CPU kernel of the op behind the "cutlass" plans: the contract the sm_90 kernels are held to."""
     for schedule in linear_act_module.CUTLASS_SCHEDULES:
-        _check_mlp_gemm_ops(*_mlp_gemm_case(M, K, N, Nout, dtype), activation, schedule)
+        _check_mlp_gemm_bias_act(*_mlp_gemm_case(M, K, N, dtype), activation, schedule)
 
 
 @needs_c
-def test_mlp_gemm_ops_opcheck():
-    """Schemas (what each op mutates), fake implementations and dispatch agree (torch.library.opcheck)."""
-    x, w, b, dz, w2 = _mlp_gemm_case(5, 8, 16, 8, torch.float16)
-    ops = torch.ops.internvideo_fast
+def test_mlp_gemm_bias_act_opcheck():
+    """Schema (what the op mutates), fake implementation and dispatch agree (torch.library.opcheck)."""
+    x, w, b = _mlp_gemm_case(5, 8, 16, torch.float16)
     for pre in (torch.empty(5, 16, dtype=torch.float16), torch.empty(0, dtype=torch.float16)):
-        torch.library.opcheck(ops.mlp_gemm_bias_act.default,
+        torch.library.opcheck(torch.ops.internvideo_fast.mlp_gemm_bias_act.default,
                               (x, w, b, "gelu", "pingpong", torch.empty(5, 16, dtype=torch.float16), pre))
-    torch.library.opcheck(ops.mlp_gemm_act_grad.default, (dz, w2, torch.randn(5, 16).half(), "gelu_tanh",
-                                                           "cooperative"))
 
 
 @needs_c
 def test_mlp_gemm_bias_act_stores_no_pre_when_given_an_empty_one():
-    x, w, b, _, _ = _mlp_gemm_case(37, 40, 104, 8, torch.float16)
+    x, w, b = _mlp_gemm_case(37, 40, 104, torch.float16)
     y, pre = torch.full((37, 104), float("nan"), dtype=torch.float16), torch.empty(0, dtype=torch.float16)
     torch.ops.internvideo_fast.mlp_gemm_bias_act(x, w, b, "quick_gelu", "pingpong", y, pre)
     pre64 = F.linear(x.double(), w.double(), b.double())
@@ -841,9 +819,9 @@ def test_mlp_gemm_bias_act_stores_no_pre_when_given_an_empty_one():
 
 
 @needs_c
-def test_mlp_gemm_ops_name_bad_arguments():
+def test_mlp_gemm_bias_act_names_bad_arguments():
     ops = torch.ops.internvideo_fast
-    x, w, b, dz, w2 = _mlp_gemm_case(5, 8, 16, 8, torch.float32)
+    x, w, b = _mlp_gemm_case(5, 8, 16, torch.float32)
     y, pre = torch.empty(5, 16), torch.empty(5, 16)
     cases = [
         (lambda: ops.mlp_gemm_bias_act(x, w[:, :4].contiguous(), b, "gelu", "cooperative", y, pre), "weight"),
@@ -853,11 +831,7 @@ def test_mlp_gemm_ops_name_bad_arguments():
         (lambda: ops.mlp_gemm_bias_act(x, w, b, "gelu", "cooperative", y[:, :4], pre), "y"),
         (lambda: ops.mlp_gemm_bias_act(x, w, b, "gelu", "cooperative", y, pre.half()), "pre"),
         (lambda: ops.mlp_gemm_bias_act(x, w, b, "gelu", "cooperative", y, y), "pre"),
-        (lambda: ops.mlp_gemm_act_grad(dz, w2.t(), pre, "gelu", "pingpong"), "weight2"),
-        (lambda: ops.mlp_gemm_act_grad(dz, w2, pre[:4], "gelu", "pingpong"), "pre"),
-        (lambda: ops.mlp_gemm_act_grad(dz[None], w2, pre, "gelu", "pingpong"), "dz"),
         (lambda: ops.mlp_gemm_bias_act(x, w, b, "gelu", "split_k", y, pre), "schedule"),
-        (lambda: ops.mlp_gemm_act_grad(dz, w2, pre, "gelu", "basic"), "schedule"),
     ]
     for call, argument in cases:
         with pytest.raises(ValueError, match=argument):
@@ -870,8 +844,6 @@ def test_cutlass_plans_need_the_sm90_build():
     x, w, b = _inputs((8, 64), 32, torch.float16)
     y = torch.empty(8, 32, dtype=torch.float16)
     plans = linear_act_module._fwd_plans(x, w, b, None, y, y, "gelu", True, 0.0, True, True)
-    dz, w2, pre = torch.randn(8, 16).half(), torch.randn(16, 32).half(), torch.randn(8, 32).half()
-    plans += linear_act_module._dh_plans(dz, w2, pre, "gelu", True, None, 0.0, True, True)
     labels = [label for label, _ in plans]
     assert not [label for label in labels if label.startswith("cutlass")], labels
     assert not linear_act_module._cutlass_ok(x, w, y)
@@ -1039,28 +1011,19 @@ def test_gpu_every_backward_plan_matches_reference(monkeypatch, dropout_p):
             actual = grads(lambda *a: fused_mlp(*a, "gelu", dropout_p, seed))
         for name, a, e, base in zip(("dx", "dw1", "db1", "dw2", "db2"), actual, expected, baseline):
             assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (persistent dh, tile {index})")
-    # CUTLASS's dh GEMM with dpre, h and dbias in its epilogue (sm_90 builds, no dropout), each schedule.
-    if dropout_p == 0.0 and linear_act_module._cutlass_ok(x[0], w2):
-        monkeypatch.setattr(linear_act_module, "_FORCE_DH_PLAN", "cutlass")
-        for schedule in linear_act_module.CUTLASS_SCHEDULES:
-            monkeypatch.setattr(linear_act_module, "CUTLASS_SCHEDULES", (schedule,))
-            with use_backend("triton", OP_NAME):
-                actual = grads(lambda *a: fused_mlp(*a, "gelu", dropout_p, seed))
-            for name, a, e, base in zip(("dx", "dw1", "db1", "dw2", "db2"), actual, expected, baseline):
-                assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (cutlass dh, {schedule})")
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "quick_gelu"])
 @pytest.mark.parametrize(
-    "M, K, N, Nout", [(64 * 160 + 8, 768, 3072, 768), (1568 + 8, 1024, 4096, 1024), (40, 64, 200, 72)],
+    "M, K, N", [(64 * 160 + 8, 768, 3072), (1568 + 8, 1024, 4096), (40, 64, 200)],
     ids=["vit_b", "vit_l", "small"],
 )
-def test_gpu_cutlass_mlp_gemms_flash_attn_rule(M, K, N, Nout, dtype, activation):
-    """The sm_90a CUTLASS kernels against float64 as their CPU twins are (tile tails in M and N included)."""
-    case = _mlp_gemm_case(M, K, N, Nout, dtype, device="cuda")
+def test_gpu_cutlass_mlp_gemm_bias_act_flash_attn_rule(M, K, N, dtype, activation):
+    """The sm_90a CUTLASS kernels against float64 as their CPU twin is (tile tails in M and N included)."""
+    case = _mlp_gemm_case(M, K, N, dtype, device="cuda")
     if not linear_act_module._cutlass_ok(*case[:2]):
         pytest.skip("needs an sm_90 GPU and a _C built with CUTLASS for sm_90a")
     for schedule in linear_act_module.CUTLASS_SCHEDULES:
-        _check_mlp_gemm_ops(*case, activation, schedule)
+        _check_mlp_gemm_bias_act(*case, activation, schedule)

@@ -51,15 +51,16 @@ Implementation choices:
   H100; the backward's matmuls are cuBLAS's too.
 - CUTLASS (``kernels/mlp_gemm_sm90.cu``, built for sm_90a when CUTLASS's headers are there): the Triton
   GEMMs reached 77-83% of cuBLAS on an H100, so the tuned MLP ran cuBLAS GEMMs plus separate elementwise
-  passes. CUTLASS's warp-specialized TMA / wgmma GEMMs run at cuBLAS's speed and take the elementwise work
-  into their epilogue visitor trees: ``mlp_gemm_bias_act`` (the forward's "cutlass" plan) writes ``pre``
-  and ``y = act(pre)`` from the accumulator (the activation of the fp32 value, before ``pre`` is rounded),
-  and ``mlp_gemm_act_grad`` (fused_mlp's "cutlass" dh plan) computes ``dh = dz @ weight2`` and writes only
-  ``dpre = dh * act'(pre)``, the recomputed ``h = act(pre)`` and ``dbias`` (fp32, reduced in the
-  epilogue), never ``dh``. Both are tuner candidates at two schedules each (cooperative 128x256 tiles,
-  pingpong 128x128 tiles whose epilogues overlap the other warp group's mainloop) for sm_90, 16-bit,
-  16-byte rows and no dropout, checked against the default plan's outputs like every candidate; their CPU
-  twins (``csrc/mlp_gemm_cpu.cpp``, ATen) define the same results and are what the CPU tests hold them to.
+  passes. CUTLASS's warp-specialized TMA / wgmma GEMMs run at cuBLAS's speed and take the bias and
+  activation into their epilogue: ``mlp_gemm_bias_act`` (the forward's "cutlass" plan) writes ``pre`` (only
+  when a backward needs it) and ``y = act(pre)`` from the accumulator (the activation of the fp32 value,
+  before ``pre`` is rounded). It is a tuner candidate at two schedules (cooperative 128x256 tiles, pingpong
+  128x128 tiles whose epilogues overlap the other warp group's mainloop) for sm_90, 16-bit, 16-byte rows
+  and no dropout, checked against the default plan's outputs like every candidate; its CPU twin
+  (``csrc/mlp_gemm_cpu.cpp``, ATen) defines the same results and is what the CPU tests hold it to. A
+  backward twin (``dh = dz @ weight2`` with ``dpre``, ``h`` and ``dbias`` in the epilogue) measured
+  2.8-4.5x slower than cuBLAS's GEMM plus our elementwise pass on an H100 and was removed
+  (``bench/results/NOTES.md``, run 6).
 - Dropout (``dropout_p > 0``) is fused into the epilogue after the activation: output element
   ``(row, col)`` of the flattened ``[M, N]`` output is kept by ``keep_element(seed, row * N + col, p)``
   (``tl.rand(seed, row * N + col) >= p``, so ``dropout_keep_mask`` reproduces the mask bitwise)
@@ -119,7 +120,7 @@ OP_NAME = "linear_act"
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "none")
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _QUICK_GELU_SCALE = 1.702
-# The CUTLASS MLP GEMMs' schedules (kernels/mlp_gemm_sm90.cuh), one tuner candidate each.
+# The CUTLASS fc1 GEMM's schedules (kernels/mlp_gemm_sm90.cuh), one tuner candidate each.
 CUTLASS_SCHEDULES = ("cooperative", "pingpong")
 
 
@@ -869,7 +870,7 @@ def _tma_rows_ok(*tensors: torch.Tensor) -> bool:
 
 
 def _cutlass_ok(*tensors: torch.Tensor) -> bool:
-    """Whether the CUTLASS MLP GEMMs (kernels/mlp_gemm_sm90.cu, sm_90a only) can run on these 2-D tensors:
+    """Whether the CUTLASS fc1 GEMM (kernels/mlp_gemm_sm90.cu, sm_90a only) can run on these 2-D tensors:
     built into _C, an sm_90 GPU (not the interpreter) and TMA-loadable rows."""
     device = tensors[0].device
     return (device.type == "cuda" and not triton_interpreter_on() and has_kernel("mlp_gemm_bias_act", "CUDA")
@@ -1091,8 +1092,7 @@ def _launch_dh_fused(dz, weight2, pre, activation, has_bias, seed, dropout_p, co
 def _dh_plans(dz, weight2, pre, activation, has_bias, seed, dropout_p, interpreter, with_fused):
     """fused_mlp's fc1 backward as candidate launches, the default first: cuBLAS's dh = dz @ weight2 then
     the elementwise kernel, or (TMA-loadable 16-bit tensors) the fused kernel at each of its tiles, one
-    program per tile ("fused") or persistent ("fused_persistent"), or (sm_90, no dropout) CUTLASS's GEMM
-    with dpre, h and dbias in its epilogue ("cutlass")."""
+    program per tile ("fused") or persistent ("fused_persistent")."""
     # dpre overwrites dh (which nothing else holds): one [M, hidden] buffer fewer at the backward's peak.
     plans = [("unfused", lambda: _launch_dpre(
         torch.matmul(dz, weight2), pre, activation, has_bias, seed, dropout_p, True, in_place=True))]
@@ -1105,15 +1105,6 @@ def _dh_plans(dz, weight2, pre, activation, has_bias, seed, dropout_p, interpret
         plans += [(f"fused:{c.label()}", functools.partial(fused, c)) for c in configs]
         plans += [(f"fused_persistent:{c.label()}", functools.partial(fused, c, programs=programs))
                   for c in persistent_configs]
-    if (with_fused and activation != "none" and not _has_dropout(seed, dropout_p) and M > 0
-            and dz.shape[1] > 0 and _cutlass_ok(dz, weight2, pre)):
-
-        def launch_cutlass(schedule):
-            ops = torch.ops.internvideo_fast
-            dpre, dbias, h = ops.mlp_gemm_act_grad(dz, weight2, pre, activation, schedule)
-            return dpre, dbias if has_bias else None, h
-
-        plans += [(f"cutlass:{s}", functools.partial(launch_cutlass, s)) for s in CUTLASS_SCHEDULES]
     if _FORCE_DH_PLAN is not None:  # tests
         plans = [plan for plan in plans if plan[0].split(":")[0] == _FORCE_DH_PLAN][:1] or plans[:1]
     return plans
@@ -1345,16 +1336,11 @@ _fused_mlp_fwd = eager_op(
 
 
 if HAS_C:
-    # The CUTLASS MLP GEMMs (kernels/mlp_gemm_sm90.cu; csrc/mlp_gemm_cpu.cpp on the CPU): plans of the ops
-    # above, so never traced themselves, but fake implementations keep them usable under torch.compile.
+    # The CUTLASS fc1 GEMM (kernels/mlp_gemm_sm90.cu; csrc/mlp_gemm_cpu.cpp on the CPU): a plan of the ops
+    # above, so never traced itself, but a fake implementation keeps it usable under torch.compile.
     @torch.library.register_fake("internvideo_fast::mlp_gemm_bias_act")
     def _mlp_gemm_bias_act_fake(x, weight, bias, activation, schedule, y, pre):
         return None
-
-    @torch.library.register_fake("internvideo_fast::mlp_gemm_act_grad")
-    def _mlp_gemm_act_grad_fake(dz, weight2, pre, activation, schedule):
-        dbias = pre.new_empty((pre.shape[1],), dtype=torch.float32)
-        return torch.empty_like(pre), dbias, torch.empty_like(pre)
 
 
 # ----------------------------------------------------------------------------------------------------
