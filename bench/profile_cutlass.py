@@ -2,7 +2,7 @@
 ``python bench/profile_cutlass.py`` (about 15 s) prints, per shape and plan, the host time per call, the
 do_bench wall time, the CUDA-graph replay time, and each kernel's profiler time with its launch grid, block,
 shared memory and registers; one JSON goes to ``$OUT`` (else build/). Run 6 (2026-11-27) found this way that
-the kernel itself, not the launch path, was 3-5x slower than cuBLAS: a one-tile problem took 27 us of GPU
+the kernel itself, not the launch path, was 3-4x slower than cuBLAS: a one-tile problem took 27 us of GPU
 time against 2-4 (bench/results/NOTES.md).
 """
 
@@ -12,42 +12,32 @@ import json
 import os
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import triton.testing
 
+sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the package, uninstalled
 
 import internvideo_fast  # noqa: E402,F401  (loads _C)
+from common import cuda_graphed  # noqa: E402
+from profile_gpu import host_us_per_call  # noqa: E402
 
 SHAPES = {"vit_b fc1": (16384, 768, 3072), "vit_l fc1": (16384, 1024, 4096), "one tile": (128, 64, 256)}
+GRAPH_CALLS = 10  # calls per graph replay, so that the graph's own launch does not dominate a 2 us kernel
 
 
-def host_us_per_call(fn, calls: int = 50) -> float:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    host = (time.perf_counter() - start) / calls * 1e6
-    torch.cuda.synchronize()
-    return host
+def graph_ms(fn) -> float:
+    """Per call, replayed from a CUDA graph of GRAPH_CALLS calls (no host time)."""
 
-
-def graph_ms(fn, calls: int = 10) -> float:
-    """Per call, replayed from a CUDA graph of `calls` calls (no host time)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
+    def calls():
+        for _ in range(GRAPH_CALLS):
             fn()
-    return triton.testing.do_bench(graph.replay, warmup=3, rep=50) / calls
+
+    return triton.testing.do_bench(cuda_graphed(calls), warmup=3, rep=50) / GRAPH_CALLS
 
 
 def kernels(fn, calls: int = 5) -> dict[str, dict]:
@@ -75,26 +65,34 @@ def kernels(fn, calls: int = 5) -> dict[str, dict]:
     return found
 
 
+def plans(M: int, K: int, N: int, dtype: torch.dtype = torch.bfloat16) -> dict[str, Callable[[], object]]:
+    """fc1 at [M, K] x [N, K] with gelu: CUTLASS at each schedule, cuBLAS + F.gelu, cuBLAS's GEMM alone."""
+    x = torch.randn(M, K, device="cuda", dtype=dtype)
+    weight = torch.randn(N, K, device="cuda", dtype=dtype) * K**-0.5
+    bias = torch.randn(N, device="cuda", dtype=dtype)
+    y, pre = torch.empty(M, N, device="cuda", dtype=dtype), torch.empty(M, N, device="cuda", dtype=dtype)
+
+    def cutlass(schedule):
+        return lambda: torch.ops.internvideo_fast.mlp_gemm_bias_act(x, weight, bias, "gelu", schedule, y, pre)
+
+    return {
+        "cutlass:cooperative": cutlass("cooperative"),
+        "cutlass:pingpong": cutlass("pingpong"),
+        "cublas addmm + gelu": lambda: F.gelu(torch.addmm(bias, x, weight.t(), out=pre)),
+        "cublas mm": lambda: torch.mm(x, weight.t(), out=pre),
+    }
+
+
 def main() -> int:
     if not torch.cuda.is_available() or not hasattr(torch.ops.internvideo_fast, "mlp_gemm_bias_act"):
         print("needs a GPU and internvideo_fast._C", file=sys.stderr)
         return 2
-    ops, dtype, results = torch.ops.internvideo_fast, torch.bfloat16, {}
+    results = {}
     for shape_name, (M, K, N) in SHAPES.items():
-        x = torch.randn(M, K, device="cuda", dtype=dtype)
-        weight = torch.randn(N, K, device="cuda", dtype=dtype) * K**-0.5
-        bias = torch.randn(N, device="cuda", dtype=dtype)
-        y, pre = torch.empty(M, N, device="cuda", dtype=dtype), torch.empty(M, N, device="cuda", dtype=dtype)
-        def cutlass(schedule):
-            return lambda: ops.mlp_gemm_bias_act(x, weight, bias, "gelu", schedule, y, pre)
-
-        plans = {f"cutlass:{schedule}": cutlass(schedule) for schedule in ("cooperative", "pingpong")}
-        plans["cublas addmm + gelu"] = lambda: F.gelu(torch.addmm(bias, x, weight.t(), out=pre))
-        plans["cublas mm"] = lambda: torch.mm(x, weight.t(), out=pre)
-        for plan, fn in plans.items():
+        for plan, fn in plans(M, K, N).items():
             for _ in range(3):
                 fn()
-            row = {"host_us": round(host_us_per_call(fn), 1),
+            row = {"host_us": round(host_us_per_call(fn, calls=50), 1),
                    "wall_ms": round(triton.testing.do_bench(fn, warmup=5, rep=50), 4),
                    "graph_ms": round(graph_ms(fn), 4), "kernels": kernels(fn)}
             results[f"{shape_name} {M}x{K}x{N}: {plan}"] = row
