@@ -201,7 +201,7 @@ def gemm_rows(device: torch.device, quick: bool = False) -> list[dict]:
 def dh_plans(dz: torch.Tensor, w2: torch.Tensor, pre: torch.Tensor) -> dict:
     """fused_mlp's fc1 backward from fc2's input gradient dz (dpre, dbias and the recomputed h) as
     {label: closure}: every plan the run-time tuner chooses from (cuBLAS + our elementwise pass, the fused
-    Triton and CUTLASS GEMMs), then eager's equivalent (mm, gelu_backward, the bias sum; eager keeps h from
+    Triton GEMMs), then eager's equivalent (mm, gelu_backward, the bias sum; eager keeps h from
     its forward instead of recomputing it)."""
     import importlib
 

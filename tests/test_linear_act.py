@@ -768,10 +768,6 @@ def test_tma_plans_only_for_16bit_inputs_with_16_byte_aligned_rows():
 needs_c = pytest.mark.skipif(not HAS_C, reason="internvideo_fast._C is not built")
 
 
-def _mlp_gemm_case(M, K, N, dtype, device="cpu"):
-    return _inputs((M, K), N, dtype, device)
-
-
 def _check_mlp_gemm_bias_act(x, w, b, activation, schedule):
     """mlp_gemm_bias_act's (y, pre) against float64 (flash-attn's rule, PyTorch at x's dtype as the
     baseline), written into poisoned outputs."""
@@ -795,13 +791,13 @@ def _check_mlp_gemm_bias_act(x, w, b, activation, schedule):
 def test_mlp_gemm_bias_act_matches_float64_reference(M, K, N, dtype, activation):
     """The CPU kernel of the op behind the "cutlass" plans: the contract the sm_90 kernels are held to."""
     for schedule in linear_act_module.CUTLASS_SCHEDULES:
-        _check_mlp_gemm_bias_act(*_mlp_gemm_case(M, K, N, dtype), activation, schedule)
+        _check_mlp_gemm_bias_act(*_inputs((M, K), N, dtype), activation, schedule)
 
 
 @needs_c
 def test_mlp_gemm_bias_act_opcheck():
     """Schema (what the op mutates), fake implementation and dispatch agree (torch.library.opcheck)."""
-    x, w, b = _mlp_gemm_case(5, 8, 16, torch.float16)
+    x, w, b = _inputs((5, 8), 16, torch.float16)
     for pre in (torch.empty(5, 16, dtype=torch.float16), torch.empty(0, dtype=torch.float16)):
         torch.library.opcheck(torch.ops.internvideo_fast.mlp_gemm_bias_act.default,
                               (x, w, b, "gelu", "pingpong", torch.empty(5, 16, dtype=torch.float16), pre))
@@ -809,7 +805,7 @@ def test_mlp_gemm_bias_act_opcheck():
 
 @needs_c
 def test_mlp_gemm_bias_act_stores_no_pre_when_given_an_empty_one():
-    x, w, b = _mlp_gemm_case(37, 40, 104, torch.float16)
+    x, w, b = _inputs((37, 40), 104, torch.float16)
     y, pre = torch.full((37, 104), float("nan"), dtype=torch.float16), torch.empty(0, dtype=torch.float16)
     torch.ops.internvideo_fast.mlp_gemm_bias_act(x, w, b, "quick_gelu", "pingpong", y, pre)
     pre64 = F.linear(x.double(), w.double(), b.double())
@@ -821,7 +817,7 @@ def test_mlp_gemm_bias_act_stores_no_pre_when_given_an_empty_one():
 @needs_c
 def test_mlp_gemm_bias_act_names_bad_arguments():
     ops = torch.ops.internvideo_fast
-    x, w, b = _mlp_gemm_case(5, 8, 16, torch.float32)
+    x, w, b = _inputs((5, 8), 16, torch.float32)
     y, pre = torch.empty(5, 16), torch.empty(5, 16)
     cases = [
         (lambda: ops.mlp_gemm_bias_act(x, w[:, :4].contiguous(), b, "gelu", "cooperative", y, pre), "weight"),
@@ -1022,7 +1018,7 @@ def test_gpu_every_backward_plan_matches_reference(monkeypatch, dropout_p):
 )
 def test_gpu_cutlass_mlp_gemm_bias_act_flash_attn_rule(M, K, N, dtype, activation):
     """The sm_90a CUTLASS kernels against float64 as their CPU twin is (tile tails in M and N included)."""
-    case = _mlp_gemm_case(M, K, N, dtype, device="cuda")
+    case = _inputs((M, K), N, dtype, device="cuda")
     if not linear_act_module._cutlass_ok(*case[:2]):
         pytest.skip("needs an sm_90 GPU and a _C built with CUTLASS for sm_90a")
     for schedule in linear_act_module.CUTLASS_SCHEDULES:
