@@ -4,7 +4,8 @@ F.gelu + nn.Linear, the baseline) and torch.compile of the same eager MLP (defau
 ViT-B pretraining (64 clips x 160 visible tokens, 768 -> 3072) and ViT-L fine-tuning (8 x 1568 tokens,
 1024 -> 4096) sizes. FLOPs: two GEMMs of 2 * rows * D * hidden each, x3 for forward + backward.
 On a GPU the ``ffn+bwd graph`` rows replay eager's and our call from CUDA graphs: the kernels' time
-without the host's.
+without the host's; their ``gemms`` row replays the six GEMMs alone (``gemms_only``), the floor that
+fusing the bias, activation and reductions approaches: eager's time over it bounds any fused FFN's speedup.
 
 Memory (``memory_rows``; ``python bench/bench_linear_act.py [cuda|cpu]`` prints it): per provider, the bytes
 autograd saves for backward in one MLP block (distinct storages, parameters included, counted with
@@ -51,6 +52,22 @@ def _fused_with(provider: str, mlp: FusedMLP):
     return run
 
 
+def gemms_only(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, dy: torch.Tensor):
+    """The FFN's six GEMMs and nothing else (no bias, activation, dropout or bias-gradient reduction): the
+    time an FFN forward + backward cannot go below with these GEMMs, so eager's time over it is the most
+    that fusing the rest can gain."""
+    x = x.detach()
+
+    def run():
+        h = x @ w1.t()  # fc1 (h stands in for act(pre) as well)
+        y = h @ w2.t()  # fc2
+        dweight2, dh = dy.t() @ h, dy @ w2
+        dweight1, dx = dh.t() @ x, dh @ w1
+        return y, dweight2, dweight1, dx
+
+    return run
+
+
 def cases(device: torch.device, quick: bool = False) -> list[Case]:
     on_gpu = device.type == "cuda"
     sizes = SIZES if on_gpu else CPU_SIZES
@@ -92,6 +109,12 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
             if on_gpu and name in ("eager", "triton"):
                 out.append(Case("ffn+bwd graph", size, name, cuda_graphed(forward_backward),
                                 baseline=name == "eager", flops=3 * flops))
+        # The floor: the same GEMMs alone (speedup = the most any fusion of the elementwise work can give).
+        floor = gemms_only(x, eager.fc1.weight.detach(), eager.fc2.weight.detach(), dy)
+        if on_gpu:
+            out.append(Case("ffn+bwd graph", size, "gemms", cuda_graphed(floor), flops=3 * flops))
+        else:  # the CPU cases only prove the cases run
+            out.append(Case("ffn+bwd", size, "gemms", floor, flops=3 * flops))
     return out
 
 

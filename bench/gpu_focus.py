@@ -2,12 +2,13 @@
 
 ``python bench/gpu_focus.py`` (under 1.5 minutes on an H100 from cold caches) times, in one process and
 against their baselines: the copy and matmul ceilings; the CMA cross-attention shapes (forward, forward +
-backward, eager and replayed from CUDA graphs; sdpa-flash); the dropout + residual + LayerNorm and the FFN
-forward + backward (eager and replayed); then the host time per call and where it goes
-(bench/host_overhead.py). Before
-timing, one process per group (``IVF_AUTOTUNE=compile``) compiles every tuner candidate, in parallel. One
-JSON, saved after each group (rows, tuner timings and choices), goes to ``$OUT`` (else bench/results/),
-named like gpu-check's with ``-focus``. ``make gpu-check`` stays the full check; this is its shortest subset.
+backward, eager and replayed from CUDA graphs; sdpa-flash); the dropout + residual + LayerNorm (forward
+replayed; forward + backward eager and replayed; without dropout and drop path, replayed) and the FFN
+forward + backward (eager and replayed, and its six GEMMs alone replayed); then the host time per call and
+where it goes (bench/host_overhead.py). Before timing, one process per group (``IVF_AUTOTUNE=compile``)
+compiles every tuner candidate, in parallel. One JSON, saved after each group (rows, tuner timings and
+choices), goes to ``$OUT`` (else bench/results/), named like gpu-check's with ``-focus``. ``make gpu-check``
+stays the full check; this is its shortest subset.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ ATTENTION_OPS = ("cross_attention_fwd", "cross_attention_fwd_bwd", "cross_attent
 GROUPS = {
     "ceilings": ("bench_ceilings", ("ceiling copy", "ceiling matmul"), ""),
     "attention": ("bench_cross_attention", ATTENTION_OPS, "cma"),
-    "layer_norm": ("bench_dropout_add_layer_norm", ("dropout_add_ln+bwd", "dropout_add_ln+bwd graph"), ""),
+    "layer_norm": ("bench_dropout_add_layer_norm", ("dropout_add_ln+bwd", "dropout_add_ln+bwd graph",
+                                                    "dropout_add_ln graph", "add_ln+bwd graph"), ""),
     "ffn": ("bench_linear_act", ("ffn+bwd", "ffn+bwd graph"), ""),
 }
-PROVIDERS = ("eager", "triton", "sdpa-flash", "torch")  # torch.compile's rows would spend the lease compiling
+# Not torch.compile's rows: they would spend the lease compiling.
+PROVIDERS = ("eager", "triton", "sdpa-flash", "torch", "gemms")
 
 
 def group_cases(name: str, device):

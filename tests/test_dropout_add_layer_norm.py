@@ -142,6 +142,43 @@ def test_dropout_and_drop_path_match_reference_with_the_same_mask(dtype):
 
 
 @needs_triton
+@pytest.mark.parametrize("dropout_p, drop_path, shared", [(0.0, False, True), (0.3, False, False),
+                                                          (0.0, True, False)])
+def test_dx_is_dresidual_when_nothing_scales_the_branch(monkeypatch, dropout_p, drop_path, shared):
+    """Without dropout and drop path dx = dresidual: the backward stores it once and hands both inputs the
+    same buffer (one [rows, D] pass fewer); otherwise two buffers. Each grad equals the reference's."""
+    stored = []
+    original = ln_module._dropout_add_layer_norm_bwd
+
+    def spy(*args):
+        dx, dresidual, dparams = original(*args)
+        stored.append(dresidual.numel())
+        return dx, dresidual, dparams
+
+    monkeypatch.setattr(ln_module, "_dropout_add_layer_norm_bwd", spy)
+    x, res, w, b, scale = _inputs((4, 6, 40), torch.float32, drop_path=drop_path)
+    # Non-leaf inputs, as in a network: their grads are what the backward returned, not copies.
+    x_leaf, res_leaf = _leaves(x, res)
+    x_in, res_in = x_leaf * 1.0, res_leaf * 1.0
+    grads = {}
+    x_in.register_hook(lambda g: grads.__setitem__("x", g))
+    res_in.register_hook(lambda g: grads.__setitem__("residual", g))
+    with use_backend("triton", OP_NAME):
+        normed, new_residual = dropout_add_layer_norm(x_in, res_in, w, b, dropout_p, drop_path_scale=scale,
+                                                      seed=11)
+    dy, dr = torch.randn_like(normed), torch.randn_like(new_residual)
+    torch.autograd.backward([normed, new_residual], [dy, dr])
+    assert stored == [0 if shared else x.numel()]
+    assert (grads["x"].data_ptr() == grads["residual"].data_ptr()) == shared  # views of one buffer
+    keep = dropout_keep_mask(11, x.shape, dropout_p, elements_per_draw=4) if dropout_p else None
+    expected = _forward_backward(
+        lambda *args: dropout_add_layer_norm_ref(*args, keep, dropout_p, 1e-6, scale, upcast=True),
+        *_leaves(x, res, w, b), dy.double(), dr.double())[2]
+    _assert_close(grads["x"], expected[0], TOLERANCE[torch.float32][1], "dx")
+    _assert_close(grads["residual"], expected[1], TOLERANCE[torch.float32][1], "dresidual")
+
+
+@needs_triton
 def test_mixed_precision_parameters():
     """fp16 activations with fp32 LayerNorm parameters (their grads come back in fp32)."""
     x, res, _, _, _ = _inputs((5, 40), torch.float16)
@@ -331,6 +368,22 @@ def test_every_backward_plan_matches_float64_reference(monkeypatch):
         _check_against_reference((37, 600), torch.float32, dropout_p=0.2, seed=3, norm="rms")
 
 
+@needs_triton
+def test_every_forward_plan_matches_float64_reference(monkeypatch):
+    """Each forward plan the GPU tuner may pick, forced one by one: the one-row-per-program default and the
+    row-loop kernel's plans (4 or 8 programs here: 37 rows in uneven blocks), with dropout, drop path and
+    every optional input, at D = 600 (4-element mask groups) and 599 (per-element mask) and without the
+    optional inputs at D = 300; widths outside the loop plans' blocks (D = 100) keep the default only."""
+    assert len(ln_module._labelled_forward_plans(100)) == 1
+    assert len(ln_module._labelled_forward_plans(600)) == 1 + len(ln_module._FWD_LOOP_PLAN_SHAPES)
+    for index in range(len(ln_module._labelled_forward_plans(600))):
+        monkeypatch.setattr(ln_module, "_FORCE_FWD_PLAN", index)
+        for D in (600, 599):
+            _check_against_reference((37, D), torch.float32, dropout_p=0.2, seed=3, drop_path=True)
+        _check_against_reference((5, 7, 300), torch.float16, residual=False, weight=False, bias=False)
+        _check_against_reference((37, 600), torch.float32, dropout_p=0.2, seed=3, norm="rms")
+
+
 # ---------------------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype, D, dropout_p, norm", [
@@ -406,6 +459,35 @@ def test_gpu_every_backward_plan_flash_attn_rule(monkeypatch, D):
         names = ("dx", "dresidual", "dweight", "dbias")
         for name, a, e, base in zip(names, actual[2], expected[2], baseline[2]):
             assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (plan {index})")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", [384, 768, 1024])
+def test_gpu_every_forward_plan_flash_attn_rule(monkeypatch, D):
+    """Each forward plan the tuner may pick, forced one by one, in bf16 with dropout and drop path: the
+    outputs under flash-attn's rule, and the statistics the backward reads equal to the default's within
+    fp32 rounding (plans with more warps sum in another order)."""
+    shape, seed, dtype = (2, 1568, D), 11, torch.bfloat16
+    x, res, w, b, scale = _inputs(shape, dtype, device="cuda", drop_path=True)
+    keep = dropout_keep_mask(seed, shape, 0.1, device="cuda", elements_per_draw=4)
+    expected = dropout_add_layer_norm_ref(x, res, w, b, keep, 0.1, 1e-6, scale, upcast=True)
+    baseline = dropout_add_layer_norm_ref(x, res, w, b, keep, 0.1, 1e-6, scale, upcast=False)
+    plans = ln_module._labelled_forward_plans(D)
+    assert len(plans) > 1
+    flat = [t.reshape(-1, D) if t is not None and t.dim() > 1 else t for t in (x, res, w, b)]
+    statistics = []
+    for index in range(len(plans)):
+        monkeypatch.setattr(ln_module, "_FORCE_FWD_PLAN", index)
+        with use_backend("triton", OP_NAME), poisoned_outputs():
+            actual = dropout_add_layer_norm(x, res, w, b, dropout_p=0.1, drop_path_scale=scale, seed=seed)
+            outputs = ln_module._dropout_add_layer_norm_fwd_impl(
+                *flat, scale, torch.tensor(seed, device="cuda"), 0.1, 1e-6, False)
+        for name, a, e, base in zip(("normed", "new_residual"), actual, expected, baseline):
+            assert_close_to_reference(a, e, base, name=f"{name} ({plans[index][0]})")
+        statistics.append(outputs[2:])
+    for label, (mean, rstd) in zip((plan[0] for plan in plans[1:]), statistics[1:]):
+        torch.testing.assert_close(mean, statistics[0][0], rtol=1e-6, atol=1e-6, msg=label)
+        torch.testing.assert_close(rstd, statistics[0][1], rtol=1e-6, atol=1e-6, msg=label)
 
 
 @pytest.mark.gpu

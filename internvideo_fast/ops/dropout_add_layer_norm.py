@@ -16,7 +16,8 @@ Backward, for ``dy = d normed`` and ``dr = d new_residual`` (from the residual s
 
     g         = dy * weight
     dh        = rstd * (g - xhat * sum(g * xhat) / D - sum(g) / D) + dr
-    dresidual = dh,     dx = dh * k / (1 - p) * s[sample]
+    dresidual = dh,     dx = dh * k / (1 - p) * s[sample]      (no dropout, no drop path: dx is dresidual,
+                                                             stored once)
     dweight   = sum_rows(dy * xhat),     dbias = sum_rows(dy)
 
 Inside the kernels every value is fp32 whatever the input dtype (fp32 / fp16 / bf16); ``normed`` and
@@ -24,7 +25,8 @@ Inside the kernels every value is fp32 whatever the input dtype (fp32 / fp16 / b
 ``[programs, D]`` fp32 buffer and reduced with ``torch.sum(0)``, so they are deterministic. The backward's
 warps, programs per SM and load stages are timed on the GPU by a LaunchTuner (``_BWD_PLAN_SHAPES``); the
 plan fixes how rows split over programs, so across processes dweight / dbias are bitwise equal under
-``IVF_AUTOTUNE=0``.
+``IVF_AUTOTUNE=0``. The forward runs one row per program, or (a tuner candidate, ``_FWD_LOOP_PLAN_SHAPES``)
+the backward's structure: a block of rows per program, weight and bias loaded once, the row loop pipelined.
 
 The dropout mask: element ``i`` of the flattened x (``i = row * D + col``) is kept when
 ``tl.rand4x(seed, i // 4)[i % 4] >= p``: Triton's Philox4x32-10 with counter ``(i // 4 mod 2**32,
@@ -186,11 +188,60 @@ def _dropout_add_layer_norm_fwd_kernel(
 
 
 @triton.jit
+def _dropout_add_layer_norm_fwd_loop_kernel(
+    x_ptr, residual_ptr, weight_ptr, bias_ptr, drop_path_ptr, seed_ptr,
+    normed_ptr, new_residual_ptr, mean_ptr, rstd_ptr,
+    rows, D, rows_per_program, rows_per_sample, dropout_p, keep_scale, eps,
+    BLOCK_D: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_DROP_PATH: tl.constexpr, HAS_DROPOUT: tl.constexpr, D_MULTIPLE_OF_4: tl.constexpr,
+    IS_RMS_NORM: tl.constexpr, LOAD_STAGES: tl.constexpr,
+):
+    # _dropout_add_layer_norm_fwd_kernel (same results) over a contiguous block of rows per program, a few
+    # programs per SM, as the backward's plans: weight and bias are loaded once per program, not per row,
+    # and LOAD_STAGES > 1 pipelines the row loop (the next rows' x and residual come into shared memory by
+    # cp.async while this row's math runs).
+    program = tl.program_id(0)
+    col = tl.arange(0, BLOCK_D)
+    in_row = col < D
+    weight = tl.full([BLOCK_D], 1.0, tl.float32)
+    bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_WEIGHT:
+        weight = tl.load(weight_ptr + col, mask=in_row, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + col, mask=in_row, other=0.0).to(tl.float32)
+    row_start = program.to(tl.int64) * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, rows)
+    for row in tl.range(row_start, row_end, num_stages=LOAD_STAGES):  # int64 rows
+        offset = row * D + col
+
+        # Loads.
+        x = tl.load(x_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
+        factor = keep_scale
+        if HAS_DROP_PATH:
+            factor = factor * tl.load(drop_path_ptr + row // rows_per_sample).to(tl.float32)
+        if HAS_DROPOUT:
+            x = tl.where(_row_keep(seed_ptr, row, D, offset, dropout_p, BLOCK_D, D_MULTIPLE_OF_4), x, 0.0)
+        h = x * factor
+        if HAS_RESIDUAL:
+            h += tl.load(residual_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
+
+        # Math.
+        xhat, mean, rstd = _normalize(h, in_row, D, eps, IS_RMS_NORM)
+        y = xhat * weight + bias
+
+        # Stores.
+        tl.store(normed_ptr + offset, y.to(normed_ptr.dtype.element_ty), mask=in_row)
+        tl.store(new_residual_ptr + offset, h.to(new_residual_ptr.dtype.element_ty), mask=in_row)
+        tl.store(mean_ptr + row, mean)
+        tl.store(rstd_ptr + row, rstd)
+
+
+@triton.jit
 def _dropout_add_layer_norm_bwd_kernel(
     dy_ptr, dnew_residual_ptr, new_residual_ptr, weight_ptr, mean_ptr, rstd_ptr, drop_path_ptr, seed_ptr,
     dx_ptr, dresidual_ptr, dweight_partial_ptr, dbias_partial_ptr,
     rows, D, rows_per_program, rows_per_sample, dropout_p, keep_scale,
-    BLOCK_D: tl.constexpr, HAS_DNEW_RESIDUAL: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_DNEW_RESIDUAL: tl.constexpr, STORE_DRESIDUAL: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROP_PATH: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     D_MULTIPLE_OF_4: tl.constexpr, IS_RMS_NORM: tl.constexpr, LOAD_STAGES: tl.constexpr,
 ):
@@ -234,7 +285,7 @@ def _dropout_add_layer_norm_bwd_kernel(
 
         # Stores.
         tl.store(dx_ptr + offset, dx.to(dx_ptr.dtype.element_ty), mask=in_row)
-        if HAS_RESIDUAL:
+        if STORE_DRESIDUAL:
             tl.store(dresidual_ptr + offset, dh.to(dresidual_ptr.dtype.element_ty), mask=in_row)
     if HAS_WEIGHT:
         tl.store(dweight_partial_ptr + program * D + col, dweight, mask=in_row)
@@ -257,7 +308,7 @@ def _dropout_add_layer_norm_bwd_rows_kernel(
     dy_ptr, dnew_residual_ptr, new_residual_ptr, weight_ptr, mean_ptr, rstd_ptr, drop_path_ptr, seed_ptr,
     dx_ptr, dresidual_ptr, dweight_partial_ptr, dbias_partial_ptr,
     rows, D, rows_per_program, rows_per_sample, dropout_p, keep_scale,
-    BLOCK_D: tl.constexpr, HAS_DNEW_RESIDUAL: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_DNEW_RESIDUAL: tl.constexpr, STORE_DRESIDUAL: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROP_PATH: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     D_MULTIPLE_OF_4: tl.constexpr, IS_RMS_NORM: tl.constexpr, LOAD_STAGES: tl.constexpr,
     ROWS: tl.constexpr,
@@ -311,7 +362,7 @@ def _dropout_add_layer_norm_bwd_rows_kernel(
 
         # Stores.
         tl.store(dx_ptr + offset, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-        if HAS_RESIDUAL:
+        if STORE_DRESIDUAL:
             tl.store(dresidual_ptr + offset, dh.to(dresidual_ptr.dtype.element_ty), mask=mask)
     if HAS_WEIGHT:
         tl.store(dweight_partial_ptr + program * D + col, tl.sum(dweight, axis=0), mask=in_row)
@@ -326,21 +377,21 @@ _TRITON_CONFIGS = tuple(
 )
 # The AOT check compiles every feature switched on, with LayerNorm (the largest kernel); the launcher switches
 # off the features a call lacks and RMSNorm drops the mean, which only removes code.
-_ALL_FEATURES_FWD = dict(
-    HAS_RESIDUAL=True, HAS_WEIGHT=True, HAS_BIAS=True, HAS_DROP_PATH=True, HAS_DROPOUT=True, IS_RMS_NORM=False
-)
-_ALL_FEATURES_BWD = dict(_ALL_FEATURES_FWD, HAS_DNEW_RESIDUAL=True)
+_ALL_FEATURES = dict(HAS_WEIGHT=True, HAS_BIAS=True, HAS_DROP_PATH=True, HAS_DROPOUT=True, IS_RMS_NORM=False)
+_ALL_FEATURES_FWD = dict(_ALL_FEATURES, HAS_RESIDUAL=True)
+_ALL_FEATURES_BWD = dict(_ALL_FEATURES, HAS_DNEW_RESIDUAL=True, STORE_DRESIDUAL=True)
 _MASK_PATHS = (True, False)  # D_MULTIPLE_OF_4: the group-wise and the per-element mask
+_FWD_POINTERS = {
+    "x_ptr": "*bf16", "residual_ptr": "*bf16", "weight_ptr": "*fp32", "bias_ptr": "*fp32",
+    "drop_path_ptr": "*fp32", "seed_ptr": "*i64",
+    "normed_ptr": "*bf16", "new_residual_ptr": "*bf16", "mean_ptr": "*fp32", "rstd_ptr": "*fp32",
+}
+_FWD_SCALARS = {"dropout_p": "fp32", "keep_scale": "fp32", "eps": "fp32"}
 register_triton_kernel(
     TritonKernelSpec(
         name="dropout_add_layer_norm_fwd",
         kernel=_dropout_add_layer_norm_fwd_kernel,
-        signature={
-            "x_ptr": "*bf16", "residual_ptr": "*bf16", "weight_ptr": "*fp32", "bias_ptr": "*fp32",
-            "drop_path_ptr": "*fp32", "seed_ptr": "*i64",
-            "normed_ptr": "*bf16", "new_residual_ptr": "*bf16", "mean_ptr": "*fp32", "rstd_ptr": "*fp32",
-            "D": "i32", "rows_per_sample": "i32", "dropout_p": "fp32", "keep_scale": "fp32", "eps": "fp32",
-        },
+        signature={**_FWD_POINTERS, "D": "i32", "rows_per_sample": "i32", **_FWD_SCALARS},
         configs=tuple(
             KernelConfig(dict(c.constexprs, **_ALL_FEATURES_FWD, D_MULTIPLE_OF_4=aligned), c.num_warps,
                          c.num_stages)
@@ -348,6 +399,32 @@ register_triton_kernel(
         ),
     )
 )
+# Forward plans, timed by a LaunchTuner on the GPU like the backward's: the default is the kernel above (one
+# row per program; the only forward up to gpu-check run 6, where it reached 71% (D = 768) and 80% (D = 1024)
+# of copy bandwidth on an H100, replayed from a CUDA graph). The others run the row loop of
+# _dropout_add_layer_norm_fwd_loop_kernel, the structure that took the backward from 55% to 69-78%: a few
+# programs per SM, weight and bias loaded once per program, and the row loop pipelined through shared
+# memory. Offered at the ViT widths' blocks (D 257-1024); not yet timed on a GPU.
+# (warps multiplier, programs per SM, load stages)
+_FWD_LOOP_PLAN_SHAPES = ((1, 4, 1), (1, 4, 3), (1, 8, 2), (1, 8, 3), (2, 4, 3), (1, 4, 4))
+_FWD_LOOP_BLOCK_DS = (512, 1024)
+# Tests set this to a plan index (0: the default) to run that plan where the tuner would run the default.
+_FORCE_FWD_PLAN: int | None = None
+
+
+def _forward_loop_plans(config: KernelConfig) -> list[tuple[KernelConfig, int]]:
+    """The loop kernel's plans of one row width as (config, programs per SM); none outside
+    _FWD_LOOP_BLOCK_DS."""
+    if config.constexprs["BLOCK_D"] not in _FWD_LOOP_BLOCK_DS:
+        return []
+    plans = {}
+    for factor, per_sm, stages in _FWD_LOOP_PLAN_SHAPES:
+        warps = max(1, min(8, int(config.num_warps * factor)))
+        plan = KernelConfig(dict(config.constexprs, LOAD_STAGES=stages), num_warps=warps, num_stages=1)
+        plans.setdefault((warps, per_sm, stages), (plan, per_sm))
+    return list(plans.values())
+
+
 # Backward plans per row width, timed by a LaunchTuner on the GPU (the first is the default everywhere
 # else): (config, programs per SM). The H100 run of 2026-11-26 measured the default at 55% of copy bandwidth
 # at D = 768: BLOCK_D = 1024 at 4 warps holds 8 values of each row vector per thread, with one row in
@@ -401,6 +478,23 @@ def _distinct_configs(configs) -> list[KernelConfig]:
     return list({config.label(): config for config in configs}.values())
 
 
+register_triton_kernel(
+    TritonKernelSpec(
+        name="dropout_add_layer_norm_fwd_loop",
+        kernel=_dropout_add_layer_norm_fwd_loop_kernel,
+        signature={**_FWD_POINTERS, "rows": "i32", "D": "i32", "rows_per_program": "i32",
+                   "rows_per_sample": "i32", **_FWD_SCALARS},
+        configs=tuple(
+            KernelConfig(dict(plan.constexprs, **_ALL_FEATURES_FWD, D_MULTIPLE_OF_4=aligned), plan.num_warps,
+                         plan.num_stages)
+            for plan in _distinct_configs(
+                plan for config in _TRITON_CONFIGS for plan, _ in _forward_loop_plans(config)
+            )
+            for aligned in _MASK_PATHS
+        ),
+        also_aligned=True,  # where the load stages pipeline (the ViT widths)
+    )
+)
 _BWD_SIGNATURE = {
     "dy_ptr": "*bf16", "dnew_residual_ptr": "*bf16", "new_residual_ptr": "*bf16", "weight_ptr": "*fp32",
     "mean_ptr": "*fp32", "rstd_ptr": "*fp32", "drop_path_ptr": "*fp32", "seed_ptr": "*i64",
@@ -450,8 +544,21 @@ def _labelled_backward_plans(D: int) -> tuple[tuple[str, KernelConfig, int], ...
 
 
 @functools.lru_cache(maxsize=None)
-def _backward_programs(device: torch.device, per_sm: int = 4) -> int:
-    """Programs of the backward kernel: `per_sm` per SM on CUDA (the interpreter: a handful)."""
+def _labelled_forward_plans(D: int) -> tuple[tuple[str, KernelConfig, int | None], ...]:
+    """(label, config, programs per SM) of each forward plan for rows of width D, the default first (one row
+    per program: programs per SM None)."""
+    config = _triton_config(D)
+    default = ("row_per_program", config, None)
+    return (default, *(
+        (f"loop_w{plan.num_warps}_{per_sm}per_sm_ld{plan.constexprs['LOAD_STAGES']}", plan, per_sm)
+        for plan, per_sm in _forward_loop_plans(config)
+    ))
+
+
+@functools.lru_cache(maxsize=None)
+def _row_loop_programs(device: torch.device, per_sm: int = 4) -> int:
+    """Programs of a row-loop kernel (the backward, the forward's loop plans): `per_sm` per SM on CUDA (the
+    interpreter: a handful)."""
     if device.type == "cuda":
         return per_sm * sm_count(device)
     return per_sm
@@ -484,19 +591,39 @@ def _dropout_add_layer_norm_fwd_impl(
     new_residual = new_output(x, (rows, D))
     mean = new_output(x, (rows,), torch.float32)
     rstd = new_output(x, (rows,), torch.float32)
-    if rows > 0:
-        has_dropout = seed is not None and dropout_p > 0.0
-        config = _triton_config(D)
-        _dropout_add_layer_norm_fwd_kernel[(rows,)](
-            x, residual, weight, bias, drop_path_scale, seed if has_dropout else None,
-            normed, new_residual, mean, rstd,
-            D, _rows_per_sample(rows, drop_path_scale),
-            dropout_p if has_dropout else 0.0, 1.0 / (1.0 - dropout_p) if has_dropout else 1.0, eps,
-            **config.constexprs,
-            HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-            HAS_DROP_PATH=drop_path_scale is not None, HAS_DROPOUT=has_dropout, D_MULTIPLE_OF_4=D % 4 == 0,
-            IS_RMS_NORM=rms_norm, num_warps=config.num_warps, num_stages=config.num_stages,
+    if rows == 0:
+        return normed, new_residual, mean, rstd
+    has_dropout = seed is not None and dropout_p > 0.0
+    pointers = (x, residual, weight, bias, drop_path_scale, seed if has_dropout else None,
+                normed, new_residual, mean, rstd)
+    scalars = (dropout_p if has_dropout else 0.0, 1.0 / (1.0 - dropout_p) if has_dropout else 1.0, eps)
+    features = dict(
+        HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        HAS_DROP_PATH=drop_path_scale is not None, HAS_DROPOUT=has_dropout, D_MULTIPLE_OF_4=D % 4 == 0,
+        IS_RMS_NORM=rms_norm,
+    )
+    rows_per_sample = _rows_per_sample(rows, drop_path_scale)
+
+    def launch(config: KernelConfig, per_sm: int | None) -> None:
+        options = dict(config.constexprs, **features, num_warps=config.num_warps,
+                       num_stages=config.num_stages)
+        if per_sm is None:
+            _dropout_add_layer_norm_fwd_kernel[(rows,)](*pointers, D, rows_per_sample, *scalars, **options)
+            return
+        programs = max(1, min(rows, _row_loop_programs(x.device, per_sm)))
+        rows_per_program = cdiv(rows, programs)
+        _dropout_add_layer_norm_fwd_loop_kernel[(cdiv(rows, rows_per_program),)](
+            *pointers, rows, D, rows_per_program, rows_per_sample, *scalars, **options
         )
+
+    plans = _labelled_forward_plans(D)
+    if _FORCE_FWD_PLAN is not None:  # tests
+        plans = plans[min(_FORCE_FWD_PLAN, len(plans) - 1):][:1]
+    candidates = [(label, functools.partial(launch, config, per_sm)) for label, config, per_sm in plans]
+    key = (str(x.dtype), D, length_bucket(rows), residual is not None, weight is not None, bias is not None,
+           drop_path_scale is not None, has_dropout, rms_norm)
+    launch_tuner(OP_NAME + "_fwd").run(key, candidates, x.device,
+                                       outputs=lambda _: (normed, new_residual, mean, rstd))
     return normed, new_residual, mean, rstd
 
 
@@ -526,35 +653,36 @@ def _dropout_add_layer_norm_bwd_impl(
     drop_path_scale: torch.Tensor | None,
     seed: torch.Tensor | None,
     dropout_p: float,
-    has_residual: bool,
+    store_dresidual: bool,
     rms_norm: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (dx, dresidual, dparams): dresidual is empty without a residual; dparams [n, D] fp32 holds
-    the row sums of dweight then dbias, one row each for those that are not None (n = 0, 1 or 2). One
-    buffer, so that both reduce in one launch (the two reductions over the programs' partial rows took
-    0.021 ms beside the kernel's 0.058 in an H100 profile: each such small reduction is mostly latency)."""
+    """Returns (dx, dresidual, dparams): dresidual is empty unless `store_dresidual` (off without a
+    residual, or where the caller uses dx for it); dparams [n, D] fp32 holds the row sums of dweight then
+    dbias, one row each for those that are not None (n = 0, 1 or 2). One buffer, so that both reduce in one
+    launch (the two reductions over the programs' partial rows took 0.021 ms beside the kernel's 0.058 in an
+    H100 profile: each such small reduction is mostly latency)."""
     rows, D = new_residual.shape
     dx = new_output(new_residual, (rows, D))
-    dresidual = new_output(new_residual, (rows, D) if has_residual else (0,))
+    dresidual = new_output(new_residual, (rows, D) if store_dresidual else (0,))
     params = (weight is not None) + (bias is not None)
     if rows == 0:
         return dx, dresidual, new_residual.new_zeros((params, D), dtype=torch.float32)
     has_dropout = seed is not None and dropout_p > 0.0
 
     def launch(config: KernelConfig, per_sm: int) -> torch.Tensor:
-        programs = max(1, min(rows, _backward_programs(new_residual.device, per_sm)))
+        programs = max(1, min(rows, _row_loop_programs(new_residual.device, per_sm)))
         partials = new_output(new_residual, (params, programs, D), torch.float32)
         kernel = _dropout_add_layer_norm_bwd_rows_kernel if "ROWS" in config.constexprs else \
             _dropout_add_layer_norm_bwd_kernel
         kernel[(programs,)](
             dy, dnew_residual, new_residual, weight, mean, rstd, drop_path_scale,
             seed if has_dropout else None,
-            dx, dresidual if has_residual else None,
+            dx, dresidual if store_dresidual else None,
             partials[0] if weight is not None else None, partials[params - 1] if bias is not None else None,
             rows, D, cdiv(rows, programs), _rows_per_sample(rows, drop_path_scale),
             dropout_p if has_dropout else 0.0, 1.0 / (1.0 - dropout_p) if has_dropout else 1.0,
             **config.constexprs,
-            HAS_DNEW_RESIDUAL=dnew_residual is not None, HAS_RESIDUAL=has_residual,
+            HAS_DNEW_RESIDUAL=dnew_residual is not None, STORE_DRESIDUAL=store_dresidual,
             HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
             HAS_DROP_PATH=drop_path_scale is not None, HAS_DROPOUT=has_dropout, D_MULTIPLE_OF_4=D % 4 == 0,
             IS_RMS_NORM=rms_norm, num_warps=config.num_warps, num_stages=config.num_stages,
@@ -565,7 +693,7 @@ def _dropout_add_layer_norm_bwd_impl(
     if _FORCE_BWD_PLAN is not None:  # tests
         plans = plans[min(_FORCE_BWD_PLAN, len(plans) - 1):][:1]
     candidates = [(label, functools.partial(launch, config, per_sm)) for label, config, per_sm in plans]
-    key = (str(new_residual.dtype), D, length_bucket(rows), dnew_residual is not None, has_residual,
+    key = (str(new_residual.dtype), D, length_bucket(rows), dnew_residual is not None, store_dresidual,
            weight is not None, bias is not None, has_dropout, rms_norm)
 
     def outputs(partials):  # plans split the rows differently: their partial sums are compared summed
@@ -584,13 +712,13 @@ _dropout_add_layer_norm_bwd_op = torch.library.custom_op(
 
 @_dropout_add_layer_norm_bwd_op.register_fake
 def _dropout_add_layer_norm_bwd_fake(
-    dy, dnew_residual, new_residual, weight, bias, mean, rstd, drop_path_scale, seed, dropout_p, has_residual,
-    rms_norm,
+    dy, dnew_residual, new_residual, weight, bias, mean, rstd, drop_path_scale, seed, dropout_p,
+    store_dresidual, rms_norm,
 ):
     rows, D = new_residual.shape
     return (
         new_residual.new_empty((rows, D)),
-        new_residual.new_empty((rows, D) if has_residual else (0,)),
+        new_residual.new_empty((rows, D) if store_dresidual else (0,)),
         new_residual.new_empty(((weight is not None) + (bias is not None), D), dtype=torch.float32),
     )
 
@@ -611,11 +739,16 @@ def _backward(ctx, dnormed, dnew_residual, _dmean, _drstd):
     new_residual, weight, bias, mean, rstd, drop_path_scale, seed = ctx.saved_tensors
     if dnormed is None:
         dnormed = torch.zeros_like(new_residual)
+    # Without dropout and drop path, dx = dh * 1 = dresidual bitwise: the kernel stores it once (4 passes
+    # over [rows, D] instead of 5) and both inputs get the same tensor, as an add's backward gives them.
+    shared = ctx.has_residual and drop_path_scale is None and (seed is None or ctx.dropout_p == 0.0)
     dx, dresidual, dparams = _dropout_add_layer_norm_bwd(
         dnormed.contiguous(), None if dnew_residual is None else dnew_residual.contiguous(),
-        new_residual, weight, bias, mean, rstd, drop_path_scale, seed, ctx.dropout_p, ctx.has_residual,
-        ctx.rms_norm,
+        new_residual, weight, bias, mean, rstd, drop_path_scale, seed, ctx.dropout_p,
+        ctx.has_residual and not shared, ctx.rms_norm,
     )
+    if shared:
+        dresidual = dx
     # dparams: fp32 row sums of dweight then dbias (those not None); one cast when their dtypes agree.
     params = [t for t in (weight, bias) if t is not None]
     if len(params) == 2 and weight.dtype == bias.dtype:
