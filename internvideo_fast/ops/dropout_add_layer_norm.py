@@ -147,6 +147,37 @@ def _row_keep(seed_ptr, row, D, offset, dropout_p, BLOCK_D: tl.constexpr, D_MULT
 
 
 @triton.jit
+def _load_dropout_add(
+    x_ptr, residual_ptr, drop_path_ptr, seed_ptr, row, offset, in_row, D, rows_per_sample, dropout_p,
+    keep_scale, BLOCK_D: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROP_PATH: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, D_MULTIPLE_OF_4: tl.constexpr,
+):
+    """The forward's loads: h = residual + x * keep / (1 - p) * s[sample] of one row, in fp32 (padding
+    lanes 0)."""
+    x = tl.load(x_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
+    factor = keep_scale
+    if HAS_DROP_PATH:
+        factor = factor * tl.load(drop_path_ptr + row // rows_per_sample).to(tl.float32)
+    if HAS_DROPOUT:
+        x = tl.where(_row_keep(seed_ptr, row, D, offset, dropout_p, BLOCK_D, D_MULTIPLE_OF_4), x, 0.0)
+    h = x * factor
+    if HAS_RESIDUAL:
+        h += tl.load(residual_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
+    return h
+
+
+@triton.jit
+def _store_normed_row(
+    normed_ptr, new_residual_ptr, mean_ptr, rstd_ptr, row, offset, in_row, y, h, mean, rstd,
+):
+    """The forward's stores of one row: normed, new_residual (their dtype) and the fp32 statistics."""
+    tl.store(normed_ptr + offset, y.to(normed_ptr.dtype.element_ty), mask=in_row)
+    tl.store(new_residual_ptr + offset, h.to(new_residual_ptr.dtype.element_ty), mask=in_row)
+    tl.store(mean_ptr + row, mean)
+    tl.store(rstd_ptr + row, rstd)
+
+
+@triton.jit
 def _dropout_add_layer_norm_fwd_kernel(
     x_ptr, residual_ptr, weight_ptr, bias_ptr, drop_path_ptr, seed_ptr,
     normed_ptr, new_residual_ptr, mean_ptr, rstd_ptr,
@@ -162,15 +193,10 @@ def _dropout_add_layer_norm_fwd_kernel(
     offset = row * D + col
 
     # Loads.
-    x = tl.load(x_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
-    factor = keep_scale
-    if HAS_DROP_PATH:
-        factor = factor * tl.load(drop_path_ptr + row // rows_per_sample).to(tl.float32)
-    if HAS_DROPOUT:
-        x = tl.where(_row_keep(seed_ptr, row, D, offset, dropout_p, BLOCK_D, D_MULTIPLE_OF_4), x, 0.0)
-    h = x * factor
-    if HAS_RESIDUAL:
-        h += tl.load(residual_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
+    h = _load_dropout_add(
+        x_ptr, residual_ptr, drop_path_ptr, seed_ptr, row, offset, in_row, D, rows_per_sample, dropout_p,
+        keep_scale, BLOCK_D, HAS_RESIDUAL, HAS_DROP_PATH, HAS_DROPOUT, D_MULTIPLE_OF_4,
+    )
 
     # Math.
     xhat, mean, rstd = _normalize(h, in_row, D, eps, IS_RMS_NORM)
@@ -181,10 +207,7 @@ def _dropout_add_layer_norm_fwd_kernel(
         y = y + tl.load(bias_ptr + col, mask=in_row, other=0.0).to(tl.float32)
 
     # Stores.
-    tl.store(normed_ptr + offset, y.to(normed_ptr.dtype.element_ty), mask=in_row)
-    tl.store(new_residual_ptr + offset, h.to(new_residual_ptr.dtype.element_ty), mask=in_row)
-    tl.store(mean_ptr + row, mean)
-    tl.store(rstd_ptr + row, rstd)
+    _store_normed_row(normed_ptr, new_residual_ptr, mean_ptr, rstd_ptr, row, offset, in_row, y, h, mean, rstd)
 
 
 @triton.jit
@@ -215,25 +238,19 @@ def _dropout_add_layer_norm_fwd_loop_kernel(
         offset = row * D + col
 
         # Loads.
-        x = tl.load(x_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
-        factor = keep_scale
-        if HAS_DROP_PATH:
-            factor = factor * tl.load(drop_path_ptr + row // rows_per_sample).to(tl.float32)
-        if HAS_DROPOUT:
-            x = tl.where(_row_keep(seed_ptr, row, D, offset, dropout_p, BLOCK_D, D_MULTIPLE_OF_4), x, 0.0)
-        h = x * factor
-        if HAS_RESIDUAL:
-            h += tl.load(residual_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
+        h = _load_dropout_add(
+            x_ptr, residual_ptr, drop_path_ptr, seed_ptr, row, offset, in_row, D, rows_per_sample,
+            dropout_p, keep_scale, BLOCK_D, HAS_RESIDUAL, HAS_DROP_PATH, HAS_DROPOUT, D_MULTIPLE_OF_4,
+        )
 
         # Math.
         xhat, mean, rstd = _normalize(h, in_row, D, eps, IS_RMS_NORM)
         y = xhat * weight + bias
 
         # Stores.
-        tl.store(normed_ptr + offset, y.to(normed_ptr.dtype.element_ty), mask=in_row)
-        tl.store(new_residual_ptr + offset, h.to(new_residual_ptr.dtype.element_ty), mask=in_row)
-        tl.store(mean_ptr + row, mean)
-        tl.store(rstd_ptr + row, rstd)
+        _store_normed_row(
+            normed_ptr, new_residual_ptr, mean_ptr, rstd_ptr, row, offset, in_row, y, h, mean, rstd
+        )
 
 
 @triton.jit
