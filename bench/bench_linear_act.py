@@ -3,8 +3,8 @@ in its epilogue, Triton dGELU + dbias pass, cuBLAS backward GEMMs) against eager
 F.gelu + nn.Linear, the baseline) and torch.compile of the same eager MLP (default mode), in bf16 at the
 ViT-B pretraining (64 clips x 160 visible tokens, 768 -> 3072) and ViT-L fine-tuning (8 x 1568 tokens,
 1024 -> 4096) sizes. FLOPs: two GEMMs of 2 * rows * D * hidden each, x3 for forward + backward.
-On a GPU the ``ffn+bwd graph`` rows replay eager's and our call from CUDA graphs: the kernels' time
-without the host's; their ``gemms`` row replays the six GEMMs alone (``gemms_only``), the floor that
+On a GPU the ``ffn+bwd graph`` rows replay eager's, our and torch.compile's call from CUDA graphs: the
+kernels' time without the host's; their ``gemms`` row replays the six GEMMs alone (``gemms_only``), the floor that
 fusing the bias, activation and reductions approaches: eager's time over it bounds any fused FFN's speedup.
 
 Memory (``memory_rows``; ``python bench/bench_linear_act.py [cuda|cpu]`` prints it): per provider, the bytes
@@ -104,9 +104,10 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
             out.append(
                 Case("ffn+bwd", size, name, forward_backward, baseline=name == "eager", flops=3 * flops)
             )
-            # The same call replayed from a CUDA graph: no host time, so eager's and ours' kernels alone
-            # (eager calls of ours were host-bound on the H100 VM).
-            if on_gpu and name in ("eager", "triton"):
+            # The same call replayed from a CUDA graph: no host time, so eager's, ours' and torch.compile's
+            # kernels alone (eager calls of ours were host-bound on the H100 VM). The compiled function is
+            # the one the eager-call row compiled (default mode, no graphs of its own).
+            if on_gpu:
                 out.append(Case("ffn+bwd graph", size, name, cuda_graphed(forward_backward),
                                 baseline=name == "eager", flops=3 * flops))
         # The floor: the same GEMMs alone (speedup = the most any fusion of the elementwise work can give).
