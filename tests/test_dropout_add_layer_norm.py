@@ -298,11 +298,12 @@ def test_backend_choice_is_explicit():
         dropout_add_layer_norm(*_inputs((2, 40), torch.float32)[:4])
 
 
+@pytest.mark.parametrize("dropout_p", [0.2, 0.0], ids=["dropout", "shared_dx"])  # 0: dx is dresidual
 @pytest.mark.parametrize("norm", sorted(NORMS))
 @pytest.mark.parametrize("backend", ["reference"] + (["triton"] if CPU_TRITON else []))
-def test_torch_compile_fullgraph(backend, norm):
+def test_torch_compile_fullgraph(backend, norm, dropout_p):
     def block(x, residual, weight, bias):
-        normed, new_residual = NORMS[norm][0](x, residual, weight, bias, dropout_p=0.2, seed=3)
+        normed, new_residual = NORMS[norm][0](x, residual, weight, bias, dropout_p=dropout_p, seed=3)
         return normed * 2 + new_residual
 
     x, res, w, b, _ = _inputs((3, 2, 40), torch.float32)
