@@ -323,10 +323,13 @@ def _tuned_op_steps(dtype, device="cpu", sizes=(37, 32, 96, 17, 31)):
     w1, b1 = leaf(hidden, width, scale=width**-0.5), leaf(hidden)
     w2, b2 = leaf(width, hidden, scale=hidden**-0.5), leaf(width)
     q, k, v = leaf(2, sq, 2, 32), leaf(2, sk, 2, 32), leaf(2, sk, 2, 32)
+    wide = leaf(5, 300), leaf(5, 300), leaf(300), leaf(300)  # the forward's loop plans start at D = 257
     return {
         "cross_attention": step_of(lambda *t: cross_attention(*t), q, k, v),
         "dropout_add_layer_norm": step_of(
             lambda *t: dropout_add_layer_norm(*t, 0.1, 1e-6, seed=3), x, residual, weight, bias),
+        "dropout_add_layer_norm_wide": step_of(
+            lambda *t: dropout_add_layer_norm(*t, 0.1, 1e-6, seed=3), *wide),
         "linear_act": step_of(lambda *t: linear_act(*t, "gelu"), x, w1, b1),
         "fused_mlp": step_of(lambda *t: fused_mlp(*t, "gelu"), x, w1, b1, w2, b2),
     }
@@ -379,8 +382,8 @@ def test_every_tuned_op_checks_its_candidates(tuning_on_cpu, monkeypatch):
         monkeypatch.delenv("IVF_AUTOTUNE")
         tuned = _tuned_op_calls(torch.float16)  # a disagreeing candidate's warning fails the test (pyproject)
     timed = {name: tuner for name, tuner in tuning_on_cpu.items() if tuner.timings}
-    assert {"cross_attention_fwd", "cross_attention_bwd", "dropout_add_layer_norm_bwd", "linear_act_fwd",
-            "fused_mlp_dh"} <= set(timed)
+    assert {"cross_attention_fwd", "cross_attention_bwd", "dropout_add_layer_norm_fwd",
+            "dropout_add_layer_norm_bwd", "linear_act_fwd", "fused_mlp_dh"} <= set(timed)
     for name, tuner in timed.items():
         assert tuner.rejected == {}, name
         for key, timings in tuner.timings.items():
