@@ -115,26 +115,21 @@ def _normalize(h, in_row, D, eps, IS_RMS_NORM: tl.constexpr):
 
 
 @triton.jit
-def _normalize_backward(
-    g, xhat, rstd, D, AXIS: tl.constexpr, IS_RMS_NORM: tl.constexpr, PAIRED_SUMS: tl.constexpr,
-):
-    """d h of xhat = (h - mean) * rstd (RMSNorm: h * rstd), given g = d xhat, for rows along AXIS: 0 for
-    one row (rstd a scalar), 1 for a [rows, BLOCK_D] tile (rstd [rows]). Padding lanes of g and xhat are 0.
-    PAIRED_SUMS: LayerNorm's two row sums are one reduction of the pairs (g * xhat, g). A reduction across
-    warps goes through shared memory between barriers, and two separate sums paid that twice per row
-    (sm_90a PTX of the backward kernel's loop: 2 bar.sync per row instead of 4). The kernels pair them
-    when D is a multiple of 4 (the ViT widths); on the per-element mask path the pair spills 8 B with
-    Triton 3.6 (unaligned, 2 load stages)."""
+def _normalize_backward(g, xhat, rstd, D, IS_RMS_NORM: tl.constexpr, PAIRED_SUMS: tl.constexpr):
+    """d h of xhat = (h - mean) * rstd (RMSNorm: h * rstd) of one row, given g = d xhat. Padding lanes of g
+    and xhat are 0. PAIRED_SUMS: LayerNorm's two row sums are one reduction of the pairs (g * xhat, g). A
+    reduction across warps goes through shared memory between barriers, and two separate sums paid that
+    twice per row (sm_90a PTX of the backward kernel's loop: 2 bar.sync per row instead of 4). The kernels
+    pair them when D is a multiple of 4 (the ViT widths); on the per-element mask path the pair spills 8 B
+    with Triton 3.6 (unaligned, 2 load stages)."""
     if IS_RMS_NORM:
-        dh = g - xhat * tl.expand_dims(tl.sum(g * xhat, axis=AXIS) / D, AXIS)
+        dh = g - xhat * (tl.sum(g * xhat, axis=0) / D)
     else:
         if PAIRED_SUMS:
-            sum_gx, sum_g = tl.split(tl.sum(tl.join(g * xhat, g), axis=AXIS))
+            sum_gx, sum_g = tl.split(tl.sum(tl.join(g * xhat, g), axis=0))
         else:
-            sum_gx, sum_g = tl.sum(g * xhat, axis=AXIS), tl.sum(g, axis=AXIS)
-        dh = g - xhat * tl.expand_dims(sum_gx / D, AXIS) - tl.expand_dims(sum_g / D, AXIS)  # the mean's share
-    if AXIS == 1:
-        rstd = tl.expand_dims(rstd, 1)
+            sum_gx, sum_g = tl.sum(g * xhat, axis=0), tl.sum(g, axis=0)
+        dh = g - xhat * (sum_gx / D) - sum_g / D  # the last term: the mean's share
     return rstd * dh
 
 
@@ -289,7 +284,7 @@ def _dropout_add_layer_norm_bwd_kernel(
 
         # Math.
         xhat = tl.where(in_row, (h - mean) * rstd, 0.0)
-        dh = _normalize_backward(dy * weight, xhat, rstd, D, 0, IS_RMS_NORM, D_MULTIPLE_OF_4)
+        dh = _normalize_backward(dy * weight, xhat, rstd, D, IS_RMS_NORM, D_MULTIPLE_OF_4)
         if HAS_DNEW_RESIDUAL:
             dh += tl.load(dnew_residual_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
         dx = dh * factor
@@ -308,83 +303,6 @@ def _dropout_add_layer_norm_bwd_kernel(
         tl.store(dweight_partial_ptr + program * D + col, dweight, mask=in_row)
     if HAS_BIAS:
         tl.store(dbias_partial_ptr + program * D + col, dbias, mask=in_row)
-
-
-@triton.jit
-def keep_rows4(seed, firsts, dropout_p, ROWS: tl.constexpr, BLOCK: tl.constexpr):
-    """keep_block4 of ROWS rows at once: [ROWS, BLOCK] for `firsts` [ROWS], each a multiple of 4."""
-    groups = (firsts >> 2)[:, None] + tl.arange(0, BLOCK // 4)[None, :]
-    u0, u1, u2, u3 = tl.rand4x(seed, groups)
-    # [r, g, a, b] -> element 4 g + 2 a + b of row r, as in keep_block4.
-    uniform = tl.reshape(tl.join(tl.join(u0, u2), tl.join(u1, u3)), [ROWS, BLOCK])
-    return uniform >= dropout_p
-
-
-@triton.jit
-def _dropout_add_layer_norm_bwd_rows_kernel(
-    dy_ptr, dnew_residual_ptr, new_residual_ptr, weight_ptr, mean_ptr, rstd_ptr, drop_path_ptr, seed_ptr,
-    dx_ptr, dresidual_ptr, dweight_partial_ptr, dbias_partial_ptr,
-    rows, D, rows_per_program, rows_per_sample, dropout_p, keep_scale,
-    BLOCK_D: tl.constexpr, HAS_DNEW_RESIDUAL: tl.constexpr, STORE_DRESIDUAL: tl.constexpr,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROP_PATH: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    D_MULTIPLE_OF_4: tl.constexpr, IS_RMS_NORM: tl.constexpr, LOAD_STAGES: tl.constexpr,
-    ROWS: tl.constexpr,
-):
-    # _dropout_add_layer_norm_bwd_kernel (same arguments, same results) on a [ROWS, BLOCK_D] tile per
-    # iteration: the row sums of ROWS rows meet at one set of barriers, and ROWS rows' loads are
-    # in flight per iteration. dweight / dbias accumulate in [ROWS, BLOCK_D] register tiles, reduced over
-    # their rows once, after the loop.
-    program = tl.program_id(0)
-    col = tl.arange(0, BLOCK_D)
-    in_row = col < D
-    weight = tl.full([BLOCK_D], 1.0, tl.float32)
-    if HAS_WEIGHT:
-        weight = tl.load(weight_ptr + col, mask=in_row, other=0.0).to(tl.float32)
-    dweight = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-    dbias = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-    row_start = program.to(tl.int64) * rows_per_program
-    row_end = tl.minimum(row_start + rows_per_program, rows)
-    for start in tl.range(row_start, row_end, ROWS, num_stages=LOAD_STAGES):  # int64 rows
-        row = start + tl.arange(0, ROWS)
-        in_rows = row < row_end
-        mask = in_rows[:, None] & in_row[None, :]
-        offset = row[:, None] * D + col[None, :]
-
-        # Loads (rows past row_end: zeros, and rstd 0, so their dh is 0).
-        h = tl.load(new_residual_ptr + offset, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + offset, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(mean_ptr + row, mask=in_rows, other=0.0)
-        rstd = tl.load(rstd_ptr + row, mask=in_rows, other=0.0)
-        factor = tl.full([ROWS], keep_scale, tl.float32)
-        if HAS_DROP_PATH:
-            factor = factor * tl.load(drop_path_ptr + row // rows_per_sample, mask=in_rows, other=0.0).to(
-                tl.float32)
-
-        # Math.
-        xhat = tl.where(mask, (h - mean[:, None]) * rstd[:, None], 0.0)
-        dh = _normalize_backward(dy * weight[None, :], xhat, rstd, D, 1, IS_RMS_NORM, D_MULTIPLE_OF_4)
-        if HAS_DNEW_RESIDUAL:
-            dh += tl.load(dnew_residual_ptr + offset, mask=mask, other=0.0).to(tl.float32)
-        dx = dh * factor[:, None]
-        if HAS_DROPOUT:
-            if D_MULTIPLE_OF_4:
-                keep = keep_rows4(tl.load(seed_ptr), row * D, dropout_p, ROWS, BLOCK_D)
-            else:
-                keep = keep_element4(tl.load(seed_ptr), offset, dropout_p)
-            dx = tl.where(keep, dx, 0.0)
-        if HAS_WEIGHT:
-            dweight += dy * xhat
-        if HAS_BIAS:
-            dbias += dy
-
-        # Stores.
-        tl.store(dx_ptr + offset, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-        if STORE_DRESIDUAL:
-            tl.store(dresidual_ptr + offset, dh.to(dresidual_ptr.dtype.element_ty), mask=mask)
-    if HAS_WEIGHT:
-        tl.store(dweight_partial_ptr + program * D + col, tl.sum(dweight, axis=0), mask=in_row)
-    if HAS_BIAS:
-        tl.store(dbias_partial_ptr + program * D + col, tl.sum(dbias, axis=0), mask=in_row)
 
 
 # Launch configurations by row width: about 8 fp32 values of a row per thread at the widest.
@@ -457,19 +375,14 @@ def _forward_loop_plans(config: KernelConfig) -> list[tuple[KernelConfig, int]]:
 # before its stores (2 barriers per row since the two sums are paired, 4 in runs 4 and 5); half the warps
 # per row halve the threads that meet at each barrier (the last two plans; at D = 1024 they take 198-212
 # registers, so about 5 programs fit an SM, not 8).
-# Plans of more than one row per iteration run _dropout_add_layer_norm_bwd_rows_kernel: a [rows, BLOCK_D]
-# tile, so each barrier serves that many rows and that many rows' loads are issued together (not yet timed
-# on a GPU). Offered at BLOCK_D = 1024 (D 513-1024: ViT-B's and ViT-L's widths), where every plan compiles
-# without spills for sm_90a (100-247 registers); at 256, 512 and 2048 some spill 4-12 B.
-# (warps multiplier, programs per SM, load stages, rows per iteration)
-_BWD_PLAN_SHAPES = ((1, 4, 1, 1), (2, 4, 1, 1), (1, 8, 1, 1), (1, 4, 3, 1), (1, 8, 2, 1), (2, 4, 3, 1),
-                    (1, 8, 3, 1), (1, 4, 4, 1), (0.5, 8, 3, 1), (0.5, 8, 1, 1),
-                    (2, 4, 1, 2), (2, 4, 3, 2), (1, 4, 3, 2))
+# A multi-row kernel (a [2, BLOCK_D] tile per iteration: one set of barriers for two rows) was a candidate
+# from the eighth session to run 6, which timed it 19-61% slower than the winner at D 768 and 1024 in bf16
+# (ahead by 0.3%, within noise, only in fp32); it was removed.
+# (warps multiplier, programs per SM, load stages)
+_BWD_PLAN_SHAPES = ((1, 4, 1), (2, 4, 1), (1, 8, 1), (1, 4, 3), (1, 8, 2), (2, 4, 3), (1, 8, 3), (1, 4, 4),
+                    (0.5, 8, 3), (0.5, 8, 1))
 # Tests set this to a plan index to run that plan where the tuner would run the default.
 _FORCE_BWD_PLAN: int | None = None
-
-
-_MULTI_ROW_BLOCK_D = 1024
 
 
 def _backward_plans(config: KernelConfig) -> list[tuple[KernelConfig, int]]:
@@ -477,18 +390,15 @@ def _backward_plans(config: KernelConfig) -> list[tuple[KernelConfig, int]]:
     at 128 registers, and D = 4096 spills there (measured with the sm_90a check)."""
     plans = {}
     block_d = config.constexprs["BLOCK_D"]
-    for factor, per_sm, stages, rows in _BWD_PLAN_SHAPES:
+    for factor, per_sm, stages in _BWD_PLAN_SHAPES:
         warps = max(1, min(8, int(config.num_warps * factor)))
         if factor < 1 and not 512 <= block_d <= 16 * 32 * warps:
             # Fewer warps than the width's default spill outside this range with the sm_90a check:
             # BLOCK_D = 4096 at 4 warps 160-916 B, BLOCK_D = 256 at 1 warp 8 B (Triton 3.6, unaligned).
             continue
-        if rows > 1 and block_d != _MULTI_ROW_BLOCK_D:
-            continue
-        constexprs = dict(config.constexprs, LOAD_STAGES=stages, **({"ROWS": rows} if rows > 1 else {}))
-        plan = KernelConfig(constexprs, num_warps=warps, num_stages=1)
-        plans.setdefault((warps, per_sm, stages, rows), plan)
-    return [(plan, per_sm) for (_, per_sm, _, _), plan in plans.items()]
+        plan = KernelConfig(dict(config.constexprs, LOAD_STAGES=stages), num_warps=warps, num_stages=1)
+        plans.setdefault((warps, per_sm, stages), plan)
+    return [(plan, per_sm) for (_, per_sm, _), plan in plans.items()]
 
 
 def _distinct_configs(configs) -> list[KernelConfig]:
@@ -519,28 +429,22 @@ _BWD_SIGNATURE = {
     "rows": "i32", "D": "i32", "rows_per_program": "i32", "rows_per_sample": "i32",
     "dropout_p": "fp32", "keep_scale": "fp32",
 }
-for _name, _kernel, _multi_row in (
-    ("dropout_add_layer_norm_bwd", _dropout_add_layer_norm_bwd_kernel, False),
-    ("dropout_add_layer_norm_bwd_rows", _dropout_add_layer_norm_bwd_rows_kernel, True),
-):
-    register_triton_kernel(
-        TritonKernelSpec(
-            name=_name,
-            kernel=_kernel,
-            signature=_BWD_SIGNATURE,
-            configs=tuple(
-                KernelConfig(dict(c.constexprs, **_ALL_FEATURES_BWD, D_MULTIPLE_OF_4=aligned), c.num_warps,
-                             c.num_stages)
-                for c in _distinct_configs(
-                    plan for config in _TRITON_CONFIGS for plan, _ in _backward_plans(config)
-                    if ("ROWS" in plan.constexprs) == _multi_row
-                )
-                for aligned in _MASK_PATHS
-            ),
-            also_aligned=True,  # where the load stages pipeline (the ViT widths)
-        )
+register_triton_kernel(
+    TritonKernelSpec(
+        name="dropout_add_layer_norm_bwd",
+        kernel=_dropout_add_layer_norm_bwd_kernel,
+        signature=_BWD_SIGNATURE,
+        configs=tuple(
+            KernelConfig(dict(c.constexprs, **_ALL_FEATURES_BWD, D_MULTIPLE_OF_4=aligned), c.num_warps,
+                         c.num_stages)
+            for c in _distinct_configs(
+                plan for config in _TRITON_CONFIGS for plan, _ in _backward_plans(config)
+            )
+            for aligned in _MASK_PATHS
+        ),
+        also_aligned=True,  # where the load stages pipeline (the ViT widths)
     )
-del _name, _kernel, _multi_row
+)
 
 
 def _triton_config(D: int) -> KernelConfig:
@@ -552,9 +456,7 @@ def _labelled_backward_plans(D: int) -> tuple[tuple[str, KernelConfig, int], ...
     """(label, config, programs per SM) of each backward plan for rows of width D: built once per width, not
     on every call (host time)."""
     def label(config: KernelConfig, per_sm: int) -> str:
-        rows = config.constexprs.get("ROWS", 1)
-        return (f"w{config.num_warps}_{per_sm}per_sm_ld{config.constexprs['LOAD_STAGES']}"
-                + (f"_rows{rows}" if rows > 1 else ""))
+        return f"w{config.num_warps}_{per_sm}per_sm_ld{config.constexprs['LOAD_STAGES']}"
 
     plans = _backward_plans(_triton_config(D))
     return tuple((label(config, per_sm), config, per_sm) for config, per_sm in plans)
@@ -689,9 +591,7 @@ def _dropout_add_layer_norm_bwd_impl(
     def launch(config: KernelConfig, per_sm: int) -> torch.Tensor:
         programs = max(1, min(rows, _row_loop_programs(new_residual.device, per_sm)))
         partials = new_output(new_residual, (params, programs, D), torch.float32)
-        kernel = _dropout_add_layer_norm_bwd_rows_kernel if "ROWS" in config.constexprs else \
-            _dropout_add_layer_norm_bwd_kernel
-        kernel[(programs,)](
+        _dropout_add_layer_norm_bwd_kernel[(programs,)](
             dy, dnew_residual, new_residual, weight, mean, rstd, drop_path_scale,
             seed if has_dropout else None,
             dx, dresidual if store_dresidual else None,
