@@ -405,22 +405,29 @@ def _distinct_configs(configs) -> list[KernelConfig]:
     return list({config.label(): config for config in configs}.values())
 
 
-register_triton_kernel(
-    TritonKernelSpec(
-        name="dropout_add_layer_norm_fwd_loop",
-        kernel=_dropout_add_layer_norm_fwd_loop_kernel,
-        signature={**_FWD_POINTERS, "rows": "i32", "D": "i32", "rows_per_program": "i32",
-                   "rows_per_sample": "i32", **_FWD_SCALARS},
-        configs=tuple(
-            KernelConfig(dict(plan.constexprs, **_ALL_FEATURES_FWD, D_MULTIPLE_OF_4=aligned), plan.num_warps,
-                         plan.num_stages)
-            for plan in _distinct_configs(
-                plan for config in _TRITON_CONFIGS for plan, _ in _forward_loop_plans(config)
-            )
-            for aligned in _MASK_PATHS
-        ),
-        also_aligned=True,  # where the load stages pipeline (the ViT widths)
+def _register_row_loop_kernel(name, kernel, signature, features, plans_of) -> None:
+    """A row-loop kernel for the AOT check: every plan of every width, each with both mask paths."""
+    plans = _distinct_configs(plan for config in _TRITON_CONFIGS for plan, _ in plans_of(config))
+    register_triton_kernel(
+        TritonKernelSpec(
+            name=name,
+            kernel=kernel,
+            signature=signature,
+            configs=tuple(
+                KernelConfig(dict(plan.constexprs, **features, D_MULTIPLE_OF_4=aligned), plan.num_warps,
+                             plan.num_stages)
+                for plan in plans for aligned in _MASK_PATHS
+            ),
+            also_aligned=True,  # where the load stages pipeline (the ViT widths)
+        )
     )
+
+
+_register_row_loop_kernel(
+    "dropout_add_layer_norm_fwd_loop", _dropout_add_layer_norm_fwd_loop_kernel,
+    {**_FWD_POINTERS, "rows": "i32", "D": "i32", "rows_per_program": "i32", "rows_per_sample": "i32",
+     **_FWD_SCALARS},
+    _ALL_FEATURES_FWD, _forward_loop_plans,
 )
 _BWD_SIGNATURE = {
     "dy_ptr": "*bf16", "dnew_residual_ptr": "*bf16", "new_residual_ptr": "*bf16", "weight_ptr": "*fp32",
@@ -429,21 +436,9 @@ _BWD_SIGNATURE = {
     "rows": "i32", "D": "i32", "rows_per_program": "i32", "rows_per_sample": "i32",
     "dropout_p": "fp32", "keep_scale": "fp32",
 }
-register_triton_kernel(
-    TritonKernelSpec(
-        name="dropout_add_layer_norm_bwd",
-        kernel=_dropout_add_layer_norm_bwd_kernel,
-        signature=_BWD_SIGNATURE,
-        configs=tuple(
-            KernelConfig(dict(c.constexprs, **_ALL_FEATURES_BWD, D_MULTIPLE_OF_4=aligned), c.num_warps,
-                         c.num_stages)
-            for c in _distinct_configs(
-                plan for config in _TRITON_CONFIGS for plan, _ in _backward_plans(config)
-            )
-            for aligned in _MASK_PATHS
-        ),
-        also_aligned=True,  # where the load stages pipeline (the ViT widths)
-    )
+_register_row_loop_kernel(
+    "dropout_add_layer_norm_bwd", _dropout_add_layer_norm_bwd_kernel, _BWD_SIGNATURE, _ALL_FEATURES_BWD,
+    _backward_plans,
 )
 
 
