@@ -352,12 +352,7 @@ def _forward_loop_plans(config: KernelConfig) -> list[tuple[KernelConfig, int]]:
     _FWD_LOOP_BLOCK_DS."""
     if config.constexprs["BLOCK_D"] not in _FWD_LOOP_BLOCK_DS:
         return []
-    plans = {}
-    for factor, per_sm, stages in _FWD_LOOP_PLAN_SHAPES:
-        warps = max(1, min(8, int(config.num_warps * factor)))
-        plan = KernelConfig(dict(config.constexprs, LOAD_STAGES=stages), num_warps=warps, num_stages=1)
-        plans.setdefault((warps, per_sm, stages), (plan, per_sm))
-    return list(plans.values())
+    return _row_loop_plans(config, _FWD_LOOP_PLAN_SHAPES)
 
 
 # Backward plans per row width, timed by a LaunchTuner on the GPU (the first is the default everywhere
@@ -385,20 +380,30 @@ _BWD_PLAN_SHAPES = ((1, 4, 1), (2, 4, 1), (1, 8, 1), (1, 4, 3), (1, 8, 2), (2, 4
 _FORCE_BWD_PLAN: int | None = None
 
 
-def _backward_plans(config: KernelConfig) -> list[tuple[KernelConfig, int]]:
-    """The plans of one row width, default first. At most 8 warps: at 16 (512 threads) an SM caps a thread
-    at 128 registers, and D = 4096 spills there (measured with the sm_90a check)."""
+def _row_loop_plans(config: KernelConfig, shapes) -> list[tuple[KernelConfig, int]]:
+    """(config, programs per SM) of a row-loop kernel for one row width, one per distinct (warps, programs
+    per SM, load stages) of `shapes`, in their order. At most 8 warps: at 16 (512 threads) an SM caps a
+    thread at 128 registers, and D = 4096 spills there (measured with the sm_90a check)."""
     plans = {}
     block_d = config.constexprs["BLOCK_D"]
-    for factor, per_sm, stages in _BWD_PLAN_SHAPES:
+    for factor, per_sm, stages in shapes:
         warps = max(1, min(8, int(config.num_warps * factor)))
         if factor < 1 and not 512 <= block_d <= 16 * 32 * warps:
             # Fewer warps than the width's default spill outside this range with the sm_90a check:
             # BLOCK_D = 4096 at 4 warps 160-916 B, BLOCK_D = 256 at 1 warp 8 B (Triton 3.6, unaligned).
             continue
         plan = KernelConfig(dict(config.constexprs, LOAD_STAGES=stages), num_warps=warps, num_stages=1)
-        plans.setdefault((warps, per_sm, stages), plan)
-    return [(plan, per_sm) for (_, per_sm, _), plan in plans.items()]
+        plans.setdefault((warps, per_sm, stages), (plan, per_sm))
+    return list(plans.values())
+
+
+def _backward_plans(config: KernelConfig) -> list[tuple[KernelConfig, int]]:
+    """The backward's plans of one row width, default first."""
+    return _row_loop_plans(config, _BWD_PLAN_SHAPES)
+
+
+def _plan_label(config: KernelConfig, per_sm: int) -> str:
+    return f"w{config.num_warps}_{per_sm}per_sm_ld{config.constexprs['LOAD_STAGES']}"
 
 
 def _distinct_configs(configs) -> list[KernelConfig]:
@@ -450,11 +455,8 @@ def _triton_config(D: int) -> KernelConfig:
 def _labelled_backward_plans(D: int) -> tuple[tuple[str, KernelConfig, int], ...]:
     """(label, config, programs per SM) of each backward plan for rows of width D: built once per width, not
     on every call (host time)."""
-    def label(config: KernelConfig, per_sm: int) -> str:
-        return f"w{config.num_warps}_{per_sm}per_sm_ld{config.constexprs['LOAD_STAGES']}"
-
     plans = _backward_plans(_triton_config(D))
-    return tuple((label(config, per_sm), config, per_sm) for config, per_sm in plans)
+    return tuple((_plan_label(config, per_sm), config, per_sm) for config, per_sm in plans)
 
 
 @functools.lru_cache(maxsize=None)
@@ -464,8 +466,7 @@ def _labelled_forward_plans(D: int) -> tuple[tuple[str, KernelConfig, int | None
     config = _triton_config(D)
     default = ("row_per_program", config, None)
     return (default, *(
-        (f"loop_w{plan.num_warps}_{per_sm}per_sm_ld{plan.constexprs['LOAD_STAGES']}", plan, per_sm)
-        for plan, per_sm in _forward_loop_plans(config)
+        (f"loop_{_plan_label(plan, per_sm)}", plan, per_sm) for plan, per_sm in _forward_loop_plans(config)
     ))
 
 
@@ -525,9 +526,8 @@ def _dropout_add_layer_norm_fwd_impl(
             _dropout_add_layer_norm_fwd_kernel[(rows,)](*pointers, D, rows_per_sample, *scalars, **options)
             return
         programs = max(1, min(rows, _row_loop_programs(x.device, per_sm)))
-        rows_per_program = cdiv(rows, programs)
-        _dropout_add_layer_norm_fwd_loop_kernel[(cdiv(rows, rows_per_program),)](
-            *pointers, rows, D, rows_per_program, rows_per_sample, *scalars, **options
+        _dropout_add_layer_norm_fwd_loop_kernel[(programs,)](
+            *pointers, rows, D, cdiv(rows, programs), rows_per_sample, *scalars, **options
         )
 
     plans = _labelled_forward_plans(D)
