@@ -2,6 +2,7 @@
 
 import math
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -151,7 +152,7 @@ def test_mixup_targets_are_soft_and_sum_to_one():
 def test_bad_videos_do_not_stop_training_and_are_summarized(sample_data, tmp_path, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "junk.mp4").write_bytes(os.urandom(4096))
+    (broken / "junk.mp4").write_bytes(random.Random(4096).randbytes(4096))  # the same garbage every run
     lines = (sample_data / "train.txt").read_text().splitlines()
     rooted = [f"{sample_data / line.split()[0]} {line.split()[1]}" for line in lines]
     (tmp_path / "list.txt").write_text("\n".join(rooted + [f"{broken / 'junk.mp4'} 0", f"{broken / 'missing.mp4'} 1"]) + "\n")
