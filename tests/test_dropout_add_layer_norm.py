@@ -18,6 +18,7 @@ from internvideo_fast.ops.dropout_add_layer_norm import (
     dropout_add_rms_norm,
     dropout_add_rms_norm_ref,
     dropout_keep_mask,
+    dropout_threshold,
 )
 
 ln_module = importlib.import_module("internvideo_fast.ops.dropout_add_layer_norm")
@@ -67,7 +68,7 @@ NORMS = {"layer": (dropout_add_layer_norm, dropout_add_layer_norm_ref),
 def _check_against_reference(shape, dtype, dropout_p=0.0, eps=1e-6, seed=7, norm="layer", **features):
     x, res, w, b, scale = _inputs(shape, dtype, **features)
     dy, dr = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
-    keep = dropout_keep_mask(seed, shape, dropout_p, elements_per_draw=4) if dropout_p > 0 else None
+    keep = dropout_keep_mask(seed, shape, dropout_p, elements_per_draw=8) if dropout_p > 0 else None
     op, op_ref = NORMS[norm]
 
     def kernel(*args):
@@ -137,7 +138,7 @@ def test_optional_inputs(features):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_dropout_and_drop_path_match_reference_with_the_same_mask(dtype):
     _check_against_reference((4, 5, 100), dtype, dropout_p=0.3, seed=123, drop_path=True)
-    # D not a multiple of 4: each element draws its group of four (the per-element path of the same rule).
+    # D not a multiple of 8: each element draws its group of eight (the per-element path of the same rule).
     _check_against_reference((3, 7, 37), dtype, dropout_p=0.3, seed=-5, drop_path=True)
 
 
@@ -170,7 +171,7 @@ def test_dx_is_dresidual_when_nothing_scales_the_branch(monkeypatch, dropout_p, 
     torch.autograd.backward([normed, new_residual], [dy, dr])
     assert stored == [0 if shared else x.numel()]
     assert (grads["x"].data_ptr() == grads["residual"].data_ptr()) == shared  # views of one buffer
-    keep = dropout_keep_mask(11, x.shape, dropout_p, elements_per_draw=4) if dropout_p else None
+    keep = dropout_keep_mask(11, x.shape, dropout_p, elements_per_draw=8) if dropout_p else None
     expected = _forward_backward(
         lambda *args: dropout_add_layer_norm_ref(*args, keep, dropout_p, 1e-6, scale, upcast=True),
         *_leaves(x, res, w, b), dy.double(), dr.double())[2]
@@ -194,15 +195,16 @@ def test_mixed_precision_parameters():
 
 @needs_triton
 def test_dropout_rate_and_kernel_mask_equals_pytorch_reproduction():
-    """Kept fraction within 0.01 of 1 - p over 1e5 elements, and exactly the mask dropout_keep_mask gives."""
-    p, shape = 0.25, (250, 400)
-    x = torch.ones(shape)
-    with use_backend("triton", OP_NAME):
-        _, new_residual = dropout_add_layer_norm(x, None, None, None, dropout_p=p, seed=2024)
-    kept = new_residual != 0
-    assert abs(kept.double().mean().item() - (1 - p)) < 0.01
-    assert torch.equal(kept, dropout_keep_mask(2024, shape, p, elements_per_draw=4))
-    assert torch.equal(new_residual[kept], torch.full_like(new_residual[kept], 1 / (1 - p)))
+    """Kept fraction within 0.01 of 1 - p over 1e5 elements, and exactly the mask dropout_keep_mask gives,
+    with whole 8-element groups per row (D = 400) and without (D = 100: each element draws its group)."""
+    for p, shape in ((0.25, (250, 400)), (0.1, (300, 100))):
+        x = torch.ones(shape)
+        with use_backend("triton", OP_NAME):
+            _, new_residual = dropout_add_layer_norm(x, None, None, None, dropout_p=p, seed=2024)
+        kept = new_residual != 0
+        assert abs(kept.double().mean().item() - (1 - p)) < 0.01
+        assert torch.equal(kept, dropout_keep_mask(2024, shape, p, elements_per_draw=8))
+        assert torch.equal(new_residual[kept], torch.full_like(new_residual[kept], 1 / (1 - p)))
 
 
 @needs_triton
@@ -232,7 +234,32 @@ def test_reference_backend_draws_the_kernels_mask():
     """The default CPU backend (the reference) drops the elements dropout_keep_mask names."""
     x = torch.ones(3, 4, 40)
     _, new_residual = dropout_add_layer_norm(x, None, None, None, dropout_p=0.4, seed=-3)
-    assert torch.equal(new_residual != 0, dropout_keep_mask(-3, x.shape, 0.4, elements_per_draw=4))
+    assert torch.equal(new_residual != 0, dropout_keep_mask(-3, x.shape, 0.4, elements_per_draw=8))
+
+
+def test_eight_element_mask_rule_from_the_philox_words():
+    """dropout_keep_mask(elements_per_draw=8), element by element from the Philox words: element i keeps
+    when half i % 2 of word (i // 2) % 4 of counter i // 8 reaches the 16-bit threshold."""
+    from internvideo_fast.ops.tube_mask import philox4x32_10_reference
+
+    seed, p, numel = 2**40 + 12345, 0.3, 77  # a seed past 32 bits; a partial last group
+    threshold = dropout_threshold(p)
+    assert threshold == round(p * 65536)
+    mask = dropout_keep_mask(seed, (7, 11), p, elements_per_draw=8).reshape(-1)
+    for i in range(numel):
+        counter = torch.tensor([i // 8])
+        zero = torch.zeros_like(counter)
+        words = philox4x32_10_reference(counter, zero, zero, zero, torch.tensor(seed & 0xFFFFFFFF),
+                                        torch.tensor(seed >> 32))
+        word = int(words[(i // 2) % 4])
+        half = (word >> 16) if i % 2 else (word & 0xFFFF)
+        assert bool(mask[i]) == (half >= threshold), i
+    # The threshold's ends: p below 2**-17 drops nothing; p just under 1 still keeps the draws of 0xFFFF.
+    assert dropout_threshold(0.0) == 0 and dropout_threshold(2.0**-18) == 0
+    assert dropout_threshold(1 - 2.0**-20) == 65535
+    assert dropout_keep_mask(3, (64,), 2.0**-18, elements_per_draw=8).all()
+    with pytest.raises(ValueError, match="elements_per_draw"):
+        dropout_keep_mask(3, (64,), 0.1, elements_per_draw=4)
 
 
 def test_unseeded_calls_differ():
@@ -358,8 +385,11 @@ def test_every_backward_plan_matches_float64_reference(monkeypatch):
     programs here, so rows split differently over programs (and over dweight / dbias partial rows); the
     interpreter runs the pipelined row loop as a plain loop (the GPU test covers the pipelining). D = 600
     also gets the plans with fewer warps than the width's default (BLOCK_D 512 to 2048 only), at D = 600
-    with the 4-element mask groups and at D = 599 with the per-element mask."""
+    with the 8-element mask groups and at D = 599 with the per-element mask (no load stages there)."""
     assert len(ln_module._labelled_backward_plans(600)) > len(ln_module._labelled_backward_plans(100))
+    assert len(ln_module._labelled_backward_plans(600)) > len(ln_module._labelled_backward_plans(599)) > 1
+    unaligned = ln_module._labelled_backward_plans(599)
+    assert {config.constexprs["LOAD_STAGES"] for _, config, _ in unaligned} == {1}
     for index in range(len(ln_module._BWD_PLAN_SHAPES)):
         monkeypatch.setattr(ln_module, "_FORCE_BWD_PLAN", index)
         for D in (100, 600, 599):
@@ -371,10 +401,13 @@ def test_every_backward_plan_matches_float64_reference(monkeypatch):
 def test_every_forward_plan_matches_float64_reference(monkeypatch):
     """Each forward plan the GPU tuner may pick, forced one by one: the one-row-per-program default and the
     row-loop kernel's plans (4 or 8 programs here: 37 rows in uneven blocks), with dropout, drop path and
-    every optional input, at D = 600 (4-element mask groups) and 599 (per-element mask) and without the
+    every optional input, at D = 600 (8-element mask groups) and 599 (per-element mask) and without the
     optional inputs at D = 300; widths outside the loop plans' blocks (D = 100) keep the default only."""
     assert len(ln_module._labelled_forward_plans(100)) == 1
     assert len(ln_module._labelled_forward_plans(600)) == 1 + len(ln_module._FWD_LOOP_PLAN_SHAPES)
+    unaligned = ln_module._labelled_forward_plans(599)
+    stages = [config.constexprs.get("LOAD_STAGES", 1) for _, config, _ in unaligned]
+    assert stages == [1, 1]  # the default and the one loop plan without load stages
     for index in range(len(ln_module._labelled_forward_plans(600))):
         monkeypatch.setattr(ln_module, "_FORCE_FWD_PLAN", index)
         for D in (600, 599):
@@ -398,7 +431,9 @@ def test_gpu_matches_reference_flash_attn_rule(D, dtype, dropout_p, norm):
     x, res, w, b, scale = _inputs(shape, dtype, device="cuda", drop_path=True)
     dy = torch.randn(shape, device="cuda", dtype=torch.float64)
     dr = torch.randn(shape, device="cuda", dtype=torch.float64)
-    keep = dropout_keep_mask(seed, shape, dropout_p, device="cuda", elements_per_draw=4) if dropout_p > 0 else None
+    keep = None
+    if dropout_p > 0:
+        keep = dropout_keep_mask(seed, shape, dropout_p, device="cuda", elements_per_draw=8)
 
     def kernel(*args):
         return op(*args, dropout_p=dropout_p, drop_path_scale=scale, seed=seed)
@@ -422,7 +457,7 @@ def test_gpu_mask_equals_pytorch_reproduction_and_backward_is_deterministic():
     shape = (8, 1568, 768)
     ones = torch.ones(shape, device="cuda", dtype=torch.bfloat16)
     _, dropped_ones = dropout_add_layer_norm(ones, None, None, None, dropout_p=0.1, seed=77)
-    assert torch.equal(dropped_ones != 0, dropout_keep_mask(77, shape, 0.1, "cuda", elements_per_draw=4))
+    assert torch.equal(dropped_ones != 0, dropout_keep_mask(77, shape, 0.1, "cuda", elements_per_draw=8))
     x, res, w, b, _ = _inputs(shape, torch.bfloat16, device="cuda")
     x.requires_grad_()
     w.requires_grad_()
@@ -441,7 +476,7 @@ def test_gpu_every_backward_plan_flash_attn_rule(monkeypatch, D):
     x, res, w, b, scale = _inputs(shape, dtype, device="cuda", drop_path=True)
     dy = torch.randn(shape, device="cuda", dtype=torch.float64)
     dr = torch.randn(shape, device="cuda", dtype=torch.float64)
-    keep = dropout_keep_mask(seed, shape, 0.1, device="cuda", elements_per_draw=4)
+    keep = dropout_keep_mask(seed, shape, 0.1, device="cuda", elements_per_draw=8)
 
     def reference(*args, upcast):
         return dropout_add_layer_norm_ref(*args, keep, 0.1, 1e-6, scale, upcast=upcast)
@@ -468,7 +503,7 @@ def test_gpu_every_forward_plan_flash_attn_rule(monkeypatch, D):
     fp32 rounding (plans with more warps sum in another order)."""
     shape, seed, dtype = (2, 1568, D), 11, torch.bfloat16
     x, res, w, b, scale = _inputs(shape, dtype, device="cuda", drop_path=True)
-    keep = dropout_keep_mask(seed, shape, 0.1, device="cuda", elements_per_draw=4)
+    keep = dropout_keep_mask(seed, shape, 0.1, device="cuda", elements_per_draw=8)
     expected = dropout_add_layer_norm_ref(x, res, w, b, keep, 0.1, 1e-6, scale, upcast=True)
     baseline = dropout_add_layer_norm_ref(x, res, w, b, keep, 0.1, 1e-6, scale, upcast=False)
     plans = ln_module._labelled_forward_plans(D)

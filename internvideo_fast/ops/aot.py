@@ -9,6 +9,10 @@ check that it
 - spills nothing (no spill stores or loads, which would put registers in local memory),
 - uses ``wgmma`` when it multiplies matrices (otherwise Hopper runs it on the older mma path).
 
+Each report also counts the SASS instructions of the kernel's loops (``cuobjdump -sass``, bundled with
+Triton): a row loop's instructions per row and thread, which tests/test_aot_sm90.py holds to a budget
+where issue rate is part of a kernel's speed.
+
 Matmul kernels are checked twice: as compiled for arbitrary arguments, and with every pointer and size a
 multiple of 16 (the specialization real ViT launches get, which pipelines deeper and uses more shared
 memory).
@@ -45,6 +49,9 @@ class AotReport:
     has_wgmma: bool | None = None
     multiplies_matrices: bool = False
     error: str | None = None
+    # SASS instructions of each loop (a backward branch to its target), by start address: a per-iteration
+    # cost that can be compared without a GPU (a row loop's instructions per row and thread).
+    loop_instructions: list[int] | None = None
 
     def problems(self) -> list[str]:
         if self.error is not None:
@@ -65,6 +72,28 @@ def ptxas_path() -> str:
 
     bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     return os.environ.get("TRITON_PTXAS_PATH", str(bundled))
+
+
+def cuobjdump_path() -> str:
+    """The cuobjdump that Triton bundles."""
+    import triton
+
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+
+
+_SASS_LINE = re.compile(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);")
+
+
+def loop_instruction_counts(sass: str) -> list[int]:
+    """Instructions from each backward branch's target to the branch (``cuobjdump -sass`` text of one
+    kernel), in order of the loops' starts; nested loops count their inner ones too."""
+    instructions = [(int(m.group(1), 16), m.group(2)) for m in map(_SASS_LINE.match, sass.splitlines()) if m]
+    loops = []
+    for address, text in instructions:
+        branch = re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", text)
+        if branch and int(branch.group(1), 16) < address:
+            loops.append((int(branch.group(1), 16), address))
+    return [sum(1 for address, _ in instructions if start <= address <= end) for start, end in sorted(loops)]
 
 
 def parse_ptxas_verbose(log: str) -> dict[str, int]:
@@ -118,10 +147,15 @@ def compile_for_sm90(spec: TritonKernelSpec, config: KernelConfig, aligned: bool
     with tempfile.TemporaryDirectory() as folder:
         ptx_file = Path(folder) / "kernel.ptx"
         ptx_file.write_text(ptx)
+        cubin = Path(folder) / "kernel.cubin"
         result = subprocess.run(
-            [ptxas_path(), "-arch=sm_90a", "-v", str(ptx_file), "-o", str(Path(folder) / "kernel.cubin")],
+            [ptxas_path(), "-arch=sm_90a", "-v", str(ptx_file), "-o", str(cubin)],
             capture_output=True, text=True, check=False,
         )
+        if result.returncode == 0 and Path(cuobjdump_path()).exists():
+            sass = subprocess.run([cuobjdump_path(), "-sass", str(cubin)], capture_output=True, text=True,
+                                  check=False).stdout
+            report.loop_instructions = loop_instruction_counts(sass)
     if result.returncode != 0:
         report.error = f"ptxas failed: {result.stderr.strip()[-300:]}"
         return report

@@ -28,15 +28,20 @@ plan fixes how rows split over programs, so across processes dweight / dbias are
 ``IVF_AUTOTUNE=0``. The forward runs one row per program, or (a tuner candidate, ``_FWD_LOOP_PLAN_SHAPES``)
 the backward's structure: a block of rows per program, weight and bias loaded once, the row loop pipelined.
 
-The dropout mask: element ``i`` of the flattened x (``i = row * D + col``) is kept when
-``tl.rand4x(seed, i // 4)[i % 4] >= p``: Triton's Philox4x32-10 with counter ``(i // 4 mod 2**32,
-i // 4 >> 32, 0, 0)`` and key ``(seed mod 2**32, seed >> 32)``, word ``i % 4`` to a float in [0, 1); one
-Philox call per four elements. At one call per element the generator, not memory, bounded the kernels on an
-H100 (2026-11-26: the forward took 0.055 ms for 8 x 1568 x 768 bf16 rows, about what 10 rounds per element
-cost on its integer units; 0.030 ms at one call per four). When D is a multiple of 4 a row's elements come
-in whole groups, so the kernels draw each group once; otherwise each element draws its group (the same mask,
-four times the work). The mask is never stored: the backward kernel regenerates it from the seed, and
-``dropout_keep_mask(seed, shape, p, elements_per_draw=4)`` reproduces it bitwise in PyTorch, so the
+The dropout mask: element ``i`` of the flattened x (``i = row * D + col``) is kept when its 16-bit draw
+is at least ``t = dropout_threshold(p) = min(round(p * 2**16), 2**16 - 1)``. The draw is half ``i % 2`` (0:
+low, 1: high 16 bits) of word ``(i // 2) % 4`` of ``tl.randint4x(seed, i // 8)``: Triton's Philox4x32-10
+with counter ``(i // 8 mod 2**32, i // 8 >> 32, 0, 0)`` and key ``(seed mod 2**32, seed >> 32)``. So one
+Philox call serves eight elements, the eight 16-byte-aligned bf16 values a thread holds, and the test is an
+integer compare; the kept fraction is ``1 - t / 2**16``, within ``2**-17`` of ``1 - p`` (flash-attn
+quantizes p to 8 bits), and kept values are scaled by ``1 / (1 - p)``. Why so few draws: at one call per
+element the generator, not memory, bounded the kernels on an H100 (2026-11-26: the forward took 0.055 ms for
+8 x 1568 x 768 bf16 rows; 0.030 ms at one call per four elements), and at one call per four, with a float
+compare, the mask was still 192 of the backward loop's 504 SASS instructions per row and thread (sm_90a,
+BLOCK_D 1024, 4 warps; 312 without dropout). When D is a multiple of 8 a row's elements come in whole
+groups, so the kernels draw each group once; otherwise each element draws its group (the same mask, eight
+times the work). The mask is never stored: the backward kernel regenerates it from the seed, and
+``dropout_keep_mask(seed, shape, p, elements_per_draw=8)`` reproduces it bitwise in PyTorch, so the
 reference and the Triton kernel drop the same elements for the same seed. The seed is a one-element int64
 tensor on x's device (no host sync; CUDA-graph and torch.compile friendly).
 
@@ -81,23 +86,33 @@ def keep_element(seed, offset, dropout_p):
 
 
 @triton.jit
-def keep_element4(seed, offset, dropout_p):
-    """This op's rule (see the module docstring) for elements at any flat offsets: word ``offset % 4`` of the
-    Philox call for group ``offset // 4``; ``dropout_keep_mask(..., elements_per_draw=4)`` reproduces it."""
-    u0, u1, u2, u3 = tl.rand4x(seed, offset >> 2)
-    lane = offset & 3
-    uniform = tl.where(lane == 0, u0, tl.where(lane == 1, u1, tl.where(lane == 2, u2, u3)))
-    return uniform >= dropout_p
+def _halves(words, threshold):
+    """The keep flags of the low and high 16-bit halves of uint32 `words`: ``[..., 2]``, half last."""
+    bound = threshold.to(tl.uint32)
+    return tl.join((words & 0xFFFF) >= bound, (words >> 16) >= bound)
 
 
 @triton.jit
-def keep_block4(seed, first, dropout_p, BLOCK: tl.constexpr):
-    """keep_element4(seed, first + arange(BLOCK)) for `first` a multiple of 4, one Philox call per group."""
-    u0, u1, u2, u3 = tl.rand4x(seed, (first >> 2) + tl.arange(0, BLOCK // 4))
-    # join stacks along a new last dim, so join(join(u0, u2), join(u1, u3))[g, a, b] is word 2a + b of
-    # group g: row-major, the element order.
-    uniform = tl.reshape(tl.join(tl.join(u0, u2), tl.join(u1, u3)), [BLOCK])
-    return uniform >= dropout_p
+def keep_element8(seed, offset, threshold):
+    """This op's rule (see the module docstring) for elements at any flat offsets (int64): half
+    ``offset % 2`` of word ``(offset // 2) % 4`` of the Philox call for group ``offset // 8``, against the
+    16-bit `threshold`; ``dropout_keep_mask(..., elements_per_draw=8)`` reproduces it."""
+    w0, w1, w2, w3 = tl.randint4x(seed, offset >> 3)
+    odd_word = (offset & 2) != 0
+    word = tl.where((offset & 4) != 0, tl.where(odd_word, w3, w2), tl.where(odd_word, w1, w0))
+    half = (word >> ((offset & 1) * 16).to(tl.uint32)) & 0xFFFF
+    return half >= threshold.to(tl.uint32)
+
+
+@triton.jit
+def keep_block8(seed, first, threshold, BLOCK: tl.constexpr):
+    """keep_element8(seed, first + arange(BLOCK), threshold) for `first` a multiple of 8: one Philox call
+    per group of eight."""
+    w0, w1, w2, w3 = tl.randint4x(seed, (first >> 3) + tl.arange(0, BLOCK // 8))
+    # join stacks along a new last dim, so join(join(w0, w2), join(w1, w3))[g, a, b] is word 2a + b of
+    # group g, and _halves adds the half: row-major, the element order.
+    words = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), [BLOCK // 2])
+    return tl.reshape(_halves(words, threshold), [BLOCK])
 
 
 @triton.jit
@@ -120,7 +135,7 @@ def _normalize_backward(g, xhat, rstd, D, IS_RMS_NORM: tl.constexpr, PAIRED_SUMS
     and xhat are 0. PAIRED_SUMS: LayerNorm's two row sums are one reduction of the pairs (g * xhat, g). A
     reduction across warps goes through shared memory between barriers, and two separate sums paid that
     twice per row (sm_90a PTX of the backward kernel's loop: 2 bar.sync per row instead of 4). The kernels
-    pair them when D is a multiple of 4 (the ViT widths); on the per-element mask path the pair spills 8 B
+    pair them when D is a multiple of 8 (the ViT widths); on the per-element mask path the pair spills 8 B
     with Triton 3.6 (unaligned, 2 load stages)."""
     if IS_RMS_NORM:
         dh = g - xhat * (tl.sum(g * xhat, axis=0) / D)
@@ -134,18 +149,19 @@ def _normalize_backward(g, xhat, rstd, D, IS_RMS_NORM: tl.constexpr, PAIRED_SUMS
 
 
 @triton.jit
-def _row_keep(seed_ptr, row, D, offset, dropout_p, BLOCK_D: tl.constexpr, D_MULTIPLE_OF_4: tl.constexpr):
+def _row_keep(seed_ptr, row, D, offset, drop_threshold, BLOCK_D: tl.constexpr,
+              D_MULTIPLE_OF_8: tl.constexpr):
     """The keep mask of one row (offsets row * D + arange(BLOCK_D))."""
-    if D_MULTIPLE_OF_4:
-        return keep_block4(tl.load(seed_ptr), row * D, dropout_p, BLOCK_D)
-    return keep_element4(tl.load(seed_ptr), offset, dropout_p)
+    if D_MULTIPLE_OF_8:
+        return keep_block8(tl.load(seed_ptr), row * D, drop_threshold, BLOCK_D)
+    return keep_element8(tl.load(seed_ptr), offset, drop_threshold)
 
 
 @triton.jit
 def _load_dropout_add(
-    x_ptr, residual_ptr, drop_path_ptr, seed_ptr, row, offset, in_row, D, rows_per_sample, dropout_p,
+    x_ptr, residual_ptr, drop_path_ptr, seed_ptr, row, offset, in_row, D, rows_per_sample, drop_threshold,
     keep_scale, BLOCK_D: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_DROP_PATH: tl.constexpr,
-    HAS_DROPOUT: tl.constexpr, D_MULTIPLE_OF_4: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, D_MULTIPLE_OF_8: tl.constexpr,
 ):
     """The forward's loads: h = residual + x * keep / (1 - p) * s[sample] of one row, in fp32 (padding
     lanes 0)."""
@@ -154,7 +170,7 @@ def _load_dropout_add(
     if HAS_DROP_PATH:
         factor = factor * tl.load(drop_path_ptr + row // rows_per_sample).to(tl.float32)
     if HAS_DROPOUT:
-        x = tl.where(_row_keep(seed_ptr, row, D, offset, dropout_p, BLOCK_D, D_MULTIPLE_OF_4), x, 0.0)
+        x = tl.where(_row_keep(seed_ptr, row, D, offset, drop_threshold, BLOCK_D, D_MULTIPLE_OF_8), x, 0.0)
     h = x * factor
     if HAS_RESIDUAL:
         h += tl.load(residual_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
@@ -176,9 +192,9 @@ def _store_normed_row(
 def _dropout_add_layer_norm_fwd_kernel(
     x_ptr, residual_ptr, weight_ptr, bias_ptr, drop_path_ptr, seed_ptr,
     normed_ptr, new_residual_ptr, mean_ptr, rstd_ptr,
-    D, rows_per_sample, dropout_p, keep_scale, eps,
+    D, rows_per_sample, drop_threshold, keep_scale, eps,
     BLOCK_D: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_DROP_PATH: tl.constexpr, HAS_DROPOUT: tl.constexpr, D_MULTIPLE_OF_4: tl.constexpr,
+    HAS_DROP_PATH: tl.constexpr, HAS_DROPOUT: tl.constexpr, D_MULTIPLE_OF_8: tl.constexpr,
     IS_RMS_NORM: tl.constexpr,
 ):
     # One row per program.
@@ -189,8 +205,8 @@ def _dropout_add_layer_norm_fwd_kernel(
 
     # Loads.
     h = _load_dropout_add(
-        x_ptr, residual_ptr, drop_path_ptr, seed_ptr, row, offset, in_row, D, rows_per_sample, dropout_p,
-        keep_scale, BLOCK_D, HAS_RESIDUAL, HAS_DROP_PATH, HAS_DROPOUT, D_MULTIPLE_OF_4,
+        x_ptr, residual_ptr, drop_path_ptr, seed_ptr, row, offset, in_row, D, rows_per_sample, drop_threshold,
+        keep_scale, BLOCK_D, HAS_RESIDUAL, HAS_DROP_PATH, HAS_DROPOUT, D_MULTIPLE_OF_8,
     )
 
     # Math.
@@ -209,9 +225,9 @@ def _dropout_add_layer_norm_fwd_kernel(
 def _dropout_add_layer_norm_fwd_loop_kernel(
     x_ptr, residual_ptr, weight_ptr, bias_ptr, drop_path_ptr, seed_ptr,
     normed_ptr, new_residual_ptr, mean_ptr, rstd_ptr,
-    rows, D, rows_per_program, rows_per_sample, dropout_p, keep_scale, eps,
+    rows, D, rows_per_program, rows_per_sample, drop_threshold, keep_scale, eps,
     BLOCK_D: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_DROP_PATH: tl.constexpr, HAS_DROPOUT: tl.constexpr, D_MULTIPLE_OF_4: tl.constexpr,
+    HAS_DROP_PATH: tl.constexpr, HAS_DROPOUT: tl.constexpr, D_MULTIPLE_OF_8: tl.constexpr,
     IS_RMS_NORM: tl.constexpr, LOAD_STAGES: tl.constexpr,
 ):
     # _dropout_add_layer_norm_fwd_kernel (same results) over a contiguous block of rows per program, a few
@@ -235,7 +251,7 @@ def _dropout_add_layer_norm_fwd_loop_kernel(
         # Loads.
         h = _load_dropout_add(
             x_ptr, residual_ptr, drop_path_ptr, seed_ptr, row, offset, in_row, D, rows_per_sample,
-            dropout_p, keep_scale, BLOCK_D, HAS_RESIDUAL, HAS_DROP_PATH, HAS_DROPOUT, D_MULTIPLE_OF_4,
+            drop_threshold, keep_scale, BLOCK_D, HAS_RESIDUAL, HAS_DROP_PATH, HAS_DROPOUT, D_MULTIPLE_OF_8,
         )
 
         # Math.
@@ -252,10 +268,10 @@ def _dropout_add_layer_norm_fwd_loop_kernel(
 def _dropout_add_layer_norm_bwd_kernel(
     dy_ptr, dnew_residual_ptr, new_residual_ptr, weight_ptr, mean_ptr, rstd_ptr, drop_path_ptr, seed_ptr,
     dx_ptr, dresidual_ptr, dweight_partial_ptr, dbias_partial_ptr,
-    rows, D, rows_per_program, rows_per_sample, dropout_p, keep_scale,
+    rows, D, rows_per_program, rows_per_sample, drop_threshold, keep_scale,
     BLOCK_D: tl.constexpr, HAS_DNEW_RESIDUAL: tl.constexpr, STORE_DRESIDUAL: tl.constexpr,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROP_PATH: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    D_MULTIPLE_OF_4: tl.constexpr, IS_RMS_NORM: tl.constexpr, LOAD_STAGES: tl.constexpr,
+    D_MULTIPLE_OF_8: tl.constexpr, IS_RMS_NORM: tl.constexpr, LOAD_STAGES: tl.constexpr,
 ):
     # A contiguous block of rows per program; dweight / dbias accumulate in registers, one partial row per
     # program. LOAD_STAGES > 1 has Triton pipeline the row loop: the next rows' loads go to shared memory
@@ -284,12 +300,13 @@ def _dropout_add_layer_norm_bwd_kernel(
 
         # Math.
         xhat = tl.where(in_row, (h - mean) * rstd, 0.0)
-        dh = _normalize_backward(dy * weight, xhat, rstd, D, IS_RMS_NORM, D_MULTIPLE_OF_4)
+        dh = _normalize_backward(dy * weight, xhat, rstd, D, IS_RMS_NORM, D_MULTIPLE_OF_8)
         if HAS_DNEW_RESIDUAL:
             dh += tl.load(dnew_residual_ptr + offset, mask=in_row, other=0.0).to(tl.float32)
         dx = dh * factor
         if HAS_DROPOUT:
-            dx = tl.where(_row_keep(seed_ptr, row, D, offset, dropout_p, BLOCK_D, D_MULTIPLE_OF_4), dx, 0.0)
+            keep = _row_keep(seed_ptr, row, D, offset, drop_threshold, BLOCK_D, D_MULTIPLE_OF_8)
+            dx = tl.where(keep, dx, 0.0)
         if HAS_WEIGHT:
             dweight += dy * xhat
         if HAS_BIAS:
@@ -315,20 +332,20 @@ _TRITON_CONFIGS = tuple(
 _ALL_FEATURES = dict(HAS_WEIGHT=True, HAS_BIAS=True, HAS_DROP_PATH=True, HAS_DROPOUT=True, IS_RMS_NORM=False)
 _ALL_FEATURES_FWD = dict(_ALL_FEATURES, HAS_RESIDUAL=True)
 _ALL_FEATURES_BWD = dict(_ALL_FEATURES, HAS_DNEW_RESIDUAL=True, STORE_DRESIDUAL=True)
-_MASK_PATHS = (True, False)  # D_MULTIPLE_OF_4: the group-wise and the per-element mask
+_MASK_PATHS = (True, False)  # D_MULTIPLE_OF_8: the group-wise and the per-element mask
 _FWD_POINTERS = {
     "x_ptr": "*bf16", "residual_ptr": "*bf16", "weight_ptr": "*fp32", "bias_ptr": "*fp32",
     "drop_path_ptr": "*fp32", "seed_ptr": "*i64",
     "normed_ptr": "*bf16", "new_residual_ptr": "*bf16", "mean_ptr": "*fp32", "rstd_ptr": "*fp32",
 }
-_FWD_SCALARS = {"dropout_p": "fp32", "keep_scale": "fp32", "eps": "fp32"}
+_FWD_SCALARS = {"drop_threshold": "i32", "keep_scale": "fp32", "eps": "fp32"}
 register_triton_kernel(
     TritonKernelSpec(
         name="dropout_add_layer_norm_fwd",
         kernel=_dropout_add_layer_norm_fwd_kernel,
         signature={**_FWD_POINTERS, "D": "i32", "rows_per_sample": "i32", **_FWD_SCALARS},
         configs=tuple(
-            KernelConfig(dict(c.constexprs, **_ALL_FEATURES_FWD, D_MULTIPLE_OF_4=aligned), c.num_warps,
+            KernelConfig(dict(c.constexprs, **_ALL_FEATURES_FWD, D_MULTIPLE_OF_8=aligned), c.num_warps,
                          c.num_stages)
             for c in _TRITON_CONFIGS for aligned in _MASK_PATHS
         ),
@@ -410,8 +427,16 @@ def _distinct_configs(configs) -> list[KernelConfig]:
     return list({config.label(): config for config in configs}.values())
 
 
+def _plan_fits_width(config: KernelConfig, D: int) -> bool:
+    """Load stages only where rows come in whole mask groups (D a multiple of 8): other rows (16-bit) are
+    never 16-byte aligned, so nothing is pipelined through cp.async, and there the per-element mask's eight
+    Philox draws per value spilled with Triton 3.6 at 2-4 stages (sm_90a check: 4-8 B)."""
+    return D % 8 == 0 or config.constexprs["LOAD_STAGES"] == 1
+
+
 def _register_row_loop_kernel(name, kernel, signature, features, plans_of) -> None:
-    """A row-loop kernel for the AOT check: every plan of every width, each with both mask paths."""
+    """A row-loop kernel for the AOT check: every plan of every width, with the group-wise mask and, where
+    _plan_fits_width allows it, the per-element one."""
     plans = _distinct_configs(plan for config in _TRITON_CONFIGS for plan, _ in plans_of(config))
     register_triton_kernel(
         TritonKernelSpec(
@@ -419,9 +444,9 @@ def _register_row_loop_kernel(name, kernel, signature, features, plans_of) -> No
             kernel=kernel,
             signature=signature,
             configs=tuple(
-                KernelConfig(dict(plan.constexprs, **features, D_MULTIPLE_OF_4=aligned), plan.num_warps,
+                KernelConfig(dict(plan.constexprs, **features, D_MULTIPLE_OF_8=aligned), plan.num_warps,
                              plan.num_stages)
-                for plan in plans for aligned in _MASK_PATHS
+                for plan in plans for aligned in _MASK_PATHS if _plan_fits_width(plan, 8 if aligned else 1)
             ),
             also_aligned=True,  # where the load stages pipeline (the ViT widths)
         )
@@ -439,7 +464,7 @@ _BWD_SIGNATURE = {
     "mean_ptr": "*fp32", "rstd_ptr": "*fp32", "drop_path_ptr": "*fp32", "seed_ptr": "*i64",
     "dx_ptr": "*bf16", "dresidual_ptr": "*bf16", "dweight_partial_ptr": "*fp32", "dbias_partial_ptr": "*fp32",
     "rows": "i32", "D": "i32", "rows_per_program": "i32", "rows_per_sample": "i32",
-    "dropout_p": "fp32", "keep_scale": "fp32",
+    "drop_threshold": "i32", "keep_scale": "fp32",
 }
 _register_row_loop_kernel(
     "dropout_add_layer_norm_bwd", _dropout_add_layer_norm_bwd_kernel, _BWD_SIGNATURE, _ALL_FEATURES_BWD,
@@ -456,7 +481,8 @@ def _labelled_backward_plans(D: int) -> tuple[tuple[str, KernelConfig, int], ...
     """(label, config, programs per SM) of each backward plan for rows of width D: built once per width, not
     on every call (host time)."""
     plans = _backward_plans(_triton_config(D))
-    return tuple((_plan_label(config, per_sm), config, per_sm) for config, per_sm in plans)
+    return tuple((_plan_label(config, per_sm), config, per_sm) for config, per_sm in plans
+                 if _plan_fits_width(config, D))
 
 
 @functools.lru_cache(maxsize=None)
@@ -467,6 +493,7 @@ def _labelled_forward_plans(D: int) -> tuple[tuple[str, KernelConfig, int | None
     default = ("row_per_program", config, None)
     return (default, *(
         (f"loop_{_plan_label(plan, per_sm)}", plan, per_sm) for plan, per_sm in _forward_loop_plans(config)
+        if _plan_fits_width(plan, D)
     ))
 
 
@@ -486,6 +513,13 @@ def _rows_per_sample(rows: int, drop_path_scale: torch.Tensor | None) -> int:
     if drop_path_scale is None or drop_path_scale.numel() == 0:
         return 1
     return max(1, rows // drop_path_scale.numel())
+
+
+def _dropout_scalars(dropout_p: float, has_dropout: bool) -> tuple[int, float]:
+    """The kernels' (drop_threshold, keep_scale)."""
+    if not has_dropout:
+        return 0, 1.0
+    return dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p)
 
 
 def _dropout_add_layer_norm_fwd_impl(
@@ -511,10 +545,10 @@ def _dropout_add_layer_norm_fwd_impl(
     has_dropout = seed is not None and dropout_p > 0.0
     pointers = (x, residual, weight, bias, drop_path_scale, seed if has_dropout else None,
                 normed, new_residual, mean, rstd)
-    scalars = (dropout_p if has_dropout else 0.0, 1.0 / (1.0 - dropout_p) if has_dropout else 1.0, eps)
+    scalars = (*_dropout_scalars(dropout_p, has_dropout), eps)
     features = dict(
         HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        HAS_DROP_PATH=drop_path_scale is not None, HAS_DROPOUT=has_dropout, D_MULTIPLE_OF_4=D % 4 == 0,
+        HAS_DROP_PATH=drop_path_scale is not None, HAS_DROPOUT=has_dropout, D_MULTIPLE_OF_8=D % 8 == 0,
         IS_RMS_NORM=rms_norm,
     )
     rows_per_sample = _rows_per_sample(rows, drop_path_scale)
@@ -592,11 +626,10 @@ def _dropout_add_layer_norm_bwd_impl(
             dx, dresidual if store_dresidual else None,
             partials[0] if weight is not None else None, partials[params - 1] if bias is not None else None,
             rows, D, cdiv(rows, programs), _rows_per_sample(rows, drop_path_scale),
-            dropout_p if has_dropout else 0.0, 1.0 / (1.0 - dropout_p) if has_dropout else 1.0,
-            **config.constexprs,
+            *_dropout_scalars(dropout_p, has_dropout), **config.constexprs,
             HAS_DNEW_RESIDUAL=dnew_residual is not None, STORE_DRESIDUAL=store_dresidual,
             HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-            HAS_DROP_PATH=drop_path_scale is not None, HAS_DROPOUT=has_dropout, D_MULTIPLE_OF_4=D % 4 == 0,
+            HAS_DROP_PATH=drop_path_scale is not None, HAS_DROPOUT=has_dropout, D_MULTIPLE_OF_8=D % 8 == 0,
             IS_RMS_NORM=rms_norm, num_warps=config.num_warps, num_stages=config.num_stages,
         )
         return partials
@@ -689,13 +722,20 @@ _dropout_add_layer_norm_fwd = eager_op(
 _MASK32 = 0xFFFFFFFF
 
 
+def dropout_threshold(dropout_p: float) -> int:
+    """The 16-bit draw an element must reach to be kept by dropout_add_layer_norm's kernels:
+    ``min(round(p * 2**16), 2**16 - 1)`` (kept fraction ``1 - t / 2**16``, within ``2**-17`` of ``1 - p``)."""
+    return min(int(dropout_p * 65536.0 + 0.5), 65535)
+
+
 def dropout_keep_mask(seed, shape, dropout_p: float, device=None, elements_per_draw: int = 1) -> torch.Tensor:
     """A kernel's dropout keep mask (bool, True = kept) for `seed` (int or one-element int64 tensor) and a
-    tensor of `shape`, bitwise, recomputed in PyTorch: for flat index ``i``, ``tl.rand(seed, i) >=
-    dropout_p`` (`elements_per_draw` 1: cross_attention, linear_act) or ``tl.rand4x(seed, i // 4)[i % 4] >=
-    dropout_p`` (4: dropout_add_layer_norm)."""
-    if elements_per_draw not in (1, 4):
-        raise ValueError(f"elements_per_draw must be 1 or 4, got {elements_per_draw!r}")
+    tensor of `shape`, bitwise, recomputed in PyTorch. For flat index ``i``: `elements_per_draw` 1
+    (cross_attention, linear_act): ``tl.rand(seed, i) >= dropout_p``; 8 (dropout_add_layer_norm, see its
+    module docstring): half ``i % 2`` of word ``(i // 2) % 4`` of ``tl.randint4x(seed, i // 8)`` at least
+    ``dropout_threshold(dropout_p)``."""
+    if elements_per_draw not in (1, 8):
+        raise ValueError(f"elements_per_draw must be 1 or 8, got {elements_per_draw!r}")
     seed = torch.as_tensor(seed, dtype=torch.int64, device=device).reshape(())
     device = seed.device
     numel = 1
@@ -706,9 +746,11 @@ def dropout_keep_mask(seed, shape, dropout_p: float, device=None, elements_per_d
     words = philox4x32_10_reference(
         counter & _MASK32, counter >> 32, zero, zero, seed & _MASK32, (seed >> 32) & _MASK32
     )
-    # Element i: word i % 4 of counter i // 4, or word 0 of counter i.
-    word = torch.stack(words, dim=1).reshape(-1)[:numel] if elements_per_draw == 4 else words[0]
-    signed = torch.where(word >= 2**31, word - 2**32, word)  # the word bitcast to int32
+    if elements_per_draw == 8:
+        stream = torch.stack(words, dim=1).reshape(-1)  # word w of counter c at 4c + w
+        halves = torch.stack((stream & 0xFFFF, stream >> 16), dim=1).reshape(-1)[:numel]
+        return (halves >= dropout_threshold(dropout_p)).reshape(shape)
+    signed = torch.where(words[0] >= 2**31, words[0] - 2**32, words[0])  # the word bitcast to int32
     nonnegative = torch.where(signed < 0, -signed - 1, signed)  # ~x for x < 0
     uniform = nonnegative.to(torch.float32) * torch.tensor(_UNIFORM_SCALE, dtype=torch.float32, device=device)
     return (uniform >= torch.tensor(dropout_p, dtype=torch.float32, device=device)).reshape(shape)
@@ -865,7 +907,7 @@ def _dropout_add_norm(x, residual, weight, bias, dropout_p, eps, drop_path_scale
         available.discard("triton")
     backend = select_backend(OP_NAME, x.device, available)
     if backend == "reference":
-        keep = None if seed is None else dropout_keep_mask(seed, x.shape, dropout_p, elements_per_draw=4)
+        keep = None if seed is None else dropout_keep_mask(seed, x.shape, dropout_p, elements_per_draw=8)
         reference = dropout_add_rms_norm_ref if rms_norm else dropout_add_layer_norm_ref
         return reference(x, residual, weight, bias, keep, dropout_p, float(eps), drop_path_scale)
     flat_residual = None if residual is None else residual.contiguous().reshape(-1, D)
