@@ -383,18 +383,29 @@ def test_fuzz_shapes_no_dropout(rows, D, residual, affine, norm):
 def test_every_backward_plan_matches_float64_reference(monkeypatch):
     """Each (warps, programs per SM, load stages) plan the GPU tuner may pick, forced one by one: 4 or 8
     programs here, so rows split differently over programs (and over dweight / dbias partial rows); the
-    interpreter runs the pipelined row loop as a plain loop (the GPU test covers the pipelining). D = 600
-    also gets the plans with fewer warps than the width's default (BLOCK_D 512 to 2048 only), at D = 600
-    with the 8-element mask groups and at D = 599 with the per-element mask (no load stages there)."""
-    assert len(ln_module._labelled_backward_plans(600)) > len(ln_module._labelled_backward_plans(100))
-    assert len(ln_module._labelled_backward_plans(600)) > len(ln_module._labelled_backward_plans(599)) > 1
-    unaligned = ln_module._labelled_backward_plans(599)
-    assert {config.constexprs["LOAD_STAGES"] for _, config, _ in unaligned} == {1}
+    interpreter runs the pipelined row loop as a plain loop (the GPU test covers the pipelining). D = 608
+    also gets the plans with fewer warps than the width's default (BLOCK_D 512 to 4096 only), the one-warp
+    plans among them (16-byte aligned rows only), and D = 599 the per-element mask (no load stages there)."""
+    plans = {D: ln_module._labelled_backward_plans(D, ln_module._rows_aligned16(D))
+             for D in (100, 600, 608, 599)}
+    assert len(plans[608]) == len(plans[600]) + 2 > len(plans[100])  # 600 * 2 bytes: rows not 16-aligned
+    assert len(plans[600]) > len(plans[599]) > 1
+    assert {config.constexprs["LOAD_STAGES"] for _, config, _ in plans[599]} == {1}
+    assert plans[608][-1][0] == "w1_8per_sm_ld3"
     for index in range(len(ln_module._BWD_PLAN_SHAPES)):
         monkeypatch.setattr(ln_module, "_FORCE_BWD_PLAN", index)
-        for D in (100, 600, 599):
+        for D in (100, 608, 599):
             _check_against_reference((37, D), torch.float32, dropout_p=0.2, seed=3, drop_path=True)
-        _check_against_reference((37, 600), torch.float32, dropout_p=0.2, seed=3, norm="rms")
+        _check_against_reference((37, 608), torch.float32, dropout_p=0.2, seed=3, norm="rms")
+
+
+def test_rows_are_aligned_only_with_aligned_bases_and_widths():
+    """The one-warp backward plans spill on rows that are not 16-byte aligned, so they are offered only
+    where every base address and the width allow 16-byte aligned rows."""
+    x = torch.randn(4 * 64 + 8)
+    assert ln_module._rows_aligned16(64, x[:256], None)
+    assert not ln_module._rows_aligned16(64, x[1:257])  # 4 bytes past an aligned base
+    assert not ln_module._rows_aligned16(40, x[:160])  # D = 40: Triton does not specialize D as aligned
 
 
 @needs_triton

@@ -357,8 +357,18 @@ register_triton_kernel(
 # _dropout_add_layer_norm_fwd_loop_kernel, the structure that took the backward from 55% to 69-78%: a few
 # programs per SM, weight and bias loaded once per program, and the row loop pipelined through shared
 # memory. Offered at the ViT widths' blocks (D 257-1024); not yet timed on a GPU.
+# The last two put a row on a quarter of the warps: one warp at BLOCK_D 1024, 32 values per thread. Its
+# sums then never cross warps (no barriers in the row loop), and the per-row work (statistics, addresses,
+# loop control) runs on one warp, not four: 912 SASS instructions per row against 4 x 367 (sm_90a, every
+# feature on, aligned). 168 registers, no spills (Triton 3.8 and 3.6, whole mask groups), so 12 programs
+# fit an SM. The backward's one-warp plans need aligned rows (see _BWD_PLAN_SHAPES).
 # (warps multiplier, programs per SM, load stages)
-_FWD_LOOP_PLAN_SHAPES = ((1, 4, 1), (1, 4, 3), (1, 8, 2), (1, 8, 3), (2, 4, 3), (1, 4, 4))
+_FWD_LOOP_PLAN_SHAPES = ((1, 4, 1), (1, 4, 3), (1, 8, 2), (1, 8, 3), (2, 4, 3), (1, 4, 4), (0.25, 12, 1),
+                         (0.25, 12, 3))
+# Values of a row per thread in a plan with fewer warps than the width's default, at most: more spill with
+# the sm_90a check. The backward's plans above 16 need 16-byte aligned rows (it spills unaligned there).
+_MAX_VALUES_PER_THREAD = 32
+_BWD_UNALIGNED_MAX_VALUES_PER_THREAD = 16
 _FWD_LOOP_BLOCK_DS = (512, 1024)
 # Tests set this to a plan index (0: the default) to run that plan where the tuner would run the default.
 _FORCE_FWD_PLAN: int | None = None
@@ -390,9 +400,13 @@ def _forward_loop_plans(config: KernelConfig) -> list[tuple[KernelConfig, int]]:
 # A multi-row kernel (a [2, BLOCK_D] tile per iteration: one set of barriers for two rows) was a candidate
 # from the eighth session to run 6, which timed it 19-61% slower than the winner at D 768 and 1024 in bf16
 # (ahead by 0.3%, within noise, only in fp32); it was removed.
+# The last two put a row on one warp at BLOCK_D 1024 (32 values per thread), as the forward's last two do:
+# no barriers per row, and 1171 SASS instructions per row on one warp against 4 x 428 on four (dropout and
+# drop path on). 254 registers at 3 stages (Triton 3.8 and 3.6), so 8 programs fit an SM. Unaligned, that
+# spills (12-320 B), so they run only on 16-byte aligned rows (_rows_aligned16).
 # (warps multiplier, programs per SM, load stages)
 _BWD_PLAN_SHAPES = ((1, 4, 1), (2, 4, 1), (1, 8, 1), (1, 4, 3), (1, 8, 2), (2, 4, 3), (1, 8, 3), (1, 4, 4),
-                    (0.5, 8, 3), (0.5, 8, 1))
+                    (0.5, 8, 3), (0.5, 8, 1), (0.25, 8, 1), (0.25, 8, 3))
 # Tests set this to a plan index to run that plan where the tuner would run the default.
 _FORCE_BWD_PLAN: int | None = None
 
@@ -405,9 +419,10 @@ def _row_loop_plans(config: KernelConfig, shapes) -> list[tuple[KernelConfig, in
     block_d = config.constexprs["BLOCK_D"]
     for factor, per_sm, stages in shapes:
         warps = max(1, min(8, int(config.num_warps * factor)))
-        if factor < 1 and not 512 <= block_d <= 16 * 32 * warps:
+        if factor < 1 and not 512 <= block_d <= _MAX_VALUES_PER_THREAD * 32 * warps:
             # Fewer warps than the width's default spill outside this range with the sm_90a check:
-            # BLOCK_D = 4096 at 4 warps 160-916 B, BLOCK_D = 256 at 1 warp 8 B (Triton 3.6, unaligned).
+            # BLOCK_D = 4096 at 4 warps 160-916 B (backward), BLOCK_D = 256 at 1 warp 8 B (Triton 3.6,
+            # unaligned).
             continue
         plan = KernelConfig(dict(config.constexprs, LOAD_STAGES=stages), num_warps=warps, num_stages=1)
         plans.setdefault((warps, per_sm, stages), (plan, per_sm))
@@ -419,6 +434,14 @@ def _backward_plans(config: KernelConfig) -> list[tuple[KernelConfig, int]]:
     return _row_loop_plans(config, _BWD_PLAN_SHAPES)
 
 
+def _values_per_thread(config: KernelConfig) -> int:
+    return config.constexprs["BLOCK_D"] // (32 * config.num_warps)
+
+
+def _backward_needs_aligned_rows(config: KernelConfig) -> bool:
+    return _values_per_thread(config) > _BWD_UNALIGNED_MAX_VALUES_PER_THREAD
+
+
 def _plan_label(config: KernelConfig, per_sm: int) -> str:
     return f"w{config.num_warps}_{per_sm}per_sm_ld{config.constexprs['LOAD_STAGES']}"
 
@@ -428,29 +451,40 @@ def _distinct_configs(configs) -> list[KernelConfig]:
 
 
 def _plan_fits_width(config: KernelConfig, D: int) -> bool:
-    """Load stages only where rows come in whole mask groups (D a multiple of 8): other rows (16-bit) are
-    never 16-byte aligned, so nothing is pipelined through cp.async, and there the per-element mask's eight
-    Philox draws per value spilled with Triton 3.6 at 2-4 stages (sm_90a check: 4-8 B)."""
-    return D % 8 == 0 or config.constexprs["LOAD_STAGES"] == 1
+    """Load stages and more than 16 values per thread only where rows come in whole mask groups (D a
+    multiple of 8). Other rows (16-bit) are never 16-byte aligned, so nothing is pipelined through cp.async,
+    and there the per-element mask's eight Philox draws per value spilled with Triton 3.6 (sm_90a check):
+    4-8 B at 2-4 stages, 276-484 B at 32 values per thread."""
+    return D % 8 == 0 or (config.constexprs["LOAD_STAGES"] == 1 and _values_per_thread(config) <= 16)
 
 
-def _register_row_loop_kernel(name, kernel, signature, features, plans_of) -> None:
+def _register_row_loop_kernel(name, kernel, signature, features, plans_of, needs_aligned_rows=None) -> None:
     """A row-loop kernel for the AOT check: every plan of every width, with the group-wise mask and, where
-    _plan_fits_width allows it, the per-element one."""
+    _plan_fits_width allows it, the per-element one. Plans for which `needs_aligned_rows` holds go in a
+    second entry, ``{name}_aligned_rows``, compiled in the 16-aligned specialization alone (as launched)."""
     plans = _distinct_configs(plan for config in _TRITON_CONFIGS for plan, _ in plans_of(config))
-    register_triton_kernel(
-        TritonKernelSpec(
-            name=name,
-            kernel=kernel,
-            signature=signature,
-            configs=tuple(
-                KernelConfig(dict(plan.constexprs, **features, D_MULTIPLE_OF_8=aligned), plan.num_warps,
-                             plan.num_stages)
-                for plan in plans for aligned in _MASK_PATHS if _plan_fits_width(plan, 8 if aligned else 1)
-            ),
-            also_aligned=True,  # where the load stages pipeline (the ViT widths)
+    aligned_rows = [plan for plan in plans if needs_aligned_rows is not None and needs_aligned_rows(plan)]
+    general = [plan for plan in plans if plan not in aligned_rows]
+    entries = ((name, general, False), (f"{name}_aligned_rows", aligned_rows, True))
+    for entry, entry_plans, aligned_only in entries:
+        if not entry_plans:
+            continue
+        register_triton_kernel(
+            TritonKernelSpec(
+                name=entry,
+                kernel=kernel,
+                signature=signature,
+                configs=tuple(
+                    KernelConfig(dict(plan.constexprs, **features, D_MULTIPLE_OF_8=aligned), plan.num_warps,
+                                 plan.num_stages)
+                    for plan in entry_plans for aligned in _MASK_PATHS
+                    if _plan_fits_width(plan, 16 if aligned_only else (8 if aligned else 1))
+                    and (aligned or not aligned_only)
+                ),
+                also_aligned=not aligned_only,  # where the load stages pipeline (the ViT widths)
+                aligned_only=aligned_only,
+            )
         )
-    )
 
 
 _register_row_loop_kernel(
@@ -468,7 +502,7 @@ _BWD_SIGNATURE = {
 }
 _register_row_loop_kernel(
     "dropout_add_layer_norm_bwd", _dropout_add_layer_norm_bwd_kernel, _BWD_SIGNATURE, _ALL_FEATURES_BWD,
-    _backward_plans,
+    _backward_plans, _backward_needs_aligned_rows,
 )
 
 
@@ -477,12 +511,25 @@ def _triton_config(D: int) -> KernelConfig:
 
 
 @functools.lru_cache(maxsize=None)
-def _labelled_backward_plans(D: int) -> tuple[tuple[str, KernelConfig, int], ...]:
-    """(label, config, programs per SM) of each backward plan for rows of width D: built once per width, not
-    on every call (host time)."""
+def _labelled_backward_plans(D: int, rows_aligned16: bool = False
+                             ) -> tuple[tuple[str, KernelConfig, int], ...]:
+    """(label, config, programs per SM) of each backward plan for rows of width D (``rows_aligned16``: with
+    the plans that need 16-byte aligned rows): built once per width, not on every call (host time)."""
     plans = _backward_plans(_triton_config(D))
     return tuple((_plan_label(config, per_sm), config, per_sm) for config, per_sm in plans
-                 if _plan_fits_width(config, D))
+                 if _plan_fits_width(config, D)
+                 and (rows_aligned16 or not _backward_needs_aligned_rows(config)))
+
+
+def _rows_aligned16(D: int, *tensors: torch.Tensor | None) -> bool:
+    """Whether every row of these tensors starts 16-byte aligned: D a multiple of 16 (for 16-bit rows; the
+    specialization Triton compiles needs the integer too) and every base address a multiple of 16."""
+    if D % 16:
+        return False
+    for tensor in tensors:  # a plain loop: host time
+        if tensor is not None and tensor.data_ptr() % 16:
+            return False
+    return True
 
 
 @functools.lru_cache(maxsize=None)
@@ -634,12 +681,13 @@ def _dropout_add_layer_norm_bwd_impl(
         )
         return partials
 
-    plans = _labelled_backward_plans(D)
+    aligned = _rows_aligned16(D, dy, dnew_residual, new_residual, weight, mean, rstd, drop_path_scale, seed)
+    plans = _labelled_backward_plans(D, aligned)
     if _FORCE_BWD_PLAN is not None:  # tests
         plans = plans[min(_FORCE_BWD_PLAN, len(plans) - 1):][:1]
     candidates = [(label, functools.partial(launch, config, per_sm)) for label, config, per_sm in plans]
     key = (str(new_residual.dtype), D, length_bucket(rows), dnew_residual is not None, store_dresidual,
-           weight is not None, bias is not None, has_dropout, rms_norm)
+           weight is not None, bias is not None, has_dropout, rms_norm, aligned)
 
     def outputs(partials):  # plans split the rows differently: their partial sums are compared summed
         return dx, dresidual, partials.sum(1)
