@@ -25,6 +25,14 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N:
     tl.store(c_ptr + rows[:, None] * N + cols[None, :], acc.to(tl.bfloat16))
 
 
+@triton.jit
+def _int_as_tensor_kernel(x_ptr, n, BLOCK: tl.constexpr):
+    # Treats the integer argument as a tensor (.to): fine for n != 1, a compile error where Triton passes 1
+    # as a constant.
+    offsets = tl.arange(0, BLOCK)
+    tl.store(x_ptr + offsets, offsets.to(tl.float32) * n.to(tl.float32))
+
+
 def _matmul(block_m, block_n, block_k, warps, stages):
     config = KernelConfig({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}, warps, stages)
     signature = {"a_ptr": "*bf16", "b_ptr": "*bf16", "c_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32"}
@@ -41,6 +49,10 @@ def subjects() -> dict[str, TritonKernelSpec]:
         "oversized_smem_matmul": _matmul(256, 256, 256, 8, 3),
         # No tl.dot inside: claimed as a matmul kernel, it lacks wgmma.
         "claims_matmul": dataclasses.replace(tube_mask, configs=tube_mask.configs[:1], multiplies_matrices=True),
+        "int_as_tensor": TritonKernelSpec(
+            "test_int_as_tensor", _int_as_tensor_kernel, {"x_ptr": "*fp32", "n": "i32"},
+            (KernelConfig({"BLOCK": 64}, 1, 1),),
+        ),
     }
 
 
@@ -49,4 +61,7 @@ if __name__ == "__main__":
     for name, spec in subjects().items():
         report = compile_for_sm90(spec, spec.configs[0])
         reports[name] = dataclasses.asdict(report) | {"problems": report.problems()}
+    int_as_tensor = subjects()["int_as_tensor"]
+    ones = compile_for_sm90(int_as_tensor, int_as_tensor.configs[0], ints_one=True)
+    reports["int_as_tensor_ints_one"] = dataclasses.asdict(ones) | {"problems": ones.problems()}
     print(json.dumps(reports))

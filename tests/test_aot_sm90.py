@@ -48,6 +48,10 @@ def test_every_registered_config_fits_the_h100(registered_reports):
         for spec in triton_kernels() if spec.multiplies_matrices or spec.aligned_only or spec.also_aligned
         for config in spec.configs
     }
+    expected |= {  # each kernel once with its integer arguments equal to 1 (launched as constants)
+        (spec.name, spec.configs[0].label() + (",aligned16" if spec.aligned_only else "") + ",ints=1")
+        for spec in triton_kernels() if any(kind in ("i32", "i64") for kind in spec.signature.values())
+    }
     assert any(spec.aligned_only for spec in triton_kernels())
     assert {(r["kernel"], r["config"]) for r in registered_reports} == expected
     for report in registered_reports:
@@ -107,6 +111,12 @@ def test_loop_instruction_counts_reads_backward_branches():
 
 def test_every_op_module_registers_its_kernels():
     assert {"tube_mask", "dropout_add_layer_norm_fwd", "dropout_add_layer_norm_bwd"} <= {spec.name for spec in triton_kernels()}
+
+
+def test_an_integer_argument_used_as_a_tensor_fails_where_it_is_one(subject_reports):
+    assert subject_reports["int_as_tensor"]["problems"] == []
+    (problem,) = subject_reports["int_as_tensor_ints_one"]["problems"]
+    assert problem.startswith("does not compile"), problem
 
 
 def test_a_good_matmul_config_passes_with_wgmma(subject_reports):

@@ -469,6 +469,10 @@ def test_gpu_mask_equals_pytorch_reproduction_and_backward_is_deterministic():
     ones = torch.ones(shape, device="cuda", dtype=torch.bfloat16)
     _, dropped_ones = dropout_add_layer_norm(ones, None, None, None, dropout_p=0.1, seed=77)
     assert torch.equal(dropped_ones != 0, dropout_keep_mask(77, shape, 0.1, "cuda", elements_per_draw=8))
+    tiny = 1.2e-5  # a threshold of 1: Triton launches an integer argument equal to 1 as a constant
+    assert dropout_threshold(tiny) == 1
+    _, dropped_ones = dropout_add_layer_norm(ones, None, None, None, dropout_p=tiny, seed=78)
+    assert torch.equal(dropped_ones != 0, dropout_keep_mask(78, shape, tiny, "cuda", elements_per_draw=8))
     x, res, w, b, _ = _inputs(shape, torch.bfloat16, device="cuda")
     x.requires_grad_()
     w.requires_grad_()

@@ -109,30 +109,36 @@ def parse_ptxas_verbose(log: str) -> dict[str, int]:
     }
 
 
-def compile_for_sm90(spec: TritonKernelSpec, config: KernelConfig, aligned: bool = False) -> AotReport:
+def compile_for_sm90(spec: TritonKernelSpec, config: KernelConfig, aligned: bool = False,
+                     ints_one: bool = False) -> AotReport:
     """Compile one kernel at one config for sm_90a and read its resource use.
 
     `aligned` compiles the variant a real launch gets when every pointer and integer argument is a
     multiple of 16 (Triton's ``tt.divisibility`` specialization): vectorized loads and deeper pipelining,
-    so more shared memory than the unaligned variant; ViT shapes (768, 1024, 3072) always get it."""
+    so more shared memory than the unaligned variant; ViT shapes (768, 1024, 3072) always get it.
+    `ints_one` compiles every integer argument as the constant 1, as Triton launches an argument equal to
+    1: code that treats an integer argument as a tensor (``n.to(...)``) fails only there."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile as triton_compile
 
-    label = config.label() + (",aligned16" if aligned else "")
+    label = config.label() + (",aligned16" if aligned else "") + (",ints=1" if ints_one else "")
     report = AotReport(spec.name, label, multiplies_matrices=spec.multiplies_matrices)
+    constexprs = dict(config.constexprs)
+    if ints_one:  # Triton launches an integer argument equal to 1 as the constant 1
+        constexprs.update({name: 1 for name, kind in spec.signature.items() if kind in ("i32", "i64")})
     # Tensor-descriptor types name their block shape, e.g. "tensordesc<bf16[{BLOCK_M},{BLOCK_K}]>".
     signature = {name: kind.format(**config.constexprs) for name, kind in spec.signature.items()}
-    signature.update({name: "constexpr" for name in config.constexprs})
+    signature.update({name: "constexpr" for name in constexprs})
     attrs = None
     if aligned:
         arg_names = spec.kernel.arg_names
         attrs = {
             (arg_names.index(name),): [["tt.divisibility", 16]]
-            for name, kind in spec.signature.items()
+            for name, kind in signature.items()
             if kind.startswith("*") or kind in ("i32", "i64")
         }
     try:
-        source = ASTSource(fn=spec.kernel, signature=signature, constexprs=dict(config.constexprs), attrs=attrs)
+        source = ASTSource(fn=spec.kernel, signature=signature, constexprs=constexprs, attrs=attrs)
         compiled = triton_compile(
             source,
             target=GPUTarget("cuda", 90, 32),
@@ -184,6 +190,10 @@ def check_all(kernels: list[TritonKernelSpec] | None = None, jobs: int = 1) -> l
         for spec in kernels if spec.multiplies_matrices or spec.aligned_only or spec.also_aligned
         for config in spec.configs
     ]
+    # Integer arguments of 1: every kernel once, at its first config (the specialization changes the code
+    # the same way at every config).
+    variants += [(spec, spec.configs[0], spec.aligned_only, True) for spec in kernels
+                 if any(kind in ("i32", "i64") for kind in spec.signature.values())]
     if jobs <= 1 or len(variants) < 2:
         return [compile_for_sm90(*variant) for variant in variants]
     import concurrent.futures

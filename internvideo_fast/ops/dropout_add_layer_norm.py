@@ -88,7 +88,7 @@ def keep_element(seed, offset, dropout_p):
 @triton.jit
 def _halves(words, threshold):
     """The keep flags of the low and high 16-bit halves of uint32 `words`: ``[..., 2]``, half last."""
-    bound = threshold.to(tl.uint32)
+    bound = tl.cast(threshold, tl.uint32)  # threshold may be a constexpr (Triton specializes 1)
     return tl.join((words & 0xFFFF) >= bound, (words >> 16) >= bound)
 
 
@@ -101,7 +101,7 @@ def keep_element8(seed, offset, threshold):
     odd_word = (offset & 2) != 0
     word = tl.where((offset & 4) != 0, tl.where(odd_word, w3, w2), tl.where(odd_word, w1, w0))
     half = (word >> ((offset & 1) * 16).to(tl.uint32)) & 0xFFFF
-    return half >= threshold.to(tl.uint32)
+    return half >= tl.cast(threshold, tl.uint32)
 
 
 @triton.jit
