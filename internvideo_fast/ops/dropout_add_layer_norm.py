@@ -420,9 +420,9 @@ def _row_loop_plans(config: KernelConfig, shapes) -> list[tuple[KernelConfig, in
     for factor, per_sm, stages in shapes:
         warps = max(1, min(8, int(config.num_warps * factor)))
         if factor < 1 and not 512 <= block_d <= _MAX_VALUES_PER_THREAD * 32 * warps:
-            # Fewer warps than the width's default spill outside this range with the sm_90a check:
-            # BLOCK_D = 4096 at 4 warps 160-916 B (backward), BLOCK_D = 256 at 1 warp 8 B (Triton 3.6,
-            # unaligned).
+            # Fewer warps than the width's default spill outside this range with the sm_90a check (BLOCK_D
+            # = 256 at 1 warp: 8 B, Triton 3.6, unaligned); inside it, see _plan_fits_width and
+            # _backward_needs_aligned_rows.
             continue
         plan = KernelConfig(dict(config.constexprs, LOAD_STAGES=stages), num_warps=warps, num_stages=1)
         plans.setdefault((warps, per_sm, stages), (plan, per_sm))
@@ -474,12 +474,11 @@ def _register_row_loop_kernel(name, kernel, signature, features, plans_of, needs
                 name=entry,
                 kernel=kernel,
                 signature=signature,
-                configs=tuple(
+                configs=tuple(  # aligned rows come in whole mask groups: the group-wise mask alone
                     KernelConfig(dict(plan.constexprs, **features, D_MULTIPLE_OF_8=aligned), plan.num_warps,
                                  plan.num_stages)
-                    for plan in entry_plans for aligned in _MASK_PATHS
-                    if _plan_fits_width(plan, 16 if aligned_only else (8 if aligned else 1))
-                    and (aligned or not aligned_only)
+                    for plan in entry_plans for aligned in ((True,) if aligned_only else _MASK_PATHS)
+                    if _plan_fits_width(plan, 8 if aligned else 1)
                 ),
                 also_aligned=not aligned_only,  # where the load stages pipeline (the ViT widths)
                 aligned_only=aligned_only,
