@@ -4,8 +4,9 @@ F.gelu + nn.Linear, the baseline) and torch.compile of the same eager MLP (defau
 ViT-B pretraining (64 clips x 160 visible tokens, 768 -> 3072) and ViT-L fine-tuning (8 x 1568 tokens,
 1024 -> 4096) sizes. FLOPs: two GEMMs of 2 * rows * D * hidden each, x3 for forward + backward.
 On a GPU the ``ffn+bwd graph`` rows replay eager's, our and torch.compile's call from CUDA graphs: the
-kernels' time without the host's; their ``gemms`` row replays the six GEMMs alone (``gemms_only``), the floor that
-fusing the bias, activation and reductions approaches: eager's time over it bounds any fused FFN's speedup.
+kernels' time without the host's; their ``gemms`` row replays the six GEMMs alone (``gemms_only``), the
+floor that fusing the bias, activation and reductions approaches: eager's time over it bounds any fused
+FFN's speedup. ``ffn+bwd drop graph`` (ViT-B size) is the same with dropout 0.1, eager against ours.
 
 Memory (``memory_rows``; ``python bench/bench_linear_act.py [cuda|cpu]`` prints it): per provider, the bytes
 autograd saves for backward in one MLP block (distinct storages, parameters included, counted with
@@ -110,6 +111,20 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
             if on_gpu:
                 out.append(Case("ffn+bwd graph", size, name, cuda_graphed(forward_backward),
                                 baseline=name == "eager", flops=3 * flops))
+        if on_gpu and (rows, D, hidden) == SIZES[0]:
+            # With dropout 0.1 after the activation and after fc2 (CMA's FFN, CLIP's text encoder): eager's
+            # two dropouts against masks regenerated from a seed, one Philox call per eight elements.
+            eager_drop = EagerMLP(D, hidden, drop=0.1).to(device=device, dtype=dtype)
+            eager_drop.load_state_dict(eager.state_dict())
+            fused_drop = FusedMLP(D, hidden, activation="gelu", drop=0.1).to(device=device, dtype=dtype)
+            fused_drop.load_state_dict(eager.state_dict())
+            for name, fn, module in (("eager", eager_drop, eager_drop),
+                                     ("triton", _fused_with("triton", fused_drop), fused_drop)):
+                def forward_backward(fn=fn, x=x, dy=dy, wrt=(x, *module.parameters())):
+                    torch.autograd.grad(fn(x), wrt, dy)
+
+                out.append(Case("ffn+bwd drop graph", f"{size},drop=0.1", name,
+                                cuda_graphed(forward_backward), baseline=name == "eager", flops=3 * flops))
         # The floor: the same GEMMs alone (speedup = the most any fusion of the elementwise work can give).
         floor = gemms_only(x, eager.fc1.weight.detach(), eager.fc2.weight.detach(), dy)
         if on_gpu:

@@ -33,7 +33,7 @@ GROUPS = {
     "attention": ("bench_cross_attention", ATTENTION_OPS, "cma"),
     "layer_norm": ("bench_dropout_add_layer_norm", ("dropout_add_ln+bwd", "dropout_add_ln+bwd graph",
                                                     "dropout_add_ln graph", "add_ln+bwd graph"), ""),
-    "ffn": ("bench_linear_act", ("ffn+bwd", "ffn+bwd graph"), ""),
+    "ffn": ("bench_linear_act", ("ffn+bwd", "ffn+bwd graph", "ffn+bwd drop graph"), ""),
 }
 # Not torch.compile's rows: they would spend the lease compiling.
 PROVIDERS = ("eager", "triton", "sdpa-flash", "torch", "gemms")

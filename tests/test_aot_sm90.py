@@ -93,6 +93,32 @@ def test_layer_norm_row_loops_keep_their_instruction_budget(registered_reports, 
     assert 100 < row_loop <= LAYER_NORM_LOOP_BUDGETS[kernel], report["config"]
 
 
+# SASS instructions of the MLP's elementwise passes as ViT widths launch them (16-aligned), Triton 3.8: the
+# forward's activation pass per thread (8 elements) and the backward's row loop per iteration and thread
+# (8 x 256 tile at 4 warps: 16 elements). With libdevice's erff and tl.sigmoid's division the gelu pass
+# took 312 (quick_gelu 160), and with a Philox call per element the dropout pass 768 and the backward's
+# dropout loop 2096; the GPU measured those passes issue-bound (run 4: 46-48% of copy bandwidth with dropout).
+MLP_PASS_BUDGETS = {
+    ("linear_act_activation_dropout", "BLOCK=2048,ACTIVATION=gelu,HAS_DROPOUT=False"): 200,  # 184
+    ("linear_act_activation_dropout", "BLOCK=2048,ACTIVATION=quick_gelu,HAS_DROPOUT=False"): 140,  # 128
+    ("linear_act_activation_dropout", "BLOCK=2048,ACTIVATION=gelu,HAS_DROPOUT=True"): 340,  # 312
+    ("linear_act_bwd", "BLOCK_M=8,LOAD_STAGES=3,ACTIVATION=gelu,HAS_DROPOUT=False"): 460,  # 429
+    ("linear_act_bwd",
+     "BLOCK_M=8,LOAD_STAGES=3,ACTIVATION=gelu,HAS_DROPOUT=True,N_MULTIPLE_OF_8=True"): 800,  # 746
+}
+
+
+@pytest.mark.parametrize("kernel, features", sorted(MLP_PASS_BUDGETS), ids=lambda v: v.replace(",", " "))
+def test_mlp_elementwise_passes_keep_their_instruction_budget(registered_reports, kernel, features):
+    launched = set(features.split(",")) | {"aligned16"}
+    reports = [r for r in registered_reports
+               if r["kernel"] == kernel and launched <= set(r["config"].split(","))]
+    assert reports, features
+    for report in reports:
+        count = report["loop_instructions"][0] if report["loop_instructions"] else report["instructions"]
+        assert 30 < count <= MLP_PASS_BUDGETS[kernel, features], report["config"]
+
+
 def test_loop_instruction_counts_reads_backward_branches():
     """A loop is a branch back to an earlier address; forward branches are not loops."""
     from internvideo_fast.ops.aot import loop_instruction_counts

@@ -52,6 +52,9 @@ class AotReport:
     # SASS instructions of each loop (a backward branch to its target), by start address: a per-iteration
     # cost that can be compared without a GPU (a row loop's instructions per row and thread).
     loop_instructions: list[int] | None = None
+    # All SASS instructions of the kernel: for a kernel without a loop (an elementwise pass: one block of
+    # elements per program), its cost per thread.
+    instructions: int | None = None
 
     def problems(self) -> list[str]:
         if self.error is not None:
@@ -84,10 +87,20 @@ def cuobjdump_path() -> str:
 _SASS_LINE = re.compile(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);")
 
 
+def _sass_instructions(sass: str) -> list[tuple[int, str]]:
+    """(address, text) of each instruction in ``cuobjdump -sass`` text."""
+    return [(int(m.group(1), 16), m.group(2)) for m in map(_SASS_LINE.match, sass.splitlines()) if m]
+
+
+def instruction_count(sass: str) -> int:
+    """Instructions in ``cuobjdump -sass`` text of one kernel (the padding NOPs after EXIT included)."""
+    return len(_sass_instructions(sass))
+
+
 def loop_instruction_counts(sass: str) -> list[int]:
     """Instructions from each backward branch's target to the branch (``cuobjdump -sass`` text of one
     kernel), in order of the loops' starts; nested loops count their inner ones too."""
-    instructions = [(int(m.group(1), 16), m.group(2)) for m in map(_SASS_LINE.match, sass.splitlines()) if m]
+    instructions = _sass_instructions(sass)
     loops = []
     for address, text in instructions:
         branch = re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", text)
@@ -162,6 +175,7 @@ def compile_for_sm90(spec: TritonKernelSpec, config: KernelConfig, aligned: bool
             sass = subprocess.run([cuobjdump_path(), "-sass", str(cubin)], capture_output=True, text=True,
                                   check=False).stdout
             report.loop_instructions = loop_instruction_counts(sass)
+            report.instructions = instruction_count(sass)
     if result.returncode != 0:
         report.error = f"ptxas failed: {result.stderr.strip()[-300:]}"
         return report

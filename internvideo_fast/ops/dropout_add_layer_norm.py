@@ -80,8 +80,8 @@ _UNIFORM_SCALE = 4.6566127342e-10
 @triton.jit
 def keep_element(seed, offset, dropout_p):
     """1 where the element at flat `offset` (int64, any shape) survives dropout: ``tl.rand(seed, offset) >=
-    dropout_p``, one Philox call per element. The rule of cross_attention's and linear_act's kernels, whose
-    tiles would spill registers holding four words per element; :func:`dropout_keep_mask` reproduces it."""
+    dropout_p``, one Philox call per element. The rule of cross_attention's kernels, whose attention tiles
+    would spill registers holding four words per element; :func:`dropout_keep_mask` reproduces it."""
     return tl.rand(seed, offset) >= dropout_p
 
 
@@ -113,6 +113,15 @@ def keep_block8(seed, first, threshold, BLOCK: tl.constexpr):
     # group g, and _halves adds the half: row-major, the element order.
     words = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), [BLOCK // 2])
     return tl.reshape(_halves(words, threshold), [BLOCK])
+
+
+@triton.jit
+def keep_tile8(seed, first_groups, threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """keep_element8 over a [BLOCK_M, BLOCK_N] tile whose row r starts a group of eight at flat offset
+    8 * first_groups[r] (int64 [BLOCK_M]): keep_block8 row by row, one Philox call per group of eight."""
+    w0, w1, w2, w3 = tl.randint4x(seed, first_groups[:, None] + tl.arange(0, BLOCK_N // 8)[None, :])
+    words = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), [BLOCK_M, BLOCK_N // 2])
+    return tl.reshape(_halves(words, threshold), [BLOCK_M, BLOCK_N])
 
 
 @triton.jit
@@ -778,8 +787,8 @@ def dropout_threshold(dropout_p: float) -> int:
 def dropout_keep_mask(seed, shape, dropout_p: float, device=None, elements_per_draw: int = 1) -> torch.Tensor:
     """A kernel's dropout keep mask (bool, True = kept) for `seed` (int or one-element int64 tensor) and a
     tensor of `shape`, bitwise, recomputed in PyTorch. For flat index ``i``: `elements_per_draw` 1
-    (cross_attention, linear_act): ``tl.rand(seed, i) >= dropout_p``; 8 (dropout_add_layer_norm, see its
-    module docstring): half ``i % 2`` of word ``(i // 2) % 4`` of ``tl.randint4x(seed, i // 8)`` at least
+    (cross_attention): ``tl.rand(seed, i) >= dropout_p``; 8 (dropout_add_layer_norm and linear_act, see
+    this module's docstring): half ``i % 2`` of word ``(i // 2) % 4`` of ``tl.randint4x(seed, i // 8)`` at least
     ``dropout_threshold(dropout_p)``."""
     if elements_per_draw not in (1, 8):
         raise ValueError(f"elements_per_draw must be 1 or 8, got {elements_per_draw!r}")

@@ -61,13 +61,22 @@ Implementation choices:
   backward twin (``dh = dz @ weight2`` with ``dpre``, ``h`` and ``dbias`` in the epilogue) measured
   2.8-4.5x slower than cuBLAS's GEMM plus our elementwise pass on an H100 and was removed
   (``bench/results/NOTES.md``, run 6).
-- Dropout (``dropout_p > 0``) is fused into the epilogue after the activation: output element
-  ``(row, col)`` of the flattened ``[M, N]`` output is kept by ``keep_element(seed, row * N + col, p)``
-  (``tl.rand(seed, row * N + col) >= p``, so ``dropout_keep_mask`` reproduces the mask bitwise)
-  and scaled by ``1 / (1 - p)``. The mask is never stored: the backward's elementwise pass regenerates it
-  from the seed (a one-element int64 tensor on x's device; no host sync). fused_mlp keys its first dropout
-  on ``seed`` and the one after fc2 on ``seed + 1``. With dropout, a 128 x 128 tile's epilogue runs in
-  four column quarters (Philox's temporaries spilled registers in halves; measured with the sm_90a check).
+- Dropout (``dropout_p > 0``) is fused into the epilogue after the activation, with
+  dropout_add_layer_norm's mask rule: element ``i = row * N + col`` of the flattened ``[M, N]`` output is
+  kept when half ``i % 2`` of word ``(i // 2) % 4`` of ``tl.randint4x(seed, i // 8)`` is at least
+  ``dropout_threshold(p)`` (16 bits), and scaled by ``1 / (1 - p)``;
+  ``dropout_keep_mask(seed, shape, p, elements_per_draw=8)`` reproduces it bitwise. One Philox call serves
+  the eight elements a thread holds in the elementwise passes (the forward's activation pass always, the
+  backward's pass when N is a multiple of 8). They drew one call per element (``tl.rand``) before, and
+  gpu-check run 4 (H100) measured them at 46-48% of copy bandwidth with dropout against 81-85% without:
+  issue-bound. sm_90a SASS per thread, activation pass (8 elements): "none" 512 -> 176 instructions
+  (40 without dropout); with the activations' math below too, gelu 768 -> 312 and the backward's loop
+  (16 elements, gelu, h recomputed) 2096 -> 746. The GEMM epilogues draw per element
+  (``keep_element8``): the accumulator's layout gives a thread only pairs of adjacent columns. The mask is
+  never stored: the backward's elementwise pass regenerates it from the seed (a one-element int64 tensor
+  on x's device; no host sync). fused_mlp keys its first dropout on ``seed`` and the one after fc2 on
+  ``seed + 1``. With dropout a 128 x 128 tile's epilogue runs in narrower column parts (Philox's
+  temporaries spill registers otherwise; measured with the sm_90a check, see "Tile configs" below).
 - Backward: ``dpre`` comes from a Triton elementwise kernel that reads ``dy`` and ``pre`` once, applies
   the dropout mask and ``act'`` in fp32, stores ``dpre`` in x's dtype and accumulates ``dbias`` in a
   register tile per program (reduced over its rows once, after the loop) into a fixed ``[programs, N]``
@@ -81,9 +90,16 @@ Implementation choices:
   GEMM that produces fc1's incoming gradient (``dh = dz @ weight2``) can instead carry the elementwise pass
   in its epilogue (``_fused_mlp_dh_kernel``, TMA loads, ``dh`` kept in fp32 and never stored: 2 of the 6
   ``[M, hidden]`` passes saved); the tuner times it against cuBLAS + the elementwise kernel.
-- erf: ``tl.math.erf`` works in the Triton interpreter on CPU (max error vs float64 ~3e-8 over [-5, 5]) and
-  lowers to libdevice's ``erff`` on the GPU, so no rational approximation is needed. tanh is computed as
-  ``2 * sigmoid(2u) - 1`` (Triton has no core tanh; absolute error ~1e-7).
+- The activations' math is written for the GPU's issue rate: the elementwise passes move 8 elements per
+  thread and were issue-bound with libdevice's ``erff`` (34 SASS instructions per element, sm_90a).
+  gelu is ``x * Phi(x)`` with Phi from a rational-exponential fit of erfc (:func:`_normal_cdf_and_gauss`:
+  within 3.8e-7 of float64, relative accuracy kept in the negative tail, where ``1 + erf`` cancels); its
+  derivative reuses the same ``exp(-x^2 / 2)``. gelu_tanh is ``x * sigmoid(2u)`` (= ``0.5 x (1 + tanh u)``)
+  and quick_gelu ``x * sigmoid(1.702 x)``, the sigmoid from one exp and one reciprocal square root
+  (:func:`_sigmoids`). sm_90a SASS of the forward's activation pass per 8 elements: gelu 312 -> 184,
+  gelu_tanh 216 -> 152, quick_gelu 160 -> 128 instructions; the backward's loop (8 x 256 tile at 4 warps,
+  16 elements per thread, 3 load stages, the activation recomputed) gelu 831 -> 459. The Triton
+  interpreter runs the same formulas.
 - fp32 inputs multiply in IEEE fp32 (``input_precision="ieee"``) unless
   ``torch.backends.cuda.matmul.allow_tf32`` is set, as torch.matmul does; fp16 / bf16 use the tensor cores.
   Only the bf16 kernels are in the sm_90a check; at fp32 the autotuner drops any config whose stages do not
@@ -91,10 +107,12 @@ Implementation choices:
 - Tile configs (see ``_FWD_GPU_CONFIGS`` and ``_FWD_TMA_CONFIGS``): the sm_90a check compiles the pointer
   kernel without Triton's divisibility-by-16 specialization too, and there a whole-tile epilogue spilled at
   128x128 / 8 warps; the epilogue therefore always works on column halves of the tile, split further into
-  parts of at most 128 x 64 elements (128 x 32 with dropout: Philox's temporaries) -- a register-only split
+  parts of at most 128 x 32 elements (128 x 8 with dropout: Philox's temporaries) -- a register-only split
   of the wgmma accumulator. Compiled as real launches are (aligned pointers, M / N / K multiples of 16),
-  128x128x64 uses 117-128 registers and 96 KB (3 stages) / 128 KB (4 stages) of shared memory, no spills;
-  with the dropout epilogue 197-218 registers aligned and 255 unaligned, still no spills.
+  128x128x64 uses about 101 registers and 96 KB (3 stages) / 128 KB (4 stages) of shared memory, no spills;
+  with the dropout epilogue 104-119 registers aligned and 255 unaligned, still no spills. (Unaligned, parts
+  of 128 x 64 spilled 28 B with gelu_tanh, and with dropout parts of 128 x 32 spilled 44 B and of 128 x 16
+  20 B under Triton 3.6, once the mask drew four words per element.)
 """
 
 from __future__ import annotations
@@ -110,7 +128,9 @@ from internvideo_fast._extension import HAS_C, has_kernel
 from internvideo_fast.ops.autotuning import launch_tuner, length_bucket
 from internvideo_fast.ops.backend import available_backends, select_backend, triton_interpreter_on
 from internvideo_fast.ops.dispatch import eager_op
-from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask, keep_element
+from internvideo_fast.ops.dropout_add_layer_norm import (
+    dropout_keep_mask, dropout_threshold, keep_block8, keep_element8, keep_tile8,
+)
 from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
 from internvideo_fast.ops.launch_math import cdiv, device_capability, sm_count
 from internvideo_fast.ops.outputs import new_output
@@ -129,20 +149,56 @@ CUTLASS_SCHEDULES = ("cooperative", "pingpong")
 # 0.7071067811865476 = 1/sqrt(2), 0.3989422804014327 = 1/sqrt(2 pi), 0.7978845608028654 = sqrt(2/pi).
 # ----------------------------------------------------------------------------------------------------
 @triton.jit
-def _tanh(u):
-    """tanh(u) = 2 * sigmoid(2u) - 1 (no core tanh in Triton; saturates cleanly at +-1)."""
-    return 2.0 * tl.sigmoid(2.0 * u) - 1.0
+def _normal_cdf_and_gauss(x):
+    """(Phi(x), exp(-x^2 / 2)) for fp32 `x`: the standard normal CDF and the unscaled density (one exp).
+
+    Phi(-|x|) = erfc(z) / 2 = t * Q(t) * exp(-z^2) with z = |x| / sqrt(2), t = 1 / (1 + 0.375 z) and Q (the
+    1/2 folded in) a degree-6 polynomial fitted to erfcx(z) / (2 t): minimax relative error 6.2e-7 over z in
+    [0, 10] (past that exp(-z^2) is 0 in fp32). In fp32: gelu within 3.8e-7 and gelu' within 6.5e-7 of
+    float64 over [-14, 14]; Phi's negative tail within 1e-5 relative. Why not libdevice's erff: it evaluates
+    two polynomials (both, then a select) and moved their constants into registers, 34 SASS instructions
+    per element, and made the activation pass issue-bound (sm_90a SASS); and 1 + erf cancels for x < 0
+    (Phi(-5) came out 10% off). t is rsqrt(d^2) = 1 / d (d >= 1; MUFU.RSQ): `1 / d` compiles to
+    div.full.f32 and its range checks."""
+    d = tl.abs(x) * 0.2651650309562683 + 1.0  # 1 + 0.375 |x| / sqrt(2)
+    t = tl.math.rsqrt(d * d)  # d * d = inf past |x| ~ 4e19: t = 0, the limit
+    q = -0.06757182627916336
+    q = q * t + 0.19405218958854675
+    q = q * t - 0.06491463631391525
+    q = q * t + 0.14161314070224762
+    q = q * t + 0.08330093324184418
+    q = q * t + 0.10785061120986938
+    q = q * t + 0.10566926747560501
+    gauss = tl.exp2(x * x * -0.7213475108146667)  # exp(-x^2 / 2) = 2^(-x^2 log2(e) / 2)
+    tail = t * q * gauss
+    return tl.where(x >= 0.0, 1.0 - tail, tail), gauss
+
+
+@triton.jit
+def _sigmoids(v):
+    """(sigmoid(v), sigmoid(-v)) for fp32 `v`. With a = exp(-|v|) in (0, 1]: sigmoid(|v|) = 1 / (1 + a) and
+    sigmoid(-|v|) = a / (1 + a), so neither tail cancels or overflows (relative error ~3e-7). The reciprocal
+    is rsqrt((1 + a)^2) (MUFU.RSQ): tl.sigmoid's division compiles to div.full.f32 and its range checks
+    (quick_gelu's pass: 160 -> 128 sm_90a SASS instructions per 8 elements)."""
+    a = tl.exp2(tl.abs(v) * -1.4426950408889634)
+    r = tl.math.rsqrt((1.0 + a) * (1.0 + a))
+    positive = v >= 0.0
+    return tl.where(positive, r, a * r), tl.where(positive, a * r, r)
 
 
 @triton.jit
 def _activation(pre, ACTIVATION: tl.constexpr):
     """act(pre) for fp32 `pre` (see the module docstring)."""
     if ACTIVATION == "gelu":
-        out = 0.5 * pre * (1.0 + tl.math.erf(pre * 0.7071067811865476))
+        cdf, _ = _normal_cdf_and_gauss(pre)
+        out = pre * cdf
     elif ACTIVATION == "gelu_tanh":
-        out = 0.5 * pre * (1.0 + _tanh(0.7978845608028654 * (pre + 0.044715 * pre * pre * pre)))
+        # 0.5 (1 + tanh(u)) = sigmoid(2u): no cancellation in the negative tail.
+        s, _ = _sigmoids(1.5957691216057308 * (pre + 0.044715 * pre * pre * pre))
+        out = pre * s
     elif ACTIVATION == "quick_gelu":
-        out = pre * tl.sigmoid(1.702 * pre)
+        s, _ = _sigmoids(1.702 * pre)
+        out = pre * s
     else:
         out = pre
     return out
@@ -152,15 +208,16 @@ def _activation(pre, ACTIVATION: tl.constexpr):
 def _activation_grad(pre, ACTIVATION: tl.constexpr):
     """act'(pre) for fp32 `pre`."""
     if ACTIVATION == "gelu":
-        cdf = 0.5 * (1.0 + tl.math.erf(pre * 0.7071067811865476))
-        out = cdf + pre * 0.3989422804014327 * tl.exp(-0.5 * pre * pre)
+        cdf, gauss = _normal_cdf_and_gauss(pre)
+        out = cdf + pre * 0.3989422804014327 * gauss
     elif ACTIVATION == "gelu_tanh":
-        t = _tanh(0.7978845608028654 * (pre + 0.044715 * pre * pre * pre))
-        du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * pre * pre)
-        out = 0.5 * (1.0 + t) + 0.5 * pre * (1.0 - t * t) * du
+        # d/dx of x sigmoid(2u): sigmoid(2u) + x sigmoid(2u) sigmoid(-2u) 2 du/dx.
+        s, s_minus = _sigmoids(1.5957691216057308 * (pre + 0.044715 * pre * pre * pre))
+        d2u = 1.5957691216057308 * (1.0 + 3.0 * 0.044715 * pre * pre)
+        out = s + pre * s * s_minus * d2u
     elif ACTIVATION == "quick_gelu":
-        s = tl.sigmoid(1.702 * pre)
-        out = s + 1.702 * pre * s * (1.0 - s)
+        s, s_minus = _sigmoids(1.702 * pre)
+        out = s + 1.702 * pre * s * s_minus
     else:
         out = tl.full(pre.shape, 1.0, tl.float32)
     return out
@@ -168,7 +225,7 @@ def _activation_grad(pre, ACTIVATION: tl.constexpr):
 
 @triton.jit
 def _linear_act_epilogue(
-    acc, row0, col0, cols_local, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+    acc, row0, col0, cols_local, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, drop_threshold, keep_scale,
     BLOCK_M: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_PRE: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, TMA_STORE: tl.constexpr = False,
 ):
@@ -197,7 +254,7 @@ def _linear_act_epilogue(
     y = _activation(acc, ACTIVATION)
     if HAS_DROPOUT:
         # Keyed on the output element's flat index row * N + col (int64), as dropout_add_layer_norm.
-        y = tl.where(keep_element(tl.load(seed_ptr), base + offsets, dropout_p), y * keep_scale, 0.0)
+        y = tl.where(keep_element8(tl.load(seed_ptr), base + offsets, drop_threshold), y * keep_scale, 0.0)
     if TMA_STORE:
         y_ptr.store([row0, col0], y.to(y_ptr.dtype))
     else:
@@ -212,7 +269,7 @@ def _column_halves(acc, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr):
 
 @triton.jit
 def _linear_act_epilogue_in_parts(
-    acc, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+    acc, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, drop_threshold, keep_scale,
     BLOCK_M: tl.constexpr, WIDTH: tl.constexpr, MAX_PART: tl.constexpr, ACTIVATION: tl.constexpr,
     HAS_BIAS: tl.constexpr, STORE_PRE: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     TMA_STORE: tl.constexpr = False,
@@ -223,35 +280,36 @@ def _linear_act_epilogue_in_parts(
     wgmma accumulator is a register-only relabelling, so parts cost nothing."""
     if BLOCK_M * WIDTH <= MAX_PART:
         _linear_act_epilogue(
-            acc, row0, col0, tl.arange(0, WIDTH), bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p,
+            acc, row0, col0, tl.arange(0, WIDTH), bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, drop_threshold,
             keep_scale, BLOCK_M, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT, TMA_STORE,
         )
     else:
         left, right = _column_halves(acc, BLOCK_M, WIDTH)
         _linear_act_epilogue_in_parts(
-            left, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+            left, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, drop_threshold, keep_scale,
             BLOCK_M, WIDTH // 2, MAX_PART, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT, TMA_STORE,
         )
         _linear_act_epilogue_in_parts(
-            right, row0, col0 + WIDTH // 2, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+            right, row0, col0 + WIDTH // 2, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, drop_threshold,
+            keep_scale,
             BLOCK_M, WIDTH // 2, MAX_PART, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT, TMA_STORE,
         )
 
 
 @triton.jit
 def _linear_act_store_tile(
-    acc, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+    acc, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, drop_threshold, keep_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr,
     STORE_PRE: tl.constexpr, HAS_DROPOUT: tl.constexpr,
 ):
     """The epilogue of one output tile: always in column halves (a whole 64 x 64 tile with dropout still
-    spills at 4 warps), and then in parts of at most 128 x 64 elements, 128 x 32 with dropout (Philox: ten
+    spills at 4 warps), and then in parts of at most 128 x 32 elements, 128 x 8 with dropout (Philox: ten
     rounds of 32-bit multiplies per element)."""
-    MAX_PART: tl.constexpr = 128 * 32 if HAS_DROPOUT else 128 * 64
+    MAX_PART: tl.constexpr = 128 * 8 if HAS_DROPOUT else 128 * 32
     HALF: tl.constexpr = BLOCK_M * BLOCK_N // 2
     PART: tl.constexpr = HALF if HALF < MAX_PART else MAX_PART
     _linear_act_epilogue_in_parts(
-        acc, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+        acc, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, drop_threshold, keep_scale,
         BLOCK_M, BLOCK_N, PART, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
     )
 
@@ -273,7 +331,7 @@ def _grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP
 @triton.jit
 def _linear_act_fwd_kernel(
     x_ptr, weight_ptr, bias_ptr, seed_ptr, y_ptr, pre_ptr,
-    M, N, K, dropout_p, keep_scale,
+    M, N, K, drop_threshold, keep_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_PRE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
@@ -301,7 +359,7 @@ def _linear_act_fwd_kernel(
         w_ptrs += BLOCK_K
 
     _linear_act_store_tile(
-        acc, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+        acc, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, drop_threshold, keep_scale,
         BLOCK_M, BLOCK_N, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
     )
 
@@ -309,7 +367,7 @@ def _linear_act_fwd_kernel(
 @triton.jit
 def _linear_act_fwd_tma_kernel(
     x_desc, weight_desc, bias_ptr, seed_ptr, y_ptr, pre_ptr,
-    M, N, K, dropout_p, keep_scale,
+    M, N, K, drop_threshold, keep_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_PRE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     HAS_DROPOUT: tl.constexpr,
@@ -325,7 +383,7 @@ def _linear_act_fwd_tma_kernel(
         b = weight_desc.load([col0, k * BLOCK_K])
         acc = tl.dot(a, b.T, acc, input_precision=INPUT_PRECISION)
     _linear_act_store_tile(
-        acc, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, dropout_p, keep_scale,
+        acc, row0, col0, bias_ptr, y_ptr, pre_ptr, seed_ptr, M, N, drop_threshold, keep_scale,
         BLOCK_M, BLOCK_N, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT,
     )
 
@@ -333,7 +391,7 @@ def _linear_act_fwd_tma_kernel(
 @triton.jit
 def _linear_act_fwd_persistent_kernel(
     x_desc, weight_desc, bias_ptr, seed_ptr, y_desc, pre_desc,
-    M, N, K, dropout_p, keep_scale, programs,
+    M, N, K, drop_threshold, keep_scale, programs,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EPILOGUE_N: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, STORE_PRE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, HAS_DROPOUT: tl.constexpr,
@@ -360,7 +418,7 @@ def _linear_act_fwd_persistent_kernel(
         epilogue_tile += programs
         row0, col0 = _grouped_tile(epilogue_tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         _linear_act_epilogue_in_parts(
-            acc, row0, col0, bias_ptr, y_desc, pre_desc, seed_ptr, M, N, dropout_p, keep_scale,
+            acc, row0, col0, bias_ptr, y_desc, pre_desc, seed_ptr, M, N, drop_threshold, keep_scale,
             BLOCK_M, BLOCK_N, BLOCK_M * EPILOGUE_N, ACTIVATION, HAS_BIAS, STORE_PRE, HAS_DROPOUT, True,
         )
 
@@ -368,7 +426,7 @@ def _linear_act_fwd_persistent_kernel(
 @triton.jit
 def _dh_epilogue(
     dh, row0, col0, cols_local, pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr, tile_m, M, N,
-    dropout_p, keep_scale,
+    drop_threshold, keep_scale,
     BLOCK_M: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
 ):
     """fc1's backward pass over one [BLOCK_M, len(cols_local)] part of dh = dz @ weight2 (fp32, from the
@@ -387,7 +445,7 @@ def _dh_epilogue(
     # Math (rows / cols past the end: pre = 0 and dh = 0 from the zero-filled tiles, so dpre = 0).
     dpre = dh
     if HAS_DROPOUT:
-        keep = keep_element(tl.load(seed_ptr), base + offsets, dropout_p)
+        keep = keep_element8(tl.load(seed_ptr), base + offsets, drop_threshold)
         dpre = tl.where(keep, dpre * keep_scale, 0.0)
     dpre = dpre * _activation_grad(pre, ACTIVATION)
     dpre = tl.where(mask, dpre, 0.0)
@@ -404,7 +462,7 @@ def _dh_epilogue(
 
 @triton.jit
 def _dh_epilogue_in_parts(
-    dh, row0, col0, pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr, tile_m, M, N, dropout_p,
+    dh, row0, col0, pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr, tile_m, M, N, drop_threshold,
     keep_scale, BLOCK_M: tl.constexpr, WIDTH: tl.constexpr, MAX_PART: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr,
 ):
@@ -412,24 +470,25 @@ def _dh_epilogue_in_parts(
     if BLOCK_M * WIDTH <= MAX_PART:
         _dh_epilogue(
             dh, row0, col0, tl.arange(0, WIDTH), pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr,
-            tile_m, M, N, dropout_p, keep_scale, BLOCK_M, ACTIVATION, HAS_BIAS, HAS_DROPOUT,
+            tile_m, M, N, drop_threshold, keep_scale, BLOCK_M, ACTIVATION, HAS_BIAS, HAS_DROPOUT,
         )
     else:
         left, right = _column_halves(dh, BLOCK_M, WIDTH)
         _dh_epilogue_in_parts(
             left, row0, col0, pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr, tile_m, M, N,
-            dropout_p, keep_scale, BLOCK_M, WIDTH // 2, MAX_PART, ACTIVATION, HAS_BIAS, HAS_DROPOUT,
+            drop_threshold, keep_scale, BLOCK_M, WIDTH // 2, MAX_PART, ACTIVATION, HAS_BIAS, HAS_DROPOUT,
         )
         _dh_epilogue_in_parts(
             right, row0, col0 + WIDTH // 2, pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr, tile_m,
-            M, N, dropout_p, keep_scale, BLOCK_M, WIDTH // 2, MAX_PART, ACTIVATION, HAS_BIAS, HAS_DROPOUT,
+            M, N, drop_threshold, keep_scale, BLOCK_M, WIDTH // 2, MAX_PART, ACTIVATION, HAS_BIAS,
+            HAS_DROPOUT,
         )
 
 
 @triton.jit
 def _fused_mlp_dh_kernel(
     dz_desc, weight2_desc, pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr,
-    M, N, K, dropout_p, keep_scale,
+    M, N, K, drop_threshold, keep_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr, MAX_PART: tl.constexpr,
 ):
@@ -446,14 +505,14 @@ def _fused_mlp_dh_kernel(
     PART: tl.constexpr = MAX_PART // 2 if HAS_DROPOUT else MAX_PART
     _dh_epilogue_in_parts(
         acc, row0, col0, pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr, row0 // BLOCK_M, M, N,
-        dropout_p, keep_scale, BLOCK_M, BLOCK_N, PART, ACTIVATION, HAS_BIAS, HAS_DROPOUT,
+        drop_threshold, keep_scale, BLOCK_M, BLOCK_N, PART, ACTIVATION, HAS_BIAS, HAS_DROPOUT,
     )
 
 
 @triton.jit
 def _fused_mlp_dh_persistent_kernel(
     dz_desc, weight2_desc, pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr,
-    M, N, K, dropout_p, keep_scale, programs,
+    M, N, K, drop_threshold, keep_scale, programs,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DROPOUT: tl.constexpr, MAX_PART: tl.constexpr,
 ):
@@ -475,17 +534,17 @@ def _fused_mlp_dh_persistent_kernel(
         row0, col0 = _grouped_tile(epilogue_tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         _dh_epilogue_in_parts(
             acc, row0, col0, pre_ptr, seed_ptr, dpre_ptr, h_ptr, dbias_partial_ptr, row0 // BLOCK_M, M, N,
-            dropout_p, keep_scale, BLOCK_M, BLOCK_N, PART, ACTIVATION, HAS_BIAS, HAS_DROPOUT,
+            drop_threshold, keep_scale, BLOCK_M, BLOCK_N, PART, ACTIVATION, HAS_BIAS, HAS_DROPOUT,
         )
 
 
 @triton.jit
 def _linear_act_bwd_kernel(
     dy_ptr, pre_ptr, seed_ptr, dpre_ptr, act_ptr, dbias_partial_ptr,
-    M, N, rows_per_program, dropout_p, keep_scale,
+    M, N, rows_per_program, drop_threshold, keep_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, STORE_ACT: tl.constexpr, LOAD_STAGES: tl.constexpr,
-    STORE_DPRE: tl.constexpr = True,
+    STORE_DPRE: tl.constexpr = True, N_MULTIPLE_OF_8: tl.constexpr = False,
 ):
     # Program (column block, row chunk): dpre = dropout'(dy) * act'(pre) over rows_per_program rows of
     # BLOCK_N columns (the dropout mask regenerated from the seed); dbias of the chunk accumulates in
@@ -515,7 +574,11 @@ def _linear_act_bwd_kernel(
 
         # Math (masked lanes: dy = 0, so dpre = 0).
         if HAS_DROPOUT:
-            keep = keep_element(tl.load(seed_ptr), offsets, dropout_p)
+            if N_MULTIPLE_OF_8:  # one Philox call per eight elements of a row
+                keep = keep_tile8(tl.load(seed_ptr), (rows * N + col_block * BLOCK_N) >> 3, drop_threshold,
+                                  BLOCK_M, BLOCK_N)
+            else:
+                keep = keep_element8(tl.load(seed_ptr), offsets, drop_threshold)
             dpre = tl.where(keep, dpre * keep_scale, 0.0)
         if ACTIVATION != "none":
             dpre = dpre * _activation_grad(pre, ACTIVATION)
@@ -536,7 +599,7 @@ def _linear_act_bwd_kernel(
 
 @triton.jit
 def _activation_dropout_kernel(
-    pre_ptr, y_ptr, seed_ptr, numel, dropout_p, keep_scale,
+    pre_ptr, y_ptr, seed_ptr, numel, drop_threshold, keep_scale,
     BLOCK: tl.constexpr, ACTIVATION: tl.constexpr, HAS_DROPOUT: tl.constexpr,
 ):
     # y = dropout(act(pre)) over the flat [M, N] elements: the forward's epilogue for the plan whose GEMM is
@@ -551,7 +614,9 @@ def _activation_dropout_kernel(
     # Math.
     y = _activation(pre, ACTIVATION)
     if HAS_DROPOUT:
-        y = tl.where(keep_element(tl.load(seed_ptr), offsets, dropout_p), y * keep_scale, 0.0)
+        # BLOCK is a multiple of 8: one Philox call per eight elements, whatever N.
+        keep = keep_block8(tl.load(seed_ptr), tl.program_id(0).to(tl.int64) * BLOCK, drop_threshold, BLOCK)
+        y = tl.where(keep, y * keep_scale, 0.0)
 
     # Stores.
     tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=in_range)
@@ -609,7 +674,7 @@ register_triton_kernel(
         signature={
             "x_ptr": "*bf16", "weight_ptr": "*bf16", "bias_ptr": "*bf16", "seed_ptr": "*i64",
             "y_ptr": "*bf16", "pre_ptr": "*bf16",
-            "M": "i32", "N": "i32", "K": "i32", "dropout_p": "fp32", "keep_scale": "fp32",
+            "M": "i32", "N": "i32", "K": "i32", "drop_threshold": "i32", "keep_scale": "fp32",
         },
         configs=tuple(
             KernelConfig(
@@ -654,7 +719,7 @@ register_triton_kernel(
         name="linear_act_activation_dropout",
         kernel=_activation_dropout_kernel,
         signature={"pre_ptr": "*bf16", "y_ptr": "*bf16", "seed_ptr": "*i64", "numel": "i64",
-                   "dropout_p": "fp32", "keep_scale": "fp32"},
+                   "drop_threshold": "i32", "keep_scale": "fp32"},
         configs=tuple(
             KernelConfig(dict(c.constexprs, ACTIVATION=activation, HAS_DROPOUT=dropout), c.num_warps,
                          c.num_stages)
@@ -662,6 +727,7 @@ register_triton_kernel(
             for activation in ACTIVATIONS
             for dropout in (False, True)
         ),
+        also_aligned=True,  # as launched on ViT widths: 16-byte vector loads
     )
 )
 
@@ -683,7 +749,7 @@ register_triton_kernel(
             "x_desc": "tensordesc<bf16[{BLOCK_M},{BLOCK_K}]>",
             "weight_desc": "tensordesc<bf16[{BLOCK_N},{BLOCK_K}]>",
             "bias_ptr": "*bf16", "seed_ptr": "*i64", "y_ptr": "*bf16", "pre_ptr": "*bf16",
-            "M": "i32", "N": "i32", "K": "i32", "dropout_p": "fp32", "keep_scale": "fp32",
+            "M": "i32", "N": "i32", "K": "i32", "drop_threshold": "i32", "keep_scale": "fp32",
         },
         configs=tuple(
             KernelConfig(
@@ -710,7 +776,8 @@ register_triton_kernel(
             "bias_ptr": "*bf16", "seed_ptr": "*i64",
             "y_desc": "tensordesc<bf16[{BLOCK_M},{EPILOGUE_N}]>",
             "pre_desc": "tensordesc<bf16[{BLOCK_M},{EPILOGUE_N}]>",
-            "M": "i32", "N": "i32", "K": "i32", "dropout_p": "fp32", "keep_scale": "fp32", "programs": "i32",
+            "M": "i32", "N": "i32", "K": "i32", "drop_threshold": "i32", "keep_scale": "fp32",
+            "programs": "i32",
         },
         configs=tuple(
             KernelConfig(
@@ -735,20 +802,21 @@ register_triton_kernel(
         signature={
             "dy_ptr": "*bf16", "pre_ptr": "*bf16", "seed_ptr": "*i64", "dpre_ptr": "*bf16",
             "act_ptr": "*bf16", "dbias_partial_ptr": "*fp32",
-            "M": "i32", "N": "i32", "rows_per_program": "i32", "dropout_p": "fp32", "keep_scale": "fp32",
+            "M": "i32", "N": "i32", "rows_per_program": "i32", "drop_threshold": "i32", "keep_scale": "fp32",
         },
         configs=tuple(
             KernelConfig(
                 dict(c.constexprs, ACTIVATION=activation, HAS_BIAS=True, HAS_DROPOUT=dropout,
-                     STORE_ACT=dropout and activation != "none", STORE_DPRE=dropout or activation != "none"),
+                     STORE_ACT=dropout and activation != "none", STORE_DPRE=dropout or activation != "none",
+                     N_MULTIPLE_OF_8=whole_groups),
                 c.num_warps, c.num_stages,
             )
-            for dropout in (False, True)
+            for dropout, whole_groups in ((False, False), (True, True), (True, False))
             for c in (*(config for config, _ in _BWD_GPU_PLANS), _BWD_INTERPRETER_CONFIG)
             for activation in ACTIVATIONS
             # "none" without dropout is the bias gradient's column sum alone (STORE_DPRE off); with dropout
             # it applies dropout' (fc2). STORE_ACT (fused_mlp's fc1 backward) is compiled with dropout on,
-            # its largest form.
+            # its largest form; the mask drawn per eight elements (N a multiple of 8) or per element.
         ),
         also_aligned=True,  # where the load stages pipeline (ViT widths)
     )
@@ -787,7 +855,7 @@ register_triton_kernel(
             "weight2_desc": "tensordesc<bf16[{BLOCK_K},{BLOCK_N}]>",
             "pre_ptr": "*bf16", "seed_ptr": "*i64", "dpre_ptr": "*bf16", "h_ptr": "*bf16",
             "dbias_partial_ptr": "*fp32",
-            "M": "i32", "N": "i32", "K": "i32", "dropout_p": "fp32", "keep_scale": "fp32",
+            "M": "i32", "N": "i32", "K": "i32", "drop_threshold": "i32", "keep_scale": "fp32",
         },
         configs=tuple(
             KernelConfig(dict(c.constexprs, ACTIVATION=activation, HAS_BIAS=True, HAS_DROPOUT=dropout),
@@ -809,7 +877,8 @@ register_triton_kernel(
             "weight2_desc": "tensordesc<bf16[{BLOCK_K},{BLOCK_N}]>",
             "pre_ptr": "*bf16", "seed_ptr": "*i64", "dpre_ptr": "*bf16", "h_ptr": "*bf16",
             "dbias_partial_ptr": "*fp32",
-            "M": "i32", "N": "i32", "K": "i32", "dropout_p": "fp32", "keep_scale": "fp32", "programs": "i32",
+            "M": "i32", "N": "i32", "K": "i32", "drop_threshold": "i32", "keep_scale": "fp32",
+            "programs": "i32",
         },
         configs=tuple(
             KernelConfig(dict(c.constexprs, ACTIVATION=activation, HAS_BIAS=True, HAS_DROPOUT=dropout),
@@ -842,8 +911,12 @@ def _has_dropout(seed: torch.Tensor | None, dropout_p: float) -> bool:
     return seed is not None and dropout_p > 0.0
 
 
-def _keep_scale(dropout_p: float) -> float:
-    return 1.0 / (1.0 - dropout_p) if dropout_p > 0.0 else 1.0
+def _dropout_scalars(seed: torch.Tensor | None, dropout_p: float) -> tuple[int, float]:
+    """The kernels' (drop_threshold, keep_scale): the 16-bit draw an element must reach to be kept (see
+    "Dropout" in the module docstring) and 1 / (1 - p)."""
+    if not _has_dropout(seed, dropout_p):
+        return 0, 1.0
+    return dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p)
 
 
 def _next_seed(seed: torch.Tensor | None) -> torch.Tensor | None:
@@ -891,7 +964,7 @@ def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, 
         INPUT_PRECISION=_input_precision(x.dtype), HAS_DROPOUT=has_dropout,
     )
     seed_arg = seed if has_dropout else None
-    dropout_args = (float(dropout_p) if has_dropout else 0.0, _keep_scale(dropout_p) if has_dropout else 1.0)
+    dropout_args = _dropout_scalars(seed, dropout_p)
     scalars = (M, N, K, *dropout_args)
     tail = (bias, seed_arg, y, pre if store_pre else None, *scalars)
 
@@ -1026,10 +1099,10 @@ def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act, in_p
                 dy, pre if activation != "none" or store_act else None, seed if has_dropout else None,
                 dpre if store_dpre else None, act_out if store_act else None,
                 dbias_partial if has_bias else None, M, N, rows_per_program,
-                float(dropout_p) if has_dropout else 0.0, _keep_scale(dropout_p) if has_dropout else 1.0,
+                *_dropout_scalars(seed, dropout_p),
                 **config.constexprs, ACTIVATION=activation, HAS_BIAS=has_bias,
                 HAS_DROPOUT=has_dropout, STORE_ACT=store_act, STORE_DPRE=store_dpre,
-                num_warps=config.num_warps, num_stages=config.num_stages,
+                N_MULTIPLE_OF_8=N % 8 == 0, num_warps=config.num_warps, num_stages=config.num_stages,
             )
         elif has_bias:
             dbias_partial.zero_()
@@ -1077,7 +1150,7 @@ def _launch_dh_fused(dz, weight2, pre, activation, has_bias, seed, dropout_p, co
         TensorDescriptor.from_tensor(dz, [blocks["BLOCK_M"], blocks["BLOCK_K"]]),
         TensorDescriptor.from_tensor(weight2, [blocks["BLOCK_K"], blocks["BLOCK_N"]]),
         pre, seed if has_dropout else None, dpre, h, dbias_partial if has_bias else None, M, N, K,
-        float(dropout_p) if has_dropout else 0.0, _keep_scale(dropout_p) if has_dropout else 1.0,
+        *_dropout_scalars(seed, dropout_p),
     )
     options = dict(**blocks, ACTIVATION=activation, HAS_BIAS=has_bias, HAS_DROPOUT=has_dropout,
                    num_warps=config.num_warps, num_stages=config.num_stages)
@@ -1370,7 +1443,8 @@ def linear_act_ref(
 ) -> torch.Tensor:
     """Plain PyTorch: ``dropout(act(F.linear(x, weight, bias)))`` in x's dtype (``upcast``: in float64,
     returned as float64). `keep_mask` (bool, the output's shape; None keeps everything) is the dropout
-    mask, e.g. ``dropout_keep_mask(seed, out_shape, dropout_p)`` -- the kernel's mask for that seed."""
+    mask, e.g. ``dropout_keep_mask(seed, out_shape, dropout_p, elements_per_draw=8)`` -- the kernels' mask for
+    that seed."""
     dtype = torch.float64 if upcast else x.dtype
     pre = F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
     out = apply_activation_ref(pre, activation)
@@ -1396,8 +1470,9 @@ def fused_mlp_ref(
     out_shape = (*x.shape[:-1], weight1.shape[0])
     if seed is not None and dropout_p > 0.0:
         seed = seed_tensor(seed, x.device)
-        keep1 = dropout_keep_mask(seed, out_shape, dropout_p)
-        keep2 = dropout_keep_mask(seed + 1, (*x.shape[:-1], weight2.shape[0]), dropout_p)
+        keep1 = dropout_keep_mask(seed, out_shape, dropout_p, elements_per_draw=8)
+        keep2 = dropout_keep_mask(seed + 1, (*x.shape[:-1], weight2.shape[0]), dropout_p,
+                                  elements_per_draw=8)
     h = linear_act_ref(x, weight1, bias1, activation, upcast, keep1, dropout_p)
     return linear_act_ref(h, weight2, bias2, "none", upcast, keep2, dropout_p)
 
@@ -1477,8 +1552,8 @@ def linear_act(
             ``"none"``.
         dropout_p: dropout probability in [0, 1) after the activation (0: none; the caller passes 0 in
             eval). Element ``(row, col)`` of the flattened ``[M, N]`` output is kept when
-            ``keep_element(seed, row * N + col, dropout_p)``; ``dropout_keep_mask(seed, y.shape, dropout_p)``
-            reproduces the mask.
+            ``keep_element8(seed, row * N + col, dropout_threshold(dropout_p))``;
+            ``dropout_keep_mask(seed, y.shape, dropout_p, elements_per_draw=8)`` reproduces the mask.
         seed: the dropout seed: an int or a one-element int64 tensor on x's device; None draws one from
             torch's default generator. The backward regenerates the mask from it (no mask is stored).
 
@@ -1494,7 +1569,8 @@ def linear_act(
 
     backend = select_backend(OP_NAME, x.device, available_backends(OP_NAME, x.device))
     if backend == "reference":
-        keep = None if seed is None else dropout_keep_mask(seed, (*x.shape[:-1], N), dropout_p)
+        keep = (None if seed is None
+                else dropout_keep_mask(seed, (*x.shape[:-1], N), dropout_p, elements_per_draw=8))
         return linear_act_ref(x, weight, bias, activation, keep_mask=keep, dropout_p=dropout_p)
     y, _ = _linear_act_fwd(
         x.contiguous().reshape(-1, K), weight.contiguous(), None if bias is None else bias.contiguous(),
