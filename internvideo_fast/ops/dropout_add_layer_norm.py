@@ -570,8 +570,9 @@ def _rows_per_sample(rows: int, drop_path_scale: torch.Tensor | None) -> int:
     return max(1, rows // drop_path_scale.numel())
 
 
-def _dropout_scalars(dropout_p: float, has_dropout: bool) -> tuple[int, float]:
-    """The kernels' (drop_threshold, keep_scale)."""
+def dropout_scalars(dropout_p: float, has_dropout: bool) -> tuple[int, float]:
+    """The kernels' (drop_threshold, keep_scale): the 16-bit draw an element must reach to be kept and
+    1 / (1 - p); (0, 1) without dropout. linear_act's kernels take the same two."""
     if not has_dropout:
         return 0, 1.0
     return dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p)
@@ -600,7 +601,7 @@ def _dropout_add_layer_norm_fwd_impl(
     has_dropout = seed is not None and dropout_p > 0.0
     pointers = (x, residual, weight, bias, drop_path_scale, seed if has_dropout else None,
                 normed, new_residual, mean, rstd)
-    scalars = (*_dropout_scalars(dropout_p, has_dropout), eps)
+    scalars = (*dropout_scalars(dropout_p, has_dropout), eps)
     features = dict(
         HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         HAS_DROP_PATH=drop_path_scale is not None, HAS_DROPOUT=has_dropout, D_MULTIPLE_OF_8=D % 8 == 0,
@@ -681,7 +682,7 @@ def _dropout_add_layer_norm_bwd_impl(
             dx, dresidual if store_dresidual else None,
             partials[0] if weight is not None else None, partials[params - 1] if bias is not None else None,
             rows, D, cdiv(rows, programs), _rows_per_sample(rows, drop_path_scale),
-            *_dropout_scalars(dropout_p, has_dropout), **config.constexprs,
+            *dropout_scalars(dropout_p, has_dropout), **config.constexprs,
             HAS_DNEW_RESIDUAL=dnew_residual is not None, STORE_DRESIDUAL=store_dresidual,
             HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
             HAS_DROP_PATH=drop_path_scale is not None, HAS_DROPOUT=has_dropout, D_MULTIPLE_OF_8=D % 8 == 0,

@@ -129,7 +129,7 @@ from internvideo_fast.ops.autotuning import launch_tuner, length_bucket
 from internvideo_fast.ops.backend import available_backends, select_backend, triton_interpreter_on
 from internvideo_fast.ops.dispatch import eager_op
 from internvideo_fast.ops.dropout_add_layer_norm import (
-    dropout_keep_mask, dropout_threshold, keep_block8, keep_element8, keep_tile8,
+    dropout_keep_mask, dropout_scalars, keep_block8, keep_element8, keep_tile8,
 )
 from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, register_triton_kernel
 from internvideo_fast.ops.launch_math import cdiv, device_capability, sm_count
@@ -911,14 +911,6 @@ def _has_dropout(seed: torch.Tensor | None, dropout_p: float) -> bool:
     return seed is not None and dropout_p > 0.0
 
 
-def _dropout_scalars(seed: torch.Tensor | None, dropout_p: float) -> tuple[int, float]:
-    """The kernels' (drop_threshold, keep_scale): the 16-bit draw an element must reach to be kept (see
-    "Dropout" in the module docstring) and 1 / (1 - p)."""
-    if not _has_dropout(seed, dropout_p):
-        return 0, 1.0
-    return dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p)
-
-
 def _next_seed(seed: torch.Tensor | None) -> torch.Tensor | None:
     """fused_mlp's second dropout (after fc2) uses ``seed + 1`` (int64, wrapping): another Philox key."""
     return None if seed is None else seed + 1
@@ -964,7 +956,7 @@ def _fwd_plans(x, weight, bias, seed, y, pre, activation, store_pre, dropout_p, 
         INPUT_PRECISION=_input_precision(x.dtype), HAS_DROPOUT=has_dropout,
     )
     seed_arg = seed if has_dropout else None
-    dropout_args = _dropout_scalars(seed, dropout_p)
+    dropout_args = dropout_scalars(dropout_p, has_dropout)
     scalars = (M, N, K, *dropout_args)
     tail = (bias, seed_arg, y, pre if store_pre else None, *scalars)
 
@@ -1099,7 +1091,7 @@ def _launch_dpre(dy, pre, activation, has_bias, seed, dropout_p, store_act, in_p
                 dy, pre if activation != "none" or store_act else None, seed if has_dropout else None,
                 dpre if store_dpre else None, act_out if store_act else None,
                 dbias_partial if has_bias else None, M, N, rows_per_program,
-                *_dropout_scalars(seed, dropout_p),
+                *dropout_scalars(dropout_p, has_dropout),
                 **config.constexprs, ACTIVATION=activation, HAS_BIAS=has_bias,
                 HAS_DROPOUT=has_dropout, STORE_ACT=store_act, STORE_DPRE=store_dpre,
                 N_MULTIPLE_OF_8=N % 8 == 0, num_warps=config.num_warps, num_stages=config.num_stages,
@@ -1150,7 +1142,7 @@ def _launch_dh_fused(dz, weight2, pre, activation, has_bias, seed, dropout_p, co
         TensorDescriptor.from_tensor(dz, [blocks["BLOCK_M"], blocks["BLOCK_K"]]),
         TensorDescriptor.from_tensor(weight2, [blocks["BLOCK_K"], blocks["BLOCK_N"]]),
         pre, seed if has_dropout else None, dpre, h, dbias_partial if has_bias else None, M, N, K,
-        *_dropout_scalars(seed, dropout_p),
+        *dropout_scalars(dropout_p, has_dropout),
     )
     options = dict(**blocks, ACTIVATION=activation, HAS_BIAS=has_bias, HAS_DROPOUT=has_dropout,
                    num_warps=config.num_warps, num_stages=config.num_stages)
