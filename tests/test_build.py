@@ -78,7 +78,8 @@ def test_every_cuda_file_has_sm90a_device_code():
 # the activation's code appears 8 times; at 13.6k instructions (a branch on the activation per element and
 # IEEE division) every tile re-fetched its epilogue past the instruction cache and the kernel ran 3x
 # slower on an H100 than at 8.8k (one branch per fragment, __fdividef; bench/results/NOTES.md, run 6).
-CUTLASS_MAX_SASS_INSTRUCTIONS = 10_000
+# gelu without erff brought them to 7.0k (fourteenth session).
+CUTLASS_MAX_SASS_INSTRUCTIONS = 7_500
 
 
 @pytest.mark.skipif(not TOOLKIT, reason="no CUDA toolkit or a CPU build of torch")
