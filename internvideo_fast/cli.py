@@ -1,6 +1,7 @@
 """`ivf`: the command line of internvideo-fast.
 
     ivf info         what this install holds: versions, the compiled extension, the backends of each op
+    ivf configs      the shipped training configs (`ivf-train --config NAME` takes their names)
     ivf demo         the main job on built-in data: sample clips, MAE pretraining, fine-tuning, evaluation
     ivf masks        tube masks drawn by every backend, cross-checked and drawn as text
     ivf aot-check    compile every Triton kernel for the H100 ahead of time (no GPU needed)
@@ -26,6 +27,9 @@ def _info(_: argparse.Namespace) -> int:
     print(f"internvideo_fast {internvideo_fast.__version__}, torch {torch.__version__}, triton {triton.__version__}")
     if _extension.HAS_C:
         print(f"_C: loaded; CUDA kernels for: {_extension.CUDA_ARCHS or 'none (CPU-only build)'}")
+        if _extension.BUILD_INFO:
+            built = _extension.BUILD_INFO
+            print(f"_C: built against torch {built['torch']} for Python {built['python']}")
     else:
         print(f"_C: NOT loaded ({_extension.LOAD_ERROR}); ops run their PyTorch references")
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -38,6 +42,14 @@ def _info(_: argparse.Namespace) -> int:
         for device in devices:
             available = sorted(available_backends(compiled, device, has_triton))
             print(f"{key:<24} {device.type:<5} configured {get_backend(key)!r:<12} available {available}")
+    return 0
+
+
+def _configs(_: argparse.Namespace) -> int:
+    from internvideo_fast.builtin_configs import shipped_configs
+
+    for name, path in shipped_configs().items():
+        print(f"{name:<40} {path}")
     return 0
 
 
@@ -87,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ivf", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions, extension and backends").set_defaults(run=_info)
+    commands.add_parser("configs", help="the shipped training configs").set_defaults(run=_configs)
     demo = commands.add_parser("demo", help="the main job on built-in data")
     demo.add_argument("--out", default="demo_out")
     demo.add_argument("--pretrain-steps", type=int, help="override the configs' step counts (quick runs)")

@@ -1,5 +1,6 @@
 """The extension build: one source list, sm_90a device code for every CUDA file, a CPU-only switch, and
-a package that still imports (with one warning) when _C is missing."""
+a package that still imports (with one warning) when _C is missing, and a `_C` that is never loaded into a
+torch it was not built for."""
 
 import os
 import re
@@ -124,27 +125,154 @@ def test_cpu_only_switch(tmp_path):
     assert not any(source in ninja for source in CUDA_SOURCES)
 
 
-def test_package_imports_without_extension_and_warns_once():
-    script = textwrap.dedent(
+# Imports the package in a fresh interpreter after `prelude` and prints "ok" once `body` passes.
+def _run_import(prelude: str, body: str, **env: str) -> subprocess.CompletedProcess:
+    script = textwrap.dedent(prelude) + textwrap.dedent(
         """
-        import sys, warnings, importlib.abc
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name == "internvideo_fast._C":
-                    raise ImportError("blocked for the test")
-        sys.meta_path.insert(0, Block())
+        import warnings
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             import internvideo_fast
-            from internvideo_fast.ops import tube_mask, tube_mask_ref
-            import torch
-            out = tube_mask(2, 2, 4, 4, 0.5, seed=3)
-        assert not internvideo_fast.HAS_C
-        assert torch.equal(out.mask, tube_mask_ref(torch.tensor(3), 2, 2, 4, 4, 8).mask)
-        ours = [w for w in caught if "internvideo_fast._C" in str(w.message)]
-        assert len(ours) == 1, [str(w.message) for w in caught]
-        print("ok")
+        ours = [str(w.message) for w in caught if "internvideo_fast._C" in str(w.message)]
         """
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    ) + textwrap.dedent(body) + "\nprint('ok')\n"
+    environment = {key: value for key, value in os.environ.items() if key != "IVF_ALLOW_REFERENCE"}
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(environment, **env))
+
+
+# Makes the import of internvideo_fast._C raise `error` (a missing or an unloadable extension).
+BLOCK_C = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "internvideo_fast._C":
+            raise {error}
+sys.meta_path.insert(0, Block())
+"""
+# Pretends that another torch release is installed than the one _C was built against.
+OTHER_TORCH = """
+import torch
+from torch.torch_version import TorchVersion
+torch.__version__ = TorchVersion("2.0.0")
+"""
+CHECKS_REFERENCE_RUNS = """
+from internvideo_fast.ops import tube_mask, tube_mask_ref
+import torch
+out = tube_mask(2, 2, 4, 4, 0.5, seed=3)
+assert not internvideo_fast.HAS_C
+assert torch.equal(out.mask, tube_mask_ref(torch.tensor(3), 2, 2, 4, 4, 8).mask)
+assert len(ours) == 1, ours
+print(ours[0])
+"""
+
+
+def test_package_imports_without_extension_and_warns_once():
+    """A source checkout before its build: the package imports, warns once and runs the references."""
+    error = 'ModuleNotFoundError("No module named \'internvideo_fast._C\'", name=name)'
+    result = _run_import(BLOCK_C.format(error=error), CHECKS_REFERENCE_RUNS)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+    assert "is not built" in result.stdout and "--no-build-isolation" in result.stdout, result.stdout
+
+
+def test_extension_built_for_another_torch_is_an_error_naming_both_versions():
+    built = _extension.BUILD_INFO
+    assert built is not None, "the build wrote no internvideo_fast/_build_info.json beside _C"
+    result = _run_import(OTHER_TORCH, "")
+    assert result.returncode != 0 and "ok" not in result.stdout
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("ImportError: internvideo_fast._C was built against torch"), last_line
+    for expected in (built["torch"], "torch 2.0.0 is installed", "pip install -e . --no-build-isolation",
+                     f"torch=={_extension.public_version(built['torch'])}", "IVF_ALLOW_REFERENCE=1"):
+        assert expected in last_line, (expected, last_line)
+
+
+def test_allow_reference_runs_the_references_against_another_torch():
+    assert _extension.BUILD_INFO is not None
+    result = _run_import(OTHER_TORCH, CHECKS_REFERENCE_RUNS, IVF_ALLOW_REFERENCE="1")
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+    assert f"built against torch {_extension.BUILD_INFO['torch']}" in result.stdout
+    assert "torch 2.0.0 is installed" in result.stdout
+
+
+def test_extension_that_does_not_load_is_an_error():
+    """A `_C` that is there but does not load (an undefined symbol: a torch of another build) is an error
+    with the loader's message, unless IVF_ALLOW_REFERENCE=1."""
+    block = BLOCK_C.format(error='ImportError("_C.so: undefined symbol: _ZN3c104cuda9SetDeviceEa")')
+    result = _run_import(block, "")
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode != 0, result.stdout
+    assert last_line.startswith("ImportError: internvideo_fast._C could not be loaded"), last_line
+    assert "undefined symbol" in last_line, last_line
+    assert f"torch {torch.__version__} is installed" in last_line, last_line
+    assert "IVF_ALLOW_REFERENCE=1" in last_line
+    allowed = _run_import(block, CHECKS_REFERENCE_RUNS, IVF_ALLOW_REFERENCE="1")
+    assert allowed.returncode == 0 and "ok" in allowed.stdout, allowed.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("built", "running", "mismatch"),
+    [("2.14.1+cu130", "2.14.1+cu130", False), ("2.14.1+cu130", "2.14.1", False), ("2.14.1", "2.14.0", True),
+     ("2.13.0+cu128", "2.14.1+cu130", True), ("2.15.0.dev20261201", "2.15.0.dev20261202", True)],
+)
+def test_torch_mismatch_compares_releases(built, running, mismatch):
+    message = _extension.torch_mismatch({"torch": built}, running)
+    assert (message is not None) == mismatch
+    if mismatch:
+        assert built in message and running in message
+    assert _extension.torch_mismatch(None, running) is None  # nothing built: nothing to compare
+
+
+def test_build_record_matches_the_extension():
+    """_build_info.json describes the _C beside it: this torch and Python, and _C's own CUDA architectures."""
+    import internvideo_fast._C as compiled
+
+    built = _extension.BUILD_INFO
+    assert built is not None
+    assert _extension.public_version(built["torch"]) == _extension.public_version(torch.__version__)
+    assert built["python"] == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert " ".join(built["cuda_archs"]) == compiled.cuda_archs
+    assert built["cutlass_sm90"] == bool(compiled.with_cutlass_sm90)
+    assert (built["cuda"] is not None) == bool(compiled.with_cuda)
+
+
+def test_extension_has_no_runpath_into_the_build_environment():
+    """torch's libraries are found because `import torch` loaded them, not through a RUNPATH/RPATH that
+    names the environment _C was built in (which a wheel installed elsewhere does not have)."""
+    import internvideo_fast._C as compiled
+
+    readelf = shutil.which("readelf")
+    assert readelf is not None, "readelf (binutils) is needed to read _C's dynamic section"
+    dynamic = subprocess.run([readelf, "-d", compiled.__file__], capture_output=True, text=True,
+                             check=True).stdout
+    assert "libc10.so" in dynamic  # the section was read
+    paths = [line for line in dynamic.splitlines() if "(RPATH)" in line or "(RUNPATH)" in line]
+    assert not paths, paths
+
+
+def _run_setup_py(monkeypatch) -> tuple[dict, dict]:
+    """setup.py's globals and the arguments it passes to setuptools.setup, without building anything."""
+    import runpy
+
+    import setuptools
+
+    captured: dict = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kwargs: captured.update(kwargs))
+    monkeypatch.setattr(sys, "argv", ["setup.py", "--version"])
+    return runpy.run_path(str(ROOT / "setup.py")), captured
+
+
+def test_setup_pins_the_torch_it_builds_against(monkeypatch):
+    _, arguments = _run_setup_py(monkeypatch)
+    requirements = arguments["install_requires"]
+    assert f"torch=={_extension.public_version(torch.__version__)}" in requirements, requirements
+    assert sum(r.startswith("torch") for r in requirements) == 1, requirements
+
+
+def test_cmake_build_folder_is_keyed_by_python_and_torch(monkeypatch):
+    from importlib import metadata
+
+    setup_globals, _ = _run_setup_py(monkeypatch)
+    folder = setup_globals["cmake_build_dir"]()
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    assert folder == ROOT / "build" / f"cmake-{python}-torch{metadata.version('torch')}"

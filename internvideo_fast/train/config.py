@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from internvideo_fast.builtin_configs import find_config
+
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads `1e-5` (no dot) as a string; configs mean a float."""
@@ -90,6 +92,7 @@ def apply_override(config: dict, override: str) -> None:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     config = copy.deepcopy(DEFAULTS)
     if path is not None:
+        path = find_config(path)
         loaded = _parse(Path(path).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config must be a mapping")
