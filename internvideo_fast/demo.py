@@ -57,8 +57,9 @@ def run_demo(out: str | Path = "demo_out", pretrain_steps: int | None = None, fi
     losses = pretrain["losses"]
     window = max(1, len(losses) // 10)
     first, last = _mean(losses[:window]), _mean(losses[-window:])
-    print(f"[demo] MAE pretraining: loss {first:.4f} -> {last:.4f} ({last / first - 1:+.0%}) over "
-          f"{len(losses)} steps ({time.perf_counter() - start:.0f} s so far)")
+    change = f" ({last / first - 1:+.0%})" if first else ""  # no losses: a finished run resumed
+    print(f"[demo] MAE pretraining: loss {first:.4f} -> {last:.4f}{change} over {len(losses)} steps "
+          f"({time.perf_counter() - start:.0f} s so far)")
 
     finetune = train(config("demo_finetune.yaml", "finetune", finetune_steps), device=device)
     accuracy = finetune["eval"]["top1"]
