@@ -100,7 +100,8 @@ def cases(device: torch.device, quick: bool = False, shapes: list | None = None)
                 result = fn(*leaves)
                 # SDPA returns [B, H, Sq, D] views of [B, Sq, H, D] memory; ours returns [B, Sq, H, D].
                 # autograd.grad: the gradients an attention layer hands on, without the += into leaves'
-                # .grad that .backward() adds (three [B, S, H, D] adds: 0.084 ms a call in run 3's profile).
+                # .grad that .backward() adds (three [B, S, H, D] adds: 0.084 ms a call,
+                # bench/results/profile-*-run3.txt).
                 torch.autograd.grad(result, leaves,
                                     grad if result.shape == grad.shape else grad.transpose(1, 2))
 
@@ -110,7 +111,7 @@ def cases(device: torch.device, quick: bool = False, shapes: list | None = None)
                             flops=int(3.5 * flops)))
             if on_gpu and (name, B, H, D, Sq, Sk) in SHAPES and provider != "sdpa-efficient":
                 # Replayed from CUDA graphs: the kernels' rate without the host time per call, which on the
-                # lent VM's slow cores is close to our CMA forward + backward's GPU time (NOTES.md, run 5).
+                # host cores of a cloud VM is close to our CMA forward + backward's GPU time (bench/results/NOTES.md).
                 out.append(Case("cross_attention_fwd graph", size, provider, cuda_graphed(forward),
                                 baseline=baseline, flops=flops))
                 out.append(Case("cross_attention_fwd_bwd graph", size, provider,

@@ -1,6 +1,6 @@
 """`make gpu-check`: everything a GPU can tell us, in one command that ends within 8 minutes.
 
-Made for a lent machine with one GPU, no internet, and its own Python + torch + triton + CMake + ninja: it
+Made for a machine with one GPU, no internet, and its own Python + torch + triton + CMake + ninja: it
 creates no venv and downloads nothing. Stages, each in a subprocess with its own timeout:
 
 1. build ``_C`` in place with CUDA for the present card (``setup.py build_ext --inplace``), unless an
@@ -42,7 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-# The whole run must end within 8 minutes; IVF_GPU_CHECK_BUDGET_S shortens it to fit what is left of a lease.
+# The whole run must end within 8 minutes; IVF_GPU_CHECK_BUDGET_S shortens it to fit the time at hand.
 TOTAL_BUDGET_S = float(os.environ.get("IVF_GPU_CHECK_BUDGET_S", 450))
 STAGE_BUDGET_S = {"build": 210, "tests": 190, "warm": 150, "bench": 450}
 # Time each stage leaves for the stages after it, so a slow build or test run cannot starve the benchmarks.
@@ -148,7 +148,7 @@ def junit_slowest(path: Path, top: int = 15) -> list[list]:
 
 _OUTCOME = re.compile(r"\b(PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)\b")
 # A test id, parameters included: they may hold spaces (``test[(3, 2, 64, 64, 0.9)-cuda]``), so an id is not
-# one whitespace-separated token (run 4's count took it for one and merged such tests: 124 for 146).
+# one whitespace-separated token (counting tokens merges such tests).
 _TEST_ID = re.compile(r"(\S+::[^\s\[]+(?:\[[^\]]*\])?)")
 
 
@@ -193,7 +193,7 @@ def prebuilt_extension(capability: str) -> str | None:
 
 def gpu_test_workers() -> int:
     """xdist workers for the GPU tests: Triton compiles are CPU-bound and single-threaded, so one per core
-    but two (run 4's 8 workers on 16 cores needed over 190 s); the card has room for them all."""
+    but two (8 workers on 16 cores need over 190 s); the card has room for them all."""
     if importlib.util.find_spec("xdist") is None:
         return 1
     return max(1, min(14, (os.cpu_count() or 2) - 2))

@@ -1,4 +1,4 @@
-"""A focused GPU measurement for what is left of a short lease: the rows the open goals are judged on.
+"""A focused GPU measurement in under 1.5 minutes: the rows the performance goals are judged on.
 
 ``python bench/gpu_focus.py`` (under 1.5 minutes on an H100 from cold caches) times, in one process and
 against their baselines: the copy and matmul ceilings; the CMA cross-attention shapes (forward, forward +
@@ -35,7 +35,7 @@ GROUPS = {
                                                     "dropout_add_ln graph", "add_ln+bwd graph"), ""),
     "ffn": ("bench_linear_act", ("ffn+bwd", "ffn+bwd graph", "ffn+bwd drop graph"), ""),
 }
-# Not torch.compile's rows: they would spend the lease compiling.
+# Not torch.compile's rows: compiling them would take longer than the measurement.
 PROVIDERS = ("eager", "triton", "sdpa-flash", "torch", "gemms")
 
 

@@ -1,9 +1,8 @@
-"""Where the CUTLASS fc1 GEMM's time goes (kernels/mlp_gemm_sm90.cu), beside cuBLAS, for a lent H100:
+"""Where the CUTLASS fc1 GEMM's time goes (kernels/mlp_gemm_sm90.cu), beside cuBLAS, on an H100:
 ``python bench/profile_cutlass.py`` (about 15 s) prints, per shape and plan, the host time per call, the
 do_bench wall time, the CUDA-graph replay time, and each kernel's profiler time with its launch grid, block,
-shared memory and registers; one JSON goes to ``$OUT`` (else build/). Run 6 (2026-11-27) found this way that
-the kernel itself, not the launch path, was 3-4x slower than cuBLAS: a one-tile problem took 27 us of GPU
-time against 2-4 (bench/results/NOTES.md).
+shared memory and registers; one JSON goes to ``$OUT`` (else build/). The one-tile rows tell a slow kernel
+(a fixed cost per tile, e.g. an epilogue past the instruction cache) from a slow launch path.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Where the GPU time goes: per-kernel CUDA time (torch.profiler) and host time per call, for the fused ops
-against their eager baselines and for one training step per backend. A diagnostic for a lent GPU:
+against their eager baselines and for one training step per backend. A diagnostic for a GPU machine:
 ``python bench/profile_gpu.py [--out FILE]`` prints one table per workload (about a minute on an H100).
 
 Host time per call is the wall time of N back-to-back calls without a sync, divided by N: when it exceeds

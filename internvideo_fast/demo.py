@@ -1,7 +1,7 @@
 """`make demo` / `ivf demo`: the main job end to end on built-in sample data.
 
-1. generate the sample dataset (synthetic clips whose class is the direction a textured shape moves, with
-   distractors);
+1. generate the sample dataset (synthetic clips whose class is the direction an outlined square moves over
+   a smooth background, with distractors: smooth enough for masked reconstruction to learn);
 2. MAE-pretrain a micro VideoMAE on it (configs/demo_pretrain.yaml);
 3. fine-tune it to classify the clips (configs/demo_finetune.yaml) and evaluate on the held-out clips;
 4. write the MAE reconstruction PNG;
@@ -57,7 +57,8 @@ def run_demo(out: str | Path = "demo_out", pretrain_steps: int | None = None, fi
     losses = pretrain["losses"]
     window = max(1, len(losses) // 10)
     first, last = _mean(losses[:window]), _mean(losses[-window:])
-    print(f"[demo] MAE pretraining: loss {first:.4f} -> {last:.4f} over {len(losses)} steps "
+    change = f" ({last / first - 1:+.0%})" if first else ""  # no losses: a finished run resumed
+    print(f"[demo] MAE pretraining: loss {first:.4f} -> {last:.4f}{change} over {len(losses)} steps "
           f"({time.perf_counter() - start:.0f} s so far)")
 
     finetune = train(config("demo_finetune.yaml", "finetune", finetune_steps), device=device)

@@ -16,9 +16,8 @@
 // `schedule` ("cooperative" or "pingpong", see kernels/mlp_gemm_sm90.cuh) picks the kernel; the results
 // are the same up to summation order.
 //
-// A backward twin (dh = dz @ weight2 with dpre, h and dbias in the epilogue) was built and measured on an
-// H100 (run 6, 2026-11-27): 2.8-4.5x slower than cuBLAS's dh GEMM plus our elementwise kernel, so it was
-// removed (bench/results/NOTES.md says why and what it would need).
+// There is no backward twin (dh = dz @ weight2 with dpre, h and dbias in the epilogue): on an H100 it ran
+// 2.8-4.5x slower than cuBLAS's dh GEMM plus our elementwise kernel (bench/results/HISTORY.md, 2026-11-27).
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>

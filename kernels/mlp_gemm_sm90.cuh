@@ -38,12 +38,11 @@ using namespace cute;
 //
 // Why one branch per fragment and __fdividef: CUTLASS unrolls the epilogue over its subtiles (8 per
 // 128 x 256 tile), so this code is inlined 8 times per kernel. With the branch on `kind` inside each
-// element and IEEE division (a slow-path call per division), the forward kernel was 13.6k SASS
-// instructions, more than the SM's instruction cache holds: every tile re-fetched its epilogue, and on an
-// H100 (2026-11-27) it ran 3-4x slower than cuBLAS's GEMM plus a separate GELU pass (a one-tile problem
-// took 27 us against 4). Branching once per fragment keeps the executed code to one activation's (8.8k
-// instructions in all, 3x faster; bench/results/NOTES.md, run 6); __fdividef (2 ulp) is exact enough for
-// 16-bit outputs.
+// element and IEEE division (a slow-path call per division), the forward kernel is 13.6k SASS
+// instructions, more than the SM's instruction cache holds: every tile re-fetches its epilogue, and on an
+// H100 it runs 3-4x slower than cuBLAS's GEMM plus a separate GELU pass (a one-tile problem takes 27 us
+// against 4). Branching once per fragment keeps the executed code to one activation's (3x faster;
+// bench/results/HISTORY.md, 2026-11-27); __fdividef (2 ulp) is exact enough for 16-bit outputs.
 // ------------------------------------------------------------------------------------------------------
 struct ActivationArgs {
   int kind = static_cast<int>(MlpActivation::kGelu);

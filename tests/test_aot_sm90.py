@@ -1,6 +1,10 @@
-"""The ahead-of-time sm_90a check: every registered Triton kernel at every config compiles for the H100,
-fits its shared memory, spills nothing and uses wgmma where it multiplies matrices; and the check itself
-can fail. Both run in a subprocess without TRITON_INTERPRET, which would replace the kernels."""
+"""The ahead-of-time sm_90a check: every registered Triton kernel compiles for the H100, fits its shared
+memory, spills nothing and uses wgmma where it multiplies matrices; and the check itself can fail. All of it
+runs in a subprocess without TRITON_INTERPRET, which would replace the kernels.
+
+`make test` compiles each kernel's default plan once (a minute or two on a cold Triton cache); the tests
+marked ``aot_sweep`` compile every config and variant and hold the instruction budgets (`make aot-check`,
+which CI runs after `make test`)."""
 
 import json
 import os
@@ -10,12 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from internvideo_fast.ops.aot import default_variant
 from internvideo_fast.ops.kernel_registry import triton_kernels
 
 TESTS = Path(__file__).parent
-# The check compiles a few hundred kernels on a cold cache (a fresh CI machine: 10+ minutes on two cores
-# beside the other test worker); its subprocess has its own limit, so pytest's default 900 s must not cut it.
+# The full sweep compiles a few hundred kernels on a cold cache (10+ minutes on two cores); its subprocess
+# has its own limit, so pytest's default 900 s must not cut it.
 pytestmark = pytest.mark.timeout(1800)
+sweep = pytest.mark.aot_sweep
 
 
 def _run_without_interpreter(*command: str):
@@ -28,6 +34,11 @@ def _run_without_interpreter(*command: str):
 
 
 @pytest.fixture(scope="module")
+def default_reports():
+    return _run_without_interpreter("-m", "internvideo_fast.ops.aot", "--json", "--default-only")
+
+
+@pytest.fixture(scope="module")
 def registered_reports():
     return _run_without_interpreter("-m", "internvideo_fast.ops.aot", "--json")
 
@@ -37,6 +48,26 @@ def subject_reports():
     return _run_without_interpreter(str(TESTS / "aot_subjects.py"))
 
 
+def test_every_kernel_fits_the_h100_at_its_default_plan(default_reports):
+    expected = {
+        (spec.name, config.label() + (",aligned16" if aligned else ""))
+        for spec, config, aligned in map(default_variant, triton_kernels())
+    }
+    assert {(r["kernel"], r["config"]) for r in default_reports} == expected
+    for report in default_reports:
+        assert report["problems"] == [], report
+        assert report["registers"] > 0 and report["shared_bytes"] is not None
+
+
+def test_the_default_plan_is_the_first_config_in_its_launched_form():
+    specs = {spec.name: spec for spec in triton_kernels()}
+    for name, aligned in (("tube_mask", False), ("linear_act_fwd", True), ("linear_act_bwd", True),
+                          ("cross_attention_fwd_tma", True)):
+        spec, config, compiled_aligned = default_variant(specs[name])
+        assert config == specs[name].configs[0] and compiled_aligned == aligned, name
+
+
+@sweep
 def test_every_registered_config_fits_the_h100(registered_reports):
     # Every config unaligned, except aligned-only ones; matmul, aligned-only and also-aligned configs
     # 16-aligned too.
@@ -59,6 +90,7 @@ def test_every_registered_config_fits_the_h100(registered_reports):
         assert report["registers"] > 0 and report["shared_bytes"] is not None
 
 
+@sweep
 @pytest.mark.parametrize(
     "kernel", ["dropout_add_layer_norm_bwd", "dropout_add_layer_norm_fwd_loop", "linear_act_bwd"]
 )
@@ -77,12 +109,12 @@ def test_load_stages_pipeline_the_row_loops(registered_reports, kernel):
 
 # SASS instructions per row and thread of the LayerNorm row loops as the ViT widths launch them (BLOCK_D
 # 1024, 4 warps, 3 load stages, every feature on, 16-aligned): 428 (backward) and 367 (forward) with Triton
-# 3.8, 427 / 368 with 3.6. With the dropout mask drawn once per four elements and compared as floats they
-# were 504 and 452; without dropout the backward's is 312. On an H100 these loops issue about half as many
-# instructions as their time allows (run 6), so the count is part of their speed.
+# 3.8, 427 / 368 with 3.6; without dropout the backward's is 312. On an H100 these loops issue about half as
+# many instructions as their time allows (bench/results/NOTES.md), so the count is part of their speed.
 LAYER_NORM_LOOP_BUDGETS = {"dropout_add_layer_norm_bwd": 440, "dropout_add_layer_norm_fwd_loop": 380}
 
 
+@sweep
 @pytest.mark.parametrize("kernel", sorted(LAYER_NORM_LOOP_BUDGETS))
 def test_layer_norm_row_loops_keep_their_instruction_budget(registered_reports, kernel):
     launched = {"BLOCK_D=1024", "LOAD_STAGES=3", "HAS_DROPOUT=True", "D_MULTIPLE_OF_8=True", "w4",
@@ -95,9 +127,8 @@ def test_layer_norm_row_loops_keep_their_instruction_budget(registered_reports, 
 
 # SASS instructions of the MLP's elementwise passes as ViT widths launch them (16-aligned), Triton 3.8: the
 # forward's activation pass per thread (8 elements) and the backward's row loop per iteration and thread
-# (8 x 256 tile at 4 warps: 16 elements). With libdevice's erff and tl.sigmoid's division the gelu pass
-# took 312 (quick_gelu 160), and with a Philox call per element the dropout pass 768 and the backward's
-# dropout loop 2096; the GPU measured those passes issue-bound (run 4: 46-48% of copy bandwidth with dropout).
+# (8 x 256 tile at 4 warps: 16 elements). These passes are issue-bound on an H100 (46-48% of copy bandwidth
+# with dropout, bench/results/NOTES.md), so the count is part of their speed.
 MLP_PASS_BUDGETS = {
     ("linear_act_activation_dropout", "BLOCK=2048,ACTIVATION=gelu,HAS_DROPOUT=False"): 200,  # 184
     ("linear_act_activation_dropout", "BLOCK=2048,ACTIVATION=quick_gelu,HAS_DROPOUT=False"): 140,  # 128
@@ -108,6 +139,7 @@ MLP_PASS_BUDGETS = {
 }
 
 
+@sweep
 @pytest.mark.parametrize("kernel, features", sorted(MLP_PASS_BUDGETS), ids=lambda v: v.replace(",", " "))
 def test_mlp_elementwise_passes_keep_their_instruction_budget(registered_reports, kernel, features):
     launched = set(features.split(",")) | {"aligned16"}

@@ -77,9 +77,9 @@ def test_every_cuda_file_has_sm90a_device_code():
 
 # SASS instructions a CUTLASS MLP kernel may have. Its epilogue is unrolled over 8 subtiles per tile, so
 # the activation's code appears 8 times; at 13.6k instructions (a branch on the activation per element and
-# IEEE division) every tile re-fetched its epilogue past the instruction cache and the kernel ran 3x
-# slower on an H100 than at 8.8k (one branch per fragment, __fdividef; bench/results/NOTES.md, run 6).
-# gelu without erff brought them to 7.0k (fourteenth session).
+# IEEE division) every tile re-fetches its epilogue past the instruction cache and the kernel runs 3x
+# slower on an H100 than at 8.8k (one branch per fragment, __fdividef; bench/results/NOTES.md). gelu from the
+# fitted erfc form, not erff, keeps them near 7.0k.
 CUTLASS_MAX_SASS_INSTRUCTIONS = 7_500
 
 

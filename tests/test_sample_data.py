@@ -58,7 +58,33 @@ def test_render_clip_deterministic_and_moving():
         frames = render_clip(label, 4, 24, (64, 64), np.random.default_rng([0, label]))
         again = render_clip(label, 4, 24, (64, 64), np.random.default_rng([0, label]))
         assert np.array_equal(frames, again) and frames.shape == (24, 64, 64, 3) and frames.dtype == np.uint8
-        assert np.abs(frames[-1].astype(int) - frames[0].astype(int)).mean() > 10  # things move
+        changed = np.abs(frames[-1].astype(int) - frames[0].astype(int)).max(axis=-1) > 20
+        assert 0.05 < changed.mean() < 0.6, changed.mean()  # the objects move over a still background
+
+
+def test_render_clip_is_smooth_away_from_edges():
+    """What a masked autoencoder can learn: neighbouring pixels differ by a few levels except at the
+    objects' edges (a noise texture differs by about ten everywhere)."""
+    for label in range(4):
+        frames = render_clip(label, 4, 16, (64, 64), np.random.default_rng([1, label]), speed=(2.5, 3.5),
+                             target_side=(24, 32)).astype(int)
+        across = np.abs(np.diff(frames, axis=2)).max(axis=-1)
+        down = np.abs(np.diff(frames, axis=1)).max(axis=-1)
+        assert np.median(across) <= 4 and np.median(down) <= 4
+        assert (across > 40).mean() > 0.005  # and the edges are sharp
+
+
+def test_the_target_moves_in_its_class_direction():
+    """The outlined square (its dark outline: the darkest pixels of a frame) travels along angle
+    2 pi label / num_classes in image axes (x right, y down)."""
+    for label, (dy, dx) in enumerate([(0, 1), (1, 0), (0, -1), (-1, 0)]):
+        frames = render_clip(label, 4, 16, (64, 64), np.random.default_rng([2, label]), speed=(2.5, 3.5),
+                             target_side=(24, 32))
+        def outline_centre(frame):
+            ys, xs = np.nonzero(frame.max(axis=-1) == 0)
+            return np.array([ys.mean(), xs.mean()])
+        motion = outline_centre(frames[-1]) - outline_centre(frames[0])
+        assert motion @ np.array([dy, dx]) > 0.8 * np.linalg.norm(motion) > 10, (label, motion)
 
 
 def test_bad_arguments(tmp_path):

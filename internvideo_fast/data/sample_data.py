@@ -1,10 +1,11 @@
 """A small synthetic, labelled video dataset: learnable, not trivial, deterministic, a few seconds to make.
 
-Each clip shows a textured, dark-outlined square (random texture, colour, size, speed and start) moving
+Each clip shows a shaded, dark-outlined square (random colours, shading, size, speed and start) moving
 in one of ``num_classes`` directions (the class: direction ``2 pi c / num_classes``, jittered by up to
-+-10 degrees) over a noisy random blocky background, with one or two smaller textured discs moving in
-random directions and bouncing off the borders, so a single frame says nothing and the motion of the
-right object decides the class.
++-10 degrees) over a smooth random background of plane waves, with one or two smaller shaded discs moving
+in random directions and bouncing off the borders, so a single frame says nothing and the motion of the
+right object decides the class. Every region is smooth away from the objects' edges, so a masked
+autoencoder can learn to fill in what it does not see (a noise texture would leave it nothing to learn).
 
 Layout under ``root``::
 
@@ -61,7 +62,7 @@ class SampleDataset:
         return self.root / f"{split}_captions.txt"
 
 
-_CAPTION_TEMPLATES = ("a square moving {}", "a textured box slides {}", "an outlined square travels {} across the frame",
+_CAPTION_TEMPLATES = ("a square moving {}", "a shaded box slides {}", "an outlined square travels {} across the frame",
                       "something moves {}")
 
 
@@ -75,13 +76,41 @@ def class_names(num_classes: int) -> list[str]:
     return [f"at {round(360 * k / num_classes)} degrees" for k in range(num_classes)]
 
 
-def _texture(rng: np.random.Generator, height: int, width: int, colour: np.ndarray, cells: int = 4,
-             amplitude: float = 60.0) -> np.ndarray:
-    """A blocky random texture around ``colour`` ([h, w, 3] floats in [0, 255])."""
-    grid = rng.uniform(-amplitude, amplitude, size=(cells, cells, 3))
-    ys = np.minimum(np.arange(height) * cells // max(height, 1), cells - 1)
-    xs = np.minimum(np.arange(width) * cells // max(width, 1), cells - 1)
-    return np.clip(colour[None, None] + grid[ys][:, xs], 0, 255)
+def _smooth_field(rng: np.random.Generator, height: int, width: int, colour: np.ndarray, period: float,
+                  amplitude: float, waves: int = 3) -> np.ndarray:
+    """A smooth colour field around ``colour`` ([h, w, 3] floats in [0, 255]): a sum of `waves` plane waves
+    per channel, each of wavelength ``period`` to ``2 * period`` pixels, random direction and phase, summed
+    to at most ``amplitude``. Every patch of a few pixels holds a gentle ramp that its neighbours predict."""
+    yy, xx = np.mgrid[:height, :width].astype(np.float64)
+    field = np.zeros((height, width, 3))
+    for channel in range(3):
+        for _ in range(waves):
+            angle = rng.uniform(0, 2 * np.pi)
+            frequency = 2 * np.pi / (period * rng.uniform(1.0, 2.0))
+            phase = rng.uniform(0, 2 * np.pi)
+            field[..., channel] += np.sin(frequency * (yy * np.sin(angle) + xx * np.cos(angle)) + phase)
+    return np.clip(colour[None, None] + field * (amplitude / waves), 0, 255)
+
+
+def _shaded_square(rng: np.random.Generator, side: int) -> np.ndarray:
+    """A square lit from one side: a linear ramp between two random colours, with a dark outline."""
+    light, dark = rng.uniform(120, 240, size=3), rng.uniform(20, 110, size=3)
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = (np.mgrid[:side, :side] + 0.5) / side - 0.5
+    ramp = np.clip(0.5 + yy * np.sin(angle) + xx * np.cos(angle), 0, 1)[..., None]
+    square = dark + (light - dark) * ramp
+    square[[0, -1]] = 0  # a dark outline: the target is the one outlined square
+    square[:, [0, -1]] = 0
+    return square
+
+
+def _shaded_disc(rng: np.random.Generator, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """A disc shaded like a ball (bright centre, darker rim) and its mask."""
+    colour = rng.uniform(40, 230, size=3)
+    yy, xx = np.mgrid[:side, :side] + 0.5 - side / 2
+    radius = np.sqrt(yy**2 + xx**2) / (side / 2)
+    shade = (1.15 - 0.45 * radius**2)[..., None]
+    return np.clip(colour * shade, 0, 255), radius <= 1.0
 
 
 def _paste(frame: np.ndarray, patch: np.ndarray, top: float, left: float, mask: np.ndarray | None = None) -> None:
@@ -108,14 +137,12 @@ def render_clip(label: int, num_classes: int, num_frames: int, size: tuple[int, 
     height, width = size
     scale = min(height, width) / 64.0
     pad = int(np.ceil(speed[1] * scale * num_frames)) + 1 if camera_pan else 0
-    scenery = _texture(rng, height + 2 * pad, width + 2 * pad, rng.uniform(60, 190, size=3), cells=8 + 2 * pad // 8,
-                       amplitude=35.0)
+    scenery = _smooth_field(rng, height + 2 * pad, width + 2 * pad, rng.uniform(70, 180, size=3),
+                            period=24 * scale, amplitude=60.0)
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
 
     side = int(rng.integers(max(6, int(target_side[0] * scale)), max(7, int(target_side[1] * scale)) + 1))
-    target = _texture(rng, side, side, rng.uniform(30, 225, size=3))
-    target[[0, -1]] = 0  # a dark outline: the target is the one outlined square
-    target[:, [0, -1]] = 0
+    target = _shaded_square(rng, side).astype(np.uint8)
     angle = 2 * np.pi * label / num_classes + np.deg2rad(rng.uniform(-10, 10))
     pixels_per_frame = rng.uniform(*speed) * scale
     velocity = pixels_per_frame * np.array([np.sin(angle), np.cos(angle)])  # (dy, dx)
@@ -125,28 +152,24 @@ def render_clip(label: int, num_classes: int, num_frames: int, size: tuple[int, 
     distractors = []
     for _ in range(int(rng.integers(1, 3))):
         d_side = int(rng.integers(max(3, int(6 * scale)), max(4, int(12 * scale)) + 1))
-        d_patch = _texture(rng, d_side, d_side, rng.uniform(30, 225, size=3), cells=2)
-        yy, xx = np.mgrid[:d_side, :d_side] + 0.5 - d_side / 2
-        d_mask = (yy**2 + xx**2) <= (d_side / 2) ** 2  # discs
+        d_patch, d_mask = _shaded_disc(rng, d_side)
         d_angle = rng.uniform(0, 2 * np.pi)
         d_velocity = rng.uniform(0.5, 1.8) * scale * np.array([np.sin(d_angle), np.cos(d_angle)])
         d_start = rng.uniform(0, 1, size=2) * np.array([height - d_side, width - d_side])
-        distractors.append((d_patch, d_mask, d_start, d_velocity))
+        distractors.append((d_patch.astype(np.uint8), d_mask, d_start, d_velocity))
 
     for t in range(num_frames):
         # The camera follows the target's velocity backwards, so the scenery moves with the target.
         shift = np.round(velocity * (t - (num_frames - 1) / 2)).astype(int) if camera_pan else np.zeros(2, int)
         top, left = pad - shift[0], pad - shift[1]
-        background = scenery[top:top + height, left:left + width]
-        frame = background + rng.normal(0, 8, size=background.shape)
-        frame = np.clip(frame, 0, 255).astype(np.uint8)
+        frame = scenery[top:top + height, left:left + width].astype(np.uint8)
         for d_patch, d_mask, d_start, d_velocity in distractors:
             # distractors bounce off the borders (their direction changes; the target's never does)
             limit = np.array([height - d_patch.shape[0], width - d_patch.shape[1]], dtype=np.float64)
             pos = np.abs(np.mod(d_start + d_velocity * t + limit, 2 * limit) - limit)
-            _paste(frame, d_patch.astype(np.uint8), pos[0], pos[1], d_mask)
+            _paste(frame, d_patch, pos[0], pos[1], d_mask)
         position = start + velocity * t
-        _paste(frame, target.astype(np.uint8), position[0], position[1])
+        _paste(frame, target, position[0], position[1])
         frames[t] = frame
     return frames
 
@@ -194,7 +217,7 @@ def make_sample_dataset(root: str | os.PathLike, num_classes: int = 4, clips_per
     params = {"num_classes": num_classes, "clips_per_class": clips_per_class, "val_per_class": val_per_class,
               "num_frames": num_frames, "size": list(size), "fps": fps, "seed": seed, "codecs": list(codecs),
               "speed": list(speed), "target_side": list(target_side), "camera_pan": camera_pan, "captions": 1,
-              "version": 2}
+              "version": 3}
     lists = {codec: tuple(root / (f"{split}.txt" if k == 0 else f"{split}_{codec}.txt") for split in _SPLITS)
              for k, codec in enumerate(codecs)}
     result = SampleDataset(root, lists[codecs[0]][0], lists[codecs[0]][1], num_classes, lists)

@@ -18,7 +18,9 @@ multiple of 16 (the specialization real ViT launches get, which pipelines deeper
 memory).
 
 Run it as ``python -m internvideo_fast.ops.aot`` (a table, exit 1 on any problem) with ``TRITON_INTERPRET``
-unset; ``make test`` runs it through tests/test_aot_sm90.py.
+unset. ``make test`` compiles each kernel's default plan alone (``--default-only``, see
+:func:`default_variant`); ``make aot-check`` runs the full sweep of every config and variant
+(tests/test_aot_sm90.py, both through pytest).
 """
 
 from __future__ import annotations
@@ -186,6 +188,13 @@ def compile_for_sm90(spec: TritonKernelSpec, config: KernelConfig, aligned: bool
     return report
 
 
+def default_variant(spec: TritonKernelSpec) -> tuple[TritonKernelSpec, KernelConfig, bool]:
+    """The one compile that stands for `spec` without the sweep: its first registered config (registrations
+    list the default plan first) in the form ViT-shaped launches take, 16-aligned wherever the sweep compiles
+    that specialization (matmul, ``aligned_only`` and ``also_aligned`` kernels)."""
+    return spec, spec.configs[0], spec.multiplies_matrices or spec.aligned_only or spec.also_aligned
+
+
 _VARIANTS: list = []  # what forked workers compile, by index (kernels do not pickle)
 
 
@@ -193,11 +202,14 @@ def _compile_variant(index: int) -> AotReport:
     return compile_for_sm90(*_VARIANTS[index])
 
 
-def check_all(kernels: list[TritonKernelSpec] | None = None, jobs: int = 1) -> list[AotReport]:
+def check_all(kernels: list[TritonKernelSpec] | None = None, jobs: int = 1,
+              default_only: bool = False) -> list[AotReport]:
     """Every config of every kernel; matmul and ``also_aligned`` kernels also in their 16-aligned variant
-    (see compile_for_sm90), and aligned-only configs in that variant alone. `jobs` > 1 compiles in that
-    many forked processes."""
+    (see compile_for_sm90), and aligned-only configs in that variant alone. `default_only` compiles each
+    kernel once instead (:func:`default_variant`). `jobs` > 1 compiles in that many forked processes."""
     kernels = triton_kernels() if kernels is None else kernels
+    if default_only:
+        return _compile_variants([default_variant(spec) for spec in kernels], jobs)
     variants = [(spec, config, False) for spec in kernels if not spec.aligned_only for config in spec.configs]
     variants += [
         (spec, config, True)
@@ -208,6 +220,10 @@ def check_all(kernels: list[TritonKernelSpec] | None = None, jobs: int = 1) -> l
     # the same way at every config).
     variants += [(spec, spec.configs[0], spec.aligned_only, True) for spec in kernels
                  if any(kind in ("i32", "i64") for kind in spec.signature.values())]
+    return _compile_variants(variants, jobs)
+
+
+def _compile_variants(variants: list[tuple], jobs: int) -> list[AotReport]:
     if jobs <= 1 or len(variants) < 2:
         return [compile_for_sm90(*variant) for variant in variants]
     import concurrent.futures
@@ -241,13 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernel", action="append", help="only these kernels (repeatable)")
     parser.add_argument("--json", action="store_true", help="print the reports as JSON instead of a table")
+    parser.add_argument("--default-only", action="store_true",
+                        help="each kernel once: its default plan as ViT-shaped launches take it")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="compile processes (default: one per CPU)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter replaces the kernels this check compiles")
     kernels = [k for k in triton_kernels() if not args.kernel or k.name in args.kernel]
-    reports = check_all(kernels, jobs=args.jobs)
+    reports = check_all(kernels, jobs=args.jobs, default_only=args.default_only)
     if args.json:
         print(json.dumps([dataclasses.asdict(r) | {"problems": r.problems()} for r in reports]))
         return 0
