@@ -39,7 +39,8 @@ class RecentRate:
     ``remaining x`` the time per item between the oldest kept record (at most ``window_s`` old, but always
     the previous one) and the newest."""
 
-    def __init__(self, total: int, start: int = 0, window_s: float = 60.0, clock: Callable[[], float] = time.perf_counter):
+    def __init__(self, total: int, start: int = 0, window_s: float = 60.0,
+                 clock: Callable[[], float] = time.perf_counter):
         self.total, self.clock, self.window_s = total, clock, window_s
         self.started = clock()
         self.records: collections.deque[tuple[float, int]] = collections.deque([(self.started, start)])

@@ -15,9 +15,9 @@ def _parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         prog="ivf-train", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=f"Train a model. Recipes (the config's `recipe` key):\n{recipes}",
-        epilog="Every key of the config is checked (an unknown key, a wrong type or an impossible value is an "
-               "error naming it); --print-config shows them all with their values. --debug shows the "
-               "traceback of an error.",
+        epilog="Every key of the config is checked (an unknown key, a wrong type or an impossible value "
+               "is an error naming it); --print-config shows them all with their values. --debug shows "
+               "the traceback of an error.",
     )
 
 
@@ -25,12 +25,13 @@ def _main(argv: list[str]) -> int:
     parser = _parser()
     parser.add_argument("--config", help="YAML config (configs/*.yaml)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    parser.add_argument("--resume", help="auto (continue the run in train.output_dir, if any), or a checkpoint "
-                                         "path (same as train.resume=...)")
+    parser.add_argument("--resume", help="auto (continue the run in train.output_dir, if any), or a "
+                                         "checkpoint path (same as train.resume=...)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in an output_dir that holds a run, deleting its checkpoints and "
                              "metrics (same as train.overwrite=true)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (YAML) and exit")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.base_lr=1e-3")
     args = parser.parse_args(argv)
     overrides = list(args.overrides)

@@ -2,8 +2,8 @@
 
 The schema is :class:`TrainingConfig` below: a tree of dataclasses whose fields are every valid key, with its
 type, default and allowed values. ``load_config(path, overrides)`` merges the YAML file over the defaults,
-applies the overrides (values parsed as YAML: numbers, booleans, lists, null; an override of a mapping replaces
-it), and checks the result against the schema before anything runs:
+applies the overrides (values parsed as YAML: numbers, booleans, lists, null; an override of a mapping
+replaces it), and checks the result against the schema before anything runs:
 
 - an unknown key is a :class:`~internvideo_fast.errors.ConfigError` naming the dotted key and the closest
   valid one ("did you mean ...");
@@ -12,8 +12,8 @@ it), and checks the result against the schema before anything runs:
 
 The result is a plain nested dict (what checkpoints store) with every key present. To add a key, add a field
 to its section with :func:`key`; a new recipe is one entry of :data:`RECIPES`. ``data.*`` is generated from
-:class:`internvideo_fast.data.DataConfig` (plus ``train_list`` / ``val_list``), so a new loader option is valid
-here as soon as it exists there; its range checks are in :data:`_DATA_CHECKS`.
+:class:`internvideo_fast.data.DataConfig` (plus ``train_list`` / ``val_list``), so a new loader option is
+valid here as soon as it exists there; its range checks are in :data:`_DATA_CHECKS`.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ class Range:
 
     def describe(self) -> str:
         if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {left}{self.low:g}, {self.high:g}{right}"
         if self.low is not None:
             return f"{'>' if self.low_open else '>='} {self.low:g}"
         return f"{'<' if self.high_open else '<='} {self.high:g}"
@@ -178,9 +179,10 @@ class TrainingConfig:
     recipe: str = key("mae_pretrain", OneOf(tuple(RECIPES)))
     model: str = "videomae_pretrain_vit_base_patch16"
     model_args: dict = key({})  # the model factory's keyword arguments (free-form)
-    pretrained: str | bool | None = key(None, lambda v: "must be the path of a checkpoint file (hub downloads "
-                                        "are not supported)" if isinstance(v, bool) else None)
-    pretrained_parts: dict[str, str] = key({})  # {sub-module attribute: checkpoint}, e.g. a CMA model's backbones
+    pretrained: str | bool | None = key(None, lambda v: "must be the path of a checkpoint file (hub "
+                                        "downloads are not supported)" if isinstance(v, bool) else None)
+    # {sub-module attribute: checkpoint}, e.g. a CMA model's backbones
+    pretrained_parts: dict[str, str] = key({})
     data: DataSection = key(None)  # type: ignore[valid-type]
     optim: OptimConfig = key(None)
     train: TrainConfig = key(None)
@@ -260,7 +262,8 @@ def _key_lines(node, path: str, where: str, out: dict[str, str]) -> None:
 
 def _read_yaml(path: Path) -> tuple[dict, dict[str, str]]:
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist" if not path.exists() else f"{path} is not a file")
+        raise ConfigError(f"config file {path} does not exist" if not path.exists()
+                          else f"config file {path} is not a file")
     text = path.read_text()
     try:
         loaded = _parse(text) or {}
@@ -271,7 +274,8 @@ def _read_yaml(path: Path) -> tuple[dict, dict[str, str]]:
         where = f"{path}, line {mark.line + 1}" if mark else str(path)
         raise ConfigError(f"{where}: not valid YAML: {getattr(error, 'problem', None) or error}") from None
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of keys to values, got {type(loaded).__name__}")
+        raise ConfigError(f"{path}: a config must be a mapping of keys to values, "
+                          f"got {type(loaded).__name__}")
     return loaded, lines
 
 

@@ -265,14 +265,14 @@ def _train(config: dict, ctx: DistContext) -> dict:
             _save(model, optimizer, step, config, ctx, output_dir, amp)
             saved_step = step
             if improved and ctx.is_main:
-                run_folder.link_atomically(run_folder.step_checkpoint(output_dir, step), output_dir / run_folder.BEST_NAME)
+                run_folder.keep_as_best(output_dir, step)
     _report_bad_videos(loader, batches_epoch, ctx)
     if saved_step != step:
         _save(model, optimizer, step, config, ctx, output_dir, amp)
     result = {"losses": losses, "steps": step}
     if finetune and config["data"]["val_list"] and ctx.is_main:
         if metrics.validate(model, config, step, result, broadcast=False):
-            run_folder.link_atomically(run_folder.step_checkpoint(output_dir, step), output_dir / run_folder.BEST_NAME)
+            run_folder.keep_as_best(output_dir, step)
     metrics.close()
     return result
 
@@ -284,7 +284,8 @@ class MixedPrecision:
 
     def __init__(self, precision: str, device: torch.device, allow_cpu_fp16: bool = False):
         if precision == "fp16" and device.type != "cuda" and not allow_cpu_fp16:
-            raise ConfigError("train.precision=fp16 is supported on CUDA only", hint="on CPU use bf16 or fp32")
+            raise ConfigError("train.precision=fp16 is supported on CUDA only",
+                              hint="on CPU use bf16 or fp32")
         if precision == "auto":
             precision = "bf16" if device.type == "cuda" else "fp32"
         self.device_type = device.type
@@ -327,20 +328,23 @@ class _RunLogs:
     def log(self, row: dict) -> None:
         self.metrics.log(row)
 
-    def validate(self, model, config: dict, step: int, result: dict | None = None, broadcast: bool = True) -> bool:
+    def validate(self, model, config: dict, step: int, result: dict | None = None,
+                 broadcast: bool = True) -> bool:
         """Rank 0 evaluates the validation list (into ``result["eval"]`` if given) and logs it; returns, on
         every rank (with ``broadcast``), whether top-1 beat the best so far."""
         improved = False
         if self.ctx.is_main:
             from internvideo_fast.eval.evaluate import evaluate
 
-            scores = evaluate(model, _loader(config, "val", DistContext(0, 1, 0, self.ctx.device), 0), self.ctx.device)
+            loader = _loader(config, "val", DistContext(0, 1, 0, self.ctx.device), 0)
+            scores = evaluate(model, loader, self.ctx.device)
             model.train()
             print(f"validation at step {step}: top1 {scores['top1']:.3f} top5 {scores['top5']:.3f} "
                   f"over {scores['videos']} videos", flush=True)
             self.evals.log({"step": step, "top1": scores["top1"], "top5": scores["top5"]})
             improved = self.best_top1 is None or scores["top1"] > self.best_top1
-            self.best_top1 = max(scores["top1"], self.best_top1 if self.best_top1 is not None else scores["top1"])
+            if improved:
+                self.best_top1 = scores["top1"]
             if result is not None:
                 result["eval"] = scores
         if broadcast and self.ctx.world_size > 1:

@@ -65,8 +65,8 @@ def resolve_resume(train_cfg: dict) -> Path | None:
     resume, output_dir = train_cfg.get("resume"), Path(train_cfg["output_dir"])
     if train_cfg.get("overwrite"):
         if resume not in (None, "auto"):
-            raise ConfigError(f"train.overwrite starts a new run, but train.resume={resume} asks to continue one",
-                              hint="drop --overwrite or --resume")
+            raise ConfigError(f"train.overwrite starts a new run, but train.resume={resume} asks to "
+                              "continue one", hint="drop --overwrite or --resume")
         return None
     if not resume:
         return None
@@ -89,8 +89,8 @@ def check_output_dir(train_cfg: dict, resume_from: Path | None) -> None:
     output_dir = Path(train_cfg["output_dir"])
     existing = _checkpoints(output_dir) if output_dir.is_dir() else []
     if existing:
-        raise UserError(f"train.output_dir {output_dir} already holds a run ({existing[0].name}); refusing to "
-                        "overwrite it", hint="--resume auto continues it, --overwrite starts afresh")
+        raise UserError(f"train.output_dir {output_dir} already holds a run ({existing[0].name}); "
+                        "refusing to overwrite it", hint="--resume auto continues it, --overwrite starts afresh")
 
 
 def prepare_output_dir(config: dict, to_yaml) -> None:
@@ -129,6 +129,11 @@ def link_atomically(source: Path, target: Path) -> None:
     except OSError:
         shutil.copyfile(source, temporary)
     os.replace(temporary, target)
+
+
+def keep_as_best(output_dir: Path, step: int) -> None:
+    """``checkpoint-best.pth`` becomes the checkpoint saved at ``step``."""
+    link_atomically(step_checkpoint(output_dir, step), Path(output_dir) / BEST_NAME)
 
 
 def retain_checkpoints(output_dir: Path, step: int, keep: int | None) -> None:
