@@ -6,7 +6,8 @@
     ivf masks        tube masks drawn by every backend, cross-checked and drawn as text
     ivf aot-check    compile every Triton kernel for the H100 ahead of time (no GPU needed)
 
-Training and evaluation have their own commands: ivf-train, ivf-eval, ivf-visualize-mae.
+Training and evaluation have their own commands: ivf-train, ivf-eval, ivf-visualize-mae, ivf-prepare.
+A mistake in the arguments is one line on stderr and exit code 2; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+
+from internvideo_fast.errors import UserError, run_cli
 
 
 def _info(_: argparse.Namespace) -> int:
@@ -53,8 +56,17 @@ def _configs(_: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
 def _demo(args: argparse.Namespace) -> int:
     from internvideo_fast.demo import run_demo
+
+    _positive(args, "pretrain_steps", "finetune_steps", "multimodal_steps", "clips_per_class")
 
     run_demo(args.out, args.pretrain_steps, args.finetune_steps, args.clips_per_class, args.device,
              args.multimodal_steps)
@@ -67,6 +79,7 @@ def _masks(args: argparse.Namespace) -> int:
     from internvideo_fast.ops import tube_mask, use_backend
     from internvideo_fast.ops.backend import available_backends
 
+    _positive(args, "batch")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batch, frames, height, width, ratio = args.batch, 8, 14, 14, 0.9
     print(f"tube masks for {batch} clips of 16x224x224 (tokens {frames}x{height}x{width}), mask ratio {ratio}, on {device}")
@@ -95,7 +108,7 @@ def _aot_check(args: argparse.Namespace) -> int:
     return aot.main(args.rest)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="ivf", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions, extension and backends").set_defaults(run=_info)
@@ -117,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     aot.set_defaults(run=_aot_check)
     args = parser.parse_args(argv)
     return args.run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("ivf", _main, argv)
 
 
 if __name__ == "__main__":

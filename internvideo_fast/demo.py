@@ -29,7 +29,7 @@ def run_demo(out: str | Path = "demo_out", pretrain_steps: int | None = None, fi
     from internvideo_fast.data import make_sample_dataset
     from internvideo_fast.train.config import load_config
     from internvideo_fast.train.loop import train
-    from internvideo_fast.train.visualize import main as visualize
+    from internvideo_fast.train.visualize import visualize_checkpoint
 
     out = Path(out)
     start = time.perf_counter()
@@ -69,7 +69,7 @@ def run_demo(out: str | Path = "demo_out", pretrain_steps: int | None = None, fi
           f"validation top-1 {accuracy:.1%} on {finetune['eval']['videos']} clips (chance 25.0%)")
 
     png = out / "mae_reconstruction.png"
-    visualize(["--checkpoint", str(out / "pretrain" / "checkpoint.pth"), "--out", str(png)])
+    visualize_checkpoint(out / "pretrain" / "checkpoint.pth", png)
     vl = train(config("demo_vl_pretrain.yaml", "vl_pretrain", multimodal_steps, "train_captions.txt"), device=device)
     window = max(1, len(vl["losses"]) // 10)
     zero_shot, retrieval = _evaluate_video_text(out / "vl_pretrain" / "checkpoint.pth", sample, device)

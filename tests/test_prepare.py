@@ -188,9 +188,15 @@ def test_timeout_counts_as_bad(dataset, tmp_path):
 def test_cli(dataset, tmp_path, capsys):
     out_root = tmp_path / "cli_out"
     code = main([str(dataset.val_list), "--root", str(dataset.root), "--out", str(out_root), "--short-side",
-                 str(SHORT), "--gop", str(GOP), "--jobs", "2", "--crf", "30", "--timeout", "60", "-q"])
+                 str(SHORT), "--gop", str(GOP), "--jobs", "2", "--crf", "30", "--timeout", "60"])
     assert code == 0
-    assert "encoded" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "encoded" in captured.out
+    videos = len(read_video_list(dataset.val_list))
+    # Not a terminal: plain progress lines on stderr, the last one when all videos are done.
+    progress = [line for line in captured.err.splitlines() if line.startswith("ivf-prepare: ")]
+    assert progress and progress[-1].startswith(f"ivf-prepare: {videos}/{videos} videos (100%), elapsed ")
+    assert "done" in progress[-1] and "\r" not in captured.err
     assert [r.label for r in read_video_list(out_root / "val.txt")] == [r.label for r in
                                                                         read_video_list(dataset.val_list)]
     assert (out_root / "bad_videos.txt").read_text() == ""

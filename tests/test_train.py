@@ -221,3 +221,120 @@ def test_the_tuning_cache_lives_in_the_output_dir_for_the_run(tmp_path, monkeypa
     with pytest.raises(ValueError, match="train.tuning_cache"), tuning_cache(
             {"train": {"output_dir": str(tmp_path), "tuning_cache": "yes"}}):
         pass
+
+
+def _steps(csv_path: Path) -> list[int]:
+    lines = csv_path.read_text().splitlines()
+    return [int(line.split(",")[0]) for line in lines[1:]]
+
+
+def test_run_folders_are_safe_and_keep_the_last_checkpoints(sample_data, tmp_path, capsys):
+    """A run keeps its last K step checkpoints (checkpoint.pth the latest) and config.yaml; a new run into the
+    folder refuses; a resumed run drops the metrics rows past its step; --overwrite starts afresh; a resume
+    path that does not exist is an error. Log lines give the elapsed time and the ETA."""
+    from internvideo_fast.errors import ConfigError, UserError
+
+    run = tmp_path / "run"
+    path = _config(sample_data, run, max_steps=5, save_every=1, keep_checkpoints=2)
+    train(load_config(path), device="cpu")
+    assert sorted(p.name for p in run.glob("checkpoint*.pth")) == ["checkpoint-4.pth", "checkpoint-5.pth",
+                                                                   "checkpoint.pth"]
+    latest = torch.load(run / "checkpoint.pth", weights_only=True)
+    assert latest["step"] == 5 and (run / "checkpoint.pth").samefile(run / "checkpoint-5.pth")
+    assert load_config(run / "config.yaml") == latest["config"] == load_config(path)
+    assert _steps(run / "metrics.csv") == [1, 2, 3, 4, 5]
+    step_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert len(step_lines) == 5 and all(" elapsed " in line and " eta " in line for line in step_lines)
+    assert step_lines[-1].endswith("eta 0s")
+
+    with pytest.raises(UserError, match=r"already holds a run .*--resume auto continues it, --overwrite"):
+        train(load_config(path, ["train.resume=null"]), device="cpu")
+    assert _steps(run / "metrics.csv") == [1, 2, 3, 4, 5]
+
+    # Resumed from step 4 (as if step 5 had never happened): one row per step, step 5's row is the new one.
+    train(load_config(path, [f"train.resume={run / 'checkpoint-4.pth'}", "train.max_steps=6"]), device="cpu")
+    assert _steps(run / "metrics.csv") == [1, 2, 3, 4, 5, 6]
+    assert torch.load(run / "checkpoint.pth", weights_only=True)["step"] == 6
+
+    train(load_config(path, ["train.max_steps=2"]), device="cpu")  # resume: auto, already past step 2
+    train(load_config(path, ["train.overwrite=true", "train.max_steps=2"]), device="cpu")
+    assert "overwriting" in capsys.readouterr().out
+    assert _steps(run / "metrics.csv") == [1, 2]
+    assert sorted(p.name for p in run.glob("checkpoint*.pth")) == ["checkpoint-1.pth", "checkpoint-2.pth",
+                                                                   "checkpoint.pth"]
+
+    with pytest.raises(ConfigError, match=r"train\.resume: .*nowhere\.pth does not exist"):
+        train(load_config(path, [f"train.resume={tmp_path / 'nowhere.pth'}",
+                                 f"train.output_dir={tmp_path / 'fresh'}"]), device="cpu")
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_validation_during_training_keeps_the_best_checkpoint(sample_data, tmp_path):
+    run = tmp_path / "best"
+    path = _config(sample_data, run, "finetune", eval_every_epochs=1, keep_checkpoints=1)
+    result = train(load_config(path), device="cpu")
+    rows = [line.split(",") for line in (run / "eval.csv").read_text().splitlines()[1:]]
+    assert [int(row[0]) for row in rows] == [4, 8]  # after epoch 1, and the final validation
+    assert float(rows[-1][1]) == result["eval"]["top1"]
+    best_step = int(max(rows, key=lambda row: float(row[1]))[0])  # the first of equal top-1s
+    assert torch.load(run / "checkpoint-best.pth", weights_only=True)["step"] == best_step
+    assert sorted(p.name for p in run.glob("checkpoint*.pth")) == ["checkpoint-8.pth", "checkpoint-best.pth",
+                                                                   "checkpoint.pth"]
+    with pytest.raises(ValueError, match="train.eval_every_epochs needs a classification recipe"):
+        train(load_config(_config(sample_data, tmp_path / "mae", eval_every_epochs=1)), device="cpu")
+
+
+def test_fp16_is_refused_on_cpu_and_scales_the_loss_where_it_runs(sample_data, tmp_path):
+    from internvideo_fast.errors import ConfigError
+    from internvideo_fast.train.loop import MixedPrecision
+
+    with pytest.raises(ConfigError, match="train.precision=fp16 is supported on CUDA only"):
+        train(load_config(_config(sample_data, tmp_path / "fp16", precision="fp16")), device="cpu")
+    assert not (tmp_path / "fp16").exists()
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    amp = MixedPrecision("fp16", torch.device("cpu"), allow_cpu_fp16=True)
+    x = torch.randn(5, 8)
+    reference = torch.nn.Linear(8, 3)
+    reference.load_state_dict(model.state_dict())
+    reference(x).pow(2).mean().backward()
+    before = model.weight.detach().clone()
+    with amp.autocast():
+        out = model(x)
+    assert out.dtype == torch.float16
+    amp.backward_and_step(out.float().pow(2).mean(), optimizer, model.parameters(), clip_grad=1e6)
+    # The gradients the optimizer used are the unscaled ones (the loss was scaled by 2^16 for backward).
+    torch.testing.assert_close((before - model.weight.detach()) / 0.1, reference.weight.grad, rtol=2e-2, atol=2e-3)
+    scale, before = amp.scaler.get_scale(), model.weight.detach().clone()
+    with amp.autocast():
+        overflow = model(x).float().sum() * float("inf")
+    amp.backward_and_step(overflow, optimizer, model.parameters(), clip_grad=None)
+    assert torch.equal(model.weight, before) and amp.scaler.get_scale() < scale  # skipped, scale lowered
+    assert amp.state_dict()["scale"] == amp.scaler.get_scale()
+    assert MixedPrecision("auto", torch.device("cpu")).state_dict() is None
+
+
+def test_visualize_mae_uses_the_runs_mask_ratio_and_normalization(sample_data, tmp_path, monkeypatch):
+    from internvideo_fast.data import CLIP_MEAN, CLIP_STD
+    from internvideo_fast.train import visualize
+
+    path = _config(sample_data, tmp_path / "pre", max_steps=1, mask_ratio=0.5)
+    train(load_config(path, ["data.normalization=clip"]), device="cpu")
+    seen = {}
+    real = visualize.reconstruct
+
+    def spy(model, video, mean, std, seed=0, mask_ratio=None):
+        views = real(model, video, mean, std, seed, mask_ratio)
+        seen.update(mean=mean, std=std, mask_ratio=mask_ratio,
+                    hidden=float((views["masked"] == 0.5).all(0).float().mean()))
+        return views
+
+    monkeypatch.setattr(visualize, "reconstruct", spy)
+    assert visualize.main(["--checkpoint", str(tmp_path / "pre" / "checkpoint.pth"),
+                           "--out", str(tmp_path / "r.png")]) == 0
+    assert (tmp_path / "r.png").is_file()
+    assert seen["mask_ratio"] == 0.5 and seen["mean"] == tuple(CLIP_MEAN) and seen["std"] == tuple(CLIP_STD)
+    assert seen["hidden"] == pytest.approx(0.5, abs=0.05)
+    assert visualize.main(["--checkpoint", str(tmp_path / "pre" / "checkpoint.pth"), "--index", "99"]) == 2

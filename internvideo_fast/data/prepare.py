@@ -17,6 +17,8 @@ folder and renamed, so an interrupted run never leaves a half file under the fin
 outputs that exist, are newer than their source and probe as a video with frames (re-encoding everything
 when the encoding parameters changed), so it resumes an interrupted run. ``jobs`` ffmpeg processes run at
 once (driven by a thread pool: the work is in the subprocesses), each with ``cpu_count // jobs`` threads.
+Progress (videos done, elapsed time, ETA) goes to stderr: a bar on a terminal, a line every 30 s otherwise
+(:mod:`internvideo_fast.progress`).
 
 Bad inputs (missing, empty, unreadable, truncated, ffmpeg failures and timeouts) are skipped, each listed
 once with its reason in the returned summary and in ``out_root/bad_videos.txt`` (``path<TAB>reason`` lines).
@@ -46,6 +48,8 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
 from internvideo_fast.data.lists import _looks_like_csv, read_video_list, read_video_text_list
+from internvideo_fast.errors import UserError, run_cli
+from internvideo_fast.progress import Progress
 
 __all__ = ["prepare_dataset", "prepare_video", "main", "BAD_LIST_NAME"]
 
@@ -412,8 +416,8 @@ def prepare_dataset(list_file: str | os.PathLike, root: str | os.PathLike | None
         tasks[path] = (src, out_root / rel)
 
     counts = {"encoded": 0, "skipped": 0}
-    done = 0
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    progress = Progress(len(tasks), "ivf-prepare", unit="videos", stream=sys.stderr, enabled=verbose)
+    with progress, ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(prepare_video, src, out, settings): path for path, (src, out) in tasks.items()}
         for future in as_completed(futures):
             path = futures[future]
@@ -426,11 +430,8 @@ def prepare_dataset(list_file: str | os.PathLike, root: str | os.PathLike | None
                 mapping[path] = None
             else:
                 counts[status] += 1
-            done += 1
-            if verbose and (done % 100 == 0 or done == len(futures)):
-                print(f"ivf-prepare: {done}/{len(futures)} videos ({counts['encoded']} encoded, "
-                      f"{counts['skipped']} already done, {len(bad)} bad), {time.monotonic() - start:.0f}s",
-                      file=sys.stderr)
+            progress.update(note=f"{counts['encoded']} encoded, {counts['skipped']} already done, "
+                                 f"{len(bad)} bad")
     for path, first in alias.items():
         mapping[path] = mapping[first]
 
@@ -444,7 +445,7 @@ def prepare_dataset(list_file: str | os.PathLike, root: str | os.PathLike | None
             "bad_list": str(bad_list), "seconds": round(time.monotonic() - start, 3)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="ivf-prepare",
         description="Re-encode a dataset's videos for fast random access: short side --short-side "
@@ -479,14 +480,17 @@ def main(argv: list[str] | None = None) -> int:
                                   out_list=args.out_list, preset=args.preset, list_format=args.list_format,
                                   force=args.force, verbose=not args.quiet)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
-        print(f"ivf-prepare: error: {error}", file=sys.stderr)
-        return 2
+        raise UserError(str(error)) from error
     for path, reason in summary["bad"]:
         print(f"ivf-prepare: bad video {path}: {reason}", file=sys.stderr)
     print(f"{summary['total']} videos: {summary['encoded']} encoded, {summary['skipped']} already done, "
           f"{len(summary['bad'])} bad (listed in {summary['bad_list']}); {summary['records']} records in "
           f"{summary['out_list']} ({summary['seconds']:.1f}s)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("ivf-prepare", _main, argv)
 
 
 if __name__ == "__main__":

@@ -4,17 +4,18 @@ caption on `path<TAB>caption` lists; the contrastive loss gathers every rank's p
 backbones, CMA + head trained: the optimizer only ever sees trainable parameters).
 
 One loop for both: model from the registry, AdamW (fused on CUDA) on parameter groups, warmup + cosine lr
-scaled by global batch / 256, bf16 autocast on CUDA (fp32 on CPU), gradient clipping, DDP under torchrun,
-checkpoints written atomically every `save_every` steps and at the end, and ``resume: auto`` that continues
-exactly where a run stopped: model, optimizer, step and the data loader's position within its epoch are
-restored, and every random draw of a step (tube masks, mixup, dropout, drop path) is keyed on the step.
+scaled by global batch / 256, bf16 autocast on CUDA (fp32 on CPU; ``precision: fp16`` adds a GradScaler),
+gradient clipping, DDP under torchrun, checkpoints written atomically every `save_every` steps and at the end
+(the run folder's rules and layout: :mod:`internvideo_fast.train.run_folder`), validation every
+``eval_every_epochs`` epochs (keeping the best), and ``resume: auto`` that continues exactly where a run
+stopped: model, optimizer, step and the data loader's position within its epoch are restored, and every random
+draw of a step (tube masks, mixup, dropout, drop path) is keyed on the step. Log lines give the elapsed time
+and the ETA (remaining steps x the recent time per step).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
 import os
 import random
 import time
@@ -24,14 +25,18 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from internvideo_fast.errors import ConfigError, UserError
 from internvideo_fast.models import create_model
 from internvideo_fast.models.checkpoint import save_atomically
 from internvideo_fast.models.tokenizer import tokenize
+from internvideo_fast.progress import RecentRate, format_duration
+from internvideo_fast.train import run_folder
+from internvideo_fast.train.config import to_yaml, validate_config
 from internvideo_fast.train.distributed import DistContext, all_reduce_mean, cleanup, init_distributed
 from internvideo_fast.train.mixup import VideoMixup, soft_cross_entropy
 from internvideo_fast.train.optim import build_optimizer, learning_rate, set_learning_rate
+from internvideo_fast.train.run_folder import CHECKPOINT_NAME, MetricsLog
 
-CHECKPOINT_NAME = "checkpoint.pth"
 CLASSIFICATION_RECIPES = ("finetune", "supervised_postpretrain", "cma")
 
 
@@ -72,7 +77,7 @@ def _data_config(config: dict, split: str):
     list_file = fields.pop("train_list" if split == "train" else "val_list", None)
     fields.pop("val_list" if split == "train" else "train_list", None)
     if list_file is None:
-        raise ValueError(f"data.{split}_list is required")
+        raise ConfigError(f"data.{split}_list is required")
     return DataConfig(list_file=list_file, train=split == "train", **fields)
 
 
@@ -114,51 +119,18 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _find_resume(config: dict) -> Path | None:
-    resume = config["train"]["resume"]
-    if not resume:
-        return None
-    path = Path(config["train"]["output_dir"]) / CHECKPOINT_NAME if resume == "auto" else Path(resume)
-    return path if path.exists() else None
-
-
-class MetricsLog:
-    """A CSV of metrics (appended, so resumed runs continue it) and TensorBoard scalars when available."""
-
-    def __init__(self, path: Path, enabled: bool, tensorboard: bool):
-        self.enabled = enabled
-        self.path = path
-        self.writer = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(path.parent / "tensorboard"))
-            except ImportError:
-                self.writer = None
-
-    def log(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        if self.writer is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, row["step"])
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 def train(config: dict, device: str | None = None) -> dict:
-    """Runs `config` (see internvideo_fast/train/config.py); returns the per-step losses and the final
-    evaluation (fine-tuning) of rank 0."""
+    """Runs `config` (checked against internvideo_fast/train/config.py's schema); returns the per-step losses
+    and the final evaluation (fine-tuning) of rank 0."""
+    config = validate_config(config)
+    if config["data"]["train_list"] is None:
+        raise ConfigError("data.train_list is required: the list of training videos")
+    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA device is available", hint="--device cpu")
+    if config["train"]["eval_every_epochs"] and not (config["recipe"] in CLASSIFICATION_RECIPES
+                                                      and config["data"]["val_list"]):
+        raise ConfigError("train.eval_every_epochs needs a classification recipe "
+                          f"({', '.join(CLASSIFICATION_RECIPES)}) and data.val_list")
     ctx = init_distributed(device)
     try:
         with tuning_cache(config):
@@ -189,9 +161,11 @@ def tuning_cache(config: dict):
 def _train(config: dict, ctx: DistContext) -> dict:
     train_cfg, optim_cfg = config["train"], dict(config["optim"])
     output_dir = Path(train_cfg["output_dir"])
+    amp = MixedPrecision(train_cfg["precision"], ctx.device)
+    resume_from = run_folder.resolve_resume(train_cfg)
+    run_folder.check_output_dir(train_cfg, resume_from)
     if ctx.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.json").write_text(json.dumps(config, indent=1))
+        run_folder.prepare_output_dir(config, to_yaml)
     seed = train_cfg["seed"]
     torch.manual_seed(seed + ctx.rank)
     random.seed(seed + ctx.rank)
@@ -220,25 +194,25 @@ def _train(config: dict, ctx: DistContext) -> dict:
     stop_step = min(total_steps, train_cfg["max_steps"] or total_steps)
 
     step = 0
-    resume_from = _find_resume(config)
     if resume_from is not None:
         checkpoint = torch.load(resume_from, map_location="cpu", weights_only=True)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step = checkpoint["step"]
         _set_rng_state(checkpoint["rng"][min(ctx.rank, len(checkpoint["rng"]) - 1)])
+        amp.load_state_dict(checkpoint.get("scaler"))
         if ctx.is_main:
             print(f"resumed from {resume_from} at step {step}")
 
-    precision = train_cfg["precision"]
-    use_bf16 = precision == "bf16" or (precision == "auto" and ctx.device.type == "cuda")
-    autocast = (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
-    metrics = MetricsLog(output_dir / "metrics.csv", ctx.is_main, train_cfg["tensorboard"])
+    metrics = _RunLogs(output_dir, ctx, train_cfg["tensorboard"], step)
+    validate_every = train_cfg["eval_every_epochs"]
+    saved_step = -1
     losses: list[float] = []
     pending_losses: list[torch.Tensor] = []
     loader, batches, batches_epoch = None, None, -1
     model.train()
     tick, clips_since = time.perf_counter(), 0
+    pace = RecentRate(stop_step, start=step)
     while step < stop_step:
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         if batches_epoch != epoch:
@@ -253,7 +227,7 @@ def _train(config: dict, ctx: DistContext) -> dict:
         # Every random draw of the step (dropout, drop path, mixup) comes from the step's own seed, so no
         # other consumer of the global generator (a data loader's iterator) can shift a resumed run.
         torch.manual_seed(draw)
-        with autocast():
+        with amp.autocast():
             if finetune:
                 labels = batch["label"].to(ctx.device)
                 generator = torch.Generator().manual_seed(draw)
@@ -266,10 +240,7 @@ def _train(config: dict, ctx: DistContext) -> dict:
                 loss = wrapped(video, mask_ratio=train_cfg["mask_ratio"],
                                seed=torch.full((), draw, dtype=torch.int64, device=ctx.device))["loss"]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if optim_cfg.get("clip_grad"):
-            torch.nn.utils.clip_grad_norm_(model.parameters(), optim_cfg["clip_grad"])
-        optimizer.step()
+        amp.backward_and_step(loss, optimizer, model.parameters(), optim_cfg.get("clip_grad"))
         step += 1
         clips_since += video.shape[0] * ctx.world_size
         # Losses stay on the device until a log line needs them: reading each one would make the host
@@ -280,27 +251,110 @@ def _train(config: dict, ctx: DistContext) -> dict:
             pending_losses.clear()
             loss_value = losses[-1]
         if ctx.is_main and (step % train_cfg["log_every"] == 0 or step == stop_step):
-            elapsed = time.perf_counter() - tick
-            rate = clips_since / max(elapsed, 1e-9)
-            print(f"step {step}/{stop_step} epoch {epoch} loss {loss_value:.4f} lr {lr:.3e} clips/s {rate:.1f}", flush=True)
+            now = time.perf_counter()
+            rate = clips_since / max(now - tick, 1e-9)
+            pace.update(step, now)
+            print(f"step {step}/{stop_step} epoch {epoch} loss {loss_value:.4f} lr {lr:.3e} clips/s {rate:.1f} "
+                  f"elapsed {format_duration(pace.elapsed())} eta {format_duration(pace.eta())}", flush=True)
             metrics.log({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr, "clips_per_s": rate})
-            tick, clips_since = time.perf_counter(), 0
-        if train_cfg["save_every"] and step % train_cfg["save_every"] == 0 and step < stop_step:
-            _save(model, optimizer, step, config, ctx, output_dir)
+            tick, clips_since = now, 0
+        improved = False
+        if validate_every and step % (validate_every * steps_per_epoch) == 0 and step < stop_step:
+            improved = metrics.validate(model, config, step)
+        if improved or (train_cfg["save_every"] and step % train_cfg["save_every"] == 0 and step < stop_step):
+            _save(model, optimizer, step, config, ctx, output_dir, amp)
+            saved_step = step
+            if improved and ctx.is_main:
+                run_folder.keep_as_best(output_dir, step)
     _report_bad_videos(loader, batches_epoch, ctx)
-    _save(model, optimizer, step, config, ctx, output_dir)
+    if saved_step != step:
+        _save(model, optimizer, step, config, ctx, output_dir, amp)
     result = {"losses": losses, "steps": step}
-    if finetune and config["data"].get("val_list") and ctx.is_main:
-        from internvideo_fast.eval.evaluate import evaluate
-
-        result["eval"] = evaluate(model, _loader(config, "val", DistContext(0, 1, 0, ctx.device), 0), ctx.device)
-        print(f"validation: top1 {result['eval']['top1']:.3f} top5 {result['eval']['top5']:.3f} "
-              f"over {result['eval']['videos']} videos")
-        MetricsLog(output_dir / "eval.csv", True, False).log(
-            {"step": step, "top1": result["eval"]["top1"], "top5": result["eval"]["top5"]}
-        )
+    if finetune and config["data"]["val_list"] and ctx.is_main:
+        if metrics.validate(model, config, step, result, broadcast=False):
+            run_folder.keep_as_best(output_dir, step)
     metrics.close()
     return result
+
+
+class MixedPrecision:
+    """``train.precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``bf16``, ``fp32``, or ``fp16``:
+    fp16 autocast with a GradScaler (the loss is scaled so small gradients do not underflow fp16's range;
+    steps whose gradients overflow are skipped and the scale lowered). fp16 runs on CUDA only."""
+
+    def __init__(self, precision: str, device: torch.device, allow_cpu_fp16: bool = False):
+        if precision == "fp16" and device.type != "cuda" and not allow_cpu_fp16:
+            raise ConfigError("train.precision=fp16 is supported on CUDA only",
+                              hint="on CPU use bf16 or fp32")
+        if precision == "auto":
+            precision = "bf16" if device.type == "cuda" else "fp32"
+        self.device_type = device.type
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+
+    def backward_and_step(self, loss: torch.Tensor, optimizer, parameters, clip_grad: float | None) -> None:
+        """``loss.backward()``, gradient clipping (of the unscaled gradients) and ``optimizer.step()``."""
+        self.scaler.scale(loss).backward()
+        if clip_grad:
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(parameters, clip_grad)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def state_dict(self) -> dict | None:
+        return self.scaler.state_dict() if self.scaler.is_enabled() else None
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state)
+
+
+class _RunLogs:
+    """Rank 0's ``metrics.csv`` and ``eval.csv`` (rows past ``start_step`` dropped first: they belong to a
+    run that went further or to another branch), and validation with the best top-1 so far."""
+
+    def __init__(self, output_dir: Path, ctx: DistContext, tensorboard: bool, start_step: int):
+        self.ctx, self.best_top1 = ctx, None
+        if ctx.is_main:
+            for name in (run_folder.METRICS_NAME, run_folder.EVAL_NAME):
+                run_folder.truncate_rows(output_dir / name, start_step)
+            self.best_top1 = run_folder.best_value(output_dir / run_folder.EVAL_NAME, "top1")
+        self.metrics = MetricsLog(output_dir / run_folder.METRICS_NAME, ctx.is_main, tensorboard, start_step)
+        self.evals = MetricsLog(output_dir / run_folder.EVAL_NAME, ctx.is_main, False)
+
+    def log(self, row: dict) -> None:
+        self.metrics.log(row)
+
+    def validate(self, model, config: dict, step: int, result: dict | None = None,
+                 broadcast: bool = True) -> bool:
+        """Rank 0 evaluates the validation list (into ``result["eval"]`` if given) and logs it; returns, on
+        every rank (with ``broadcast``), whether top-1 beat the best so far."""
+        improved = False
+        if self.ctx.is_main:
+            from internvideo_fast.eval.evaluate import evaluate
+
+            loader = _loader(config, "val", DistContext(0, 1, 0, self.ctx.device), 0)
+            scores = evaluate(model, loader, self.ctx.device)
+            model.train()
+            print(f"validation at step {step}: top1 {scores['top1']:.3f} top5 {scores['top5']:.3f} "
+                  f"over {scores['videos']} videos", flush=True)
+            self.evals.log({"step": step, "top1": scores["top1"], "top5": scores["top5"]})
+            improved = self.best_top1 is None or scores["top1"] > self.best_top1
+            if improved:
+                self.best_top1 = scores["top1"]
+            if result is not None:
+                result["eval"] = scores
+        if broadcast and self.ctx.world_size > 1:
+            box = [improved]
+            torch.distributed.broadcast_object_list(box, src=0)
+            improved = box[0]
+        return improved
+
+    def close(self) -> None:
+        self.metrics.close()
 
 
 def _report_bad_videos(loader, epoch: int, ctx: DistContext) -> None:
@@ -314,19 +368,25 @@ def _report_bad_videos(loader, epoch: int, ctx: DistContext) -> None:
             print(f"  {path}: {reason}", flush=True)
 
 
-def _save(model, optimizer, step: int, config: dict, ctx: DistContext, output_dir: Path) -> None:
-    """Every rank's RNG state is gathered so each continues its own stream; rank 0 writes."""
+def _save(model, optimizer, step: int, config: dict, ctx: DistContext, output_dir: Path,
+          amp: MixedPrecision | None = None) -> None:
+    """Every rank's RNG state is gathered so each continues its own stream; rank 0 writes
+    ``checkpoint-<step>.pth``, points ``checkpoint.pth`` at it and drops the checkpoints past
+    ``train.keep_checkpoints``."""
     rng = _rng_state()
     states = [rng]
     if ctx.world_size > 1:
         states = [None] * ctx.world_size
         torch.distributed.all_gather_object(states, rng)
     if ctx.is_main:
+        path = run_folder.step_checkpoint(output_dir, step)
         save_atomically(
             {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": config,
-             "rng": states},
-            output_dir / CHECKPOINT_NAME,
+             "rng": states, "scaler": amp.state_dict() if amp is not None else None},
+            path,
         )
+        run_folder.link_atomically(path, output_dir / CHECKPOINT_NAME)
+        run_folder.retain_checkpoints(output_dir, step, config["train"]["keep_checkpoints"])
 
 
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu"):

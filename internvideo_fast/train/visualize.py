@@ -1,6 +1,10 @@
 """`ivf-visualize-mae --checkpoint runs/pre/checkpoint.pth --out recon.png`: a PNG grid of a clip's frames
 (top), the masked input the encoder saw (middle) and the reconstruction (bottom).
 
+The clip is masked at the training run's ratio (``train.mask_ratio`` of the checkpoint's config; ``--mask-ratio``
+overrides it) and loaded and denormalized as the run's loader normalized it (``data.normalization`` or
+``data.mean`` / ``data.std``).
+
 The decoder predicts each masked tube's pixels normalized by the tube's own mean and std (the official
 target), so the reconstruction is denormalized with the original tube's statistics, as the official
 visualization does; visible tubes are shown as they were."""
@@ -13,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from internvideo_fast.errors import UserError, run_cli
 from internvideo_fast.ops import mae_targets
 
 
@@ -24,10 +29,12 @@ def tubes_to_video(tubes: torch.Tensor, grid: tuple[int, int, int], tubelet: int
 
 
 @torch.no_grad()
-def reconstruct(model, video: torch.Tensor, mean, std, seed: int = 0) -> dict[str, torch.Tensor]:
-    """For one normalized clip ``[C, T, H, W]``: original, masked input and reconstruction in [0, 1]."""
+def reconstruct(model, video: torch.Tensor, mean, std, seed: int = 0,
+                mask_ratio: float | None = None) -> dict[str, torch.Tensor]:
+    """For one normalized clip ``[C, T, H, W]``: original, masked input and reconstruction in [0, 1].
+    ``mask_ratio`` None: the model's default."""
     model.eval()
-    out = model(video[None], seed=seed)
+    out = model(video[None], mask_ratio=mask_ratio, seed=seed)
     masks, pred = out["masks"], out["pred"][0].float()
     C = video.shape[0]
     tubelet, patch = model.tubelet_size, model.patch_size
@@ -71,34 +78,66 @@ def save_grid(rows: list[torch.Tensor], path: str | Path, gap: int = 2) -> None:
     Image.fromarray(image).save(path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_normalization(config: dict) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) the run's loader normalized clips with: ``data.mean`` / ``data.std`` when given, else
+    the ``data.normalization`` preset (as :class:`~internvideo_fast.data.DataConfig` resolves them)."""
+    from internvideo_fast.data.transforms import mean_std
+
+    data = config.get("data", {})
+    preset_mean, preset_std = mean_std(data.get("normalization") or "imagenet")
+    return tuple(data.get("mean") or preset_mean), tuple(data.get("std") or preset_std)
+
+
+def visualize_checkpoint(checkpoint: str | Path, out: str | Path, index: int = 0, seed: int = 0,
+                         mask_ratio: float | None = None, device: str = "cpu") -> Path:
+    """Writes the reconstruction PNG of clip ``index`` of the run's validation list (its training list when
+    it has none), masked at ``mask_ratio`` (None: the run's ``train.mask_ratio``)."""
     from internvideo_fast.train.distributed import DistContext
     from internvideo_fast.train.loop import _loader, load_trained_model
 
+    device = torch.device(device)
+    model, config = load_trained_model(checkpoint, device)
+    if not hasattr(model, "normalize_targets"):
+        raise UserError(f"{checkpoint} holds a {config['model']} model, not a mae_pretrain one")
+    if mask_ratio is None:
+        mask_ratio = config.get("train", {}).get("mask_ratio")
+    if mask_ratio is not None and not 0 < mask_ratio < 1:
+        raise UserError(f"the mask ratio must be in (0, 1), got {mask_ratio}")
+    data = config["data"]
+    if not data.get("val_list"):
+        data["val_list"] = data["train_list"]
+    loader = _loader(config, "val", DistContext(0, 1, 0, device), 0)
+    remaining = index
+    for batch in loader:
+        if remaining < batch["video"].shape[0]:
+            clip = batch["video"][remaining]
+            break
+        remaining -= batch["video"].shape[0]
+    else:
+        raise UserError(f"--index {index} is past the end of the list {data['val_list']}")
+    mean, std = run_normalization(config)
+    views = reconstruct(model, clip.to(device), mean, std, seed, mask_ratio)
+    save_grid([views["original"], views["masked"], views["reconstruction"]], out)
+    return Path(out)
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="ivf-visualize-mae", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a mae_pretrain checkpoint written by ivf-train")
     parser.add_argument("--out", default="mae_reconstruction.png")
     parser.add_argument("--index", type=int, default=0, help="which clip of the validation list")
     parser.add_argument("--seed", type=int, default=0, help="the tube mask's seed")
+    parser.add_argument("--mask-ratio", type=float, help="default: the training run's train.mask_ratio")
     args = parser.parse_args(argv)
-    device = torch.device("cpu")
-    model, config = load_trained_model(args.checkpoint, device)
-    data = config["data"]
-    if not data.get("val_list"):
-        data["val_list"] = data["train_list"]
-    loader = _loader(config, "val", DistContext(0, 1, 0, device), 0)
-    for batch in loader:
-        if args.index < batch["video"].shape[0]:
-            clip = batch["video"][args.index]
-            break
-        args.index -= batch["video"].shape[0]
-    else:
-        raise SystemExit("--index is past the end of the validation list")
-    mean, std = data.get("mean", model.mean), data.get("std", model.std)
-    views = reconstruct(model, clip.to(device), mean, std, args.seed)
-    save_grid([views["original"], views["masked"], views["reconstruction"]], args.out)
-    print(f"wrote {args.out}: original (top), masked input (middle), reconstruction (bottom)")
+    if not Path(args.checkpoint).is_file():
+        raise UserError(f"checkpoint {args.checkpoint} does not exist")
+    out = visualize_checkpoint(args.checkpoint, args.out, args.index, args.seed, args.mask_ratio)
+    print(f"wrote {out}: original (top), masked input (middle), reconstruction (bottom)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("ivf-visualize-mae", _main, argv)
 
 
 if __name__ == "__main__":
