@@ -338,3 +338,35 @@ def test_visualize_mae_uses_the_runs_mask_ratio_and_normalization(sample_data, t
     assert seen["mask_ratio"] == 0.5 and seen["mean"] == tuple(CLIP_MEAN) and seen["std"] == tuple(CLIP_STD)
     assert seen["hidden"] == pytest.approx(0.5, abs=0.05)
     assert visualize.main(["--checkpoint", str(tmp_path / "pre" / "checkpoint.pth"), "--index", "99"]) == 2
+
+
+def test_run_folder_rules(tmp_path):
+    """resume: auto falls back to the newest step checkpoint; retention drops an abandoned branch's later
+    checkpoints and all but the newest K; metrics rows past a step go; overwrite and a resume path clash."""
+    from internvideo_fast.errors import ConfigError, UserError
+    from internvideo_fast.train import run_folder
+
+    train_cfg = {"output_dir": str(tmp_path), "resume": "auto", "overwrite": False}
+    assert run_folder.resolve_resume(train_cfg) is None
+    for step in (2, 4, 6, 10):
+        run_folder.step_checkpoint(tmp_path, step).write_bytes(b"x")
+    assert run_folder.resolve_resume(train_cfg) == tmp_path / "checkpoint-10.pth"
+    with pytest.raises(UserError, match="already holds a run"):
+        run_folder.check_output_dir(train_cfg | {"resume": None}, None)
+    run_folder.retain_checkpoints(tmp_path, 6, keep=2)  # resumed from 4, saved 6: 10 is another branch's
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*.pth")) == ["checkpoint-4.pth", "checkpoint-6.pth"]
+    run_folder.keep_as_best(tmp_path, 4)
+    run_folder.retain_checkpoints(tmp_path, 8, keep=1)
+    assert (tmp_path / "checkpoint-best.pth").read_bytes() == b"x" and not (tmp_path / "checkpoint-4.pth").exists()
+
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("step,loss\n1,0.5\n2,0.4\n3,0.3\n")
+    run_folder.truncate_rows(metrics, 2)
+    assert metrics.read_text() == "step,loss\n1,0.5\n2,0.4\n"
+    run_folder.truncate_rows(metrics, 0)
+    assert not metrics.exists()
+    with pytest.raises(ConfigError, match="train.overwrite starts a new run"):
+        run_folder.resolve_resume(train_cfg | {"overwrite": True, "resume": str(tmp_path / "checkpoint-6.pth")})
+    assert run_folder.resolve_resume(train_cfg | {"overwrite": True}) is None
+    (tmp_path / "checkpoint.pth").write_bytes(b"y")  # a run folder as the resume path: its checkpoint.pth
+    assert run_folder.resolve_resume(train_cfg | {"resume": str(tmp_path)}) == tmp_path / "checkpoint.pth"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 
 from internvideo_fast.errors import ConfigError, run_cli
 from internvideo_fast.train.config import RECIPES, load_config, to_yaml
@@ -15,9 +16,9 @@ def _parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         prog="ivf-train", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=f"Train a model. Recipes (the config's `recipe` key):\n{recipes}",
-        epilog="Every key of the config is checked (an unknown key, a wrong type or an impossible value "
+        epilog=textwrap.fill("Every key of the config is checked (an unknown key, a wrong type or an impossible value "
                "is an error naming it); --print-config shows them all with their values. --debug shows "
-               "the traceback of an error.",
+               "the traceback of an error.", 100),
     )
 
 

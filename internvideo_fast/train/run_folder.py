@@ -70,9 +70,10 @@ def resolve_resume(train_cfg: dict) -> Path | None:
         return None
     if not resume:
         return None
-    if resume == "auto":
+    if resume == "auto":  # checkpoint.pth, or the newest step checkpoint if a crash came before its link
         path = output_dir / CHECKPOINT_NAME
-        return path if path.is_file() else None
+        steps = _step_checkpoints(output_dir) if output_dir.is_dir() else {}
+        return path if path.is_file() else steps[max(steps)] if steps else None
     path = Path(resume)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
