@@ -168,8 +168,9 @@ def test_pretraining_checkpoint_into_a_classifier_with_another_head_and_size(tmp
     pretrain = _randomize(create_model("videomae_pretrain_vit_micro_patch16", **CONFIG))
     save_official(pretrain, tmp_path / "pre.pth")
     classifier = create_model("videomae_vit_micro_patch16", num_classes=9, img_size=48, num_frames=8)
-    report = load_pretrained(classifier, tmp_path / "pre.pth")
-    assert set(report.missing) == {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
+    report = load_pretrained(classifier, tmp_path / "pre.pth")  # strict: only expected differences
+    assert report.ok and report.missing == [] and report.unexpected == []
+    assert set(report.initialized) == {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
     assert "encoder_to_decoder.weight" in report.dropped and "norm.weight" in report.dropped
     assert torch.equal(classifier.state_dict()["blocks.3.mlp.fc2.weight"], pretrain.state_dict()["encoder.blocks.3.mlp.fc2.weight"])
     # A different class count drops the head with a clear reason.
@@ -177,8 +178,9 @@ def test_pretraining_checkpoint_into_a_classifier_with_another_head_and_size(tmp
     save_official(finetuned, tmp_path / "ft.pth")
     other = create_model("videomae_vit_micro_patch16", num_classes=3, **CONFIG)
     report = load_pretrained(other, tmp_path / "ft.pth")
-    assert "head.weight" in report.dropped and "shape" in report.dropped["head.weight"]
-    assert "head.weight" in str(report)
+    assert report.dropped["head.weight"] == "a head of 5 classes; the model has 3"
+    assert set(report.initialized) == {"head.weight", "head.bias"} and report.ok
+    assert "head.weight" in str(report) and len(str(report).splitlines()) == 1
 
 
 def test_learnable_position_table_is_interpolated(tmp_path):

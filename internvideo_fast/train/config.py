@@ -31,6 +31,10 @@ DEFAULTS: dict[str, Any] = {
     "model_args": {},
     "pretrained": None,
     "pretrained_parts": {},  # {sub-module attribute: checkpoint}, e.g. a CMA model's backbones
+    # strict: a checkpoint key that does not fit the model is an error; false loads what fits and reports
+    "load": {"strict": True},
+    # evaluation fails when more than this fraction of the listed videos could not be scored
+    "eval": {"max_bad_fraction": 0.0},
     "data": {},  # fields of internvideo_fast.data.DataConfig, plus train_list / val_list
     "optim": {
         "base_lr": 1.5e-4,  # scaled by global batch / 256 (the official rule)

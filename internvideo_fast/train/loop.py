@@ -43,24 +43,25 @@ def _num_classes(model, config: dict) -> int:
     raise ValueError("cannot tell the model's class count: set model_args.num_classes")
 
 
-def _load_parts(model, parts: dict, ctx: DistContext) -> None:
+def _load_parts(model, parts: dict, ctx: DistContext, strict: bool = True) -> None:
     """``pretrained_parts: {attribute: checkpoint}``: load checkpoints into sub-modules, e.g. a CMA model's
-    ``masked_encoder`` (VideoMAE) and ``multimodal_encoder.model`` (UniFormerV2)."""
-    from internvideo_fast.models.checkpoint import load_pretrained, read_state_dict
+    ``masked_encoder`` (VideoMAE) and ``multimodal_encoder`` (UniFormerV2; the video tower of a video-text
+    checkpoint, ``visual.*``, loads too), each with the loader of its family and strictly unless
+    ``load.strict: false``: a checkpoint of another model (a VideoMAE file as the multimodal backbone) or of
+    another size is a CheckpointError naming the part and the file."""
+    from internvideo_fast.errors import CheckpointError, ConfigError
+    from internvideo_fast.models.checkpoint import load_pretrained
 
     for attribute, path in parts.items():
         module = model
         for name in attribute.split("."):
+            if not hasattr(module, name):
+                raise ConfigError(f"pretrained_parts.{attribute}: {type(module).__name__} has no part {name!r}")
             module = getattr(module, name)
-        if type(module).__name__ == "UniFormerV2":
-            from internvideo_fast.models.uniformerv2 import load_checkpoint
-
-            state = read_state_dict(path)
-            if any(key.startswith("visual.") for key in state):  # a video-text model's video tower
-                state = {key[len("visual."):]: value for key, value in state.items() if key.startswith("visual.")}
-            report = load_checkpoint(module, state, strict=False)
-        else:
-            report = load_pretrained(module, path)
+        try:
+            report = load_pretrained(module, path, strict=strict)
+        except CheckpointError as error:
+            raise CheckpointError(f"pretrained_parts.{attribute}: {error.message}", error.hint) from error
         if ctx.is_main:
             print(f"{attribute}: {report}")
 
@@ -197,9 +198,11 @@ def _train(config: dict, ctx: DistContext) -> dict:
     random.seed(seed + ctx.rank)
     np.random.seed(seed + ctx.rank)
 
-    model = create_model(config["model"], pretrained=config.get("pretrained"), **config["model_args"]).to(ctx.device)
+    strict = config.get("load", {}).get("strict", True)
+    model = create_model(config["model"], pretrained=config.get("pretrained"), strict=strict,
+                         **config["model_args"]).to(ctx.device)
     finetune = config["recipe"] in CLASSIFICATION_RECIPES
-    _load_parts(model, config.get("pretrained_parts") or {}, ctx)
+    _load_parts(model, config.get("pretrained_parts") or {}, ctx, strict=strict)
     batch_size = config["data"].get("batch_size", 8)
     global_batch = batch_size * ctx.world_size
     optim_cfg["lr"] = optim_cfg["base_lr"] * global_batch / 256
@@ -329,9 +332,37 @@ def _save(model, optimizer, step: int, config: dict, ctx: DistContext, output_di
         )
 
 
-def load_trained_model(path: str | Path, device: str | torch.device = "cpu"):
-    """A model from a checkpoint written by `train` (its config names the model)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = create_model(checkpoint["config"]["model"], **checkpoint["config"]["model_args"])
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), checkpoint["config"]
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu", model: str | None = None,
+                       overrides: list[str] | tuple[str, ...] = (), strict: bool = True):
+    """``(model in eval mode, config)`` from a checkpoint.
+
+    A checkpoint written by `train` carries its config, which names the model (`overrides`, ``key.sub=value``,
+    apply to it; `model` must then be None or the same name). Any other checkpoint (an official
+    ``{'model': ...}`` file) needs `model`, a registered name: the default config gets ``model`` and the
+    `overrides` (``model_args.num_classes=400``, ``data.val_list=...``) and the file loads through the
+    model family's loader, strictly unless `strict` is False."""
+    from internvideo_fast.errors import CheckpointError, UserError
+    from internvideo_fast.models.checkpoint import LoadReport, load_matching, load_pretrained, read_checkpoint
+    from internvideo_fast.train.config import apply_override, load_config
+
+    checkpoint = read_checkpoint(path)
+    trained = isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), dict) and "model" in checkpoint
+    if trained:
+        config = checkpoint["config"]
+        if model is not None and model != config["model"]:
+            raise UserError(f"{path} is a checkpoint of {config['model']!r}, not of {model!r}",
+                            hint="leave out --model for checkpoints written by ivf-train")
+        for override in overrides:
+            apply_override(config, override)
+    else:
+        if model is None:
+            raise CheckpointError(f"checkpoint {path} was not written by ivf-train (it has no config)",
+                                  hint="name its model: --model videomae_vit_base_patch16 "
+                                       "model_args.num_classes=400")
+        config = load_config(None, [f"model={model}", *overrides])
+    built = create_model(config["model"], **config["model_args"])
+    if trained:
+        report = load_matching(built, checkpoint["model"], LoadReport(str(path)), strict)
+    else:
+        print(load_pretrained(built, checkpoint, strict, source=str(path)))
+    return built.to(device).eval(), config
