@@ -151,15 +151,15 @@ def read_checkpoint(path: str | os.PathLike):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "weights only" in str(error).lower() or "weights_only" in str(error):
+        if "global" in str(error).lower():  # torch names the class it refused: `Unsupported global: ...`
             raise CheckpointError(
                 f"checkpoint {path} holds pickled Python objects besides tensors, which "
                 "torch.load(weights_only=True) refuses",
                 hint="in an environment you trust, re-save only the tensors, e.g. "
                      "torch.save({'state_dict': ckpt['state_dict']}, new_path), and load new_path",
             ) from error
-        raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint ({first:.200})") from error
+        raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint (torch.load cannot parse it)") \
+            from error
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, AttributeError, KeyError,
             IndexError, TypeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -207,7 +207,7 @@ def load_matching(model: nn.Module, state: Mapping[str, torch.Tensor], report: L
             report.mismatched[key] = f"checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
         else:
             load[key] = value
-    report.missing = [k for k in own if k not in load and k not in report.initialized]
+    report.missing = [k for k in own if k not in state and k not in report.initialized]
     report.model = report.model or type(model).__name__
     report.check(strict)
     model.load_state_dict(load, strict=False)

@@ -43,7 +43,8 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, strict:
 
     if name not in _MODELS:
         raise UnknownModelError(f"unknown model {name!r}", hint=f"registered: {', '.join(sorted(_MODELS))}")
-    if pretrained is not None and pretrained is not False:
+    wants_checkpoint = pretrained is True or bool(pretrained)  # None, False and "" load nothing
+    if wants_checkpoint:
         from internvideo_fast.models.checkpoint import check_checkpoint_path
 
         check_checkpoint_path(pretrained)  # before building: `True` or a wrong type fails at once
@@ -51,7 +52,7 @@ def create_model(name: str, pretrained: str | os.PathLike | None = None, strict:
     if "strict" in inspect.signature(factory).parameters:
         overrides["strict"] = strict
     model = factory(**overrides)
-    if pretrained is not None and pretrained is not False:
+    if wants_checkpoint:
         from internvideo_fast.models.checkpoint import load_pretrained
 
         print(load_pretrained(model, pretrained, strict=strict))
