@@ -239,14 +239,15 @@ def _train(config: dict, ctx: DistContext) -> dict:
     metrics = MetricsLog(output_dir / "metrics.csv", ctx.is_main, train_cfg["tensorboard"])
     losses: list[float] = []
     pending_losses: list[torch.Tensor] = []
-    loader, batches, batches_epoch = None, None, -1
+    loader, batches, batches_epoch, known_bad = None, None, -1, {}
     model.train()
     tick, clips_since = time.perf_counter(), 0
     while step < stop_step:
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         if batches_epoch != epoch:
-            _report_bad_videos(loader if batches_epoch >= 0 else None, batches_epoch, ctx)
+            known_bad = _report_bad_videos(loader if batches_epoch >= 0 else None, batches_epoch, ctx, known_bad)
             loader = _loader(config, "train", ctx, epoch, start_step=step_in_epoch)
+            loader.remember_bad(known_bad)
             batches, batches_epoch = iter(loader), epoch
         batch = next(batches)
         video = batch["video"].to(ctx.device, non_blocking=True)
@@ -290,15 +291,16 @@ def _train(config: dict, ctx: DistContext) -> dict:
             tick, clips_since = time.perf_counter(), 0
         if train_cfg["save_every"] and step % train_cfg["save_every"] == 0 and step < stop_step:
             _save(model, optimizer, step, config, ctx, output_dir)
-    _report_bad_videos(loader, batches_epoch, ctx)
+    known_bad = _report_bad_videos(loader, batches_epoch, ctx, known_bad)
     _save(model, optimizer, step, config, ctx, output_dir)
-    result = {"losses": losses, "steps": step}
+    result = {"losses": losses, "steps": step, "bad_videos": known_bad}
     if finetune and config["data"].get("val_list") and ctx.is_main:
         from internvideo_fast.eval.evaluate import evaluate
 
         result["eval"] = evaluate(model, _loader(config, "val", DistContext(0, 1, 0, ctx.device), 0), ctx.device)
         print(f"validation: top1 {result['eval']['top1']:.3f} top5 {result['eval']['top5']:.3f} "
-              f"over {result['eval']['videos']} videos")
+              f"over {result['eval']['videos']} videos ({result['eval']['dropped']} of {result['eval']['listed']} "
+              "listed could not be scored)")
         MetricsLog(output_dir / "eval.csv", True, False).log(
             {"step": step, "top1": result["eval"]["top1"], "top5": result["eval"]["top5"]}
         )
@@ -306,15 +308,18 @@ def _train(config: dict, ctx: DistContext) -> dict:
     return result
 
 
-def _report_bad_videos(loader, epoch: int, ctx: DistContext) -> None:
-    """The end-of-epoch summary of files the loader could not use (each was logged once when met)."""
+def _report_bad_videos(loader, epoch: int, ctx: DistContext, known: dict[str, str]) -> dict[str, str]:
+    """The end-of-epoch count of files the loader could not use. Each file is named once, by the loader,
+    when first met (the next epoch's loader remembers them, so they are neither decoded nor named again);
+    returns every bad file known so far."""
     if loader is None or not hasattr(loader, "bad_videos"):
-        return
+        return known
     bad = loader.bad_videos()
-    if bad:
-        print(f"epoch {epoch} rank {ctx.rank}: {len(bad)} bad video(s) replaced or skipped:", flush=True)
-        for path, reason in sorted(bad.items()):
-            print(f"  {path}: {reason}", flush=True)
+    new = [path for path in bad if path not in known]
+    if new:
+        print(f"epoch {epoch} rank {ctx.rank}: {len(new)} new bad video(s) replaced or skipped, "
+              f"{len(bad)} in all (each named in a 'bad video' warning)", flush=True)
+    return {**known, **bad}
 
 
 def _save(model, optimizer, step: int, config: dict, ctx: DistContext, output_dir: Path) -> None:
@@ -333,14 +338,14 @@ def _save(model, optimizer, step: int, config: dict, ctx: DistContext, output_di
 
 
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu", model: str | None = None,
-                       overrides: list[str] | tuple[str, ...] = (), strict: bool = True):
+                       overrides: list[str] | tuple[str, ...] = (), strict: bool | None = None):
     """``(model in eval mode, config)`` from a checkpoint.
 
     A checkpoint written by `train` carries its config, which names the model (`overrides`, ``key.sub=value``,
     apply to it; `model` must then be None or the same name). Any other checkpoint (an official
     ``{'model': ...}`` file) needs `model`, a registered name: the default config gets ``model`` and the
     `overrides` (``model_args.num_classes=400``, ``data.val_list=...``) and the file loads through the
-    model family's loader, strictly unless `strict` is False."""
+    model family's loader, strictly unless `strict` (default: the config's ``load.strict``) is False."""
     from internvideo_fast.errors import CheckpointError, UserError
     from internvideo_fast.models.checkpoint import LoadReport, load_matching, load_pretrained, read_checkpoint
     from internvideo_fast.train.config import apply_override, load_config
@@ -360,9 +365,11 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu", mod
                                   hint="name its model: --model videomae_vit_base_patch16 "
                                        "model_args.num_classes=400")
         config = load_config(None, [f"model={model}", *overrides])
+    if strict is None:
+        strict = (config.get("load") or {}).get("strict", True)
     built = create_model(config["model"], **config["model_args"])
     if trained:
-        report = load_matching(built, checkpoint["model"], LoadReport(str(path)), strict)
+        load_matching(built, checkpoint["model"], LoadReport(str(path)), strict)
     else:
         print(load_pretrained(built, checkpoint, strict, source=str(path)))
     return built.to(device).eval(), config
