@@ -309,16 +309,17 @@ def _train(config: dict, ctx: DistContext) -> dict:
 
 
 def _report_bad_videos(loader, epoch: int, ctx: DistContext, known: dict[str, str]) -> dict[str, str]:
-    """The end-of-epoch count of files the loader could not use. Each file is named once, by the loader,
-    when first met (the next epoch's loader remembers them, so they are neither decoded nor named again);
-    returns every bad file known so far."""
+    """The end-of-epoch summary of the files the loader could not use that earlier epochs had not met (the
+    loader logs each when it meets it; the next epoch's loader remembers them, so they are neither decoded
+    nor reported again). Returns every bad file known so far."""
     if loader is None or not hasattr(loader, "bad_videos"):
         return known
     bad = loader.bad_videos()
-    new = [path for path in bad if path not in known]
+    new = {path: reason for path, reason in bad.items() if path not in known}
     if new:
-        print(f"epoch {epoch} rank {ctx.rank}: {len(new)} new bad video(s) replaced or skipped, "
-              f"{len(bad)} in all (each named in a 'bad video' warning)", flush=True)
+        print(f"epoch {epoch} rank {ctx.rank}: {len(new)} bad video(s) replaced or skipped:", flush=True)
+        for path, reason in sorted(new.items()):
+            print(f"  {path}: {reason}", flush=True)
     return {**known, **bad}
 
 
