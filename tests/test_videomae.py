@@ -245,3 +245,18 @@ def test_training_step_under_bf16_autocast(name):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_mask_ratio_without_masked_or_visible_tubes_is_rejected_up_front():
+    """Ratio 0 masks no tube (the decoder then failed on a shape); rejected at construction and per call,
+    naming the config key. The micro model's grid is 2 x 2 positions: ratio 0.2 masks int(0.8) = 0."""
+    from internvideo_fast.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.mask_ratio=0 masks 0 of the 2x2 tube positions"):
+        create_model("videomae_pretrain_vit_micro_patch16", mask_ratio=0, **CONFIG)
+    model = create_model("videomae_pretrain_vit_micro_patch16", **CONFIG)
+    video = torch.randn(1, 3, 4, 32, 32)
+    for ratio in (0.0, 0.2, 1.0):
+        with pytest.raises(ConfigError, match=f"train.mask_ratio={ratio}"):
+            model(video, mask_ratio=ratio, seed=0)
+    assert model(video, mask_ratio=0.25, seed=0)["pred"].shape[1] == 2  # one of 4 positions x 2 token-frames
