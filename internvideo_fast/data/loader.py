@@ -256,6 +256,17 @@ class VideoLoader:
         self._bad.update(bad)
         self.dataset.remember_bad(bad)
 
+    def check_labels(self, num_classes: int) -> None:
+        """Every record's label must lie in ``[0, num_classes)``: a :class:`~internvideo_fast.errors.UserError`
+        naming the list file and line of the first that does not, before any batch is made."""
+        from internvideo_fast.errors import UserError
+
+        for record in self.dataset.records:
+            if not 0 <= record.label < num_classes:
+                where = getattr(record, "where", "") or f"{self.cfg.list_file}: {record.path}"
+                raise UserError(f"{where}: label {record.label} is outside the model's {num_classes} classes "
+                                f"[0, {num_classes})", hint="check the list file, or model_args.num_classes")
+
     def bad_videos(self) -> dict[str, str]:
         """path -> reason for every bad file met by this loader's passes (all workers)."""
         return dict(self._bad)

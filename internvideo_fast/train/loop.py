@@ -248,6 +248,8 @@ def _train(config: dict, ctx: DistContext) -> dict:
             known_bad = _report_bad_videos(loader if batches_epoch >= 0 else None, batches_epoch, ctx, known_bad)
             loader = _loader(config, "train", ctx, epoch, start_step=step_in_epoch)
             loader.remember_bad(known_bad)
+            if mixup is not None:  # a label beyond the head: an error naming the list line, not an index error
+                loader.check_labels(mixup.num_classes)
             batches, batches_epoch = iter(loader), epoch
         batch = next(batches)
         video = batch["video"].to(ctx.device, non_blocking=True)
