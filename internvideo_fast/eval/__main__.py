@@ -39,9 +39,11 @@ def _main(argv: list[str]) -> int:
     from internvideo_fast.train.distributed import DistContext
     from internvideo_fast.train.loop import _loader, load_trained_model
 
-    parser = argparse.ArgumentParser(prog="ivf-eval", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[1:]))
+    tasks = __doc__[__doc__.index("- `classify`"):]
+    parser = argparse.ArgumentParser(
+        prog="ivf-eval", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=tasks,
+        description="Evaluate a checkpoint on its run's validation list (multi-view: data.test_clips x "
+                    "data.test_crops).")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--model", help="registered model name, for checkpoints not written by ivf-train")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
