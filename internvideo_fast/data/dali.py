@@ -37,9 +37,9 @@ codec must be one that DALI decodes on the CPU). Missing, empty, random-bytes, t
 files, and videos too short with ``short_video="error"``, are reported once by name (``logging.warning``
 and ``bad_videos()``) and never reach DALI; they are replaced (training) or skipped (testing) exactly as
 in the torch dataset; skipped record indices are kept (``skipped()``), so an evaluation counts and names
-every video it could not score. If DALI still fails on a batch, the loader logs it once and decodes that batch with
-the torch dataset instead (same samples; that dataset marks the culprit bad) and a new pipeline takes the
-rest of the pass, so an epoch never crashes on a file.
+every video it could not score. If DALI still fails on a batch, the loader logs it once and decodes that
+batch with the torch dataset instead (same samples; that dataset marks the culprit bad) and a new pipeline
+takes the rest of the pass, so an epoch never crashes on a file.
 
 Options in ``cfg.extra``: ``dali_decoder`` ("frames" | "reader"), ``dali_device`` ("gpu" | "cpu";
 default gpu when CUDA is available), ``dali_threads`` (CPU threads, default 2), ``dali_prefetch``

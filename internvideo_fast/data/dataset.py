@@ -108,7 +108,7 @@ class VideoDataset(torch.utils.data.Dataset):
                 "files": dict(self._bad)}
 
     def remember_bad(self, bad: dict[str, str]) -> None:
-        """Files already known bad (an earlier epoch's loader met them): never decoded, never reported again."""
+        """Files known bad (an earlier epoch's loader met them): never decoded, never reported again."""
         self._bad.update(bad)
 
     def _mark_bad(self, path: str, error: BaseException) -> tuple[str, str]:
@@ -168,7 +168,8 @@ class VideoDataset(torch.utils.data.Dataset):
                 raise DecodeError(f"bad video {path}: {self._bad[path]}")
             if self.on_error == "skip":
                 self._skipped += 1
-                return {"skipped": True, "index": torch.tensor(index, dtype=torch.int64), "bad_videos": reports}
+                return {"skipped": True, "index": torch.tensor(index, dtype=torch.int64),
+                        "bad_videos": reports}
             draws += 1
             if attempts > self.max_retries or draws > 100 * (self.max_retries + 1) or len(self._bad) >= len(self):
                 raise RuntimeError(

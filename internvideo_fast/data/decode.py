@@ -50,7 +50,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    "DecodeError", "DecodeTimeout", "TruncatedVideoError", "VideoReader", "TorchCodecReader", "PyAVReader", "open_video",
+    "DecodeError", "DecodeTimeout", "TruncatedVideoError", "VideoReader", "TorchCodecReader", "PyAVReader",
+    "open_video",
     "read_clip", "run_with_timeout", "available_backends", "check_complete",
 ]
 
@@ -326,8 +327,9 @@ def check_complete(reader) -> None:
     promised = reader.header_frames or (round(header * reader.fps) if reader.fps else 0)
     promised = max(int(promised), reader.num_frames + 1)
     raise TruncatedVideoError(
-        f"{reader.path}: the container promises {promised} frames ({header:.2f} s) but only {reader.num_frames} "
-        f"({content:.2f} s) can be decoded: a truncated or damaged file", promised, reader.num_frames)
+        f"{reader.path}: the container promises {promised} frames ({header:.2f} s) but only "
+        f"{reader.num_frames} ({content:.2f} s) can be decoded: a truncated or damaged file",
+        promised, reader.num_frames)
 
 
 def open_video(path: str | os.PathLike, backend: str = "auto", num_threads: int = 1,

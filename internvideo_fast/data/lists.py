@@ -40,7 +40,7 @@ class VideoRecord:
     path: str
     label: int
     extra: dict = field(default_factory=dict, compare=False, hash=False)
-    where: str = field(default="", compare=False, hash=False)  # "list_file:line", for errors about this record
+    where: str = field(default="", compare=False, hash=False)  # "list_file:line", for errors about it
 
     def full_path(self, root: str | os.PathLike | None) -> str:
         return self.path if root is None or os.path.isabs(self.path) else os.path.join(os.fspath(root), self.path)

@@ -257,8 +257,9 @@ class VideoLoader:
         self.dataset.remember_bad(bad)
 
     def check_labels(self, num_classes: int) -> None:
-        """Every record's label must lie in ``[0, num_classes)``: a :class:`~internvideo_fast.errors.UserError`
-        naming the list file and line of the first that does not, before any batch is made."""
+        """Every record's label must lie in ``[0, num_classes)``: a
+        :class:`~internvideo_fast.errors.UserError` naming the list file and line of the first that does
+        not, before any batch is made."""
         from internvideo_fast.errors import UserError
 
         for record in self.dataset.records:

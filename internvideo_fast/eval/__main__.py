@@ -57,9 +57,11 @@ def _main(argv: list[str]) -> int:
         parser.error("--task zero_shot needs --classes")
     if args.task == "multiple_choice" and not args.questions:
         parser.error("--task multiple_choice needs --questions")
-    model, config = load_trained_model(args.checkpoint, args.device, model=args.model, overrides=args.overrides)
+    model, config = load_trained_model(args.checkpoint, args.device, model=args.model,
+                                       overrides=args.overrides)
     if not config["data"].get("val_list"):
-        raise UserError("no evaluation list: the config has no data.val_list", hint="pass data.val_list=val.txt")
+        raise UserError("no evaluation list: the config has no data.val_list",
+                        hint="pass data.val_list=val.txt")
     device = torch.device(args.device)
     loader = _loader(config, "val", DistContext(0, 1, 0, device), 0)
     if args.task == "zero_shot":

@@ -42,7 +42,8 @@ def check_dropped(result: dict, max_bad_fraction: float = 0.0, what: str = "the 
     """Raise :class:`UserError` when no video was scored, or when more than `max_bad_fraction` of the listed
     videos were dropped (the message names the first dropped files and their reasons)."""
     listed, dropped = result.get("listed", 0), result.get("dropped", 0)
-    names = "; ".join(f"{path}: {reason}" for path, reason in list(result.get("dropped_videos", {}).items())[:5])
+    dropped_videos = list(result.get("dropped_videos", {}).items())
+    names = "; ".join(f"{path}: {reason}" for path, reason in dropped_videos[:5])
     more = f" (+{dropped - 5} more)" if dropped > 5 else ""
     if listed == 0:
         raise UserError(f"{what} lists no video to evaluate")

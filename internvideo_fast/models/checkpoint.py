@@ -19,9 +19,9 @@ neither missing nor expected). ``strict=False`` loads what fits and
 reports the rest.
 
 VideoMAE rules (:func:`adapt_state_dict`): unwrap and strip prefixes so the keys match the model (a
-pretraining checkpoint into a classifier keeps its encoder, drops the decoder and the pretraining ``norm`` when
-the classifier pools with ``fc_norm``; its ``fc_norm`` and ``head`` start from their initialisation); the
-official top-level learnable ``pos_embed`` is our ``patch_embed.pos_embed``.
+pretraining checkpoint into a classifier keeps its encoder, drops the decoder and the pretraining ``norm``
+when the classifier pools with ``fc_norm``; its ``fc_norm`` and ``head`` start from their initialisation);
+the official top-level learnable ``pos_embed`` is our ``patch_embed.pos_embed``.
 
 Our state dicts use the official names, so saving is ``model.state_dict()`` (``{'model': sd}``).
 """
@@ -112,7 +112,7 @@ class LoadReport:
         return f"{line}; {expected}" if expected else f"{line}; all keys matched"
 
     def check(self, strict: bool) -> LoadReport:
-        """Raise :class:`CheckpointError` under `strict` when anything is missing, unexpected or mismatched."""
+        """Raise :class:`CheckpointError` under `strict` if anything is missing, unexpected or mismatched."""
         if strict and not self.ok:
             into = f" does not fit {self.model}" if self.model else " does not fit the model"
             raise CheckpointError(
@@ -163,7 +163,8 @@ def read_checkpoint(path: str | os.PathLike):
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, AttributeError, KeyError,
             IndexError, TypeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read: {type(error).__name__}: {first:.200}") from error
+        raise CheckpointError(f"checkpoint {path} cannot be read: {type(error).__name__}: {first:.200}") \
+            from error
 
 
 def unwrap_state_dict(checkpoint, source) -> dict:
@@ -175,8 +176,8 @@ def unwrap_state_dict(checkpoint, source) -> dict:
             checkpoint = checkpoint[key]
             break
     if not isinstance(checkpoint, Mapping):
-        raise CheckpointError(f"checkpoint {source!s:.200} holds no state dict (a {type(checkpoint).__name__}; "
-                              f"wrapper keys tried: {', '.join(WRAPPERS)})")
+        raise CheckpointError(f"checkpoint {source!s:.200} holds no state dict (a "
+                              f"{type(checkpoint).__name__}; wrapper keys tried: {', '.join(WRAPPERS)})")
     return dict(checkpoint)
 
 
@@ -260,7 +261,8 @@ def adapt_state_dict(state: dict[str, torch.Tensor], model: nn.Module,
         for key in head:
             report.dropped[key] = "the model has no classifier head (num_classes=0)"
             del state[key]
-    elif head and width and "head.weight" in state and state["head.weight"].shape != target["head.weight"].shape:
+    elif head and width and "head.weight" in state and \
+            state["head.weight"].shape != target["head.weight"].shape:
         classes = state["head.weight"].shape[0]
         for key in head:
             report.dropped[key] = f"a head of {classes} classes; the model has {width}"
@@ -317,9 +319,9 @@ def load_videomae_checkpoint(model: nn.Module, checkpoint, source: str, strict: 
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike | Mapping, strict: bool = True,
                     source: str | None = None) -> LoadReport:
-    """Load a checkpoint file (or an already loaded checkpoint mapping, named `source` in reports) into `model`
-    with the loader of its family (module docstring). Raises :class:`CheckpointError` under `strict` when it
-    does not fit."""
+    """Load a checkpoint file (or an already loaded checkpoint mapping, named `source` in reports) into
+    `model` with the loader of its family (module docstring). Raises :class:`CheckpointError` under
+    `strict` when it does not fit."""
     import internvideo_fast.models  # noqa: F401  (registers the family loaders)
 
     checkpoint = path if isinstance(path, Mapping) else read_checkpoint(path)

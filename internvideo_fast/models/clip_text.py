@@ -228,7 +228,8 @@ class CLIPTextEncoder(nn.Module):
         """``exp(clamp(logit_scale, 0, ln 100))``: the contrastive temperature's inverse, at most 100."""
         return self.logit_scale.clamp(0.0, LOGIT_SCALE_MAX).exp()
 
-    def load_openai_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> LoadReport:
+    def load_openai_state_dict(self, state_dict: Mapping[str, torch.Tensor],
+                               strict: bool = True) -> LoadReport:
         """See :func:`load_clip_text_state_dict`."""
         return load_clip_text_state_dict(self, state_dict, strict=strict)
 

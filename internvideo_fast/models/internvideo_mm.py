@@ -164,7 +164,8 @@ def load_internvideo_mm(model: VideoTextModel, source: str | os.PathLike | Mappi
         if key not in own:
             report.unexpected.append(name)
         elif tuple(converted[key].shape) != tuple(own[key].shape):
-            report.mismatched[name] = f"checkpoint {tuple(converted[key].shape)} vs model {tuple(own[key].shape)}"
+            report.mismatched[name] = (f"checkpoint {tuple(converted[key].shape)} vs model "
+                                       f"{tuple(own[key].shape)}")
         else:
             load[key] = converted[key]
     report.unexpected = sorted(set(report.unexpected))

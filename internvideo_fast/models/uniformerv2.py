@@ -464,8 +464,8 @@ def _strip_prefixes(key: str) -> str:
 
 def checkpoint_filter_fn(state_dict: Mapping, model: UniFormerV2 | None = None) -> dict[str, torch.Tensor]:
     """Official UniFormerV2 checkpoint -> this model's names: unwrap ``{'model' | 'module' | 'state_dict' |
-    'model_state': sd}`` (``model_state``: PySlowFast) and strip the ``module.`` / ``backbone.`` / ``model.`` /
-    ``clip.`` prefixes (the names are otherwise the official ones). With `model`, 2-D (image) weights of 5-D
+    'model_state': sd}`` (``model_state``: PySlowFast) and strip the ``module.`` / ``backbone.`` /
+    ``model.`` / ``clip.`` prefixes (the names are otherwise the official ones). With `model`, 2-D (image) weights of 5-D
     parameters are inflated."""
     out = {_strip_prefixes(key): value for key, value in _unwrap(state_dict).items()}
     if model is not None:
@@ -535,7 +535,8 @@ def load_checkpoint(model: UniFormerV2, state_dict, strict: bool = True, source:
         if value.dim() + 1 == target.dim() == 5 and value.shape[:2] == target.shape[:2]:
             state[key] = inflate_weight(value, target.shape[2]).to(target.dtype)
             report.inflated.append(key)
-        elif key == "positional_embedding" and value.shape != target.shape and value.shape[-1] == target.shape[-1]:
+        elif key == "positional_embedding" and value.shape != target.shape and \
+                value.shape[-1] == target.shape[-1]:
             state[key] = interpolate_positional_embedding(value, target.shape[0])
             report.interpolated.append(key)
     head = [k for k in state if k.startswith(_HEAD)]
@@ -544,7 +545,8 @@ def load_checkpoint(model: UniFormerV2, state_dict, strict: bool = True, source:
         for key in head:
             report.dropped[key] = "the model has no classifier head (num_classes=0)"
             del state[key]
-    elif own_head and f"{_HEAD}2.weight" in state and state[f"{_HEAD}2.weight"].shape != own[f"{_HEAD}2.weight"].shape:
+    elif own_head and f"{_HEAD}2.weight" in state and \
+            state[f"{_HEAD}2.weight"].shape != own[f"{_HEAD}2.weight"].shape:
         classes = state[f"{_HEAD}2.weight"].shape[0]
         for key in (f"{_HEAD}2.weight", f"{_HEAD}2.bias"):
             if key in state:
