@@ -117,6 +117,17 @@ def test_label_beyond_the_classes_names_the_list_line(lists):
         evaluate(_Constant(), _loader(lists["label"]), "cpu")
 
 
+def test_training_checks_labels_before_the_first_step(lists, tmp_path):
+    from internvideo_fast.errors import UserError
+    from internvideo_fast.train.loop import train
+
+    config = load_config(None, [f"model={MODEL}", "model_args.num_classes=3", "model_args.img_size=32",
+                                "model_args.num_frames=4", "recipe=finetune", f"data.train_list={lists['label']}",
+                                f"train.output_dir={tmp_path / 'run'}", "train.tensorboard=false", *DATA])
+    with pytest.raises(UserError, match=r"label.txt:4: label 7 is outside the model's 3 classes"):
+        train(config, device="cpu")
+
+
 def _run(capsys, *argv):
     code = ivf_eval(list(argv))
     out, err = capsys.readouterr()
