@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from helpers import describe_difference
+from internvideo_fast.errors import CheckpointError
 from internvideo_fast.models.clip_text import (
     LOGIT_SCALE_MAX,
     CLIPTextEncoder,
@@ -213,7 +214,9 @@ def test_load_report():
     del state["logit_scale"]
     state["transformer.resblocks.0.attn.bias_k"] = torch.zeros(1, 1, 64)
     fresh = CLIPTextEncoder(**SMALL)
-    report = load_clip_text_state_dict(fresh, {f"module.{k}": v for k, v in state.items()})
+    with pytest.raises(CheckpointError, match="1 missing key.*logit_scale; 1 unexpected key.*bias_k"):
+        load_clip_text_state_dict(fresh, {f"module.{k}": v for k, v in state.items()})  # strict by default
+    report = load_clip_text_state_dict(fresh, {f"module.{k}": v for k, v in state.items()}, strict=False)
     assert report.missing == ["logit_scale"]
     assert report.unexpected == ["transformer.resblocks.0.attn.bias_k"]
     assert not report.ok

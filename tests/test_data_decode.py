@@ -137,6 +137,39 @@ def test_broken_files(tmp_path, videos):
         open_video(videos["h264"][0], backend="decord")
 
 
+@pytest.mark.parametrize("backend", ["torchcodec", "pyav"])
+@pytest.mark.parametrize("codec, suffix, flags, kept", [
+    ("h264", ".mp4", ["-movflags", "+faststart"], 0.8),  # the sample table up front promises every frame
+    # only the segment's duration promises anything: a shortfall must pass the 1 s container slack
+    ("vp9", ".webm", [], 0.5),
+])
+def test_truncated_tail_is_reported_with_both_counts(tmp_path, backend, codec, suffix, flags, kept):
+    full = write_video(tmp_path / f"full{suffix}", code_frames(40), codec, extra=flags)
+    data = full.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: int(len(data) * kept)])
+    with pytest.raises(decode.TruncatedVideoError, match=r"cut.* promises 40 frames \(4.00 s\) but only \d+ ") as error:
+        open_video(cut, backend=backend)
+    assert error.value.promised_frames == 40 and 0 < error.value.decodable_frames < 40
+    prefix = open_video(cut, backend=backend, allow_truncated=True)  # on request: the decodable prefix
+    assert prefix.num_frames == error.value.decodable_frames
+    assert read_codes(prefix.get_frames([0])) == [0]
+    # the dataset reports it by name with the counts, never as a shorter video
+    with pytest.raises(DecodeError, match="promises 40 frames"):
+        read_clip(cut, lambda n: torch.arange(4), backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["torchcodec", "pyav"])
+def test_complete_files_are_not_called_truncated(tmp_path, videos, backend):
+    """VFR files, and an mp4 whose edit list presents fewer frames than its sample table holds."""
+    for name in NAMES:
+        assert open_video(videos[name][0], backend=backend).num_frames == 40
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", "1.3", "-i", str(videos["h264"][0]), "-c",
+                    "copy", str(tmp_path / "trimmed.mp4")], check=True, capture_output=True)
+    trimmed = open_video(tmp_path / "trimmed.mp4", backend=backend)
+    assert 0 < trimmed.num_frames < trimmed.header_frames  # presented frames < the sample table's
+
+
 def test_auto_falls_back_to_pyav(videos, monkeypatch):
     class Broken:
         def __init__(self, *args, **kwargs):

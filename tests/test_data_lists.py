@@ -75,3 +75,28 @@ def test_video_text(tmp_path):
     path.write_text("v/1.mp4 no tab here\n")
     with pytest.raises(ValueError, match=f"{path}:1:"):
         read_video_text_list(path)
+
+
+def test_records_know_their_line_and_labels_are_checked_against_the_classes(tmp_path):
+    """A label beyond the model's classes is an error naming the list file and line (it was an index error
+    deep in the loss or the confusion matrix), before any video is decoded; list errors are one-line
+    UserErrors."""
+    from internvideo_fast.data import DataConfig, build_loader
+    from internvideo_fast.data.lists import ListFileError
+    from internvideo_fast.errors import UserError
+
+    path = tmp_path / "val.txt"
+    path.write_text("# comment\na.mp4 0\n\nb.mp4 2\n")
+    csv = tmp_path / "val.csv"
+    csv.write_text("path,label\na.mp4,1\nb.mp4,5\n")
+    assert [r.where for r in read_video_list(path)] == [f"{path}:2", f"{path}:4"]
+    assert [r.where for r in read_video_list(csv)] == [f"{csv}:2", f"{csv}:3"]
+    build_loader(DataConfig(list_file=str(path), train=False)).check_labels(3)
+    with pytest.raises(UserError, match=f"{path}:4: label 2 is outside the model's 2 classes"):
+        build_loader(DataConfig(list_file=str(path), train=False)).check_labels(2)
+    with pytest.raises(UserError, match=f"{csv}:3: label 5 is outside"):
+        build_loader(DataConfig(list_file=str(csv))).check_labels(5)
+    (tmp_path / "broken.txt").write_text("a.mp4 zero\n")
+    with pytest.raises(ListFileError, match="broken.txt:1: label 'zero' is not an integer"):
+        read_video_list(tmp_path / "broken.txt")
+    assert issubclass(ListFileError, UserError) and issubclass(ListFileError, ValueError)

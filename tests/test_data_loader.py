@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from internvideo_fast.data import DataConfig, VideoDataset, build_loader, make_sample_dataset, read_video_list
+from internvideo_fast.data.dataset import is_skipped
 from internvideo_fast.data.decode import DecodeError
 from internvideo_fast.data.lists import VideoRecord
 from internvideo_fast.data.sampling import DenseSampler
@@ -92,7 +93,12 @@ def test_skip_raise_and_loop(corpus):
     root, _, _, mixed = corpus
     skipping = _dataset(root, mixed, on_error="skip")
     position = [r.path for r in mixed].index("bad/empty.mp4")
-    assert skipping[position] is None and skipping.summary()["skipped"] == 1
+    marker = skipping[position]  # a skip marker carrying the report, so the loader can name the file
+    assert is_skipped(marker) and int(marker["index"]) == position and skipping.summary()["skipped"] == 1
+    ((path, reason),) = marker["bad_videos"]
+    assert path.endswith("bad/empty.mp4") and "empty file" in reason
+    again = skipping[position]  # known bad: skipped without decoding, reported once
+    assert is_skipped(again) and again["bad_videos"] == []
     with pytest.raises(DecodeError, match="random.mp4"):
         _dataset(root, mixed, on_error="raise")[[r.path for r in mixed].index("bad/random.mp4")]
     looping = _dataset(root, mixed, short_video="loop")
@@ -165,6 +171,26 @@ def test_workers_views_and_bad_summary(corpus, caplog):
     for name in bad:
         assert sum(name in record.getMessage() for record in caplog.records) == 1, name
     assert loader.summary()["bad_videos"] == len(bad)
+
+
+def test_remembered_bad_files_are_not_decoded_or_named_again(corpus, caplog, monkeypatch):
+    from internvideo_fast.data import decode
+
+    root = corpus[0]
+    cfg = _cfg(corpus, list_file=str(root / "mixed.txt"), short_video="error", batch_size=5, drop_last=False)
+    first = build_loader(cfg, seed=2)
+    list(first)
+    second = build_loader(cfg, seed=2)
+    second.set_epoch(1)
+    second.remember_bad(first.bad_videos())
+    opened = []
+    real_open = decode.open_video
+    monkeypatch.setattr(decode, "open_video", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="internvideo_fast.data.loader"):
+        list(second)
+    assert not [r for r in caplog.records if "bad video" in r.getMessage()]
+    assert opened and not set(opened) & set(first.bad_videos())
 
 
 def test_multi_view_test_and_segment(corpus):

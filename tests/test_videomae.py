@@ -168,8 +168,9 @@ def test_pretraining_checkpoint_into_a_classifier_with_another_head_and_size(tmp
     pretrain = _randomize(create_model("videomae_pretrain_vit_micro_patch16", **CONFIG))
     save_official(pretrain, tmp_path / "pre.pth")
     classifier = create_model("videomae_vit_micro_patch16", num_classes=9, img_size=48, num_frames=8)
-    report = load_pretrained(classifier, tmp_path / "pre.pth")
-    assert set(report.missing) == {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
+    report = load_pretrained(classifier, tmp_path / "pre.pth")  # strict: only expected differences
+    assert report.ok and report.missing == [] and report.unexpected == []
+    assert set(report.initialized) == {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
     assert "encoder_to_decoder.weight" in report.dropped and "norm.weight" in report.dropped
     assert torch.equal(classifier.state_dict()["blocks.3.mlp.fc2.weight"], pretrain.state_dict()["encoder.blocks.3.mlp.fc2.weight"])
     # A different class count drops the head with a clear reason.
@@ -177,8 +178,9 @@ def test_pretraining_checkpoint_into_a_classifier_with_another_head_and_size(tmp
     save_official(finetuned, tmp_path / "ft.pth")
     other = create_model("videomae_vit_micro_patch16", num_classes=3, **CONFIG)
     report = load_pretrained(other, tmp_path / "ft.pth")
-    assert "head.weight" in report.dropped and "shape" in report.dropped["head.weight"]
-    assert "head.weight" in str(report)
+    assert report.dropped["head.weight"] == "a head of 5 classes; the model has 3"
+    assert set(report.initialized) == {"head.weight", "head.bias"} and report.ok
+    assert "head.weight" in str(report) and len(str(report).splitlines()) == 1
 
 
 def test_learnable_position_table_is_interpolated(tmp_path):
@@ -243,3 +245,18 @@ def test_training_step_under_bf16_autocast(name):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_mask_ratio_without_masked_or_visible_tubes_is_rejected_up_front():
+    """Ratio 0 masks no tube (the decoder then failed on a shape); rejected at construction and per call,
+    naming the config key. The micro model's grid is 2 x 2 positions: ratio 0.2 masks int(0.8) = 0."""
+    from internvideo_fast.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.mask_ratio=0 masks 0 of the 2x2 tube positions"):
+        create_model("videomae_pretrain_vit_micro_patch16", mask_ratio=0, **CONFIG)
+    model = create_model("videomae_pretrain_vit_micro_patch16", **CONFIG)
+    video = torch.randn(1, 3, 4, 32, 32)
+    for ratio in (0.0, 0.2, 1.0):
+        with pytest.raises(ConfigError, match=f"train.mask_ratio={ratio}"):
+            model(video, mask_ratio=ratio, seed=0)
+    assert model(video, mask_ratio=0.25, seed=0)["pred"].shape[1] == 2  # one of 4 positions x 2 token-frames

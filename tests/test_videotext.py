@@ -44,6 +44,10 @@ def test_retrieval_metrics():
     assert perfect["t2v_R@1"] == 1.0 and perfect["v2t_R@1"] == 1.0 and perfect["t2v_median_rank"] == 1.0
     shuffled = retrieval_metrics(features, features.roll(1, 0))  # every text matches the wrong video
     assert shuffled["t2v_R@1"] == 0.0 and shuffled["t2v_R@10"] == 1.0
+    with pytest.raises(ValueError, match="one text per video: got 6 videos and 5 texts"):
+        retrieval_metrics(features, features[:5])  # unequal counts have no pairing (was: recall 1.0)
+    with pytest.raises(ValueError, match="no pairs"):
+        retrieval_metrics(features[:0], features[:0])
 
 
 def test_full_size_model_builds_on_the_meta_device():

@@ -36,9 +36,10 @@ frames, decode the first and the last frame, bounded by ``decode_timeout_s``; on
 codec must be one that DALI decodes on the CPU). Missing, empty, random-bytes, truncated or undecodable
 files, and videos too short with ``short_video="error"``, are reported once by name (``logging.warning``
 and ``bad_videos()``) and never reach DALI; they are replaced (training) or skipped (testing) exactly as
-in the torch dataset. If DALI still fails on a batch, the loader logs it once and decodes that batch with
-the torch dataset instead (same samples; that dataset marks the culprit bad) and a new pipeline takes the
-rest of the pass, so an epoch never crashes on a file.
+in the torch dataset; skipped record indices are kept (``skipped()``), so an evaluation counts and names
+every video it could not score. If DALI still fails on a batch, the loader logs it once and decodes that
+batch with the torch dataset instead (same samples; that dataset marks the culprit bad) and a new pipeline
+takes the rest of the pass, so an epoch never crashes on a file.
 
 Options in ``cfg.extra``: ``dali_decoder`` ("frames" | "reader"), ``dali_device`` ("gpu" | "cpu";
 default gpu when CUDA is available), ``dali_threads`` (CPU threads, default 2), ``dali_prefetch``
@@ -214,12 +215,6 @@ class DaliVideoLoader(VideoLoader):
         self.fallback_batches = 0
 
     # -- pre-validation -----------------------------------------------------------------------------
-    def _report(self, path: str, reason: str) -> None:
-        if path not in self._bad:
-            self._bad[path] = reason
-            logger.warning("bad video %s (%s); it will be %s", path, reason,
-                           "replaced" if self.dataset.on_error == "replace" else "skipped")
-
     def probe(self) -> dict[int, tuple[int, int, int]]:
         """Probes every listed file once (see the module docstring): record index -> (frames, H, W).
 
@@ -301,7 +296,7 @@ class DaliVideoLoader(VideoLoader):
             if ds.on_error == "raise":
                 raise DecodeError(f"bad video {path}: {self._bad.get(path)}")
             if ds.on_error == "skip":
-                self._skipped += 1
+                self._skipped.append(index)
                 return []
             draws += 1
             if attempts > ds.max_retries or draws > 100 * (ds.max_retries + 1) or len(self._bad) >= len(ds):
@@ -360,8 +355,7 @@ class DaliVideoLoader(VideoLoader):
         self.dataset.log_bad = False
         originals = sorted({r["orig"] for r in rows}, key=[r["orig"] for r in rows].index)
         batch = collate_samples([self.dataset[i] for i in originals])
-        for path, reason in batch.pop("bad_videos"):
-            self._report(path, reason)
+        self._take_reports(batch)  # skipped videos are counted and named as on the DALI path
         return None if batch.pop("empty", False) else batch
 
     def __iter__(self):

@@ -16,7 +16,9 @@ never crash an epoch. ``on_error``:
 - ``"replace"`` (training default): another record is drawn, deterministically from
   ``(seed, epoch, index, attempt)``, up to ``max_retries`` decode attempts; the returned ``index`` and
   ``label`` are those of the replacement;
-- ``"skip"`` (evaluation default): ``dataset[i]`` returns ``None`` and the loader's collate drops it;
+- ``"skip"`` (evaluation default): ``dataset[i]`` returns a skip marker, ``{"skipped": True, "index",
+  "bad_videos"}`` (:func:`is_skipped`), which the loader's collate drops after taking its report and
+  index, so the loader counts and names every skipped video;
 - ``"raise"``: a :class:`~internvideo_fast.data.decode.DecodeError` naming the file.
 
 Each bad file is logged once (``logging.warning``) per process and remembered, so it is never decoded
@@ -43,7 +45,7 @@ from internvideo_fast.data.decode import DecodeError, read_clip
 from internvideo_fast.data.lists import VideoRecord
 from internvideo_fast.data.sampling import ShortVideoError
 
-__all__ = ["VideoDataset", "ON_ERROR_MODES", "sample_seed"]
+__all__ = ["VideoDataset", "ON_ERROR_MODES", "is_skipped", "sample_seed"]
 
 logger = logging.getLogger(__name__)
 ON_ERROR_MODES = ("replace", "skip", "raise")
@@ -57,6 +59,11 @@ def sample_seed(seed: int, epoch: int, index: int, attempt: int = 0) -> int:
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _U64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _U64
     return (x ^ (x >> 31)) & _MASK
+
+
+def is_skipped(sample) -> bool:
+    """Whether ``dataset[i]`` is the marker of a skipped (bad) video rather than a sample."""
+    return isinstance(sample, dict) and sample.get("skipped", False) is True
 
 
 class VideoDataset(torch.utils.data.Dataset):
@@ -100,6 +107,10 @@ class VideoDataset(torch.utils.data.Dataset):
         return {"bad_videos": len(self._bad), "replaced": self._replaced, "skipped": self._skipped,
                 "files": dict(self._bad)}
 
+    def remember_bad(self, bad: dict[str, str]) -> None:
+        """Files known bad (an earlier epoch's loader met them): never decoded, never reported again."""
+        self._bad.update(bad)
+
     def _mark_bad(self, path: str, error: BaseException) -> tuple[str, str]:
         reason = f"{type(error).__name__}: {error}"
         if path not in self._bad:
@@ -134,7 +145,7 @@ class VideoDataset(torch.utils.data.Dataset):
             sample["caption"] = record.caption
         return sample
 
-    def __getitem__(self, index: int) -> dict | None:
+    def __getitem__(self, index: int) -> dict:
         index = int(index)
         reports: list[tuple[str, str]] = []
         candidate, attempts, draws = index, 0, 0
@@ -157,7 +168,8 @@ class VideoDataset(torch.utils.data.Dataset):
                 raise DecodeError(f"bad video {path}: {self._bad[path]}")
             if self.on_error == "skip":
                 self._skipped += 1
-                return None
+                return {"skipped": True, "index": torch.tensor(index, dtype=torch.int64),
+                        "bad_videos": reports}
             draws += 1
             if attempts > self.max_retries or draws > 100 * (self.max_retries + 1) or len(self._bad) >= len(self):
                 raise RuntimeError(

@@ -23,6 +23,15 @@ files, for files with edit lists and for truncated files, so neither backend use
 A frame that is listed but cannot be decoded (a truncated file) raises :class:`DecodeError`; neither
 reader returns fewer frames than asked.
 
+Truncated files. A file cut short usually still opens: its header (the mp4 ``moov``, the Matroska segment
+info) promises the whole video, but only a prefix of frames can be read, and that prefix would pass for a
+shorter video. Each reader keeps what the header promises (``header_seconds``, ``header_frames``) and what the
+content holds (``content_seconds``, the span of the readable frames); :func:`open_video` raises
+:class:`TruncatedVideoError` naming both frame counts when the content falls short of the header by more than
+two frames (more than one second or a tenth as well when only the container's duration is known, which
+covers every stream, audio included). Durations, not frame counts, are compared: an mp4 edit list can
+present fewer frames than its sample table lists. ``allow_truncated=True`` reads the prefix instead.
+
 Timeouts. :func:`read_clip` runs open + index sampling + decode in a daemon worker thread and waits at
 most ``timeout_s`` seconds; past it, it raises :class:`DecodeTimeout` and the caller moves on (the
 dataset replaces the sample). Python cannot kill a thread: the stuck decode keeps its thread until FFmpeg
@@ -41,8 +50,9 @@ import numpy as np
 import torch
 
 __all__ = [
-    "DecodeError", "DecodeTimeout", "VideoReader", "TorchCodecReader", "PyAVReader", "open_video",
-    "read_clip", "run_with_timeout", "available_backends",
+    "DecodeError", "DecodeTimeout", "TruncatedVideoError", "VideoReader", "TorchCodecReader", "PyAVReader",
+    "open_video",
+    "read_clip", "run_with_timeout", "available_backends", "check_complete",
 ]
 
 
@@ -56,6 +66,15 @@ class _NotProduced(Exception):
 
 class DecodeTimeout(DecodeError):
     """Decoding one sample took longer than the per-sample timeout."""
+
+
+class TruncatedVideoError(DecodeError):
+    """A file whose header promises more video than its content holds (see the module docstring)."""
+
+    def __init__(self, message: str, promised_frames: int, decodable_frames: int):
+        super().__init__(message)
+        self.promised_frames = promised_frames
+        self.decodable_frames = decodable_frames
 
 
 @runtime_checkable
@@ -106,8 +125,24 @@ class TorchCodecReader:
         except Exception as error:  # torchcodec raises RuntimeError/ValueError with FFmpeg's message
             raise DecodeError(f"{self.path}: torchcodec cannot open: {error}") from error
         self.num_frames = len(self._decoder)
-        fps = self._decoder.metadata.average_fps
+        metadata = self._decoder.metadata
+        fps = metadata.average_fps
         self.fps = float(fps) if fps else 0.0
+        self.header_frames = metadata.num_frames_from_header
+        self.header_seconds, self.header_is_stream = metadata.duration_seconds_from_header, True
+        if self.header_seconds is None:
+            self.header_seconds, self.header_is_stream = self._container_seconds(), False
+        begin, end = metadata.begin_stream_seconds_from_content, metadata.end_stream_seconds_from_content
+        self.content_seconds = None if end is None else float(end) - float(begin or 0.0)
+
+    def _container_seconds(self) -> float | None:
+        """The container's duration from its header (torchcodec's core API; None where it has none)."""
+        try:
+            from torchcodec._core import get_container_metadata
+
+            return get_container_metadata(self._decoder._decoder).duration_seconds_from_header
+        except Exception:  # a torchcodec without this internal API: no container-level check
+            return None
 
     def get_frames(self, indices) -> torch.Tensor:
         wanted = _as_index_list(indices, self.num_frames, self.path)
@@ -163,7 +198,7 @@ class PyAVReader:
             raise DecodeError(f"{self.path}: PyAV cannot index: {error}") from error
 
     def _build_index(self) -> None:
-        pts, keyframes, missing_pts = [], [], False
+        pts, keyframes, missing_pts, last_end = [], [], False, None
         for packet in self._container.demux(self._stream):
             if packet.size == 0:  # the flush packet at the end
                 continue
@@ -173,6 +208,7 @@ class PyAVReader:
                 missing_pts = True
                 break
             pts.append(packet.pts)
+            last_end = max(last_end or packet.pts, packet.pts + (packet.duration or 0))
             if packet.is_keyframe:
                 keyframes.append(packet.pts)
         self._frames_cache = None
@@ -190,6 +226,15 @@ class PyAVReader:
         self.num_frames = len(self._pts)
         rate = self._stream.average_rate
         self.fps = float(rate) if rate else 0.0
+        stream, base = self._stream, self._stream.time_base
+        self.header_frames = int(stream.frames) if stream.frames else None
+        if stream.duration and base:
+            self.header_seconds, self.header_is_stream = float(stream.duration * base), True
+        else:
+            duration = self._container.duration  # microseconds (AV_TIME_BASE)
+            self.header_seconds, self.header_is_stream = (duration / 1e6 if duration else None), False
+        self.content_seconds = (float((last_end - self._pts[0]) * base)
+                                if not missing_pts and pts and last_end is not None and base else None)
 
     def get_frames(self, indices) -> torch.Tensor:
         wanted = _as_index_list(indices, self.num_frames, self.path)
@@ -269,10 +314,31 @@ def available_backends() -> list[str]:
 _READERS = {"torchcodec": TorchCodecReader, "pyav": PyAVReader}
 
 
-def open_video(path: str | os.PathLike, backend: str = "auto", num_threads: int = 1) -> VideoReader:
+def check_complete(reader) -> None:
+    """Raise :class:`TruncatedVideoError` when the reader's content falls short of what its header promises
+    (see the module docstring); readers without the information pass."""
+    header, content = getattr(reader, "header_seconds", None), getattr(reader, "content_seconds", None)
+    if not header or content is None:
+        return
+    frame = 1.0 / reader.fps if reader.fps else 0.04
+    slack = 2 * frame if getattr(reader, "header_is_stream", False) else max(2 * frame, 1.0, 0.1 * header)
+    if header - content <= slack:
+        return
+    promised = reader.header_frames or (round(header * reader.fps) if reader.fps else 0)
+    promised = max(int(promised), reader.num_frames + 1)
+    raise TruncatedVideoError(
+        f"{reader.path}: the container promises {promised} frames ({header:.2f} s) but only "
+        f"{reader.num_frames} ({content:.2f} s) can be decoded: a truncated or damaged file",
+        promised, reader.num_frames)
+
+
+def open_video(path: str | os.PathLike, backend: str = "auto", num_threads: int = 1,
+               allow_truncated: bool = False) -> VideoReader:
     """Opens ``path`` with ``backend`` ('auto' | 'torchcodec' | 'pyav'). 'auto' tries torchcodec and falls
     back to PyAV when torchcodec cannot be imported or cannot open the file. Raises FileNotFoundError for a
-    missing file and :class:`DecodeError` for anything unreadable (including files with zero frames)."""
+    missing file, :class:`TruncatedVideoError` for a file whose content falls short of its header (unless
+    `allow_truncated`: then its decodable prefix is the video) and :class:`DecodeError` for anything
+    unreadable (including files with zero frames)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
@@ -301,6 +367,12 @@ def open_video(path: str | os.PathLike, backend: str = "auto", num_threads: int 
             reader.close()
             errors.append(f"{path}: {name} found no video frames")
             continue
+        if not allow_truncated:
+            try:
+                check_complete(reader)
+            except TruncatedVideoError:
+                reader.close()
+                raise
         return reader
     raise DecodeError("; ".join(errors))
 

@@ -9,7 +9,8 @@ Formats read by :func:`read_video_list` (detected from the first non-empty line)
   ``VideoRecord.extra``); quoting follows Python's ``csv`` module, so such paths may contain spaces.
 
 Paths are relative to ``root`` (absolute paths are kept as they are). Malformed lines raise
-``ValueError("<file>:<line>: ...")``.
+:class:`ListFileError` (a ``ValueError`` and a one-line ``UserError``) ``"<file>:<line>: ..."``; every record
+keeps its ``where`` (``"<file>:<line>"``), so later checks (a label beyond the model's classes) name the line.
 
 :func:`read_video_text_list` reads ``path<TAB>caption`` lines into :class:`VideoTextRecord`.
 """
@@ -22,7 +23,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["VideoRecord", "VideoTextRecord", "read_video_list", "read_video_text_list", "write_video_list"]
+from internvideo_fast.errors import UserError
+
+__all__ = ["ListFileError", "VideoRecord", "VideoTextRecord", "read_video_list", "read_video_text_list",
+           "write_video_list"]
+
+
+class ListFileError(UserError, ValueError):
+    """A malformed line of a video list; the message starts with ``<file>:<line>``."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,7 @@ class VideoRecord:
     path: str
     label: int
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+    where: str = field(default="", compare=False, hash=False)  # "list_file:line", for errors about it
 
     def full_path(self, root: str | os.PathLike | None) -> str:
         return self.path if root is None or os.path.isabs(self.path) else os.path.join(os.fspath(root), self.path)
@@ -53,7 +62,7 @@ def _parse_label(text: str, where: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"{where}: label {text!r} is not an integer") from None
+        raise ListFileError(f"{where}: label {text!r} is not an integer") from None
 
 
 def _read_text(path: Path) -> str:
@@ -86,10 +95,10 @@ def read_video_list(list_file: str | os.PathLike, allow_extra: bool = False) -> 
         where = f"{list_path}:{number}"
         parts = stripped.split()
         if len(parts) < 2 or (len(parts) > 2 and not allow_extra):
-            raise ValueError(
+            raise ListFileError(
                 f"{where}: expected 'path label' (a path without spaces, then an integer label), got {stripped!r}"
             )
-        records.append(VideoRecord(parts[0], _parse_label(parts[1], where)))
+        records.append(VideoRecord(parts[0], _parse_label(parts[1], where), where=where))
     return records
 
 
@@ -107,12 +116,12 @@ def _read_csv(list_path: Path, text: str) -> list[VideoRecord]:
             continue
         where = f"{list_path}:{number}"
         if len(row) != len(header):
-            raise ValueError(f"{where}: expected {len(header)} CSV columns {header}, got {len(row)}: {row!r}")
+            raise ListFileError(f"{where}: expected {len(header)} CSV columns {header}, got {len(row)}: {row!r}")
         path = row[path_col].strip()
         if not path:
-            raise ValueError(f"{where}: empty path")
+            raise ListFileError(f"{where}: empty path")
         extra = {name: row[i] for i, name in enumerate(header) if i not in (path_col, label_col)}
-        records.append(VideoRecord(path, _parse_label(row[label_col].strip(), where), extra))
+        records.append(VideoRecord(path, _parse_label(row[label_col].strip(), where), extra, where=where))
     return records
 
 
@@ -125,7 +134,7 @@ def read_video_text_list(list_file: str | os.PathLike) -> list[VideoTextRecord]:
             continue
         parts = line.split("\t")
         if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
-            raise ValueError(f"{list_path}:{number}: expected 'path<TAB>caption', got {line!r}")
+            raise ListFileError(f"{list_path}:{number}: expected 'path<TAB>caption', got {line!r}")
         records.append(VideoTextRecord(parts[0].strip(), parts[1].strip()))
     return records
 
@@ -135,6 +144,6 @@ def write_video_list(list_file: str | os.PathLike, records) -> None:
     lines = []
     for record in records:
         if any(ch.isspace() for ch in record.path):
-            raise ValueError(f"path {record.path!r} contains whitespace; use a CSV list")
+            raise ListFileError(f"path {record.path!r} contains whitespace; use a CSV list")
         lines.append(f"{record.path} {int(record.label)}\n")
     Path(list_file).write_text("".join(lines))

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from internvideo_fast.data.dataset import VideoDataset
+from internvideo_fast.data.dataset import VideoDataset, is_skipped
 from internvideo_fast.data.lists import read_video_list, read_video_text_list
 from internvideo_fast.data.sampling import DenseSampler, SegmentSampler
 from internvideo_fast.data.transforms import build_transform, mean_std
@@ -130,18 +130,22 @@ def shard_indices(num_records: int, rank: int, world_size: int, shuffle: bool, p
     return order[rank::world_size]
 
 
-def collate_samples(samples: list[dict | None]) -> dict | None:
-    """Stacks samples, flattening views into the batch dimension; drops ``None`` (skipped) samples and
-    gathers their ``bad_videos`` reports under the same key (a list of (path, reason))."""
-    reports = []
+def collate_samples(samples: list[dict | None]) -> dict:
+    """Stacks samples, flattening views into the batch dimension; drops skipped samples (the dataset's skip
+    markers, or ``None``), keeping their record indices under ``skipped`` and every sample's
+    ``bad_videos`` reports under that key (a list of (path, reason)); ``empty`` when nothing is left."""
+    reports, skipped = [], []
     kept = []
     for sample in samples:
         if sample is None:
             continue
         reports.extend(sample.get("bad_videos", ()))
-        kept.append(sample)
+        if is_skipped(sample):
+            skipped.append(int(sample["index"]))
+        else:
+            kept.append(sample)
     if not kept:
-        return {"bad_videos": reports, "empty": True}
+        return {"bad_videos": reports, "skipped": skipped, "empty": True}
     videos, labels, indices, frames, views, captions = [], [], [], [], [], []
     for sample in kept:
         video, frame_indices = sample["video"], sample["frame_indices"]
@@ -156,7 +160,8 @@ def collate_samples(samples: list[dict | None]) -> dict | None:
         if "caption" in sample:
             captions.extend([sample["caption"]] * count)
     batch = {"video": torch.cat(videos), "label": torch.cat(labels), "index": torch.cat(indices),
-             "frame_indices": torch.cat(frames), "view": torch.cat(views), "bad_videos": reports}
+             "frame_indices": torch.cat(frames), "view": torch.cat(views), "bad_videos": reports,
+             "skipped": skipped}
     if captions:
         batch["caption"] = captions
     return batch
@@ -188,7 +193,7 @@ class VideoLoader:
         self.drop_last = cfg.train if cfg.drop_last is None else cfg.drop_last
         self.pad = cfg.train
         self._bad: dict[str, str] = {}
-        self._skipped = 0
+        self._skipped: list[int] = []  # record indices skipped in this loader's passes
         self._batches_seen = 0
 
     # -- epoch plan -----------------------------------------------------------------------------------
@@ -226,23 +231,54 @@ class VideoLoader:
         self.dataset.set_epoch(self.epoch)
         self.dataset.log_bad = False  # reports are merged and logged here, once per file
         for batch in self._data_loader(batches):
-            for path, reason in batch.pop("bad_videos"):
-                if path not in self._bad:
-                    self._bad[path] = reason
-                    logger.warning("bad video %s (%s)", path, reason)
+            self._take_reports(batch)
             if batch.pop("empty", False):
                 continue
             self._batches_seen += 1
             yield batch
         self.start_step = 0
 
+    def _report(self, path: str, reason: str) -> None:
+        """Log a bad file by name, once per loader (and never again after :meth:`remember_bad`)."""
+        if path not in self._bad:
+            self._bad[path] = reason
+            logger.warning("bad video %s (%s); it is %s", path, reason,
+                           "replaced" if self.dataset.on_error == "replace" else "skipped")
+
+    def _take_reports(self, batch: dict) -> None:
+        for path, reason in batch.pop("bad_videos", ()):
+            self._report(path, reason)
+        self._skipped.extend(batch.pop("skipped", ()))
+
+    def remember_bad(self, bad: dict[str, str]) -> None:
+        """Files an earlier loader (an earlier epoch) already reported: they are replaced or skipped without
+        being decoded or reported again."""
+        self._bad.update(bad)
+        self.dataset.remember_bad(bad)
+
+    def check_labels(self, num_classes: int) -> None:
+        """Every record's label must lie in ``[0, num_classes)``: a
+        :class:`~internvideo_fast.errors.UserError` naming the list file and line of the first that does
+        not, before any batch is made."""
+        from internvideo_fast.errors import UserError
+
+        for record in self.dataset.records:
+            if not 0 <= record.label < num_classes:
+                where = getattr(record, "where", "") or f"{self.cfg.list_file}: {record.path}"
+                raise UserError(f"{where}: label {record.label} is outside the model's {num_classes} classes "
+                                f"[0, {num_classes})", hint="check the list file, or model_args.num_classes")
+
     def bad_videos(self) -> dict[str, str]:
         """path -> reason for every bad file met by this loader's passes (all workers)."""
         return dict(self._bad)
 
+    def skipped(self) -> list[int]:
+        """Record indices skipped (``on_error="skip"``) by this loader's passes, in the order met."""
+        return list(self._skipped)
+
     def summary(self) -> dict:
         return {"split": self.split, "epoch": self.epoch, "rank": self.rank, "batches": self._batches_seen,
-                "bad_videos": len(self._bad), "files": dict(self._bad)}
+                "bad_videos": len(self._bad), "skipped": len(self._skipped), "files": dict(self._bad)}
 
 
 def _auto_picks_dali() -> bool:

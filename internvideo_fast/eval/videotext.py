@@ -1,6 +1,8 @@
 """Zero-shot evaluation of a video-text model (InternVideo-MM): action recognition from class-name prompts,
 video<->text retrieval (R@1/5/10, median rank) and multiple choice. Every view of a video (clips x crops)
-is embedded and the embeddings are averaged per video, as the fine-tuned evaluation averages scores."""
+is embedded and the embeddings are averaged per video, as the fine-tuned evaluation averages scores. Every
+result also states ``listed``, ``dropped`` and ``dropped_videos`` (videos the loader skipped as bad, by name);
+with no video scored the metrics are NaN (``ivf-eval`` fails on it)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from internvideo_fast.eval.accounting import account
 from internvideo_fast.models.videotext import DEFAULT_TEMPLATES, class_embeddings, retrieval_metrics
 
 
@@ -32,25 +35,31 @@ def video_embeddings(model, loader, device) -> tuple[torch.Tensor, list[int], li
 
 def evaluate_zero_shot(model, loader, class_names: Sequence[str], device,
                        templates: Sequence[str] = DEFAULT_TEMPLATES) -> dict:
-    videos, labels, _, _ = video_embeddings(model, loader, device)
+    videos, labels, order, _ = video_embeddings(model, loader, device)
+    accounting = account(loader, order)
+    if not order:
+        return {"top1": float("nan"), "top5": float("nan"), "videos": 0, **accounting}
     classes = class_embeddings(model, class_names, templates).float().cpu()
     scores = videos @ classes.t()
     truth = torch.tensor(labels)
     top = scores.topk(min(5, len(class_names)), dim=1).indices
     return {"top1": (top[:, 0] == truth).float().mean().item(), "top5": (top == truth[:, None]).any(1).float().mean().item(),
-            "videos": len(labels)}
+            "videos": len(labels), **accounting}
 
 
 def evaluate_retrieval(model, loader, device) -> dict:
     """The loader must carry captions (a video-text list, `data.text: true`)."""
     from internvideo_fast.models.tokenizer import tokenize
 
-    videos, _, _, captions = video_embeddings(model, loader, device)
+    videos, _, order, captions = video_embeddings(model, loader, device)
+    accounting = account(loader, order)
+    if not order:
+        return {"pairs": 0, **accounting}
     if any(c is None for c in captions):
         raise ValueError("retrieval needs a video-text list (data.text: true)")
     texts = torch.cat([model.encode_text(tokenize(captions[i:i + 256]).to(device)).float().cpu()
                        for i in range(0, len(captions), 256)])
-    return retrieval_metrics(videos, F.normalize(texts, dim=-1)) | {"pairs": len(captions)}
+    return retrieval_metrics(videos, F.normalize(texts, dim=-1)) | {"pairs": len(captions), **accounting}
 
 
 def evaluate_multiple_choice(model, loader, questions: Sequence[dict], device) -> dict:
@@ -63,4 +72,5 @@ def evaluate_multiple_choice(model, loader, questions: Sequence[dict], device) -
         question = questions[index]
         texts = F.normalize(model.encode_text(tokenize(question["choices"]).to(device)).float().cpu(), dim=-1)
         correct += int((texts @ row).argmax()) == int(question["answer"])
-    return {"accuracy": correct / max(1, len(order)), "videos": len(order)}
+    accuracy = correct / len(order) if order else float("nan")
+    return {"accuracy": accuracy, "videos": len(order), **account(loader, order)}

@@ -21,7 +21,7 @@ State-dict names are OpenAI CLIP's text side: ``token_embedding.weight``, ``posi
 ``transformer.resblocks.{i}.{attn.in_proj_weight, attn.in_proj_bias, attn.out_proj.{weight,bias},
 ln_1.*, mlp.c_fc.*, mlp.c_proj.*, ln_2.*}``, ``ln_final.*``, ``text_projection [width, embed_dim]``,
 ``logit_scale``. :func:`load_clip_text_state_dict` takes a whole CLIP / InternVideo-MM checkpoint (``clip.``
-or ``module.`` prefix, ``state_dict`` / ``model`` wrapper) and reports what it did not use.
+or ``module.`` prefix, ``state_dict`` / ``model`` wrapper), strictly by default.
 
 Sizes (OpenAI): ViT-B/16 text width 512, 8 heads, embed 512; ViT-L/14 width 768, 12 heads, embed 768;
 both 12 layers, context 77, vocabulary 49408 (:func:`clip_text_b16`, :func:`clip_text_l14`).
@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from internvideo_fast.errors import CheckpointError
+from internvideo_fast.models.checkpoint import listed_keys
 from internvideo_fast.models.layers import LayerNorm
 from internvideo_fast.ops.mlp_modules import FusedMLP
 
@@ -226,12 +228,14 @@ class CLIPTextEncoder(nn.Module):
         """``exp(clamp(logit_scale, 0, ln 100))``: the contrastive temperature's inverse, at most 100."""
         return self.logit_scale.clamp(0.0, LOGIT_SCALE_MAX).exp()
 
-    def load_openai_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> LoadReport:
+    def load_openai_state_dict(self, state_dict: Mapping[str, torch.Tensor],
+                               strict: bool = True) -> LoadReport:
         """See :func:`load_clip_text_state_dict`."""
-        return load_clip_text_state_dict(self, state_dict)
+        return load_clip_text_state_dict(self, state_dict, strict=strict)
 
     @classmethod
-    def from_openai_state_dict(cls, state_dict: Mapping[str, torch.Tensor], **overrides) -> CLIPTextEncoder:
+    def from_openai_state_dict(cls, state_dict: Mapping[str, torch.Tensor], strict: bool = True,
+                               **overrides) -> CLIPTextEncoder:
         """A text encoder sized from a CLIP / InternVideo-MM state dict (heads = width / 64, as OpenAI's
         ``build_model``), with the weights loaded; `overrides` replace inferred constructor arguments."""
         text = _text_state(state_dict)[0]
@@ -247,7 +251,7 @@ class CLIPTextEncoder(nn.Module):
         )
         config.update(overrides)
         model = cls(**config)
-        model.load_openai_state_dict(state_dict)
+        model.load_openai_state_dict(state_dict, strict=strict)
         return model
 
 
@@ -296,12 +300,15 @@ def _text_state(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch
     return text, ignored
 
 
-def load_clip_text_state_dict(model: CLIPTextEncoder, state_dict: Mapping[str, torch.Tensor]) -> LoadReport:
+def load_clip_text_state_dict(model: CLIPTextEncoder, state_dict: Mapping[str, torch.Tensor],
+                              strict: bool = True, source: str = "<state dict>") -> LoadReport:
     """Load the text side of an OpenAI CLIP or InternVideo-MM state dict into `model`.
 
     Accepts the bare state dict or one wrapped as ``{'state_dict': sd}`` / ``{'model': sd}``, with keys
-    optionally prefixed ``clip.`` (InternVideo-MM) or ``module.``. The visual tower's keys are ignored. Raises
-    ``ValueError`` on a shape mismatch; otherwise loads what matches and returns a :class:`LoadReport`.
+    optionally prefixed ``clip.`` (InternVideo-MM) or ``module.``. The visual tower's keys are ignored. A
+    shape mismatch is always a :class:`~internvideo_fast.errors.CheckpointError` naming the keys; so is a
+    missing or unexpected key under `strict` (the default). Otherwise loads what matches and returns a
+    :class:`LoadReport`.
     """
     text, ignored = _text_state(state_dict)
     own = model.state_dict()
@@ -310,14 +317,21 @@ def load_clip_text_state_dict(model: CLIPTextEncoder, state_dict: Mapping[str, t
         for k, v in text.items() if k in own and tuple(v.shape) != tuple(own[k].shape)
     ]
     if mismatched:
-        raise ValueError("shape mismatch loading the CLIP text encoder:\n  " + "\n  ".join(mismatched))
+        raise CheckpointError(f"{source} does not fit the CLIP text encoder: {len(mismatched)} shape "
+                              f"mismatch(es): {listed_keys(mismatched)}")
     usable = {k: v for k, v in text.items() if k in own}
-    result = model.load_state_dict(usable, strict=False)
-    return LoadReport(
-        missing=sorted(result.missing_keys),
+    report = LoadReport(
+        missing=sorted(k for k in own if k not in usable),
         unexpected=sorted(k for k in text if k not in own),
         ignored=sorted(ignored),
     )
+    if strict and not report.ok:
+        problems = [f"{len(keys)} {what} key(s): {listed_keys(keys)}"
+                    for what, keys in (("missing", report.missing), ("unexpected", report.unexpected)) if keys]
+        raise CheckpointError(f"{source} does not fit the CLIP text encoder: {'; '.join(problems)}",
+                              hint="strict=False loads what fits and reports the rest")
+    model.load_state_dict(usable, strict=False)
+    return report
 
 
 def clip_text_b16(**overrides) -> CLIPTextEncoder:

@@ -37,6 +37,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from internvideo_fast.models.checkpoint import register_checkpoint_loader
 from internvideo_fast.ops.attention_modules import MultiHeadCrossAttention
 from internvideo_fast.ops.mlp_modules import FusedMLP
 
@@ -166,6 +167,16 @@ class UniFormerV2Tokens(nn.Module):
                                          include_global=self.include_global)
 
     forward = forward_tokens
+
+
+def _load_into_wrapped(module: UniFormerV2Tokens, checkpoint, source: str, strict: bool):
+    """A checkpoint given for the adapter loads into the UniFormerV2 it wraps."""
+    from internvideo_fast.models.checkpoint import load_pretrained
+
+    return load_pretrained(module.model, checkpoint, strict, source=source)
+
+
+register_checkpoint_loader(UniFormerV2Tokens, _load_into_wrapped)
 
 
 def _accepts_layers(encoder: nn.Module) -> bool:

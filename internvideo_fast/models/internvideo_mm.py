@@ -33,20 +33,24 @@ Our names: ``visual.*`` and ``visual_ln_post.*`` / ``visual_proj`` are the same;
 (our :class:`CLIPTextEncoder` holds ``logit_scale``). Our video tower is :class:`UniFormerV2` with
 ``lmhra=False`` (the default) and ``num_classes=0`` (no head); no caption decoder (the release has none).
 The official vision transformer fixes ``T = t_size = 8``; ours reads T from the input (same math at 8 frames).
-Files load with ``torch.load(weights_only=True)`` only.
+Files load with ``torch.load(weights_only=True)`` only, and strictly (anything missing, unexpected or of
+another shape is a CheckpointError; ``strict=False`` loads what fits and reports the rest).
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-from internvideo_fast.models.checkpoint import LoadReport, unwrap_state_dict
+from internvideo_fast.models.checkpoint import (
+    LoadReport, load_videomae_checkpoint, read_checkpoint, register_checkpoint_loader, source_name,
+    unwrap_state_dict,
+)
+from internvideo_fast.errors import CheckpointError
 from internvideo_fast.models.clip_text import CLIPTextEncoder
 from internvideo_fast.models.registry import register_model
 from internvideo_fast.models.uniformerv2 import UniFormerV2, UniFormerV2Config
@@ -78,21 +82,12 @@ RELEASE_SIZES = {
 # Reading and renaming
 # ----------------------------------------------------------------------------------------------------
 def read_official_checkpoint(source: str | os.PathLike | Mapping) -> dict:
-    """The raw state dict of an InternVideo-MM file (or mapping): ``torch.load(weights_only=True)``, then
-    unwrapped from ``state_dict`` (Lightning) / ``model`` / ``module``."""
-    if isinstance(source, Mapping):
-        state = source
-    else:
-        try:
-            state = torch.load(source, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise ValueError(
-                f"{source}: torch.load(weights_only=True) refused the file ({error}). Lightning checkpoints "
-                "can carry pickled Python objects (hyper_parameters, callbacks) next to the tensors. In an "
-                "environment you trust, re-save only the tensors, e.g. "
-                "torch.save({'state_dict': ckpt['state_dict']}, new_path), and load new_path."
-            ) from error
-    return unwrap_state_dict(state, source)
+    """The raw state dict of an InternVideo-MM file (or mapping): ``torch.load(weights_only=True)``
+    (:func:`~internvideo_fast.models.checkpoint.read_checkpoint`: an unreadable file, or one with pickled
+    Python objects such as Lightning's hyper_parameters, is a CheckpointError naming it), then unwrapped from
+    ``state_dict`` (Lightning) / ``model`` / ``module``."""
+    state = source if isinstance(source, Mapping) else read_checkpoint(source)
+    return unwrap_state_dict(state, source_name(source))
 
 
 def official_to_ours(key: str) -> str | None:
@@ -126,8 +121,7 @@ def convert_official_state_dict(
     """Official InternVideo-MM state dict -> ``(our names -> tensors, report)``. Keys without a counterpart
     are in ``report.unexpected`` (official names, unknown) or ``report.dropped`` (known and unused, with
     why)."""
-    report = LoadReport(source=str(source) if not isinstance(source, Mapping) else "<state dict>", missing=[],
-                        unexpected=[], dropped={}, interpolated=[])
+    report = LoadReport(source=source_name(source))
     state = _strip_prefixes(read_official_checkpoint(source), report)
     converted = {}
     for key, value in state.items():
@@ -146,33 +140,60 @@ def convert_official_state_dict(
 # Loading
 # ----------------------------------------------------------------------------------------------------
 def load_internvideo_mm(model: VideoTextModel, source: str | os.PathLike | Mapping,
-                        strict: bool = False) -> LoadReport:
+                        strict: bool = True, name: str | None = None) -> LoadReport:
     """Load an official InternVideo-MM checkpoint (path or state dict) into `model`.
 
-    Returns a :class:`LoadReport`: ``missing`` = our parameters / buffers the checkpoint did not set (e.g. a
-    caption decoder or a ``transformer.proj`` head the release lacks), ``unexpected`` = official keys with no
-    place in `model` (official names), ``dropped`` = keys left out on purpose or for a shape mismatch, with
-    the reason. `strict` raises ``ValueError`` if anything is missing, unexpected or shape-mismatched."""
+    Returns a :class:`LoadReport`: ``missing`` = our parameters / buffers the checkpoint did not set,
+    ``unexpected`` = official keys with no place in `model` (official names), ``mismatched`` = keys of
+    another shape, ``dropped`` = keys left out on purpose, with the reason, ``initialized`` = the parts the
+    release does not have and that keep their initialisation (a caption decoder, a classifier head
+    ``visual.transformer.proj``). Strict by default: anything missing, unexpected or mismatched is a
+    :class:`~internvideo_fast.errors.CheckpointError` naming the file (`name`, when `source` is a mapping read
+    from it) and the keys."""
     converted, report = convert_official_state_dict(source)
+    report.source = name or report.source
     own = model.state_dict()
+    for key in own:
+        if key.startswith("caption_decoder."):
+            report.initialized[key] = "the release has no caption decoder"
+        elif key.startswith("visual.transformer.proj.") and key not in converted:
+            report.initialized[key] = "the release has no classifier head"
+    official = {(k[len("text."):] if k.startswith("text.") else k): k for k in converted}
     load = {}
-    for key, value in converted.items():
-        official = key[len("text."):] if key.startswith("text.") else key
+    for name, key in official.items():
         if key not in own:
-            report.unexpected.append(official)
-        elif tuple(value.shape) != tuple(own[key].shape):
-            report.dropped[official] = (f"shape {tuple(value.shape)} != model's {tuple(own[key].shape)} "
-                                        f"({key})")
+            report.unexpected.append(name)
+        elif tuple(converted[key].shape) != tuple(own[key].shape):
+            report.mismatched[name] = (f"checkpoint {tuple(converted[key].shape)} vs model "
+                                       f"{tuple(own[key].shape)}")
         else:
-            load[key] = value
-    result = model.load_state_dict(load, strict=False)
-    report.missing = sorted(result.missing_keys)
-    report.unexpected = sorted(set(report.unexpected) | set(result.unexpected_keys))
-    if strict:
-        mismatched = [k for k, why in report.dropped.items() if why.startswith("shape ")]
-        if report.missing or report.unexpected or mismatched:
-            raise ValueError(str(report))
+            load[key] = converted[key]
+    report.unexpected = sorted(set(report.unexpected))
+    report.missing = sorted(k for k in own if k not in load and k not in report.initialized)
+    report.model = type(model).__name__
+    report.check(strict)
+    model.load_state_dict(load, strict=False)
+    report.loaded = len(load)
     return report
+
+
+def is_official_layout(state: Mapping) -> bool:
+    """Whether a state dict is in the released InternVideo-MM layout (``clip.`` prefix, or the text tower's
+    keys at the top level) rather than ours (``text.*``)."""
+    keys = [k[len("module."):] if k.startswith("module.") else k for k in state]
+    return any(k.startswith(OFFICIAL_PREFIX) for k in keys) or "token_embedding.weight" in keys
+
+
+def _load_video_text(model: VideoTextModel, checkpoint, source: str, strict: bool) -> LoadReport:
+    """``create_model(<video-text model>, pretrained=path)``: the released layout through
+    :func:`load_internvideo_mm`, our own checkpoints key for key."""
+    state = unwrap_state_dict(checkpoint, source)
+    if is_official_layout(state):
+        return load_internvideo_mm(model, state, strict=strict, name=source)
+    return load_videomae_checkpoint(model, checkpoint, source, strict)
+
+
+register_checkpoint_loader(VideoTextModel, _load_video_text)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -194,7 +215,8 @@ def release_config(source: str | os.PathLike | Mapping) -> dict:
         width = converted["visual_proj"].shape[0]
         text_width = converted["text.ln_final.weight"].shape[0]
     except KeyError as error:
-        raise ValueError(f"not an InternVideo-MM state dict: {error.args[0]} is missing") from error
+        raise CheckpointError(f"{source_name(source)} is not an InternVideo-MM checkpoint: {error.args[0]} is "
+                              "missing") from error
     layers = len(_indices(converted, r"visual\.transformer\.resblocks\.(\d+)\."))
     n_dec = len(_indices(converted, r"visual\.transformer\.dec\.(\d+)\."))
     patch = conv1.shape[-1]
@@ -222,9 +244,7 @@ def build_internvideo_mm(source: str | os.PathLike | Mapping, strict: bool = Tru
     state = read_official_checkpoint(source)  # read the file once
     config = release_config(state)
     model = release_model(config["visual"] | (visual_args or {}), config["text"] | (text_args or {}))
-    report = load_internvideo_mm(model, state, strict=strict)
-    if not isinstance(source, Mapping):
-        report.source = str(source)
+    report = load_internvideo_mm(model, state, strict=strict, name=source_name(source))
     return model.eval(), report
 
 
@@ -249,6 +269,6 @@ register_model("internvideo_mm_b16_release", _release_factory("b16"))
 register_model("internvideo_mm_l14_release", _release_factory("l14"))
 
 __all__ = [
-    "IGNORED_KEYS", "RELEASE_SIZES", "build_internvideo_mm", "convert_official_state_dict",
+    "IGNORED_KEYS", "RELEASE_SIZES", "build_internvideo_mm", "convert_official_state_dict", "is_official_layout",
     "load_internvideo_mm", "official_to_ours", "read_official_checkpoint", "release_config", "release_model",
 ]

@@ -25,8 +25,9 @@ The state dict has the official names (``conv1.weight``, ``class_embedding``, ``
 mlp.c_fc, mlp.c_proj, ln_2, lmhra1.pos_embed.{0..3}, lmhra2...}``, ``transformer.temporal_cls_token``,
 ``transformer.dpe.j.*``, ``transformer.dec.j.{attn.*, ln_1, ln_2, ln_3, mlp.c_fc, mlp.c_proj}``,
 ``transformer.balance``, ``transformer.proj.{0,2}.*``), so UniFormerV2 checkpoints (keys prefixed
-``backbone.``) load with :func:`load_checkpoint`, and OpenAI-CLIP image weights (``visual.*``, 2-D
-``conv1``) with :func:`load_clip_image_weights`.
+``backbone.``, PySlowFast's ``{'model_state': ...}``) load with :func:`load_checkpoint` (strict; also what
+``create_model(name, pretrained=path)`` calls), and OpenAI-CLIP image weights (``visual.*``, 2-D ``conv1``)
+with :func:`load_clip_image_weights`.
 
 Differences from the official code (none changes the math): tokens are kept batch-first
 ``[N*T, 1+HW, C]`` instead of ``[1+HW, N*T, C]``; the backbone self-attention runs through
@@ -51,6 +52,10 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from internvideo_fast.errors import CheckpointError
+from internvideo_fast.models.checkpoint import (
+    LoadReport, load_matching, read_checkpoint, register_checkpoint_loader, unwrap_state_dict,
+)
 from internvideo_fast.models.layers import LayerNorm
 from internvideo_fast.models.registry import register_model
 from internvideo_fast.ops.cross_attention import SUPPORTED_HEAD_DIMS, cross_attention
@@ -433,7 +438,11 @@ class UniFormerV2(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints
 # ----------------------------------------------------------------------------------------------------
-_PREFIXES = ("module.", "backbone.", "model.")
+_PREFIXES = ("module.", "backbone.", "model.", "clip.")
+# Parts of the video model that an image (CLIP) checkpoint cannot hold.
+VIDEO_ONLY = ("lmhra", "transformer.dpe.", "transformer.dec.", "transformer.temporal_cls_token",
+              "transformer.balance", "transformer.proj.")
+_HEAD = "transformer.proj."
 
 
 def _unwrap(state_dict: Mapping) -> Mapping[str, torch.Tensor]:
@@ -443,19 +452,22 @@ def _unwrap(state_dict: Mapping) -> Mapping[str, torch.Tensor]:
     return state_dict
 
 
+def _strip_prefixes(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
 def checkpoint_filter_fn(state_dict: Mapping, model: UniFormerV2 | None = None) -> dict[str, torch.Tensor]:
-    """Official UniFormerV2 checkpoint -> this model's names: unwrap ``{'model' | 'module' | 'state_dict':
-    sd}`` and strip the ``module.`` / ``backbone.`` / ``model.`` prefixes (the names are otherwise the
-    official ones). With `model`, 2-D (image) weights of 5-D parameters are inflated."""
-    out = {}
-    for key, value in _unwrap(state_dict).items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-        out[key] = value
+    """Official UniFormerV2 checkpoint -> this model's names: unwrap ``{'model' | 'module' | 'state_dict' |
+    'model_state': sd}`` (``model_state``: PySlowFast) and strip the ``module.`` / ``backbone.`` /
+    ``model.`` / ``clip.`` prefixes (the names are otherwise the official ones). With `model`, 2-D (image) weights of 5-D
+    parameters are inflated."""
+    out = {_strip_prefixes(key): value for key, value in _unwrap(state_dict).items()}
     if model is not None:
         own = model.state_dict()
         for key, value in out.items():
@@ -464,10 +476,91 @@ def checkpoint_filter_fn(state_dict: Mapping, model: UniFormerV2 | None = None) 
     return out
 
 
-def load_checkpoint(model: UniFormerV2, state_dict: Mapping, strict: bool = True):
-    """Load an official UniFormerV2 (or our) checkpoint; returns ``load_state_dict``'s missing/unexpected
-    keys."""
-    return model.load_state_dict(checkpoint_filter_fn(state_dict, model), strict=strict)
+def interpolate_positional_embedding(pos: torch.Tensor, tokens: int) -> torch.Tensor:
+    """A CLIP position table ``[1 + g*g, C]`` (class token first) resized to ``[tokens, C]`` (bicubic over the
+    square patch grid; the class token's row is kept)."""
+    old, new = round((pos.shape[0] - 1) ** 0.5), round((tokens - 1) ** 0.5)
+    if old * old + 1 != pos.shape[0] or new * new + 1 != tokens:
+        raise CheckpointError(f"cannot resize a position table of {pos.shape[0]} tokens to {tokens}: "
+                              "not a class token plus a square grid")
+    grid = pos[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    return torch.cat([pos[:1].float(), grid.permute(0, 2, 3, 1).reshape(new * new, -1)]).to(pos.dtype)
+
+
+def _video_tower(state: dict[str, torch.Tensor], report: LoadReport) -> dict[str, torch.Tensor]:
+    """The ``visual.*`` part of a video-text (our VideoTextModel, InternVideo-MM) or CLIP checkpoint, without
+    the prefix; every other key is dropped as not the video tower."""
+    if not any(k.startswith("visual.") for k in state):
+        return state
+    tower = {}
+    for key, value in state.items():
+        if key.startswith("visual."):
+            tower[key[len("visual."):]] = value
+        else:
+            report.dropped[key] = "not the video tower (text tower, projections, metadata)"
+    return tower
+
+
+def load_checkpoint(model: UniFormerV2, state_dict, strict: bool = True, source: str | None = None,
+                    image: bool | None = None) -> LoadReport:
+    """Load a UniFormerV2 checkpoint (a path or a loaded mapping) into `model`: official files
+    (``backbone.*``, PySlowFast's ``{'model_state': ...}``), ours, the video tower of a video-text checkpoint
+    (``visual.*``), or CLIP image weights (2-D ``conv1``: `image` None detects them).
+
+    Strict by default (:mod:`~internvideo_fast.models.checkpoint`); expected differences, reported: a
+    classifier head (``transformer.proj``) of another class count, absent from the checkpoint, or absent from
+    the model (``num_classes=0``); a ``positional_embedding`` interpolated to the model's resolution; image
+    weights inflated over time; for image weights, CLIP's ``ln_post`` / ``proj`` dropped and the video-only
+    parts (local MHRA, ``dpe``, ``dec``, ``temporal_cls_token``, ``balance``) left at their initialisation."""
+    if not isinstance(state_dict, Mapping):
+        source = source or str(state_dict)
+        state_dict = read_checkpoint(state_dict)
+    report = LoadReport(source or "<state dict>")
+    state = {_strip_prefixes(k): v for k, v in unwrap_state_dict(state_dict, report.source).items()
+             if isinstance(v, torch.Tensor)}
+    state = _video_tower(state, report)
+    own = model.state_dict()
+    conv1 = state.get("conv1.weight")
+    if image is None:
+        image = conv1 is not None and conv1.dim() == 4
+    if image:
+        for key in [k for k in state if k.startswith("ln_post.") or k == "proj"]:
+            report.dropped[key] = "CLIP's image head"
+            del state[key]
+    for key, value in list(state.items()):
+        if key not in own:
+            continue
+        target = own[key]
+        if value.dim() + 1 == target.dim() == 5 and value.shape[:2] == target.shape[:2]:
+            state[key] = inflate_weight(value, target.shape[2]).to(target.dtype)
+            report.inflated.append(key)
+        elif key == "positional_embedding" and value.shape != target.shape and \
+                value.shape[-1] == target.shape[-1]:
+            state[key] = interpolate_positional_embedding(value, target.shape[0])
+            report.interpolated.append(key)
+    head = [k for k in state if k.startswith(_HEAD)]
+    own_head = [k for k in own if k.startswith(_HEAD)]
+    if head and not own_head:
+        for key in head:
+            report.dropped[key] = "the model has no classifier head (num_classes=0)"
+            del state[key]
+    elif own_head and f"{_HEAD}2.weight" in state and \
+            state[f"{_HEAD}2.weight"].shape != own[f"{_HEAD}2.weight"].shape:
+        classes = state[f"{_HEAD}2.weight"].shape[0]
+        for key in (f"{_HEAD}2.weight", f"{_HEAD}2.bias"):
+            if key in state:
+                report.dropped[key] = f"a head of {classes} classes; the model has {model.cfg.num_classes}"
+                report.initialized[key] = f"new head of {model.cfg.num_classes} classes"
+                del state[key]
+    for key in own_head:
+        if key not in state and key not in report.initialized:
+            report.initialized[key] = "new classifier head (not in the checkpoint)"
+    if image:
+        for key in own:
+            if key not in state and any(part in key for part in VIDEO_ONLY) and key not in report.initialized:
+                report.initialized[key] = "video-only part (not in an image checkpoint)"
+    return load_matching(model, state, report, strict)
 
 
 def inflate_weight(weight_2d: torch.Tensor, time_dim: int, center: bool = True) -> torch.Tensor:
@@ -480,48 +573,19 @@ def inflate_weight(weight_2d: torch.Tensor, time_dim: int, center: bool = True) 
     return weight_2d.unsqueeze(2).repeat(1, 1, time_dim, 1, 1) / time_dim
 
 
-@dataclass
-class LoadReport:
-    missing_keys: list[str]
-    unexpected_keys: list[str]
-    inflated_keys: list[str]
-    mismatched_keys: list[str]
-
-    def __str__(self) -> str:
-        return (f"loaded CLIP image weights: {len(self.inflated_keys)} inflated, "
-                f"{len(self.missing_keys)} missing (new video parts), "
-                f"{len(self.unexpected_keys)} unexpected, "
-                f"{len(self.mismatched_keys)} shape-mismatched: {self.mismatched_keys}")
+def load_clip_image_weights(model: UniFormerV2, state_dict, strict: bool = True) -> LoadReport:
+    """Initialise the image ViT from OpenAI-CLIP weights (a path or mapping: a full CLIP state dict with
+    ``visual.*`` keys or the visual tower alone; ``backbone.``/``module.`` prefixes accepted): the 2-D
+    ``conv1.weight [C, 3, p, p]`` is inflated to conv1's temporal kernel (centre), a ``positional_embedding``
+    of another resolution is interpolated, CLIP's ``ln_post`` / ``proj`` and the text tower are dropped, and
+    the video-only parts (local MHRA, ``dpe``, ``dec``, ``temporal_cls_token``, ``balance``,
+    ``transformer.proj``) keep their initialisation; anything else that does not fit is an error under
+    `strict` (see :func:`load_checkpoint`)."""
+    return load_checkpoint(model, state_dict, strict=strict, image=True)
 
 
-def load_clip_image_weights(model: UniFormerV2, state_dict: Mapping) -> LoadReport:
-    """Initialise the image ViT from OpenAI-CLIP weights (a full CLIP state dict with ``visual.*`` keys or
-    the visual tower alone; ``backbone.``/``module.`` prefixes accepted). The 2-D ``conv1.weight
-    [C, 3, p, p]`` is inflated to conv1's temporal kernel (centre); keys the model lacks (``proj``,
-    ``ln_post.*``, the text tower) are reported as unexpected, the video-only parts (local MHRA, ``dpe``,
-    ``dec``, ``temporal_cls_token``, ``balance``, ``transformer.proj``) as missing, and tensors whose shape
-    still differs (e.g. ``positional_embedding`` at another resolution) are skipped and reported."""
-    sd = _unwrap(state_dict)
-    if any(k.startswith("visual.") for k in sd):
-        sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
-    sd = checkpoint_filter_fn(sd)
-    own = model.state_dict()
-    load, inflated, mismatched, unexpected = {}, [], [], []
-    for key, value in sd.items():
-        if key not in own:
-            unexpected.append(key)
-            continue
-        target = own[key]
-        if value.dim() + 1 == target.dim() == 5 and value.shape[:2] == target.shape[:2]:
-            value = inflate_weight(value, target.shape[2])
-            inflated.append(key)
-        if value.shape != target.shape:
-            mismatched.append(f"{key}: {tuple(value.shape)} vs {tuple(target.shape)}")
-            continue
-        load[key] = value.to(target.dtype)
-    model.load_state_dict(load, strict=False)
-    missing = [k for k in own if k not in load]
-    return LoadReport(missing, unexpected, inflated, mismatched)
+register_checkpoint_loader(
+    UniFormerV2, lambda model, checkpoint, source, strict: load_checkpoint(model, checkpoint, strict, source))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -560,6 +624,6 @@ uniformerv2_tiny = register_model("uniformerv2_tiny", _factory("tiny"))
 
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "UniFormerV2", "UniFormerV2Config", "checkpoint_filter_fn", "inflate_weight",
-    "load_checkpoint", "load_clip_image_weights", "uniformerv2_b16", "uniformerv2_l14", "uniformerv2_l14_336",
+    "interpolate_positional_embedding", "load_checkpoint", "load_clip_image_weights", "uniformerv2_b16", "uniformerv2_l14", "uniformerv2_l14_336",
     "uniformerv2_tiny",
 ]

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from internvideo_fast.errors import ConfigError
 from internvideo_fast.models.registry import register_model
 from internvideo_fast.ops import dropout_add_layer_norm, gather_tokens, mae_targets
 from internvideo_fast.ops.embedding_modules import MaskedTubeEmbedding, sinusoid_position_table
@@ -271,6 +272,21 @@ class VideoMAEPretrain(nn.Module):
         self.decoder.apply(_init_weights)
         nn.init.xavier_uniform_(self.encoder_to_decoder.weight)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.check_mask_ratio(mask_ratio)
+
+    def check_mask_ratio(self, ratio) -> None:
+        """The reconstruction loss needs masked and visible tubes: ``m = int(ratio * h * w)`` of the ``h x w``
+        positions are masked, so ``0 < m < h * w`` (0.9 of a 14 x 14 grid: 176). Anything else (ratio 0, which
+        masks nothing and leaves the loss without targets) is a ConfigError naming ``train.mask_ratio``."""
+        _, height, width = self.encoder.grid
+        positions = height * width
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < int(ratio * positions) < positions:
+            raise ConfigError(
+                f"train.mask_ratio={ratio!r} masks {int(ratio * positions) if isinstance(ratio, (int, float)) else '?'}"
+                f" of the {height}x{width} tube positions: MAE pretraining needs at least one masked and one "
+                "visible tube",
+                hint=f"use a ratio in [{1 / positions:.3g}, 1), e.g. 0.9",
+            )
 
     def forward(
         self, video: torch.Tensor, mask_ratio: float | None = None, seed: int | torch.Tensor | None = None,
@@ -280,6 +296,7 @@ class VideoMAEPretrain(nn.Module):
             from internvideo_fast.ops import tube_mask
 
             ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+            self.check_mask_ratio(ratio)
             masks = tube_mask(video.shape[0], *self.encoder.grid, ratio, seed=seed, device=video.device)
         visible = self.encoder.forward_features(video, masks)
         x_vis = self.encoder_to_decoder(visible)

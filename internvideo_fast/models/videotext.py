@@ -99,7 +99,19 @@ def multiple_choice(model: VideoTextModel, video: torch.Tensor, choices: Sequenc
 
 def retrieval_metrics(video_features: torch.Tensor, text_features: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict:
     """Recall@k of text-to-video and video-to-text retrieval for paired, normalized features (pair i is the
-    match of pair i), plus the median rank."""
+    match of pair i), plus the median rank. `video_features` ``[N, E]`` and `text_features` ``[N, E]`` must
+    hold the same number N >= 1 of pairs (a ValueError otherwise: unequal counts have no pairing)."""
+    if video_features.dim() != 2 or text_features.dim() != 2:
+        raise ValueError(f"retrieval_metrics takes [N, E] features, got video {tuple(video_features.shape)} "
+                         f"and text {tuple(text_features.shape)}")
+    if video_features.shape[0] != text_features.shape[0]:
+        raise ValueError(f"retrieval_metrics needs one text per video: got {video_features.shape[0]} videos and "
+                         f"{text_features.shape[0]} texts")
+    if video_features.shape[0] == 0:
+        raise ValueError("retrieval_metrics got no pairs")
+    if video_features.shape[1] != text_features.shape[1]:
+        raise ValueError(f"video and text features differ in width: {video_features.shape[1]} vs "
+                         f"{text_features.shape[1]}")
     similarity = text_features @ video_features.t()
     metrics = {}
     for name, scores in (("t2v", similarity), ("v2t", similarity.t())):

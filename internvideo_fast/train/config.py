@@ -176,6 +176,18 @@ DataSection = _data_config_class()
 
 
 @dataclass
+class LoadConfig:
+    # a checkpoint key that does not fit the model is an error; false loads what fits and reports the rest
+    strict: bool = True
+
+
+@dataclass
+class EvalConfig:
+    # evaluation fails when more than this fraction of the listed videos could not be scored
+    max_bad_fraction: float = key(0.0, Range(0, 1))
+
+
+@dataclass
 class TrainingConfig:
     recipe: str = key("mae_pretrain", OneOf(tuple(RECIPES)))
     model: str = "videomae_pretrain_vit_base_patch16"
@@ -184,6 +196,8 @@ class TrainingConfig:
                                         "downloads are not supported)" if isinstance(v, bool) else None)
     # {sub-module attribute: checkpoint}, e.g. a CMA model's backbones
     pretrained_parts: dict[str, str] = key({})
+    load: LoadConfig = key(None)
+    eval: EvalConfig = key(None)
     data: DataSection = key(None)  # type: ignore[valid-type]
     optim: OptimConfig = key(None)
     train: TrainConfig = key(None)

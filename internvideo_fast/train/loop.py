@@ -48,24 +48,25 @@ def _num_classes(model, config: dict) -> int:
     raise ValueError("cannot tell the model's class count: set model_args.num_classes")
 
 
-def _load_parts(model, parts: dict, ctx: DistContext) -> None:
+def _load_parts(model, parts: dict, ctx: DistContext, strict: bool = True) -> None:
     """``pretrained_parts: {attribute: checkpoint}``: load checkpoints into sub-modules, e.g. a CMA model's
-    ``masked_encoder`` (VideoMAE) and ``multimodal_encoder.model`` (UniFormerV2)."""
-    from internvideo_fast.models.checkpoint import load_pretrained, read_state_dict
+    ``masked_encoder`` (VideoMAE) and ``multimodal_encoder`` (UniFormerV2; the video tower of a video-text
+    checkpoint, ``visual.*``, loads too), each with the loader of its family and strictly unless
+    ``load.strict: false``: a checkpoint of another model (a VideoMAE file as the multimodal backbone) or of
+    another size is a CheckpointError naming the part and the file."""
+    from internvideo_fast.errors import CheckpointError, ConfigError
+    from internvideo_fast.models.checkpoint import load_pretrained
 
     for attribute, path in parts.items():
         module = model
         for name in attribute.split("."):
+            if not hasattr(module, name):
+                raise ConfigError(f"pretrained_parts.{attribute}: {type(module).__name__} has no part {name!r}")
             module = getattr(module, name)
-        if type(module).__name__ == "UniFormerV2":
-            from internvideo_fast.models.uniformerv2 import load_checkpoint
-
-            state = read_state_dict(path)
-            if any(key.startswith("visual.") for key in state):  # a video-text model's video tower
-                state = {key[len("visual."):]: value for key, value in state.items() if key.startswith("visual.")}
-            report = load_checkpoint(module, state, strict=False)
-        else:
-            report = load_pretrained(module, path)
+        try:
+            report = load_pretrained(module, path, strict=strict)
+        except CheckpointError as error:
+            raise CheckpointError(f"pretrained_parts.{attribute}: {error.message}", error.hint) from error
         if ctx.is_main:
             print(f"{attribute}: {report}")
 
@@ -171,9 +172,11 @@ def _train(config: dict, ctx: DistContext) -> dict:
     random.seed(seed + ctx.rank)
     np.random.seed(seed + ctx.rank)
 
-    model = create_model(config["model"], pretrained=config.get("pretrained"), **config["model_args"]).to(ctx.device)
+    strict = config.get("load", {}).get("strict", True)
+    model = create_model(config["model"], pretrained=config.get("pretrained"), strict=strict,
+                         **config["model_args"]).to(ctx.device)
     finetune = config["recipe"] in CLASSIFICATION_RECIPES
-    _load_parts(model, config.get("pretrained_parts") or {}, ctx)
+    _load_parts(model, config.get("pretrained_parts") or {}, ctx, strict=strict)
     batch_size = config["data"].get("batch_size", 8)
     global_batch = batch_size * ctx.world_size
     optim_cfg["lr"] = optim_cfg["base_lr"] * global_batch / 256
@@ -209,15 +212,18 @@ def _train(config: dict, ctx: DistContext) -> dict:
     saved_step = -1
     losses: list[float] = []
     pending_losses: list[torch.Tensor] = []
-    loader, batches, batches_epoch = None, None, -1
+    loader, batches, batches_epoch, known_bad = None, None, -1, {}
     model.train()
     tick, clips_since = time.perf_counter(), 0
     pace = RecentRate(stop_step, start=step)
     while step < stop_step:
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         if batches_epoch != epoch:
-            _report_bad_videos(loader if batches_epoch >= 0 else None, batches_epoch, ctx)
+            known_bad = _report_bad_videos(loader if batches_epoch >= 0 else None, batches_epoch, ctx, known_bad)
             loader = _loader(config, "train", ctx, epoch, start_step=step_in_epoch)
+            loader.remember_bad(known_bad)
+            if mixup is not None:  # a label beyond the head: an error naming the list line, not an index error
+                loader.check_labels(mixup.num_classes)
             batches, batches_epoch = iter(loader), epoch
         batch = next(batches)
         video = batch["video"].to(ctx.device, non_blocking=True)
@@ -266,10 +272,10 @@ def _train(config: dict, ctx: DistContext) -> dict:
             saved_step = step
             if improved and ctx.is_main:
                 run_folder.keep_as_best(output_dir, step)
-    _report_bad_videos(loader, batches_epoch, ctx)
+    known_bad = _report_bad_videos(loader, batches_epoch, ctx, known_bad)
     if saved_step != step:
         _save(model, optimizer, step, config, ctx, output_dir, amp)
-    result = {"losses": losses, "steps": step}
+    result = {"losses": losses, "steps": step, "bad_videos": known_bad}
     if finetune and config["data"]["val_list"] and ctx.is_main:
         if metrics.validate(model, config, step, result, broadcast=False):
             run_folder.keep_as_best(output_dir, step)
@@ -340,7 +346,8 @@ class _RunLogs:
             scores = evaluate(model, loader, self.ctx.device)
             model.train()
             print(f"validation at step {step}: top1 {scores['top1']:.3f} top5 {scores['top5']:.3f} "
-                  f"over {scores['videos']} videos", flush=True)
+                  f"over {scores['videos']} videos ({scores['dropped']} of {scores['listed']} listed could not "
+                  "be scored)", flush=True)
             self.evals.log({"step": step, "top1": scores["top1"], "top5": scores["top5"]})
             improved = self.best_top1 is None or scores["top1"] > self.best_top1
             if improved:
@@ -357,15 +364,19 @@ class _RunLogs:
         self.metrics.close()
 
 
-def _report_bad_videos(loader, epoch: int, ctx: DistContext) -> None:
-    """The end-of-epoch summary of files the loader could not use (each was logged once when met)."""
+def _report_bad_videos(loader, epoch: int, ctx: DistContext, known: dict[str, str]) -> dict[str, str]:
+    """The end-of-epoch summary of the files the loader could not use that earlier epochs had not met (the
+    loader logs each when it meets it; the next epoch's loader remembers them, so they are neither decoded
+    nor reported again). Returns every bad file known so far."""
     if loader is None or not hasattr(loader, "bad_videos"):
-        return
+        return known
     bad = loader.bad_videos()
-    if bad:
-        print(f"epoch {epoch} rank {ctx.rank}: {len(bad)} bad video(s) replaced or skipped:", flush=True)
-        for path, reason in sorted(bad.items()):
+    new = {path: reason for path, reason in bad.items() if path not in known}
+    if new:
+        print(f"epoch {epoch} rank {ctx.rank}: {len(new)} bad video(s) replaced or skipped:", flush=True)
+        for path, reason in sorted(new.items()):
             print(f"  {path}: {reason}", flush=True)
+    return {**known, **bad}
 
 
 def _save(model, optimizer, step: int, config: dict, ctx: DistContext, output_dir: Path,
@@ -389,9 +400,39 @@ def _save(model, optimizer, step: int, config: dict, ctx: DistContext, output_di
         run_folder.retain_checkpoints(output_dir, step, config["train"]["keep_checkpoints"])
 
 
-def load_trained_model(path: str | Path, device: str | torch.device = "cpu"):
-    """A model from a checkpoint written by `train` (its config names the model)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = create_model(checkpoint["config"]["model"], **checkpoint["config"]["model_args"])
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), checkpoint["config"]
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu", model: str | None = None,
+                       overrides: list[str] | tuple[str, ...] = (), strict: bool | None = None):
+    """``(model in eval mode, config)`` from a checkpoint.
+
+    A checkpoint written by `train` carries its config, which names the model (`overrides`, ``key.sub=value``,
+    apply to it; `model` must then be None or the same name). Any other checkpoint (an official
+    ``{'model': ...}`` file) needs `model`, a registered name: the default config gets ``model`` and the
+    `overrides` (``model_args.num_classes=400``, ``data.val_list=...``) and the file loads through the
+    model family's loader, strictly unless `strict` (default: the config's ``load.strict``) is False."""
+    from internvideo_fast.errors import CheckpointError, UserError
+    from internvideo_fast.models.checkpoint import LoadReport, load_matching, load_pretrained, read_checkpoint
+    from internvideo_fast.train.config import apply_override, load_config
+
+    checkpoint = read_checkpoint(path)
+    trained = isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), dict) and "model" in checkpoint
+    if trained:
+        config = checkpoint["config"]
+        if model is not None and model != config["model"]:
+            raise UserError(f"{path} is a checkpoint of {config['model']!r}, not of {model!r}",
+                            hint="leave out --model for checkpoints written by ivf-train")
+        for override in overrides:
+            apply_override(config, override)
+    else:
+        if model is None:
+            raise CheckpointError(f"checkpoint {path} was not written by ivf-train (it has no config)",
+                                  hint="name its model: --model videomae_vit_base_patch16 "
+                                       "model_args.num_classes=400")
+        config = load_config(None, [f"model={model}", *overrides])
+    if strict is None:
+        strict = (config.get("load") or {}).get("strict", True)
+    built = create_model(config["model"], **config["model_args"])
+    if trained:
+        load_matching(built, checkpoint["model"], LoadReport(str(path)), strict)
+    else:
+        print(load_pretrained(built, checkpoint, strict, source=str(path)))
+    return built.to(device).eval(), config
