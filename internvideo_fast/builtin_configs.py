@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from internvideo_fast.errors import UserError
+from internvideo_fast.errors import ConfigError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SUFFIX = ".yaml"
@@ -38,7 +38,7 @@ def shipped_configs() -> dict[str, Path]:
 
 def find_config(name_or_path: str | Path) -> Path:
     """The config file meant by `name_or_path`: a path that exists wins; else a bare name (no folder part),
-    with or without `.yaml`, names a shipped config. Anything else is a UserError listing the shipped
+    with or without `.yaml`, names a shipped config. Anything else is a ConfigError listing the shipped
     names."""
     path = Path(name_or_path)
     if path.exists():
@@ -51,5 +51,5 @@ def find_config(name_or_path: str | Path) -> Path:
     close = difflib.get_close_matches(name if len(path.parts) == 1 else path.stem, shipped, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     names = ", ".join(shipped) or "none found"
-    raise UserError(f"config {text!r}: no such file, and no shipped config of that name",
-                    hint=f"{hint}shipped configs: {names}")
+    raise ConfigError(f"config file {text} does not exist (no such file, and no shipped config named {text!r})",
+                      hint=f"{hint}shipped configs: {names}")

@@ -102,8 +102,8 @@ def test_values_are_converted_and_free_form_mappings_stay_free():
 
 def test_the_schema_covers_every_key_and_the_data_config():
     config = load_config(None)
-    assert set(config) == {"recipe", "model", "model_args", "pretrained", "pretrained_parts", "data", "optim",
-                           "train"}
+    assert set(config) == {"recipe", "model", "model_args", "pretrained", "pretrained_parts", "load", "eval",
+                           "data", "optim", "train"}
     data_fields = {spec.name for spec in dataclasses.fields(DataConfig)} - {"list_file", "train"}
     assert set(config["data"]) == data_fields | {"train_list", "val_list"}
     assert config == DEFAULTS
