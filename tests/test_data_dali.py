@@ -16,7 +16,9 @@ import torch
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install nvidia-dali-cuda130)")
 
 from internvideo_fast.data import DataConfig, build_loader, make_sample_dataset, read_video_list  # noqa: E402
-from internvideo_fast.data.dali import DaliVideoLoader, build_dali_loader, probe_video  # noqa: E402
+from internvideo_fast.data.dali import (  # noqa: E402
+    DaliVideoLoader, build_dali_loader, dali_error_summary, probe_video,
+)
 from internvideo_fast.data.decode import open_video  # noqa: E402
 from internvideo_fast.data.loader import VideoLoader  # noqa: E402
 
@@ -213,9 +215,26 @@ def test_frame_past_the_end_is_not_black(vp9, caplog):
         batches = list(loader)
     assert [b["index"].tolist() for b in batches] == [[0], [1], [2]]
     assert loader.fallback_batches == 1
-    assert any("out-of-bounds" in r.getMessage() and "cut.webm" in r.getMessage() for r in caplog.records)
+    assert [Path(p).name for p in loader.fallbacks[0]["paths"]] == ["cut.webm"]
+    assert "out-of-bounds" in loader.fallbacks[0]["error"], loader.fallbacks
+    assert "fn.decoders.video" in loader.fallbacks[0]["error"]
+    assert "dali.py" not in loader.fallbacks[0]["error"]  # DALI's traceback (our file's path) is left out
+    assert sum("cut.webm" in r.getMessage() and "DALI failed" in r.getMessage() for r in caplog.records) == 1
     assert int(batches[1]["frame_indices"].max()) < real
     assert batches[1]["video"].std(dim=(0, 1, 3, 4)).min() > 0.1  # no black (constant) frame
+
+
+def test_dali_error_summary_drops_the_traceback():
+    """The fallback line names the operator and the cause whatever the length of the caller's path."""
+    deep = "/" + "/".join(["very-long-checkout-folder"] * 30) + "/internvideo_fast/data/dali.py"
+    error = RuntimeError(
+        "Critical error in pipeline: Error in CPU operator `nvidia.dali.fn.decoders.video`, which was used in "
+        f"the pipeline definition with the following traceback:\n  File \"{deep}\", line 342, in pipeline\n"
+        "    video = fn.decoders.video(encoded)\n\nencountered:\n\nUnexpected out-of-bounds\nStacktrace (3):\n#0 x")
+    summary = dali_error_summary(error)
+    assert summary == "RuntimeError: nvidia.dali.fn.decoders.video (CPU): Unexpected out-of-bounds"
+    assert dali_error_summary(ValueError("x " * 400)).startswith("ValueError: x x")
+    assert len(dali_error_summary(ValueError("x " * 400))) == 300
 
 
 def test_probe_reports_frames(vp9):

@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from collections import deque
 
@@ -58,11 +59,10 @@ import torch
 
 from internvideo_fast.data.dataset import VideoDataset, sample_seed
 from internvideo_fast.data.decode import DecodeError, open_video, run_with_timeout
-from internvideo_fast.data.lists import read_video_list
-from internvideo_fast.data.loader import DataConfig, VideoLoader, collate_samples
+from internvideo_fast.data.loader import DataConfig, VideoLoader, build_video_dataset, collate_samples
 from internvideo_fast.data.sampling import ShortVideoError
 
-__all__ = ["dali_available", "build_dali_loader", "DaliVideoLoader", "probe_video", "write_dali_file_list",
+__all__ = ["dali_available", "dali_import_error", "dali_error_summary", "build_dali_loader", "DaliVideoLoader", "probe_video", "write_dali_file_list",
            "CPU_CODECS"]
 
 logger = logging.getLogger(__name__)
@@ -70,12 +70,17 @@ CPU_CODECS = ("vp8", "vp9", "mjpeg")
 _PROBE_ERRORS = (DecodeError, ShortVideoError, OSError, IndexError, ValueError, RuntimeError)
 
 
-def dali_available() -> bool:
+def dali_import_error() -> str | None:
+    """None when ``nvidia.dali`` imports, else why not in one line (not installed, or a broken install)."""
     try:
         import nvidia.dali  # noqa: F401
-    except Exception:  # ImportError, or a broken install
-        return False
-    return True
+    except Exception as error:  # ImportError, or a broken install (a missing library, a wrong Python)
+        return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+    return None
+
+
+def dali_available() -> bool:
+    return dali_import_error() is None
 
 
 def _codec_name(path: str) -> str | None:
@@ -108,6 +113,17 @@ def probe_video(path: str, backend: str = "auto", timeout_s: float | None = 60.0
         if codec is not None and codec not in codecs:
             raise DecodeError(f"{path}: codec {codec!r} is not decoded by DALI on the CPU (only {', '.join(codecs)})")
     return result
+
+
+def dali_error_summary(error: BaseException, limit: int = 300) -> str:
+    """One line from a DALI pipeline error: the operator and what it met, without the pipeline-definition
+    traceback DALI puts between them (file paths of the caller, whose length varies)."""
+    text = " ".join(str(error).split())
+    operator = re.search(r"Error in (\w+) operator `([\w.]+)`", text)
+    cause = text.rsplit("encountered:", 1)[-1].strip() if "encountered:" in text else text
+    cause = cause.split(" Stacktrace")[0].strip()
+    where = f"{operator.group(2)} ({operator.group(1)}): " if operator else ""
+    return f"{type(error).__name__}: {where}{cause}"[:limit]
 
 
 def _stat_key(path: str) -> list | None:
@@ -212,6 +228,7 @@ class DaliVideoLoader(VideoLoader):
         self._iterator = None
         self._source = _Source()
         self.fallback_batches = 0
+        self.fallbacks: list[dict] = []  # {"paths", "error"} of each batch DALI failed on
 
     # -- pre-validation -----------------------------------------------------------------------------
     def _report(self, path: str, reason: str) -> None:
@@ -406,9 +423,11 @@ class DaliVideoLoader(VideoLoader):
             except (RuntimeError, StopIteration) as error:
                 if done >= len(remaining):
                     break
-                message = " ".join(str(error).split())[:400]
-                logger.warning("DALI failed on a batch of %s (%s: %s); that batch is decoded by the torch dataset",
-                               sorted({r["path"] for r in remaining[done]}), type(error).__name__, message)
+                paths = sorted({r["path"] for r in remaining[done]})
+                message = dali_error_summary(error)
+                self.fallbacks.append({"paths": paths, "error": message})
+                logger.warning("DALI failed on a batch of %s (%s); that batch is decoded by the torch dataset",
+                               paths, message)
                 self._pipe = self._iterator = None
                 batch = self._torch_batch(remaining[done])
                 self.fallback_batches += 1
@@ -499,16 +518,11 @@ class DaliVideoLoader(VideoLoader):
 
 def build_dali_loader(cfg: DataConfig, split: str = "train", rank: int = 0, world_size: int = 1, seed: int = 0,
                       start_step: int = 0) -> DaliVideoLoader:
-    """The DALI counterpart of :func:`~internvideo_fast.data.loader.build_loader` (same arguments)."""
-    if not dali_available():
-        raise ImportError("loader='dali' needs NVIDIA DALI: pip install nvidia-dali-cuda130 (or .[dali])")
+    """The DALI loader for ``cfg`` (the arguments of :func:`~internvideo_fast.data.build.build_loader`)."""
+    error = dali_import_error()
+    if error is not None:
+        raise ImportError(f"loader='dali' needs NVIDIA DALI ({error}): pip install nvidia-dali-cuda130 (or .[dali])")
     if getattr(cfg, "text", False):
         raise NotImplementedError("the DALI loader reads labelled lists only; use loader='torch' for video-text lists")
-    records = read_video_list(cfg.list_file)
-    on_error = cfg.on_error or ("replace" if cfg.train else "skip")
-    dataset = VideoDataset(
-        records, cfg.resolved_root(), cfg.build_sampler(), cfg.build_transform(), reader=cfg.reader,
-        on_error=on_error, max_retries=cfg.max_retries, decode_timeout_s=cfg.decode_timeout_s, seed=seed,
-        log_bad=False,
-    )
-    return DaliVideoLoader(cfg, dataset, rank, world_size, seed, start_step=start_step, split=split)
+    return DaliVideoLoader(cfg, build_video_dataset(cfg, seed), rank, world_size, seed, start_step=start_step,
+                           split=split)
