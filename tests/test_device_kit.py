@@ -1,0 +1,159 @@
+"""The device kit (bench/device_kit.py) on a small synthetic payload: the DALI folder packed for one Python,
+split into parts with checksums, a missing or corrupted part named, joined and installed into a temporary
+folder (pip --target and plain unzip), importable from the PYTHONPATH it prints."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "bench" / "device_kit.py"
+_spec = importlib.util.spec_from_file_location("device_kit", _PATH)
+device_kit = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(device_kit)
+
+
+def _wheel(folder: Path, name: str = "tinykit", version: str = "1.0") -> Path:
+    """A minimal pure-Python wheel: one module and its dist-info."""
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    info = f"{name}-{version}.dist-info"
+    files = {f"{name}.py": "VALUE = 42\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{n},,\n" for n in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+    return path
+
+
+@pytest.fixture()
+def fake_dali(tmp_path, monkeypatch):
+    """A DALI-like installation: the package folder with several Pythons' extension modules and a dist-info."""
+    site = tmp_path / "site-packages"
+    package = site / "nvidia" / "dali"
+    (package / "plugin").mkdir(parents=True)
+    (package / "__init__.py").write_text("__version__ = 'fake'\nfrom nvidia.dali.plugin import pytorch\n")
+    (package / "plugin" / "__init__.py").write_text("")
+    (package / "plugin" / "pytorch.py").write_text("READY = True\n")
+    (package / "libdali.so").write_bytes(b"\x7fELF" + bytes(3000))
+    for tag in ("310", "311", "312", "314t"):
+        (package / f"backend_impl.cpython-{tag}-x86_64-linux-gnu.so").write_bytes(tag.encode() * 100)
+    (package / "__pycache__").mkdir()
+    (package / "__pycache__" / "x.pyc").write_bytes(b"0")
+    dist_info = site / "nvidia_dali_cuda130-2.4.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Name: nvidia-dali-cuda130\nVersion: 2.4.0\n")
+    monkeypatch.setattr(device_kit, "dali_package_dir", lambda: package)
+    return package
+
+
+def test_keeps_only_the_target_pythons_extensions():
+    keeps = device_kit._keeps
+    assert keeps("nvidia/dali/backend_impl.cpython-312-x86_64-linux-gnu.so", "312")
+    assert not keeps("nvidia/dali/backend_impl.cpython-311-x86_64-linux-gnu.so", "312")
+    assert not keeps("nvidia/dali/python_function_plugin.cpython-314t-x86_64-linux-gnu.so", "314")
+    assert keeps("nvidia/dali/libdali_operators.so", "312") and keeps("nvidia/dali/ops/__init__.py", "312")
+
+
+def test_pack_dali_drops_other_pythons(fake_dali, tmp_path):
+    out = tmp_path / "dali.tar.xz"
+    info = device_kit.pack_dali(out, "312", xz_preset=1)
+    with tarfile.open(out) as archive:
+        names = set(archive.getnames())
+    assert "nvidia/dali/backend_impl.cpython-312-x86_64-linux-gnu.so" in names
+    assert not any("cpython-31" in n and "cpython-312" not in n for n in names), names
+    assert not any("__pycache__" in n for n in names)
+    assert {"nvidia/__init__.py", "nvidia/dali/libdali.so", "nvidia_dali_cuda130-2.4.0.dist-info"} <= names
+    assert info["version"] == "2.4.0" and info["dropped_files"] >= 3 and "nvimgcodec" in info["dropped_packages"]
+
+
+def test_split_and_verify(tmp_path):
+    payload = tmp_path / "kit.tar"
+    data = bytes(range(256)) * 41  # 10496 bytes: two full parts of 4096 and a partial one
+    payload.write_bytes(data)
+    parts = device_kit.split_file(payload, tmp_path / "parts", 4096)
+    assert [p.stat().st_size for p in parts] == [4096, 4096, 2304]
+    assert b"".join(p.read_bytes() for p in parts) == data
+    exact = tmp_path / "exact.tar"
+    exact.write_bytes(data[:8192])
+    assert [p.stat().st_size for p in device_kit.split_file(exact, tmp_path / "exact", 4096)] == [4096, 4096]
+    assert len(device_kit.verify_parts(tmp_path / "parts")) == 3
+    with pytest.raises(device_kit.KitError, match="positive"):
+        device_kit.split_file(payload, tmp_path / "none", 0)
+
+
+def _build(tmp_path: Path, part_bytes: int = 8192) -> Path:
+    wheel = _wheel(tmp_path)
+    clip = tmp_path / "clip0.mp4"
+    clip.write_bytes(bytes(5000))
+    out = tmp_path / "kit"
+    device_kit.build_kit(out, part_mib=part_bytes / 2**20, dali=True, wheels=False, clips=False,
+                         extra_files={f"wheels/{wheel.name}": wheel, "clips/h264_320p/clip0.mp4": clip})
+    return out / "parts"
+
+
+@pytest.mark.parametrize("use_pip", [True, False])
+def test_build_join_install(fake_dali, tmp_path, use_pip, capsys):
+    parts_dir = _build(tmp_path)
+    manifest = json.loads((parts_dir / "manifest.json").read_text())
+    parts = sorted(parts_dir.glob("kit.tar.part*"))
+    assert len(parts) == len(manifest["parts"]) >= 2
+    assert all(p.stat().st_size <= 8192 for p in parts)
+    assert (parts_dir / "device_kit.py").is_file()  # the joiner travels with the parts
+    target = tmp_path / "target"
+    argv = ["join", "--parts", str(parts_dir), "--target", str(target)] + ([] if use_pip else ["--no-pip"])
+    assert device_kit.main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == f"PYTHONPATH={target / 'site'}"
+    result = json.loads(printed[-2])
+    assert result["wheels"] == {"tinykit-1.0-py3-none-any.whl": "pip" if use_pip else "unzip"}
+    assert (target / "clips" / "h264_320p" / "clip0.mp4").stat().st_size == 5000
+    assert "PYTHONPATH" in (target / "env.sh").read_text()
+    assert not (target / "kit.tar").exists()
+    site = target / "site"
+    assert sorted(p.name for p in (site / "nvidia" / "dali").glob("backend_impl*")) == [
+        "backend_impl.cpython-312-x86_64-linux-gnu.so"]
+    code = "import nvidia.dali, tinykit; print(nvidia.dali.__version__, tinykit.VALUE)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    assert done.stdout.split() == ["fake", "42"], done.stderr
+
+
+def test_corrupted_or_missing_part_fails_by_name(fake_dali, tmp_path, capsys):
+    parts_dir = _build(tmp_path)
+    second = parts_dir / "kit.tar.part001"
+    data = bytearray(second.read_bytes())
+    data[100] ^= 0xFF
+    second.write_bytes(bytes(data))
+    (parts_dir / "kit.tar.part002").unlink()
+    assert device_kit.main(["join", "--parts", str(parts_dir), "--target", str(tmp_path / "t")]) == 1
+    error = capsys.readouterr().err
+    assert "kit.tar.part001: SHA-256" in error and "corrupted" in error
+    assert "kit.tar.part002: missing" in error
+    assert "kit.tar.part000" not in error
+    assert not (tmp_path / "t" / "site" / "nvidia").exists()
+
+
+def test_checksum_list_errors(tmp_path):
+    with pytest.raises(device_kit.KitError, match="SHA256SUMS: checksum list missing"):
+        device_kit.verify_parts(tmp_path)
+    (tmp_path / "SHA256SUMS").write_text("nonsense\n")
+    with pytest.raises(device_kit.KitError, match=r"SHA256SUMS:1: not a"):
+        device_kit.verify_parts(tmp_path)
+
+
+def test_parts_of_different_builds_fail_the_whole_check(fake_dali, tmp_path):
+    parts_dir = _build(tmp_path)
+    manifest = json.loads((parts_dir / "manifest.json").read_text())
+    manifest["sha256"] = "0" * 64
+    (parts_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(device_kit.KitError, match="different builds"):
+        device_kit.install_kit(parts_dir, tmp_path / "t")
