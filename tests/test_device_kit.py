@@ -157,3 +157,28 @@ def test_parts_of_different_builds_fail_the_whole_check(fake_dali, tmp_path):
     (parts_dir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(device_kit.KitError, match="different builds"):
         device_kit.install_kit(parts_dir, tmp_path / "t")
+
+
+def test_gpu_dali_dry_run(tmp_path):
+    """bench/gpu_dali.py --dry-run on CPU: installs a kit from its parts, collects the GPU tests, runs both
+    benchmarks in their dry modes and writes one JSON with every stage."""
+    spec = importlib.util.spec_from_file_location("gpu_dali", _PATH.parent / "gpu_dali.py")
+    gpu_dali = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_dali)
+    wheel = _wheel(tmp_path)
+    out = tmp_path / "kit"
+    device_kit.build_kit(out, part_mib=0.01, dali=False, wheels=False, clips=False,
+                         extra_files={f"wheels/{wheel.name}": wheel})
+    target, results = tmp_path / "installed", tmp_path / "out"
+    code = gpu_dali.main(["--dry-run", "--parts", str(out / "parts"), "--kit-target", str(target),
+                          "--out", str(results)])
+    result = json.loads((results / "gpu-dali.json").read_text())
+    assert code == 0, {name: stage["tail"][-800:] for name, stage in result["stages"].items()}
+    assert [name for name in result["stages"]] == ["install", "tests", "loader", "train"]
+    assert all(stage["status"] == "ok" for stage in result["stages"].values()), result["stages"]
+    assert (target / "site" / "tinykit.py").is_file()
+    assert gpu_dali._installed_build(target) == result["kit"]["sha256"]  # a second call skips the install
+    assert "test_gpu_nvdec_matches_torch_loader" in result["stages"]["tests"]["tail"]
+    assert {row["loader"] for row in result["loader"]["rows"]} >= {"torch+pyav"}
+    feeds = {row["feed"]: row for row in result["train"]["rows"]}
+    assert feeds["synthetic"]["clips_per_s"] > 0 and feeds["torch"]["of_synthetic"] > 0
