@@ -111,20 +111,21 @@ def _codec(list_file: Path) -> str:
 def kit_sets(clips_dir: Path, names: list[str] | None, repeats: int, work: Path) -> dict[str, tuple[Path, Path]]:
     """set name -> (repeated list file, root) for every ``clips_dir/<set>/list.txt``."""
     sets = {}
-    for listing in sorted(clips_dir.glob("*/list.txt")):
+    listings = [clips_dir / name / "list.txt" for name in names] if names else sorted(clips_dir.glob("*/list.txt"))
+    for listing in listings:
         name = listing.parent.name
-        if names and name not in names:
-            continue
+        if not listing.is_file():
+            raise SystemExit(f"bench/loader.py: {listing} does not exist")
         repeated = work / f"{name}.txt"
         repeated.write_text(listing.read_text() * max(1, repeats))
         sets[name] = (repeated, listing.parent)
     if not sets:
-        raise SystemExit(f"bench/loader.py: no <set>/list.txt under {clips_dir}" + (f" named {names}" if names else ""))
+        raise SystemExit(f"bench/loader.py: no <set>/list.txt under {clips_dir}")
     return sets
 
 
 def plan_rows(args, sets: dict[str, tuple[Path, Path]]) -> list[tuple[str, str, DataConfig]]:
-    """(loader name, set, config) of every row to time, cheapest first within a set."""
+    """(loader name, set, config) of every row to time: per set DALI's rows, then the CPU loader's."""
     readers = [reader for reader in ("torchcodec", "pyav", "decord") if reader in available_backends()]
     common = dict(batch_size=args.batch_size, frames=args.num_frames, stride=args.stride, img_size=args.img_size)
     rows = []
@@ -141,8 +142,6 @@ def plan_rows(args, sets: dict[str, tuple[Path, Path]]) -> list[tuple[str, str, 
             rows.append(("dali-cpu", name, _config(list_file, "auto", "dali", 0, device="cpu", root=root,
                                                    dali_threads=args.dali_threads, **common)))
         for reader in readers:
-            if reader == "torchcodec" and not args.clips_dir and codec == "vp9" and not dali_runs("cpu"):
-                continue
             for views in args.repeated_aug:
                 for workers in args.workers:
                     rows.append((f"torch+{reader}", name, _config(list_file, reader, "torch", workers,
