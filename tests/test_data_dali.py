@@ -224,6 +224,11 @@ def test_frame_past_the_end_is_not_black(vp9, caplog):
     assert sum("cut.webm" in r.getMessage() and "DALI failed" in r.getMessage() for r in caplog.records) == 1
     assert int(batches[1]["frame_indices"].max()) < real
     assert batches[1]["video"].std(dim=(0, 1, 3, 4)).min() > 0.1  # no black (constant) frame
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="internvideo_fast.data.dali"):
+        again = list(loader)  # the same file fails DALI again: decoded by torch again, not logged again
+    assert [b["index"].tolist() for b in again] == [[0], [1], [2]] and loader.fallback_batches == 2
+    assert not any("DALI failed" in r.getMessage() for r in caplog.records)
 
 
 def test_dali_error_summary_drops_the_traceback():

@@ -425,9 +425,12 @@ class DaliVideoLoader(VideoLoader):
                     break
                 paths = sorted({r["path"] for r in remaining[done]})
                 message = dali_error_summary(error)
+                # Logged once per set of files and error: a file NVDEC cannot decode (but our CPU decoders
+                # can) fails its batch every epoch, each time decoded by the torch dataset instead.
+                repeated = any(f["paths"] == paths and f["error"] == message for f in self.fallbacks)
                 self.fallbacks.append({"paths": paths, "error": message})
-                logger.warning("DALI failed on a batch of %s (%s); that batch is decoded by the torch dataset",
-                               paths, message)
+                (logger.debug if repeated else logger.warning)(
+                    "DALI failed on a batch of %s (%s); that batch is decoded by the torch dataset", paths, message)
                 self._pipe = self._iterator = None
                 batch = self._torch_batch(remaining[done])
                 self.fallback_batches += 1
