@@ -234,7 +234,8 @@ def install_kit(parts_dir: Path, target: Path, use_pip: bool | None = None) -> d
 def _run(command: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
     done = subprocess.run(command, capture_output=True, text=True, **kwargs)
     if done.returncode != 0:
-        raise KitError(f"{what} failed (exit {done.returncode}): {' '.join((done.stderr or done.stdout).split())[-400:]}")
+        output = " ".join((done.stderr or done.stdout).split())
+        raise KitError(f"{what} failed (exit {done.returncode}): {output[-400:]}")
     return done
 
 

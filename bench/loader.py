@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips-dir", type=Path, default=None, help="real encodings: <set>/list.txt folders")
     parser.add_argument("--sets", nargs="+", default=None, help="the sets of --clips-dir to time (default: all)")
-    parser.add_argument("--list-repeats", type=int, default=16, help="times each --clips-dir list is repeated")
+    parser.add_argument("--list-repeats", type=int, default=128, help="times each --clips-dir list is repeated")
     parser.add_argument("--clips", type=int, default=16, help="clips in the sample dataset (per codec)")
     parser.add_argument("--frames", type=int, default=96, help="frames of each sample-dataset clip")
     parser.add_argument("--size", type=int, nargs=2, default=[320, 256], metavar=("W", "H"))

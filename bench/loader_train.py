@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips-dir", type=Path, default=None, help="real encodings: <set>/list.txt folders")
     parser.add_argument("--sets", nargs="+", default=["prepared_320p", "h264_720p"])
-    parser.add_argument("--list-repeats", type=int, default=64)
+    parser.add_argument("--list-repeats", type=int, default=512,
+                        help="times each list is repeated (epochs of many steps)")
     parser.add_argument("--feeds", nargs="+", default=list(FEEDS), choices=FEEDS)
     parser.add_argument("--model", default="videomae_pretrain_vit_base_patch16")
     parser.add_argument("--batch-size", type=int, default=32)
