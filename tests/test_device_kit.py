@@ -182,3 +182,28 @@ def test_gpu_dali_dry_run(tmp_path):
     assert {row["loader"] for row in result["loader"]["rows"]} >= {"torch+pyav"}
     feeds = {row["feed"]: row for row in result["train"]["rows"]}
     assert feeds["synthetic"]["clips_per_s"] > 0 and feeds["torch"]["of_synthetic"] > 0
+
+
+def test_loader_bench_on_kit_style_clips(tmp_path):
+    """bench/loader.py --clips-dir: one row per loader and set of <set>/list.txt folders, repeated lists,
+    the set's codec from its name, a per-set summary."""
+    from internvideo_fast.data import make_sample_dataset
+
+    spec = importlib.util.spec_from_file_location("loader_bench", _PATH.parent / "loader.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    sample = make_sample_dataset(tmp_path / "clips" / "vp9_320p", num_classes=2, clips_per_class=1, val_per_class=1,
+                                 num_frames=24, size=(48, 32), fps=8, codecs=("vp9",))
+    (sample.root / "list.txt").write_text(sample.train_list.read_text())
+    out = tmp_path / "loader.json"
+    assert bench.main(["--dry-run", "--clips-dir", str(tmp_path / "clips"), "--list-repeats", "3",
+                       "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["setup"]["sets"] == ["vp9_320p"] and result["setup"]["list_repeats"] == 3
+    rows = result["rows"]
+    assert {row["set"] for row in rows} == {"vp9_320p"} and {row["codec"] for row in rows} == {"vp9"}
+    assert all(row["clips_per_s"] > 0 for row in rows), rows
+    assert "torch+pyav" in {row["loader"] for row in rows}
+    assert result["summary"]["vp9_320p"]["best_cpu"]["clips_per_s"] > 0
+    with pytest.raises(SystemExit, match="nope/list.txt"):
+        bench.main(["--dry-run", "--clips-dir", str(tmp_path / "clips"), "--sets", "nope"])
