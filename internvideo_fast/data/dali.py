@@ -36,9 +36,11 @@ frames, decode the first and the last frame, bounded by ``decode_timeout_s``; on
 codec must be one that DALI decodes on the CPU). Missing, empty, random-bytes, truncated or undecodable
 files, and videos too short with ``short_video="error"``, are reported once by name (``logging.warning``
 and ``bad_videos()``) and never reach DALI; they are replaced (training) or skipped (testing) exactly as
-in the torch dataset. If DALI still fails on a batch, the loader logs it once and decodes that batch with
-the torch dataset instead (same samples; that dataset marks the culprit bad) and a new pipeline takes the
-rest of the pass, so an epoch never crashes on a file.
+in the torch dataset. If DALI still fails on a batch (a file NVDEC cannot decode, a frame past the end),
+the loader logs one line naming the batch's files, DALI's operator and the cause (once per files and
+cause; every event is kept in ``fallbacks``), decodes that batch with the torch dataset instead (same
+samples; that dataset marks a culprit it cannot decode bad) and a new pipeline takes the rest of the pass,
+so an epoch never crashes on a file.
 
 Options in ``cfg.extra``: ``dali_decoder`` ("frames" | "reader"), ``dali_device`` ("gpu" | "cpu";
 default gpu when CUDA is available), ``dali_threads`` (CPU threads, default 2), ``dali_prefetch``
