@@ -182,20 +182,25 @@ def _extract(archive: tarfile.TarFile, target: Path, where: str) -> None:
         archive.extractall(target, members=members)
 
 
-def _install_wheel(wheel: Path, site: Path, use_pip: bool) -> str:
+def _install_wheels(wheels: list[Path], site: Path, use_pip: bool) -> dict[str, str]:
+    """Installs ``wheels`` into ``site``: one ``pip install --no-deps --no-index --target`` or, without pip,
+    each unzipped (a wheel is a zip of its site-packages layout). Returns wheel name -> how."""
+    if not wheels:
+        return {}
     if use_pip:
         command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-compile",
-                   "--disable-pip-version-check", "--upgrade", "--target", str(site), str(wheel)]
+                   "--disable-pip-version-check", "--upgrade", "--target", str(site), *map(str, wheels)]
         done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode == 0:
-            return "pip"
-        raise KitError(f"pip install {wheel.name} failed: {' '.join(done.stderr.split())[-300:]}")
-    with zipfile.ZipFile(wheel) as archive:  # a wheel is a zip of its site-packages layout
-        for name in archive.namelist():
-            if name.startswith("/") or ".." in Path(name).parts:
-                raise KitError(f"{wheel.name}: unsafe member {name!r}")
-        archive.extractall(site)
-    return "unzip"
+        if done.returncode != 0:
+            raise KitError(f"pip install of {[w.name for w in wheels]} failed: {' '.join(done.stderr.split())[-300:]}")
+        return {wheel.name: "pip" for wheel in wheels}
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            for name in archive.namelist():
+                if name.startswith("/") or ".." in Path(name).parts:
+                    raise KitError(f"{wheel.name}: unsafe member {name!r}")
+            archive.extractall(site)
+    return {wheel.name: "unzip" for wheel in wheels}
 
 
 def install_kit(parts_dir: Path, target: Path, use_pip: bool | None = None) -> dict:
@@ -217,7 +222,7 @@ def install_kit(parts_dir: Path, target: Path, use_pip: bool | None = None) -> d
     if dali.is_file():
         with tarfile.open(dali) as archive:
             _extract(archive, site, str(dali))
-    wheels = {wheel.name: _install_wheel(wheel, site, use_pip) for wheel in sorted((unpacked / "wheels").glob("*.whl"))}
+    wheels = _install_wheels(sorted((unpacked / "wheels").glob("*.whl")), site, use_pip)
     if (unpacked / "clips").is_dir():
         shutil.rmtree(clips, ignore_errors=True)
         shutil.move(str(unpacked / "clips"), clips)
