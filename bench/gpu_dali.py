@@ -17,6 +17,10 @@ timeout taken from what is left of the budget:
 4. ``train``: ``bench/loader_train.py``: the ViT-B pretraining step fed by each loader against synthetic
    device tensors.
 
+Our ``_C`` is not built here: run it after ``make gpu-check`` on the same machine (which builds it in the
+source tree) for the training step's CUDA ops; without it those ops run their PyTorch references, the same
+for every feed (``machine.ops_extension`` in the JSON says which).
+
 Writes ``gpu-dali.json`` (card, versions, each stage's status, time and output tail, and the two
 benchmarks' JSON) into ``$OUT`` (else ``bench/results/``) and prints a summary. ``--dry-run`` proves the
 script on CPU: the install stage on whatever ``--parts`` holds (skipped when empty), the tests collected
@@ -97,8 +101,9 @@ def _machine(python: str, env: dict[str, str]) -> dict:
             "gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None\n"
             "try:\n import nvidia.dali as d; dali = d.__version__\nexcept Exception as e: dali = repr(e)[:200]\n"
             "try:\n import av; pyav = av.__version__\nexcept Exception as e: pyav = None\n"
+            "try:\n import internvideo_fast._C; ext = True\nexcept Exception: ext = False\n"
             "print(json.dumps({'python': platform.python_version(), 'torch': torch.__version__, 'gpu': gpu,"
-            " 'dali': dali, 'pyav': pyav, 'cpus': __import__('os').cpu_count()}))\n")
+            " 'dali': dali, 'pyav': pyav, 'ops_extension': ext, 'cpus': __import__('os').cpu_count()}))\n")
     done = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     try:
         return json.loads(done.stdout.strip().splitlines()[-1])
