@@ -23,8 +23,10 @@ the ops that need no extension.
 every part listed in ``SHA256SUMS`` (a missing or corrupted part fails by name), joins them, checks the
 whole, unpacks the DALI folder into ``TARGET/site``, installs the wheels there (``pip install --no-deps
 --no-index --target``, or unzipped where the target has no pip), leaves the clips in ``TARGET/clips``
-and prints the ``PYTHONPATH`` to use (also written to ``TARGET/env.sh``). Parts may arrive one at a time:
-``join`` runs once the last is there.
+and prints the ``PYTHONPATH`` to use (also written to ``TARGET/env.sh``). Parts may arrive one at a time
+(``SHA256SUMS``, ``manifest.json`` and this script travel with the first; a 56 MiB part leaves room for a
+few MiB of source tree in a 64 MiB transfer): ``join`` runs once the last is there, and
+``device_kit.py verify --parts DIR`` says which parts are still missing or damaged before that.
 """
 
 from __future__ import annotations
