@@ -113,6 +113,7 @@ def test_build_join_install(fake_dali, tmp_path, use_pip, capsys):
     assert device_kit.main(argv) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[-1] == f"PYTHONPATH={target / 'site'}"
+    assert device_kit.main(["verify", "--parts", str(parts_dir)]) == 0
     result = json.loads(printed[-2])
     assert result["wheels"] == {"tinykit-1.0-py3-none-any.whl": "pip" if use_pip else "unzip"}
     assert (target / "clips" / "h264_320p" / "clip0.mp4").stat().st_size == 5000
@@ -140,6 +141,8 @@ def test_corrupted_or_missing_part_fails_by_name(fake_dali, tmp_path, capsys):
     assert "kit.tar.part002: missing" in error
     assert "kit.tar.part000" not in error
     assert not (tmp_path / "t" / "site" / "nvidia").exists()
+    assert device_kit.main(["verify", "--parts", str(parts_dir)]) == 1
+    assert "kit.tar.part002: missing" in capsys.readouterr().err
 
 
 def test_checksum_list_errors(tmp_path):
