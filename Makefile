@@ -7,7 +7,7 @@ DEPS_STAMP := $(VENV)/.ivf-deps
 REQUIREMENTS := requirements/constraints.txt requirements/build.txt requirements/runtime.txt requirements/test.txt
 PYTEST_JOBS ?= 2
 
-.PHONY: demo test bench gpu-check build deps ffmpeg aot-check cuda-resources clean
+.PHONY: demo test bench gpu-check gpu-dali device-kit build deps ffmpeg aot-check cuda-resources clean
 
 demo: build
 	$(PY) -m internvideo_fast.cli demo
@@ -24,6 +24,16 @@ bench: build
 # Here (DRY_RUN=1) it uses .venv's Python when there is one.
 gpu-check:
 	$(if $(wildcard $(PY)),$(PY),python3) bench/gpu_check.py $(if $(DRY_RUN),--dry-run)
+
+# DALI on the GPU (bench/gpu_dali.py): installs the device kit's parts, runs the DALI GPU tests, the loader
+# and loader-fed training benchmarks into $OUT; DRY_RUN=1 proves it on CPU.
+gpu-dali:
+	$(if $(wildcard $(PY)),$(PY),python3) bench/gpu_dali.py $(if $(DRY_RUN),--dry-run)
+
+# What an offline GPU machine lacks (DALI for Python 3.12, its dependencies, PyAV, encoded clips), in parts of
+# PART_MIB (default 56) MiB with SHA256SUMS, in build/device-kit/parts/ (bench/device_kit.py; pip download).
+device-kit: deps
+	$(PY) bench/device_kit.py build $(if $(PART_MIB),--part-mib $(PART_MIB))
 
 # ptxas resource use of every CUDA kernel for sm_90a (no GPU needed).
 cuda-resources: build

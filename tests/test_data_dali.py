@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,7 +18,9 @@ import torch
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install nvidia-dali-cuda130)")
 
 from internvideo_fast.data import DataConfig, build_loader, make_sample_dataset, read_video_list  # noqa: E402
-from internvideo_fast.data.dali import DaliVideoLoader, build_dali_loader, probe_video  # noqa: E402
+from internvideo_fast.data.dali import (  # noqa: E402
+    DaliVideoLoader, build_dali_loader, dali_error_summary, probe_video,
+)
 from internvideo_fast.data.decode import open_video  # noqa: E402
 from internvideo_fast.data.loader import VideoLoader  # noqa: E402
 
@@ -218,9 +222,31 @@ def test_frame_past_the_end_is_not_black(vp9, caplog, monkeypatch):
         batches = list(loader)
     assert [b["index"].tolist() for b in batches] == [[0], [1], [2]]
     assert loader.fallback_batches == 1
-    assert any("out-of-bounds" in r.getMessage() and "cut.webm" in r.getMessage() for r in caplog.records)
+    assert [Path(p).name for p in loader.fallbacks[0]["paths"]] == ["cut.webm"]
+    assert "out-of-bounds" in loader.fallbacks[0]["error"], loader.fallbacks
+    assert "fn.decoders.video" in loader.fallbacks[0]["error"]
+    assert "dali.py" not in loader.fallbacks[0]["error"]  # DALI's traceback (our file's path) is left out
+    assert sum("cut.webm" in r.getMessage() and "DALI failed" in r.getMessage() for r in caplog.records) == 1
     assert int(batches[1]["frame_indices"].max()) < real
     assert batches[1]["video"].std(dim=(0, 1, 3, 4)).min() > 0.1  # no black (constant) frame
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="internvideo_fast.data.dali"):
+        again = list(loader)  # the same file fails DALI again: decoded by torch again, not logged again
+    assert [b["index"].tolist() for b in again] == [[0], [1], [2]] and loader.fallback_batches == 2
+    assert not any("DALI failed" in r.getMessage() for r in caplog.records)
+
+
+def test_dali_error_summary_drops_the_traceback():
+    """The fallback line names the operator and the cause whatever the length of the caller's path."""
+    deep = "/" + "/".join(["very-long-checkout-folder"] * 30) + "/internvideo_fast/data/dali.py"
+    error = RuntimeError(
+        "Critical error in pipeline: Error in CPU operator `nvidia.dali.fn.decoders.video`, which was used in "
+        f"the pipeline definition with the following traceback:\n  File \"{deep}\", line 342, in pipeline\n"
+        "    video = fn.decoders.video(encoded)\n\nencountered:\n\nUnexpected out-of-bounds\nStacktrace (3):\n#0 x")
+    summary = dali_error_summary(error)
+    assert summary == "RuntimeError: nvidia.dali.fn.decoders.video (CPU): Unexpected out-of-bounds"
+    assert dali_error_summary(ValueError("x " * 400)).startswith("ValueError: x x")
+    assert len(dali_error_summary(ValueError("x " * 400))) == 300
 
 
 def test_probe_reports_frames(vp9):
@@ -257,27 +283,59 @@ def test_auto_is_torch_without_gpu(vp9):
 # GPU only
 # ------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def h264(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dali_h264")
-    return make_sample_dataset(root, num_classes=2, clips_per_class=4, val_per_class=2, num_frames=40,
-                               size=(64, 64), fps=8, seed=4)
+def gpu_clips(tmp_path_factory) -> dict[str, Path]:
+    """Real H.264 and HEVC clips for the GPU tests, set name -> list file (``path label`` lines beside the
+    clips): the device kit's (``IVF_KIT_CLIPS``, for a GPU machine without ffmpeg) or small ones made here."""
+    kit = os.environ.get("IVF_KIT_CLIPS")
+    names = ("prepared_320p", "hevc_320p", "h264_720p")
+    if kit and all((Path(kit) / name / "list.txt").is_file() for name in names):
+        return {name: Path(kit) / name / "list.txt" for name in names}
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("no clips: IVF_KIT_CLIPS (bench/device_kit.py) or the ffmpeg command line tool")
+    root = tmp_path_factory.mktemp("gpu-clips")
+    encoders = {"prepared_320p": ["-c:v", "libx264", "-g", "16"], "h264_720p": ["-c:v", "libx264", "-g", "60"],
+                "hevc_320p": ["-c:v", "libx265", "-tag:v", "hvc1", "-x265-params", "log-level=error"]}
+    lists = {}
+    for name, codec in encoders.items():
+        folder = root / name
+        folder.mkdir()
+        for clip in range(3):
+            _ffmpeg(["-f", "lavfi", "-i", "testsrc2=size=128x72:rate=30", "-vf", f"hue=h={50 * clip}",
+                     "-frames:v", "90", *codec, "-pix_fmt", "yuv420p", str(folder / f"clip{clip}.mp4")])
+        (folder / "list.txt").write_text("".join(f"clip{clip}.mp4 {clip % 2}\n" for clip in range(3)))
+        lists[name] = folder / "list.txt"
+    return lists
+
+
+def _assert_no_black_frames(video: torch.Tensor) -> None:
+    """Every frame of every row has content (testsrc2 is never flat; a padding frame is constant)."""
+    spread = video.float().std(dim=(1, 3, 4))  # [B, T]
+    assert spread.min() > 0.05, spread.min()
 
 
 @pytest.mark.gpu
-def test_gpu_h264_matches_torch_loader(h264):
-    cfg = _cfg(h264.val_list, train=False, num_frames=8, stride=4, img_size=64, test_clips=2, test_crops=1,
-               loader="dali", extra={"dali_device": "gpu"})
-    dali_batches = list(build_loader(cfg))
-    assert dali_batches[0]["video"].is_cuda
+@pytest.mark.parametrize("codec_set", ["prepared_320p", "hevc_320p"])
+def test_gpu_nvdec_matches_torch_loader(gpu_clips, codec_set):
+    """NVDEC (fn.decoders.video on mixed) H.264 and HEVC: the torch loader's rows, frame numbers and pixels."""
+    cfg = _cfg(gpu_clips[codec_set], train=False, num_frames=8, stride=4, img_size=64, test_clips=2,
+               test_crops=1, loader="dali", extra={"dali_device": "gpu"})
+    loader = build_loader(cfg)
+    dali_batches = list(loader)
+    assert dali_batches and dali_batches[0]["video"].is_cuda
+    assert loader.bad_videos() == {} and loader.fallback_batches == 0
     _compare(dali_batches, list(_torch(cfg)))
+    for batch in dali_batches:
+        _assert_no_black_frames(batch["video"])
 
 
 @pytest.mark.gpu
-def test_gpu_reader_frame_numbers(h264):
-    cfg = _cfg(h264.train_list, train=True, num_frames=8, stride=4, img_size=48, crop="random_resized",
+@pytest.mark.parametrize("codec_set", ["h264_720p", "hevc_320p"])
+def test_gpu_reader_frame_numbers(gpu_clips, codec_set):
+    """fn.readers.video: frame numbers start + stride * k, labels looked up by record, no padding frames."""
+    cfg = _cfg(gpu_clips[codec_set], train=True, num_frames=8, stride=4, img_size=48, crop="random_resized",
                loader="dali", extra={"dali_device": "gpu", "dali_decoder": "reader"})
-    loader = build_loader(cfg, rank=0, world_size=2, seed=1)
-    records = read_video_list(h264.train_list)
+    loader = build_loader(cfg, rank=0, world_size=1, seed=1)
+    records = read_video_list(gpu_clips[codec_set])
     batches = list(loader)
     assert batches
     for batch in batches:
@@ -285,6 +343,39 @@ def test_gpu_reader_frame_numbers(h264):
         starts = batch["frame_indices"][:, :1]
         assert torch.equal(batch["frame_indices"], starts + 4 * torch.arange(8)[None])
         assert batch["label"].tolist() == [records[i].label for i in batch["index"].tolist()]
+        _assert_no_black_frames(batch["video"])
+
+
+@pytest.mark.gpu
+def test_gpu_bad_corpus_skipped_and_named(gpu_clips, tmp_path, caplog):
+    """On the GPU path as on the CPU: bad files never crash a pass, each is reported once by name."""
+    source = gpu_clips["prepared_320p"]
+    good = read_video_list(source)
+    root = tmp_path
+    for record in good:
+        (root / record.path).write_bytes((source.parent / record.path).read_bytes())
+    data = (source.parent / good[0].path).read_bytes()
+    (root / "random.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes())
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "head_only.mp4").write_bytes(data[:2000])
+    bad_names = ["random.mp4", "empty.mp4", "missing.mp4", "head_only.mp4"]
+    lines = [f"{r.path} {r.label}\n" for r in good] + [f"{name} 1\n" for name in bad_names]
+    (root / "mixed.txt").write_text("".join(lines))
+    for train in (True, False):
+        cfg = _cfg(root / "mixed.txt", train=train, num_frames=8, stride=4, img_size=48, loader="dali",
+                   extra={"dali_device": "gpu"})
+        loader = build_loader(cfg, seed=3)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="internvideo_fast.data.dali"):
+            batches = list(loader)
+        assert batches
+        for batch in batches:
+            assert set(batch["index"].tolist()) <= set(range(len(good)))
+            _assert_no_black_frames(batch["video"])
+        reported = {Path(p).name for p in loader.bad_videos()}
+        assert reported == set(bad_names), reported
+        for name in reported:
+            assert sum(name in r.getMessage() for r in caplog.records) == 1, name
 
 
 @pytest.fixture(scope="module")

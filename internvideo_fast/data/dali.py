@@ -37,9 +37,11 @@ codec must be one that DALI decodes on the CPU). Missing, empty, random-bytes, t
 files, and videos too short with ``short_video="error"``, are reported once by name (``logging.warning``
 and ``bad_videos()``) and never reach DALI; they are replaced (training) or skipped (testing) exactly as
 in the torch dataset; skipped record indices are kept (``skipped()``), so an evaluation counts and names
-every video it could not score. If DALI still fails on a batch, the loader logs it once and decodes that
-batch with the torch dataset instead (same samples; that dataset marks the culprit bad) and a new pipeline
-takes the rest of the pass, so an epoch never crashes on a file.
+every video it could not score. If DALI still fails on a batch (a file NVDEC cannot decode, a frame past the
+end), the loader logs one line naming the batch's files, DALI's operator and the cause (once per files and
+cause; every event is kept in ``fallbacks``), decodes that batch with the torch dataset instead (same
+samples; that dataset marks a culprit it cannot decode bad) and a new pipeline takes the rest of the pass,
+so an epoch never crashes on a file.
 
 Options in ``cfg.extra``: ``dali_decoder`` ("frames" | "reader"), ``dali_device`` ("gpu" | "cpu";
 default gpu when CUDA is available), ``dali_threads`` (CPU threads, default 2), ``dali_prefetch``
@@ -51,6 +53,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from collections import deque
 
@@ -59,11 +62,10 @@ import torch
 
 from internvideo_fast.data.dataset import VideoDataset, sample_seed
 from internvideo_fast.data.decode import DecodeError, open_video, run_with_timeout
-from internvideo_fast.data.lists import read_video_list
-from internvideo_fast.data.loader import DataConfig, VideoLoader, collate_samples
+from internvideo_fast.data.loader import DataConfig, VideoLoader, build_video_dataset, collate_samples
 from internvideo_fast.data.sampling import ShortVideoError
 
-__all__ = ["dali_available", "build_dali_loader", "DaliVideoLoader", "probe_video", "write_dali_file_list",
+__all__ = ["dali_available", "dali_import_error", "dali_error_summary", "build_dali_loader", "DaliVideoLoader", "probe_video", "write_dali_file_list",
            "CPU_CODECS"]
 
 logger = logging.getLogger(__name__)
@@ -71,12 +73,17 @@ CPU_CODECS = ("vp8", "vp9", "mjpeg")
 _PROBE_ERRORS = (DecodeError, ShortVideoError, OSError, IndexError, ValueError, RuntimeError)
 
 
-def dali_available() -> bool:
+def dali_import_error() -> str | None:
+    """None when ``nvidia.dali`` imports, else why not in one line (not installed, or a broken install)."""
     try:
         import nvidia.dali  # noqa: F401
-    except Exception:  # ImportError, or a broken install
-        return False
-    return True
+    except Exception as error:  # ImportError, or a broken install (a missing library, a wrong Python)
+        return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+    return None
+
+
+def dali_available() -> bool:
+    return dali_import_error() is None
 
 
 def _codec_name(path: str) -> str | None:
@@ -109,6 +116,17 @@ def probe_video(path: str, backend: str = "auto", timeout_s: float | None = 60.0
         if codec is not None and codec not in codecs:
             raise DecodeError(f"{path}: codec {codec!r} is not decoded by DALI on the CPU (only {', '.join(codecs)})")
     return result
+
+
+def dali_error_summary(error: BaseException, limit: int = 300) -> str:
+    """One line from a DALI pipeline error: the operator and what it met, without the pipeline-definition
+    traceback DALI puts between them (file paths of the caller, whose length varies)."""
+    text = " ".join(str(error).split())
+    operator = re.search(r"Error in (\w+) operator `([\w.]+)`", text)
+    cause = text.rsplit("encountered:", 1)[-1].strip() if "encountered:" in text else text
+    cause = cause.split(" Stacktrace")[0].strip()
+    where = f"{operator.group(2)} ({operator.group(1)}): " if operator else ""
+    return f"{type(error).__name__}: {where}{cause}"[:limit]
 
 
 def _stat_key(path: str) -> list | None:
@@ -213,6 +231,7 @@ class DaliVideoLoader(VideoLoader):
         self._iterator = None
         self._source = _Source()
         self.fallback_batches = 0
+        self.fallbacks: list[dict] = []  # {"paths", "error"} of each batch DALI failed on
 
     # -- pre-validation -----------------------------------------------------------------------------
     def probe(self) -> dict[int, tuple[int, int, int]]:
@@ -400,9 +419,14 @@ class DaliVideoLoader(VideoLoader):
             except (RuntimeError, StopIteration) as error:
                 if done >= len(remaining):
                     break
-                message = " ".join(str(error).split())[:400]
-                logger.warning("DALI failed on a batch of %s (%s: %s); that batch is decoded by the torch dataset",
-                               sorted({r["path"] for r in remaining[done]}), type(error).__name__, message)
+                paths = sorted({r["path"] for r in remaining[done]})
+                message = dali_error_summary(error)
+                # Logged once per set of files and error: a file NVDEC cannot decode (but our CPU decoders
+                # can) fails its batch every epoch, each time decoded by the torch dataset instead.
+                repeated = any(f["paths"] == paths and f["error"] == message for f in self.fallbacks)
+                self.fallbacks.append({"paths": paths, "error": message})
+                (logger.debug if repeated else logger.warning)(
+                    "DALI failed on a batch of %s (%s); that batch is decoded by the torch dataset", paths, message)
                 self._pipe = self._iterator = None
                 batch = self._torch_batch(remaining[done])
                 self.fallback_batches += 1
@@ -493,16 +517,11 @@ class DaliVideoLoader(VideoLoader):
 
 def build_dali_loader(cfg: DataConfig, split: str = "train", rank: int = 0, world_size: int = 1, seed: int = 0,
                       start_step: int = 0) -> DaliVideoLoader:
-    """The DALI counterpart of :func:`~internvideo_fast.data.loader.build_loader` (same arguments)."""
-    if not dali_available():
-        raise ImportError("loader='dali' needs NVIDIA DALI: pip install nvidia-dali-cuda130 (or .[dali])")
+    """The DALI loader for ``cfg`` (the arguments of :func:`~internvideo_fast.data.build.build_loader`)."""
+    error = dali_import_error()
+    if error is not None:
+        raise ImportError(f"loader='dali' needs NVIDIA DALI ({error}): pip install nvidia-dali-cuda130 (or .[dali])")
     if getattr(cfg, "text", False):
         raise NotImplementedError("the DALI loader reads labelled lists only; use loader='torch' for video-text lists")
-    records = read_video_list(cfg.list_file)
-    on_error = cfg.on_error or ("replace" if cfg.train else "skip")
-    dataset = VideoDataset(
-        records, cfg.resolved_root(), cfg.build_sampler(), cfg.build_transform(), reader=cfg.reader,
-        on_error=on_error, max_retries=cfg.max_retries, decode_timeout_s=cfg.decode_timeout_s, seed=seed,
-        log_bad=False,
-    )
-    return DaliVideoLoader(cfg, dataset, rank, world_size, seed, start_step=start_step, split=split)
+    return DaliVideoLoader(cfg, build_video_dataset(cfg, seed), rank, world_size, seed, start_step=start_step,
+                           split=split)

@@ -1,7 +1,7 @@
-"""``DataConfig`` + ``build_loader``: the one entry point of the training and evaluation loops.
+"""``DataConfig``, the loader contract and the torch loader.
 
-``build_loader(cfg, split, rank, world_size, seed, start_step)`` returns a :class:`VideoLoader`, an
-iterable of batches::
+Every loader (``build_torch_loader`` here, the DALI loader of :mod:`.dali`; :func:`.build.build_loader`
+picks one) is a :class:`VideoLoader`, an iterable of batches::
 
     video          float32 [B, C, T, H, W], normalized
     label          int64   [B]
@@ -24,8 +24,8 @@ uninterrupted pass. ``start_step`` applies to the next pass only; ``set_epoch`` 
 resets it. ``len(loader)`` is the number of batches of a whole epoch.
 
 ``loader``: ``"torch"`` (torch DataLoader over :class:`~internvideo_fast.data.dataset.VideoDataset`);
-``"dali"`` (NVIDIA DALI decoding, :mod:`.dali`: the same samples, GPU decoding on CUDA); ``"auto"`` is DALI
-when a GPU and DALI are present (labelled lists), else torch.
+``"dali"`` (NVIDIA DALI decoding, :mod:`.dali`: the same samples, GPU decoding on CUDA); ``"auto"``: see
+:mod:`.build`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from internvideo_fast.data.lists import read_video_list, read_video_text_list
 from internvideo_fast.data.sampling import DenseSampler, SegmentSampler
 from internvideo_fast.data.transforms import build_transform, mean_std
 
-__all__ = ["DataConfig", "VideoLoader", "build_loader", "collate_samples", "shard_indices"]
+__all__ = ["DataConfig", "VideoLoader", "build_torch_loader", "build_video_dataset", "collate_samples",
+           "shard_indices"]
 
 logger = logging.getLogger(__name__)
 
@@ -281,30 +282,21 @@ class VideoLoader:
                 "bad_videos": len(self._bad), "skipped": len(self._skipped), "files": dict(self._bad)}
 
 
-def _auto_picks_dali() -> bool:
-    """``loader="auto"``: DALI when a CUDA device is present and ``nvidia.dali`` imports, else torch."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import nvidia.dali  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-def build_loader(cfg: DataConfig, split: str = "train", rank: int = 0, world_size: int = 1, seed: int = 0,
-                 start_step: int = 0) -> VideoLoader:
-    """The loader for ``cfg`` (see the module docstring). ``split`` only names the loader in summaries;
-    ``cfg.train`` selects training or testing behaviour."""
-    if cfg.loader == "dali" or (cfg.loader == "auto" and not getattr(cfg, "text", False) and _auto_picks_dali()):
-        from internvideo_fast.data.dali import build_dali_loader
-
-        return build_dali_loader(cfg, split, rank, world_size, seed, start_step)
+def build_video_dataset(cfg: DataConfig, seed: int = 0) -> VideoDataset:
+    """The bad-video-proof dataset of ``cfg``'s list file, which every loader plans its samples with."""
     records = read_video_text_list(cfg.list_file) if cfg.text else read_video_list(cfg.list_file)
     on_error = cfg.on_error or ("replace" if cfg.train else "skip")
-    dataset = VideoDataset(
+    return VideoDataset(
         records, cfg.resolved_root(), cfg.build_sampler(), cfg.build_transform(), reader=cfg.reader,
         on_error=on_error, max_retries=cfg.max_retries, decode_timeout_s=cfg.decode_timeout_s, seed=seed,
         log_bad=False,
     )
-    return VideoLoader(cfg, dataset, rank, world_size, seed, start_step=start_step, split=split)
+
+
+def build_torch_loader(cfg: DataConfig, split: str = "train", rank: int = 0, world_size: int = 1, seed: int = 0,
+                       start_step: int = 0) -> VideoLoader:
+    """The torch loader for ``cfg``, whatever ``cfg.loader`` says (:func:`~internvideo_fast.data.build.build_loader`
+    chooses between the loaders). ``split`` only names the loader in summaries; ``cfg.train`` selects
+    training or testing behaviour."""
+    return VideoLoader(cfg, build_video_dataset(cfg, seed), rank, world_size, seed, start_step=start_step,
+                       split=split)

@@ -1,0 +1,79 @@
+"""``DevicePrefetcher``: batches arrive on the GPU while the previous step runs.
+
+``for batch in DevicePrefetcher(loader, device, depth=2): step(batch)`` yields the loader's batches with
+every tensor on ``device``. On CUDA, the host tensors of the next ``depth`` batches are pinned (unless they
+already are) and copied with ``non_blocking=True`` on a side stream, each batch followed by an event; the
+consumer's stream waits on that event (a device-side wait: the host never synchronizes), and each copied
+tensor is marked used by the consumer's stream (``record_stream``) so the caching allocator cannot hand its
+memory to the next copy while the step still reads it. Tensors already on the device (the DALI loader's
+video) pass through untouched, as do non-tensor entries (captions). On a CPU device the batches pass
+through with their tensors moved by ``.to(device)``.
+
+The loader is read at most ``depth`` batches ahead of the batch being consumed, so decoding (in the loader's
+worker processes or on DALI's threads) and the copies overlap the step.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Iterable, Iterator
+
+import torch
+
+__all__ = ["DevicePrefetcher"]
+
+
+class DevicePrefetcher:
+    """Iterable over ``loader``'s batches (dicts of tensors and other values) moved to ``device``."""
+
+    def __init__(self, loader: Iterable[dict], device: torch.device | str, depth: int = 2, pin_memory: bool = True):
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.loader = loader
+        self.device = torch.device(device)
+        self.depth = int(depth)
+        self.pin_memory = pin_memory
+        self.cuda = self.device.type == "cuda"
+        self._stream = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def _copy(self, value):
+        if not isinstance(value, torch.Tensor) or value.device == self.device:
+            return value
+        if self.cuda and self.pin_memory and value.device.type == "cpu" and not value.is_pinned():
+            value = value.pin_memory()
+        return value.to(self.device, non_blocking=self.cuda)
+
+    def _start(self, batch: dict):
+        """Starts the copies of one batch; returns ``(moved batch, event or None)``."""
+        if not self.cuda:
+            return {key: self._copy(value) for key, value in batch.items()}, None
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        # The side stream must not copy from (or into) memory the consumer's stream is still producing.
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._stream):
+            moved = {key: self._copy(value) for key, value in batch.items()}
+            event = torch.cuda.Event()
+            event.record(self._stream)
+        return moved, event
+
+    def _finish(self, moved: dict, event) -> dict:
+        if event is not None:
+            consumer = torch.cuda.current_stream(self.device)
+            consumer.wait_event(event)
+            for value in moved.values():
+                if isinstance(value, torch.Tensor) and value.device.type == "cuda":
+                    value.record_stream(consumer)
+        return moved
+
+    def __iter__(self) -> Iterator[dict]:
+        pending: deque = deque()
+        for batch in self.loader:
+            pending.append(self._start(batch))
+            if len(pending) > self.depth:
+                yield self._finish(*pending.popleft())
+        while pending:
+            yield self._finish(*pending.popleft())
