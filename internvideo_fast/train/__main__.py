@@ -15,9 +15,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML config (configs/*.yaml)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     parser.add_argument("--resume", help="auto, or a checkpoint path (same as train.resume=...)")
+    parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                        help="capture the whole training step as one CUDA graph (same as train.cuda_graph=...; "
+                             "default auto: on for CUDA)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.base_lr=1e-3")
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume else [])
+    if args.cuda_graph is not None:
+        overrides.append(f"train.cuda_graph={str(args.cuda_graph).lower()}")
     train(load_config(args.config, overrides), device=args.device)
     return 0
 

@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
         "resume": None,  # None | auto | path
         "precision": "auto",  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
         "compile": False,
+        "cuda_graph": "auto",  # auto (CUDA and a static-shape recipe, no compile) | true | false
         # auto: the run-time tuners' choices are kept in output_dir (IVF_AUTOTUNE_CACHE, unless set), so a
         # resumed run runs the same kernel plans; null: each process tunes afresh.
         "tuning_cache": "auto",

@@ -40,11 +40,26 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
     return list(groups.values())
 
 
-def build_optimizer(model: nn.Module, optim: dict, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, optim: dict, device: torch.device, graph_ready: bool = False) -> torch.optim.AdamW:
+    """AdamW, fused on CUDA. `graph_ready`: fused on every device, a device-tensor lr per group and (on CUDA)
+    ``capturable``, so a captured step follows the schedule written into those tensors."""
     groups = param_groups(model, optim["weight_decay"], optim.get("layer_decay"))
     for group in groups:
         group.pop("names")
-    return torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), fused=device.type == "cuda")
+    if not graph_ready:
+        return torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), fused=device.type == "cuda")
+    for group in groups:
+        group["lr"] = torch.tensor(optim["lr"] * group["lr_scale"], dtype=torch.float32, device=device)
+    optimizer = torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), fused=True,
+                                  capturable=device.type == "cuda")
+    return optimizer
+
+
+def use_tensor_learning_rates(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """After ``load_state_dict``: every group's lr back to a float32 tensor on `device` (a checkpoint holds
+    a Python number or a CPU tensor); call before a step is captured."""
+    for group in optimizer.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
 
 
 def learning_rate(step: int, total_steps: int, lr: float, min_lr: float, warmup_steps: int) -> float:
@@ -56,5 +71,11 @@ def learning_rate(step: int, total_steps: int, lr: float, min_lr: float, warmup_
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """``lr * lr_scale`` into every group; a tensor lr (graph-ready optimizers) is filled in place, so a
+    captured optimizer step reads this step's value."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        value = lr * group.get("lr_scale", 1.0)
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value
