@@ -178,7 +178,7 @@ def _release() -> None:
         torch.cuda.empty_cache()
 
 
-def _step_inputs(model, video, labels, recipe: str, device: torch.device) -> dict:
+def _step_inputs(video, labels, recipe: str, device: torch.device) -> dict:
     """The step's device tensors (see internvideo_fast/train/step.py): soft one-hot targets stand in for
     Mixup's output, so every provider's step is the same math."""
     if recipe in ("finetune", "cma"):
@@ -208,8 +208,9 @@ def build_step(device: torch.device, recipe: str, provider: str, batch: int | No
     from internvideo_fast.train.optim import build_optimizer, set_learning_rate
 
     graphed, compiled = provider.endswith("graphed"), provider.endswith("compiled")
+    # As ivf-train builds it: fused AdamW; graph-ready (tensor lr, capturable) for the captured step only.
     optimizer = build_optimizer(model, {"lr": 1e-4, "weight_decay": 0.05, "betas": (0.9, 0.95)}, device,
-                                graph_ready=device.type == "cuda" or graphed)
+                                graph_ready=graphed)
     set_learning_rate(optimizer, 1e-4)
     on_gpu = device.type == "cuda"
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu,  # noqa: E731
@@ -219,7 +220,7 @@ def build_step(device: torch.device, recipe: str, provider: str, batch: int | No
                            clip_grad=CLIP_GRAD, autocast=autocast, compiled=compiled)
     if graphed:
         train_step = GraphedTrainStep(train_step, log=lambda line: print(f"[e2e] {label}: {line}", flush=True))
-    inputs = _step_inputs(model, video, labels, recipe, device)
+    inputs = _step_inputs(video, labels, recipe, device)
 
     def run():
         with use_backend(backend):

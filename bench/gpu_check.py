@@ -478,6 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     print(common.format_rows(rows))
     for extra in extras:
         print(json.dumps(extra))
+    try:  # the training steps side by side: clips/s, MFU against the measured matmul rate, peak memory
+        print(_load(BENCH / "e2e_train.py").summary(rows, extras))
+    except Exception as error:  # noqa: BLE001 - the JSON above has every figure
+        print(f"[gpu-check] no train-step summary: {type(error).__name__}: {error}")
     print(f"written: {out_dir / name}" + "".join(f", {plot.name}" for plot in plots))
     failed = [s for s, r in stages.results.items() if r["status"] not in ("ok",) and not r["status"].startswith("skipped")]
     if rejected := rejected_candidates(extras):

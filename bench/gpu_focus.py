@@ -129,6 +129,13 @@ def main() -> int:
               f"{figure:8.1f} x{row.get('speedup', 0):.2f}")
     print(host_overhead.format_rows(report["extras"]))
     print(host_overhead.format_profile(primitives, profiles))
+    import e2e_train
+    from profile_step import format_markdown
+
+    print(e2e_train.summary(report["benchmarks"], report["extras"]))
+    for extra in report["extras"]:
+        if extra["op"] == "train step breakdown":
+            print(format_markdown(extra))
     print(f"written: {out_file}")
     return 0
 

@@ -32,7 +32,8 @@ from internvideo_fast.ops.tube_mask import tube_mask_official_numpy
 def get_sinusoid_encoding_table(n_position: int, d_hid: int) -> torch.Tensor:
     """``[1, n_position, d_hid]``: sin on even, cos on odd channels of ``pos / 10000^(2 (j // 2) / d_hid)``,
     computed in float64 with NumPy and stored as float32, as the official code does."""
-    angles = np.array([[pos / np.power(10000, 2 * (j // 2) / d_hid) for j in range(d_hid)] for pos in range(n_position)])
+    channel = np.arange(d_hid)
+    angles = np.arange(n_position)[:, None] / np.power(10000, 2 * (channel // 2) / d_hid)[None, :]
     angles[:, 0::2] = np.sin(angles[:, 0::2])
     angles[:, 1::2] = np.cos(angles[:, 1::2])
     return torch.tensor(angles, dtype=torch.float32).unsqueeze(0)

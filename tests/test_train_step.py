@@ -221,6 +221,34 @@ def test_tensor_learning_rates_are_filled_in_place():
     assert len({group["lr_scale"] for group in optimizer.param_groups}) > 1
 
 
+@pytest.mark.parametrize("written_graph_ready, resumed_graph_ready", [(False, True), (True, False)])
+def test_a_checkpoint_resumes_in_the_other_mode(written_graph_ready, resumed_graph_ready):
+    """A checkpoint keeps the writing run's lr type and flags; restore_mode gives the resuming run its own,
+    and its next step is the step the writing optimizer would have taken."""
+    from internvideo_fast.train.optim import restore_mode
+
+    model = _model("finetune")
+    for parameter in model.parameters():
+        parameter.grad = torch.randn_like(parameter)
+    writer = build_optimizer(model, OPTIM, torch.device("cpu"), graph_ready=written_graph_ready)
+    writer.step()
+    state = copy.deepcopy(writer.state_dict())
+    resumed_model = copy.deepcopy(model)
+    for parameter, original in zip(resumed_model.parameters(), model.parameters()):
+        parameter.grad = original.grad.clone()
+    resumed = build_optimizer(resumed_model, OPTIM, torch.device("cpu"), graph_ready=resumed_graph_ready)
+    resumed.load_state_dict(state)
+    restore_mode(resumed, torch.device("cpu"), graph_ready=resumed_graph_ready)
+    for group in resumed.param_groups:
+        assert isinstance(group["lr"], torch.Tensor) == resumed_graph_ready and group["fused"] == resumed_graph_ready
+    set_learning_rate(writer, 0.01)
+    set_learning_rate(resumed, 0.01)
+    writer.step()
+    resumed.step()
+    for (name, expected), actual in zip(model.state_dict().items(), resumed_model.state_dict().values()):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
 def test_cuda_graph_setting():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_cuda_graph("auto", "mae_pretrain", cuda) is True

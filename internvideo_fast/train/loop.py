@@ -28,7 +28,7 @@ from internvideo_fast.models import create_model
 from internvideo_fast.models.checkpoint import save_atomically
 from internvideo_fast.train.distributed import DistContext, all_reduce_mean, cleanup, init_distributed
 from internvideo_fast.train.mixup import VideoMixup
-from internvideo_fast.train.optim import build_optimizer, learning_rate, set_learning_rate, use_tensor_learning_rates
+from internvideo_fast.train.optim import build_optimizer, learning_rate, restore_mode, set_learning_rate
 from internvideo_fast.train.step import (
     CLASSIFICATION_RECIPES, GraphedTrainStep, TrainStep, resolve_cuda_graph, step_inputs,
 )
@@ -229,8 +229,7 @@ def _train(config: dict, ctx: DistContext) -> dict:
         optimizer.load_state_dict(checkpoint["optimizer"])
         step = checkpoint["step"]
         _set_rng_state(checkpoint["rng"][min(ctx.rank, len(checkpoint["rng"]) - 1)])
-        if graphed:
-            use_tensor_learning_rates(optimizer, ctx.device)
+        restore_mode(optimizer, ctx.device, graph_ready=graphed)
         if ctx.is_main:
             print(f"resumed from {resume_from} at step {step}")
 

@@ -55,11 +55,21 @@ def build_optimizer(model: nn.Module, optim: dict, device: torch.device, graph_r
     return optimizer
 
 
-def use_tensor_learning_rates(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    """After ``load_state_dict``: every group's lr back to a float32 tensor on `device` (a checkpoint holds
-    a Python number or a CPU tensor); call before a step is captured."""
+def restore_mode(optimizer: torch.optim.Optimizer, device: torch.device, graph_ready: bool) -> None:
+    """After ``load_state_dict``: the groups carry the lr type and the fused / capturable flags of the run
+    that wrote the checkpoint (a Python number or a CPU tensor lr); set them to what `build_optimizer` gives
+    this run, and each parameter's step counter to the device those flags need. Before any capture."""
+    fused = graph_ready or device.type == "cuda"
+    capturable = graph_ready and device.type == "cuda"
     for group in optimizer.param_groups:
-        group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+        value = float(group["lr"])
+        group["lr"] = torch.tensor(value, dtype=torch.float32, device=device) if graph_ready else value
+        group["fused"], group["capturable"] = fused, capturable
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            if "step" in state:
+                where = parameter.device if fused or capturable else torch.device("cpu")
+                state["step"] = state["step"].to(where, torch.float32)
 
 
 def learning_rate(step: int, total_steps: int, lr: float, min_lr: float, warmup_steps: int) -> float:
