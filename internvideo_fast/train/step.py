@@ -178,6 +178,7 @@ class GraphedTrainStep:
         self.step.optimizer.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self.side_stream):
+        # thread_local: the data loader's pinning thread may call CUDA while this thread captures.
+        with torch.cuda.graph(graph, stream=self.side_stream, capture_error_mode="thread_local"):
             self.static_loss = self.step(self.static_inputs)
         self.graph = graph
