@@ -317,12 +317,15 @@ def test_a_resumed_run_of_the_graph_mode_step_continues_exactly(sample_data, tmp
 
 
 def _cuda_steps(recipe, steps, graphed, distributed=False):
-    device = torch.device("cuda")
+    device = torch.device("cuda", torch.cuda.current_device())
     model = _model(recipe).to(device)
     optimizer = build_optimizer(model, OPTIM, device, graph_ready=True)
     runner = model
-    if distributed:
-        runner = torch.nn.parallel.DistributedDataParallel(model)
+    if distributed:  # built on a side stream, as ivf-train builds it for a captured step
+        from internvideo_fast.train.distributed import DistContext
+        from internvideo_fast.train.loop import _wrap_ddp
+
+        runner = _wrap_ddp(model, DistContext(0, 1, 0, device), graphed=True)
     train_step = TrainStep(runner, optimizer, recipe, parameters=model.parameters(), mask_ratio=0.75, clip_grad=1.0)
     if graphed:
         train_step = GraphedTrainStep(train_step, warmup=2, distributed=distributed, log=pytest.fail)
