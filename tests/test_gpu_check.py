@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_dry_run(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     reports = list(tmp_path.glob("gpu-check-*-dry-run.json"))
@@ -27,6 +27,10 @@ def test_gpu_check_dry_run(tmp_path):
     assert ("tube_mask", "official-numpy") in providers and ("tube_mask", "reference") in providers
     assert all("ms" in row and "error" not in row for row in report["benchmarks"])
     assert ("ceiling copy", "torch") in providers and ("ceiling matmul", "torch") in providers
+    # The whole training step of every provider that runs without a GPU, its matmul rate and breakdown.
+    assert {("train_step_pretrain", p) for p in ("official", "reference", "ours", "ours graphed")} <= providers
+    assert ("train_step_finetune", "ours graphed") in providers
+    _assert_train_step_extras(report["extras"])
     assert any(row["op"] == "ffn memory" for row in report["extras"])  # extra_rows of bench_linear_act
     host = [row for row in report["extras"] if row["op"].startswith("host overhead: ")]
     assert len(host) == 4 and all(row["eager_path_us"] > 0 and row["custom_op_us"] > 0 for row in host)
@@ -36,6 +40,78 @@ def test_gpu_check_dry_run(tmp_path):
     assert len(profiles) == 4 and all(row["top"] and row["top"][0]["own_us_per_call"] > 0 for row in profiles)
     # The table is printed last.
     assert "written:" in result.stdout.strip().splitlines()[-1]
+
+
+def _assert_train_step_extras(extras):
+    rate = [row for row in extras if row["op"] == "train matmul rate"]
+    assert len(rate) == 1 and rate[0]["TFLOP/s"] > 0
+    breakdown = [row for row in extras if row["op"] == "train step breakdown"]
+    assert len(breakdown) == 1 and breakdown[0]["gemm_floor_ms"] > 0 and breakdown[0]["gemms"] > 0, breakdown
+    assert {"GEMMs", "optimizer", "LayerNorm"} <= set(breakdown[0]["groups_ms"])
+
+
+def test_gpu_focus_dry_run(tmp_path):
+    """bench/gpu_focus.py --dry-run: every group on CPU, the train-step rows among them, one JSON."""
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_focus.py"), "--dry-run"],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT, env=dict(os.environ, OUT=str(tmp_path)))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (path,) = tmp_path.glob("gpu-check-*-focus-dry-run.json")
+    report = json.loads(path.read_text())
+    steps = {row["provider"]: row for row in report["benchmarks"] if row["op"] == "train_step_pretrain"}
+    assert set(steps) == {"official", "reference", "ours", "ours graphed"}
+    assert all(row["ms"] > 0 for row in steps.values())
+    _assert_train_step_extras(report["extras"])
+    assert "written:" in result.stdout.strip().splitlines()[-1]
+
+
+def test_step_breakdown_groups_kernels_by_what_they_do(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from profile_step import group_of
+
+    expected = {
+        "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64": "GEMMs",
+        "_linear_act_fwd_kernel": "GEMMs",
+        "cutlass::Kernel2<cutlass_80_tensorop_bf16_s16816gemm>": "GEMMs",
+        "aten::addmm": "GEMMs",
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop": "attention",
+        "_dropout_add_layer_norm_bwd_kernel": "LayerNorm",
+        "aten::native_layer_norm": "LayerNorm",
+        "mae_targets_kernel": "loss and targets",
+        "tube_mask_kernel": "masking / gathers",
+        "CatArrayBatchedCopy_contig": "masking / gathers",
+        "void at::native::(anonymous namespace)::fused_adamw_kernel": "optimizer",
+        "multi_tensor_apply_kernel<TensorListMetadata<1>, UnaryOpFunctor>": "optimizer",
+        "void at::native::bfloat16_copy_kernel_cuda": "copies",
+        "Memcpy DtoD (Device -> Device)": "copies",
+        "void at::native::vectorized_elementwise_kernel<4, GeluCUDAKernelImpl>": "other elementwise",
+    }
+    assert {name: group_of(name) for name in expected} == expected
+
+
+def test_the_gemm_floor_replays_the_steps_gemm_shapes(monkeypatch):
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from profile_step import gemms_alone, record_gemms
+
+    x, w = torch.randn(5, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    gemms = record_gemms(lambda: torch.nn.functional.linear(x, w).sum().backward())
+    assert [name for name, _ in gemms] == ["mm", "mm", "mm"]  # forward, and both gradients
+    assert gemms[0][1][0][0] == (5, 3)
+    gemms_alone(gemms, torch.device("cpu"))()
+
+
+def test_e2e_summary_gives_clips_mfu_and_memory(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import e2e_train
+
+    rows = [{"op": "train_step_pretrain", "size": "videomae,B=32,16x224x224", "provider": "ours graphed",
+             "ms": 20.0, "TFLOP/s": 314.0, "speedup": 2.5}]
+    extras = [{"op": "train matmul rate", "TFLOP/s": 785.0},
+              {"op": "train step memory", "step": "train_step_pretrain", "size": "videomae,B=32,16x224x224",
+               "provider": "ours graphed", "peak_GiB": 30.5}]
+    line = e2e_train.summary(rows, extras).splitlines()[1]
+    assert "1600.0" in line and "40.0%" in line and "30.5" in line and "2.50x" in line
 
 
 def test_launch_probe_kernel_computes_its_rows(monkeypatch):

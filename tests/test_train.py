@@ -287,6 +287,7 @@ def test_validation_during_training_keeps_the_best_checkpoint(sample_data, tmp_p
 def test_fp16_is_refused_on_cpu_and_scales_the_loss_where_it_runs(sample_data, tmp_path):
     from internvideo_fast.errors import ConfigError
     from internvideo_fast.train.loop import MixedPrecision
+    from internvideo_fast.train.step import TrainStep
 
     with pytest.raises(ConfigError, match="train.precision=fp16 is supported on CUDA only"):
         train(load_config(_config(sample_data, tmp_path / "fp16", precision="fp16")), device="cpu")
@@ -296,21 +297,20 @@ def test_fp16_is_refused_on_cpu_and_scales_the_loss_where_it_runs(sample_data, t
     model = torch.nn.Linear(8, 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     amp = MixedPrecision("fp16", torch.device("cpu"), allow_cpu_fp16=True)
-    x = torch.randn(5, 8)
+    step = TrainStep(model, optimizer, "finetune", parameters=model.parameters(), clip_grad=1e6,
+                     autocast=amp.autocast, scaler=amp.scaler)
+    x, targets = torch.randn(5, 8), torch.softmax(torch.randn(5, 3), dim=-1)
     reference = torch.nn.Linear(8, 3)
     reference.load_state_dict(model.state_dict())
-    reference(x).pow(2).mean().backward()
+    soft_cross_entropy(reference(x), targets).backward()
     before = model.weight.detach().clone()
     with amp.autocast():
-        out = model(x)
-    assert out.dtype == torch.float16
-    amp.backward_and_step(out.float().pow(2).mean(), optimizer, model.parameters(), clip_grad=1e6)
+        assert model(x).dtype == torch.float16
+    step({"video": x, "targets": targets})
     # The gradients the optimizer used are the unscaled ones (the loss was scaled by 2^16 for backward).
     torch.testing.assert_close((before - model.weight.detach()) / 0.1, reference.weight.grad, rtol=2e-2, atol=2e-3)
     scale, before = amp.scaler.get_scale(), model.weight.detach().clone()
-    with amp.autocast():
-        overflow = model(x).float().sum() * float("inf")
-    amp.backward_and_step(overflow, optimizer, model.parameters(), clip_grad=None)
+    step({"video": x * float("inf"), "targets": targets})
     assert torch.equal(model.weight, before) and amp.scaler.get_scale() < scale  # skipped, scale lowered
     assert amp.state_dict()["scale"] == amp.scaler.get_scale()
     assert MixedPrecision("auto", torch.device("cpu")).state_dict() is None

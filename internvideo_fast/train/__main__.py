@@ -31,6 +31,9 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in an output_dir that holds a run, deleting its checkpoints and "
                              "metrics (same as train.overwrite=true)")
+    parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                        help="capture the whole training step as one CUDA graph (same as train.cuda_graph=...; "
+                             "default auto: on for CUDA)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (YAML) and exit")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.base_lr=1e-3")
@@ -38,6 +41,7 @@ def _main(argv: list[str]) -> int:
     overrides = list(args.overrides)
     overrides += [f"train.resume={args.resume}"] if args.resume else []
     overrides += ["train.overwrite=true"] if args.overwrite else []
+    overrides += [f"train.cuda_graph={str(args.cuda_graph).lower()}"] if args.cuda_graph is not None else []
     config = load_config(args.config, overrides)
     if args.print_config:
         print(to_yaml(config), end="")

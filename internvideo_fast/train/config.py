@@ -131,6 +131,8 @@ class TrainConfig:
     overwrite: bool = False  # start afresh in an output_dir that holds a run (its checkpoints are deleted)
     precision: str = key("auto", OneOf(PRECISIONS))  # auto: bf16 on CUDA, fp32 on CPU; fp16: CUDA only
     compile: bool | str = key(False, OneOf(COMPILE_MODES))
+    # auto: each step replays one CUDA graph on CUDA (off with train.compile or fp16); true | false
+    cuda_graph: bool | str = key("auto", OneOf((True, False, "auto")))
     # auto: the run-time tuners' choices are kept in output_dir (IVF_AUTOTUNE_CACHE, unless set), so a
     # resumed run runs the same kernel plans; null: each process tunes afresh.
     tuning_cache: str | None = key("auto", OneOf(("auto",)))

@@ -28,16 +28,16 @@ from torch.nn.parallel import DistributedDataParallel
 from internvideo_fast.errors import ConfigError, UserError
 from internvideo_fast.models import create_model
 from internvideo_fast.models.checkpoint import save_atomically
-from internvideo_fast.models.tokenizer import tokenize
 from internvideo_fast.progress import RecentRate, format_duration
 from internvideo_fast.train import run_folder
 from internvideo_fast.train.config import to_yaml, validate_config
 from internvideo_fast.train.distributed import DistContext, all_reduce_mean, cleanup, init_distributed
-from internvideo_fast.train.mixup import VideoMixup, soft_cross_entropy
-from internvideo_fast.train.optim import build_optimizer, learning_rate, set_learning_rate
+from internvideo_fast.train.mixup import VideoMixup
+from internvideo_fast.train.optim import build_optimizer, learning_rate, restore_mode, set_learning_rate
 from internvideo_fast.train.run_folder import CHECKPOINT_NAME, MetricsLog
-
-CLASSIFICATION_RECIPES = ("finetune", "supervised_postpretrain", "cma")
+from internvideo_fast.train.step import (
+    CLASSIFICATION_RECIPES, GraphedTrainStep, TrainStep, resolve_cuda_graph, step_inputs,
+)
 
 
 def _num_classes(model, config: dict) -> int:
@@ -180,8 +180,10 @@ def _train(config: dict, ctx: DistContext) -> dict:
     batch_size = config["data"].get("batch_size", 8)
     global_batch = batch_size * ctx.world_size
     optim_cfg["lr"] = optim_cfg["base_lr"] * global_batch / 256
-    optimizer = build_optimizer(model, optim_cfg, ctx.device)
-    wrapped = DistributedDataParallel(model) if ctx.world_size > 1 else model
+    graphed = resolve_cuda_graph(train_cfg["cuda_graph"], config["recipe"], ctx.device, train_cfg["compile"],
+                                 loss_scaling=amp.scaler.is_enabled())
+    optimizer = build_optimizer(model, optim_cfg, ctx.device, graph_ready=graphed)
+    wrapped = _wrap_ddp(model, ctx, graphed) if ctx.world_size > 1 else model
     if train_cfg["compile"]:
         # The fused ops are torch.library custom ops, so the whole model captures as one graph; the
         # checkpoint keeps `model`'s own parameter names. "reduce-overhead" adds CUDA graphs.
@@ -204,9 +206,18 @@ def _train(config: dict, ctx: DistContext) -> dict:
         step = checkpoint["step"]
         _set_rng_state(checkpoint["rng"][min(ctx.rank, len(checkpoint["rng"]) - 1)])
         amp.load_state_dict(checkpoint.get("scaler"))
+        restore_mode(optimizer, ctx.device, graph_ready=graphed)
         if ctx.is_main:
             print(f"resumed from {resume_from} at step {step}")
 
+    # No autocast weight cache under a CUDA graph: casts cached at capture would not follow the weights.
+    train_step = TrainStep(wrapped, optimizer, config["recipe"], parameters=model.parameters(),
+                           mask_ratio=train_cfg["mask_ratio"], clip_grad=optim_cfg.get("clip_grad"),
+                           autocast=lambda: amp.autocast(cache_enabled=not graphed), scaler=amp.scaler,
+                           compiled=bool(train_cfg["compile"]))
+    if graphed:
+        train_step = GraphedTrainStep(train_step, distributed=ctx.world_size > 1,
+                                      log=print if ctx.is_main else (lambda line: None))
     metrics = _RunLogs(output_dir, ctx, train_cfg["tensorboard"], step)
     validate_every = train_cfg["eval_every_epochs"]
     saved_step = -1
@@ -226,32 +237,20 @@ def _train(config: dict, ctx: DistContext) -> dict:
                 loader.check_labels(mixup.num_classes)
             batches, batches_epoch = iter(loader), epoch
         batch = next(batches)
-        video = batch["video"].to(ctx.device, non_blocking=True)
         lr = learning_rate(step, total_steps, optim_cfg["lr"], optim_cfg["min_lr"], optim_cfg["warmup_steps"])
         set_learning_rate(optimizer, lr)
         draw = step_seed(seed, step) + ctx.rank
         # Every random draw of the step (dropout, drop path, mixup) comes from the step's own seed, so no
         # other consumer of the global generator (a data loader's iterator) can shift a resumed run.
+        # A replayed graph draws from the generator's state at replay, so this seeds it too.
         torch.manual_seed(draw)
-        with amp.autocast():
-            if finetune:
-                labels = batch["label"].to(ctx.device)
-                generator = torch.Generator().manual_seed(draw)
-                video, targets = mixup(video, labels, generator)
-                loss = soft_cross_entropy(wrapped(video), targets)
-            elif config["recipe"] == "vl_pretrain":
-                tokens = tokenize(batch["caption"]).to(ctx.device)
-                loss = wrapped(video, tokens)["loss"]
-            else:
-                loss = wrapped(video, mask_ratio=train_cfg["mask_ratio"],
-                               seed=torch.full((), draw, dtype=torch.int64, device=ctx.device))["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        amp.backward_and_step(loss, optimizer, model.parameters(), optim_cfg.get("clip_grad"))
+        inputs = step_inputs(batch, config["recipe"], ctx.device, draw, mixup)
+        loss = train_step(inputs)  # forward, backward, clipping, optimizer step; a copy of the loss
         step += 1
-        clips_since += video.shape[0] * ctx.world_size
+        clips_since += inputs["video"].shape[0] * ctx.world_size
         # Losses stay on the device until a log line needs them: reading each one would make the host
         # wait for the GPU every step, so the next step's launches could not overlap this step's kernels.
-        pending_losses.append(all_reduce_mean(loss.detach().float()))
+        pending_losses.append(all_reduce_mean(loss))
         if step % train_cfg["log_every"] == 0 or step == stop_step:
             losses += torch.stack(pending_losses).tolist()
             pending_losses.clear()
@@ -298,17 +297,10 @@ class MixedPrecision:
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
-    def autocast(self):
-        return torch.autocast(self.device_type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
-
-    def backward_and_step(self, loss: torch.Tensor, optimizer, parameters, clip_grad: float | None) -> None:
-        """``loss.backward()``, gradient clipping (of the unscaled gradients) and ``optimizer.step()``."""
-        self.scaler.scale(loss).backward()
-        if clip_grad:
-            self.scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(parameters, clip_grad)
-        self.scaler.step(optimizer)
-        self.scaler.update()
+    def autocast(self, cache_enabled: bool = True):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=cache_enabled)
 
     def state_dict(self) -> dict | None:
         return self.scaler.state_dict() if self.scaler.is_enabled() else None
@@ -362,6 +354,18 @@ class _RunLogs:
 
     def close(self) -> None:
         self.metrics.close()
+
+
+def _wrap_ddp(model, ctx: DistContext, graphed: bool):
+    """DDP; for a captured step it is built on a side stream, as PyTorch's CUDA-graph notes require."""
+    if not (graphed and ctx.device.type == "cuda"):
+        return DistributedDataParallel(model)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        wrapped = DistributedDataParallel(model, device_ids=[ctx.device.index])
+    torch.cuda.current_stream().wait_stream(stream)
+    return wrapped
 
 
 def _report_bad_videos(loader, epoch: int, ctx: DistContext, known: dict[str, str]) -> dict[str, str]:

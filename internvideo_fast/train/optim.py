@@ -40,11 +40,36 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
     return list(groups.values())
 
 
-def build_optimizer(model: nn.Module, optim: dict, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, optim: dict, device: torch.device, graph_ready: bool = False) -> torch.optim.AdamW:
+    """AdamW, fused on CUDA. `graph_ready`: fused on every device, a device-tensor lr per group and (on CUDA)
+    ``capturable``, so a captured step follows the schedule written into those tensors."""
     groups = param_groups(model, optim["weight_decay"], optim.get("layer_decay"))
     for group in groups:
         group.pop("names")
-    return torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), fused=device.type == "cuda")
+    if not graph_ready:
+        return torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), fused=device.type == "cuda")
+    for group in groups:
+        group["lr"] = torch.tensor(optim["lr"] * group["lr_scale"], dtype=torch.float32, device=device)
+    optimizer = torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), fused=True,
+                                  capturable=device.type == "cuda")
+    return optimizer
+
+
+def restore_mode(optimizer: torch.optim.Optimizer, device: torch.device, graph_ready: bool) -> None:
+    """After ``load_state_dict``: the groups carry the lr type and the fused / capturable flags of the run
+    that wrote the checkpoint (a Python number or a CPU tensor lr); set them to what `build_optimizer` gives
+    this run, and each parameter's step counter to the device those flags need. Before any capture."""
+    fused = graph_ready or device.type == "cuda"
+    capturable = graph_ready and device.type == "cuda"
+    for group in optimizer.param_groups:
+        value = float(group["lr"])
+        group["lr"] = torch.tensor(value, dtype=torch.float32, device=device) if graph_ready else value
+        group["fused"], group["capturable"] = fused, capturable
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            if "step" in state:
+                where = parameter.device if fused or capturable else torch.device("cpu")
+                state["step"] = state["step"].to(where, torch.float32)
 
 
 def learning_rate(step: int, total_steps: int, lr: float, min_lr: float, warmup_steps: int) -> float:
@@ -56,5 +81,11 @@ def learning_rate(step: int, total_steps: int, lr: float, min_lr: float, warmup_
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """``lr * lr_scale`` into every group; a tensor lr (graph-ready optimizers) is filled in place, so a
+    captured optimizer step reads this step's value."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        value = lr * group.get("lr_scale", 1.0)
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value
