@@ -260,17 +260,22 @@ def test_cuda_graph_setting():
         resolve_cuda_graph("yes", "mae_pretrain", cuda)
     with pytest.raises(ConfigError, match="train.compile"):
         resolve_cuda_graph(True, "mae_pretrain", cuda, compile_setting=True)
+    # fp16's GradScaler decides on the host whether a step runs: never captured
+    assert resolve_cuda_graph("auto", "mae_pretrain", cuda, loss_scaling=True) is False
+    with pytest.raises(ConfigError, match="train.precision=fp16"):
+        resolve_cuda_graph(True, "mae_pretrain", cuda, loss_scaling=True)
 
 
-def test_the_cli_flag_sets_the_config_key(monkeypatch):
+def test_the_cli_flag_sets_the_config_key(capsys):
+    import yaml
+
     from internvideo_fast.train import __main__ as cli
 
     seen = []
-    monkeypatch.setattr(cli, "train", lambda config, device=None: seen.append(config))
-    cli.main(["--no-cuda-graph"])
-    cli.main(["--cuda-graph"])
-    cli.main([])
-    assert [config["train"]["cuda_graph"] for config in seen] == [False, True, "auto"]
+    for flags in (["--no-cuda-graph"], ["--cuda-graph"], []):
+        assert cli.main([*flags, "--print-config"]) == 0
+        seen.append(yaml.safe_load(capsys.readouterr().out)["train"]["cuda_graph"])
+    assert seen == [False, True, "auto"]
 
 
 @pytest.fixture(scope="module")
