@@ -22,10 +22,11 @@ Matching differs as in the reference evaluations:
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Hashable, Sequence
 
 import numpy as np
+
+from internvideo_fast.data.annotations import BoxDetection, Segment
 
 THUMOS14_TIOUS = (0.3, 0.4, 0.5, 0.6, 0.7)
 ACTIVITYNET_TIOUS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.5:0.05:0.95
@@ -34,28 +35,6 @@ __all__ = [
     "Segment", "BoxDetection", "average_precision", "temporal_iou", "box_iou", "tal_map", "frame_map",
     "THUMOS14_TIOUS", "ACTIVITYNET_TIOUS",
 ]
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One temporal segment of class ``label`` in ``video``: ground truth (score unused) or a detection."""
-
-    video: str
-    start: float
-    end: float
-    label: int
-    score: float = 1.0
-
-
-@dataclass(frozen=True)
-class BoxDetection:
-    """One box of class ``label`` on the keyframe ``(video, timestamp)``; (x1, y1, x2, y2) normalized."""
-
-    video: str
-    timestamp: float
-    box: tuple[float, float, float, float]
-    label: int
-    score: float = 1.0
 
 
 def average_precision(is_true_positive: Sequence[bool], num_ground_truth: int) -> float:
