@@ -42,6 +42,11 @@ def _info(_: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.task:  # the downstream tasks' demos: train/tasks/<task>.py
+        from internvideo_fast.train.tasks import demo_task
+
+        demo_task(args.task, args.out, args.device)
+        return 0
     from internvideo_fast.demo import run_demo
 
     run_demo(args.out, args.pretrain_steps, args.finetune_steps, args.clips_per_class, args.device,
@@ -94,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--multimodal-steps", type=int, help="steps of the video-text and CMA stages")
     demo.add_argument("--clips-per-class", type=int, default=64)
     demo.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    demo.add_argument("--task", choices=("tal", "open_set"), help="a downstream task's demo instead")
     demo.set_defaults(run=_demo)
     masks = commands.add_parser("masks", help="tube masks on every backend, cross-checked")
     masks.add_argument("--batch", type=int, default=4)

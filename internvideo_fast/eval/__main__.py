@@ -25,11 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ivf-eval", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--task", default="classify", choices=("classify", "zero_shot", "retrieval", "multiple_choice"))
+    parser.add_argument("--task", default="classify",
+                        choices=("classify", "zero_shot", "retrieval", "multiple_choice", "tal", "open_set"))
     parser.add_argument("--classes", help="zero_shot: a file of class names, one per line")
     parser.add_argument("--questions", help="multiple_choice: a JSON-lines file, one question per video")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the run's config")
     args = parser.parse_args(argv)
+    if args.task in ("tal", "open_set"):  # downstream tasks: train/tasks/<task>.py
+        from internvideo_fast.train.tasks import evaluate_task
+
+        print(json.dumps(evaluate_task(args.task, args.checkpoint, args.overrides, args.device)))
+        return 0
     model, config = load_trained_model(args.checkpoint, args.device)
     for override in args.overrides:
         apply_override(config, override)

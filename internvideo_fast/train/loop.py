@@ -159,6 +159,10 @@ class MetricsLog:
 def train(config: dict, device: str | None = None) -> dict:
     """Runs `config` (see internvideo_fast/train/config.py); returns the per-step losses and the final
     evaluation (fine-tuning) of rank 0."""
+    from internvideo_fast.train.tasks import TASK_RECIPES, train_task
+
+    if config["recipe"] in TASK_RECIPES:  # the downstream tasks' recipes live in train/tasks/
+        return train_task(config, device)
     ctx = init_distributed(device)
     try:
         with tuning_cache(config):
