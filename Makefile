@@ -15,7 +15,7 @@ demo: build
 # The downstream tasks' demos on generated data, each printing its metric against chance (one thread:
 # their tiny models lose more to thread synchronization on shared cores than they gain).
 demo-downstream: build
-	for task in tal open_set stal; do OMP_NUM_THREADS=1 $(PY) -m internvideo_fast.cli demo --task $$task || exit 1; done
+	for task in tal open_set stal vqa; do OMP_NUM_THREADS=1 $(PY) -m internvideo_fast.cli demo --task $$task || exit 1; done
 
 test: build
 	$(PY) -m pytest tests -n $(PYTEST_JOBS) --durations=10

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--multimodal-steps", type=int, help="steps of the video-text and CMA stages")
     demo.add_argument("--clips-per-class", type=int, default=64)
     demo.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    demo.add_argument("--task", choices=("tal", "open_set", "stal"), help="a downstream task's demo instead")
+    demo.add_argument("--task", choices=("tal", "open_set", "stal", "vqa"), help="a downstream task's demo instead")
     demo.set_defaults(run=_demo)
     masks = commands.add_parser("masks", help="tube masks on every backend, cross-checked")
     masks.add_argument("--batch", type=int, default=4)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 
 TASK_RECIPES = ("tal", "open_set")
-DEMO_TASKS = ("tal", "open_set", "stal")  # stal's demo trains on generated clips in memory (stal.py)
+DEMO_TASKS = ("tal", "open_set", "stal", "vqa")  # stal and vqa: demos on generated clips in memory
 
 
 def task_module(name: str):
