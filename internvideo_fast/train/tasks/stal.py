@@ -11,7 +11,6 @@ the frame-mAP of random scores on the same boxes.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
