@@ -1,4 +1,4 @@
-"""The downstream tasks, one module each: ``tal`` and ``open_set`` are recipes (``train(config, device)``
+"""The downstream tasks, one module each: ``tal``, ``open_set`` and ``vqa`` are recipes (``train(config, device)``
 for ``ivf-train``, ``evaluate(checkpoint, overrides, device)`` for ``ivf-eval --task NAME``); every module
 in :data:`DEMO_TASKS` has ``demo(out_dir, device)`` for ``ivf demo --task NAME``, returning its metric and
 the metric of chance."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-TASK_RECIPES = ("tal", "open_set")
+TASK_RECIPES = ("tal", "open_set", "vqa")
 DEMO_TASKS = ("tal", "open_set", "stal", "vqa")  # stal and vqa: demos on generated clips in memory
 
 

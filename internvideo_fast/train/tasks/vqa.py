@@ -10,6 +10,30 @@ templates, written as MSRVTT-QA-style JSON and read back with :func:`~internvide
 
 A tiny InternVideo-MM with :class:`~internvideo_fast.models.video_qa.VideoQA` trains both heads together
 (cross-entropy over the vocabulary plus cross-entropy over the choices) and reports the VQA accuracy of each.
+
+``recipe: vqa`` trains the same heads on real videos (``train`` / ``evaluate`` below)::
+
+    recipe: vqa
+    model: internvideo_mm_b16          # a registered video-text model; pretrained: its weights
+    model_args: {dim: 512, depth: 2, num_heads: 8, dropout: 0.1, freeze_encoders: false}
+    data:
+      root: videos/                    # <video><extension> per question's video
+      extension: .mp4
+      video_name: "video{}"            # MSRVTT-QA's numeric video_id -> file name
+      train_qa: train_qa.json          # read_qa files: open-ended and/or multiple-choice questions
+      val_qa: val_qa.json
+      num_answers: 1000                # answer vocabulary: the most frequent training answers
+      num_frames: 8
+      img_size: 224
+      short_side: null                 # default: img_size
+      context_length: 32
+      batch_size: 8
+      num_workers: 4
+    optim: {base_lr: 1e-4, weight_decay: 0.05, warmup_steps: 0}
+    train: {epochs: 5, max_steps: null, seed: 0, log_every: 10, output_dir: runs/vqa}
+
+An open-ended answer outside the vocabulary is left out of training and counts as wrong in evaluation; all
+multiple-choice questions of a file must have the same number of choices.
 """
 
 from __future__ import annotations
@@ -23,8 +47,12 @@ import torch
 import torch.nn.functional as F
 
 from internvideo_fast.data.annotations import read_qa
-from internvideo_fast.eval.recognition_metrics import vqa_accuracy
-from internvideo_fast.train.tasks.common import Optimizer, pick_device, seed_everything
+from internvideo_fast.errors import ConfigError
+from internvideo_fast.eval.recognition_metrics import normalize_answer, vqa_accuracy
+from internvideo_fast.train.tasks.common import (
+    Optimizer, load_checkpoint, pick_device, require, save_checkpoint, section, seed_everything,
+)
+from internvideo_fast.train.tasks.vqa_data import answer_vocabulary
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 70, 230), "yellow": (230, 220, 40)}
 DIRECTIONS = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}
@@ -141,3 +169,170 @@ def demo(out_dir: str, device: str | None = None, steps: int = 200, batch: int =
     print(f"VQA demo: open-ended accuracy {open_accuracy:.3f} (chance 0.25), multiple-choice accuracy "
           f"{choice_accuracy:.3f} (chance 0.25), {summary['seconds']:.0f} s", flush=True)
     return summary
+
+
+# ------------------------------------------------------------------------------------------------------
+# recipe: vqa
+# ------------------------------------------------------------------------------------------------------
+DATA_DEFAULTS = {"root": None, "extension": ".mp4", "video_name": "{}", "train_qa": None, "val_qa": None,
+                 "num_answers": 1000, "num_frames": 8, "img_size": 224, "short_side": None, "context_length": 32,
+                 "batch_size": 8, "num_workers": 4, "backend": "auto", "answers": None}
+TRAIN_DEFAULTS = {"epochs": 5, "max_steps": None, "seed": 0, "log_every": 10, "output_dir": "runs/vqa"}
+OPTIM_DEFAULTS = {"base_lr": 1e-4, "min_lr": 0.0, "weight_decay": 0.05, "warmup_steps": 0, "clip_grad": 1.0}
+MODEL_DEFAULTS = {"dim": 512, "depth": 2, "num_heads": 8, "dropout": 0.1, "freeze_encoders": False,
+                  "encoder_args": {}}
+
+
+def _sections(config: dict):
+    from internvideo_fast.train.config import DEFAULTS
+
+    data = section(config, "data", DATA_DEFAULTS)
+    train = section(config, "train", {**{k: None for k in DEFAULTS["train"]}, **TRAIN_DEFAULTS})
+    optim = section(config, "optim", {**{k: None for k in DEFAULTS["optim"]}, **OPTIM_DEFAULTS})
+    train = {**TRAIN_DEFAULTS, **{k: v for k, v in train.items() if k in TRAIN_DEFAULTS and v is not None}}
+    optim = {**OPTIM_DEFAULTS, **{k: v for k, v in optim.items() if k in OPTIM_DEFAULTS and v is not None}}
+    model = section({"recipe": "vqa", "model_args": config.get("model_args")}, "model_args", MODEL_DEFAULTS)
+    return data, train, optim, model
+
+
+def _records(data: dict, key: str):
+    records = read_qa(data[key], video_name=data["video_name"])
+    counts = {len(r.choices) for r in records if r.choices}
+    if len(counts) > 1:
+        raise ConfigError(f"data.{key}: multiple-choice questions of {data[key]} have {sorted(counts)} choices; "
+                          "one count per file")
+    return records
+
+
+def _loader(records, data: dict, shuffle: bool, seed: int):
+    from internvideo_fast.train.tasks.vqa_data import QADataset, collate_questions
+
+    dataset = QADataset(records, data["root"], data["extension"], data["num_frames"], data["img_size"],
+                        data["short_side"], data["backend"])
+    return torch.utils.data.DataLoader(dataset, batch_size=data["batch_size"], shuffle=shuffle,
+                                       num_workers=data["num_workers"], collate_fn=collate_questions,
+                                       generator=torch.Generator().manual_seed(seed))
+
+
+def _build(config: dict, model_args: dict, num_answers: int, load_pretrained: bool = True):
+    from internvideo_fast.models import create_model
+    from internvideo_fast.models.video_qa import VideoQA
+
+    encoder_args = {"with_caption": False, **(model_args["encoder_args"] or {})}
+    pretrained = config.get("pretrained") if load_pretrained else None
+    encoder = create_model(config.get("model") or "internvideo_mm_b16", pretrained=pretrained, **encoder_args)
+    return VideoQA(encoder, num_answers, model_args["dim"], model_args["depth"], model_args["num_heads"],
+                   model_args["dropout"], model_args["freeze_encoders"])
+
+
+def _losses(model, video, records, answer_id: dict, context: int, device):
+    """Cross-entropy of the open-ended questions with an in-vocabulary answer plus that of the
+    multiple-choice ones; ``None`` when the batch has neither."""
+    from internvideo_fast.models.tokenizer import tokenize
+
+    total = None
+    open_ended = [i for i, r in enumerate(records) if not r.choices and normalize_answer(r.answer) in answer_id]
+    if open_ended:
+        logits = model.answer_logits(video[open_ended].to(device),
+                                     tokenize([records[i].question for i in open_ended], context).to(device))
+        targets = torch.tensor([answer_id[normalize_answer(records[i].answer)] for i in open_ended], device=device)
+        total = F.cross_entropy(logits, targets)
+    chosen = [i for i, r in enumerate(records) if r.choices]
+    if chosen:
+        count = len(records[chosen[0]].choices)
+        texts = [f"{records[i].question} {c}".strip() for i in chosen for c in records[i].choices]
+        scores = model.choice_logits(video[chosen].to(device), tokenize(texts, context).view(len(chosen), count, -1).to(device))
+        loss = F.cross_entropy(scores, torch.tensor([records[i].answer for i in chosen], device=device))
+        total = loss if total is None else total + loss
+    return total
+
+
+def train(config: dict, device: str | None = None) -> dict:
+    data, train_cfg, optim, model_args = _sections(config)
+    require(data, "data", "root", "train_qa")
+    device = pick_device(device)
+    seed_everything(train_cfg["seed"])
+    records = _records(data, "train_qa")
+    answers = answer_vocabulary(records, data["num_answers"])
+    config = json.loads(json.dumps(config))
+    config["data"] = {**data, "answers": answers}
+    config["model_args"] = model_args
+    model = _build(config, model_args, len(answers)).to(device)
+    loader = _loader(records, data, True, train_cfg["seed"])
+    total = train_cfg["epochs"] * max(1, len(loader))
+    total = min(total, train_cfg["max_steps"] or total)
+    optimizer = Optimizer(model, total, optim["base_lr"], optim["weight_decay"], optim["warmup_steps"],
+                          optim["min_lr"], optim["clip_grad"])
+    answer_id = {answer: index for index, answer in enumerate(answers)}
+    losses, step = [], 0
+    model.train()
+    while step < total:
+        for batch in loader:
+            if batch is None:
+                continue
+            loss = _losses(model, *batch, answer_id, data["context_length"], device)
+            if loss is None:
+                continue
+            lr = optimizer.step(loss)
+            losses.append(loss.item())
+            step += 1
+            if step % train_cfg["log_every"] == 0 or step == total:
+                print(f"vqa step {step}/{total} loss {losses[-1]:.4f} lr {lr:.2e}", flush=True)
+            if step == total:
+                break
+    checkpoint = save_checkpoint(model, config, step, train_cfg["output_dir"])
+    result = {"losses": losses, "steps": step, "checkpoint": str(checkpoint)}
+    if data["val_qa"]:
+        result["eval"] = evaluate_model(model, config, device)
+        print(f"vqa validation: {json.dumps(result['eval'])}", flush=True)
+    return result
+
+
+@torch.no_grad()
+def evaluate_model(model, config: dict, device) -> dict:
+    """Accuracy of the open-ended questions (over the vocabulary) and of the multiple-choice ones."""
+    from internvideo_fast.models.tokenizer import tokenize
+
+    data = config["data"]
+    records = _records(data, "val_qa")
+    answers = data["answers"]
+    model.eval()
+    predicted, truth, picks, right = [], [], [], []
+    for batch in _loader(records, data, False, 0):
+        if batch is None:
+            continue
+        video, items = batch
+        open_ended = [i for i, r in enumerate(items) if not r.choices]
+        if open_ended and answers:
+            logits = model.answer_logits(video[open_ended].to(device),
+                                         tokenize([items[i].question for i in open_ended], data["context_length"]).to(device))
+            predicted += [answers[k] for k in logits.argmax(1).tolist()]
+            truth += [items[i].answer for i in open_ended]
+        chosen = [i for i, r in enumerate(items) if r.choices]
+        if chosen:
+            count = len(items[chosen[0]].choices)
+            texts = [f"{items[i].question} {c}".strip() for i in chosen for c in items[i].choices]
+            tokens = tokenize(texts, data["context_length"]).view(len(chosen), count, -1)
+            picks += model.choice_logits(video[chosen].to(device), tokens.to(device)).argmax(1).tolist()
+            right += [items[i].answer for i in chosen]
+    result = {"questions": len(records), "answered": len(predicted) + len(picks)}
+    if predicted:
+        result["open_ended_accuracy"] = vqa_accuracy(predicted, truth)
+    if picks:
+        result["multiple_choice_accuracy"] = vqa_accuracy(picks, right)
+    return result
+
+
+def evaluate(checkpoint_path: str, overrides: list[str], device: str | None = None) -> dict:
+    """``ivf-eval --task vqa --checkpoint runs/vqa/checkpoint.pth [data.val_qa=test_qa.json ...]``."""
+    from internvideo_fast.train.config import apply_override
+
+    checkpoint = load_checkpoint(checkpoint_path, "vqa")
+    config = checkpoint["config"]
+    for override in overrides:
+        apply_override(config, override)
+    require(config["data"], "data", "val_qa")
+    device = pick_device(device)
+    model = _build(config, config["model_args"], len(config["data"]["answers"]), load_pretrained=False)
+    model.load_state_dict(checkpoint["model"])
+    return evaluate_model(model.to(device), config, device)
