@@ -26,12 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--task", default="classify",
-                        choices=("classify", "zero_shot", "retrieval", "multiple_choice", "tal", "open_set", "vqa"))
+                        choices=("classify", "zero_shot", "retrieval", "multiple_choice", "tal", "open_set", "stal", "vqa"))
     parser.add_argument("--classes", help="zero_shot: a file of class names, one per line")
     parser.add_argument("--questions", help="multiple_choice: a JSON-lines file, one question per video")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the run's config")
     args = parser.parse_args(argv)
-    if args.task in ("tal", "open_set", "vqa"):  # downstream tasks: train/tasks/<task>.py
+    if args.task in ("tal", "open_set", "stal", "vqa"):  # downstream tasks: train/tasks/<task>.py
         from internvideo_fast.train.tasks import evaluate_task
 
         print(json.dumps(evaluate_task(args.task, args.checkpoint, args.overrides, args.device)))

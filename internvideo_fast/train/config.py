@@ -96,7 +96,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         config = _merge(config, loaded)
     for override in overrides:
         apply_override(config, override)
-    recipes = ("mae_pretrain", "vl_pretrain", "finetune", "supervised_postpretrain", "cma", "tal", "open_set", "vqa")
+    recipes = ("mae_pretrain", "vl_pretrain", "finetune", "supervised_postpretrain", "cma", "tal", "open_set", "stal", "vqa")
     if config["recipe"] not in recipes:
         raise ValueError(f"recipe must be one of {recipes}, got {config['recipe']!r}")
     return config

@@ -1,14 +1,14 @@
-"""The downstream tasks, one module each: ``tal``, ``open_set`` and ``vqa`` are recipes (``train(config, device)``
-for ``ivf-train``, ``evaluate(checkpoint, overrides, device)`` for ``ivf-eval --task NAME``); every module
-in :data:`DEMO_TASKS` has ``demo(out_dir, device)`` for ``ivf demo --task NAME``, returning its metric and
-the metric of chance."""
+"""The downstream tasks, one module each. Each of :data:`TASK_RECIPES` has ``train(config, device)`` (the
+recipe of ``ivf-train``) and ``evaluate(checkpoint, overrides, device)`` (``ivf-eval --task NAME``); each of
+:data:`DEMO_TASKS` has ``demo(out_dir, device)`` (``ivf demo --task NAME``), returning its metric and the
+metric of chance."""
 
 from __future__ import annotations
 
 import importlib
 
-TASK_RECIPES = ("tal", "open_set", "vqa")
-DEMO_TASKS = ("tal", "open_set", "stal", "vqa")  # stal and vqa: demos on generated clips in memory
+TASK_RECIPES = ("tal", "open_set", "vqa", "stal")
+DEMO_TASKS = ("tal", "open_set", "stal", "vqa")
 
 
 def task_module(name: str):
