@@ -67,3 +67,21 @@ def test_tal_recipe_errors(tmp_path):
     np.save(features / "video_001.npy", np.zeros((9, 8), dtype=np.float32))
     with pytest.raises(ConfigError, match="data.fps is required"):
         train_task(_config(tmp_path, features, annotations), "cpu")
+
+
+def test_demo_videos_have_timed_actions(tmp_path):
+    from internvideo_fast.data.annotations import read_temporal_annotations
+    from internvideo_fast.data.decode import open_video
+    from internvideo_fast.extract import read_video_paths
+    from internvideo_fast.train.tasks.tal import make_demo_videos
+
+    list_path, annotations_path = make_demo_videos(tmp_path, train_videos=1, val_videos=1)
+    videos = read_video_paths(list_path)
+    annotations = read_temporal_annotations(annotations_path)
+    assert [v for v, _ in videos] == list(annotations.videos) == ["video_000", "video_001"]
+    assert [v.subset for v in annotations.videos.values()] == ["training", "validation"]
+    for (name, path), video in zip(videos, annotations.videos.values()):
+        reader = open_video(path)
+        assert reader.num_frames == round(video.duration * video.fps)
+        reader.close()
+        assert video.segments and all(0 <= s.start < s.end <= video.duration for s in video.segments)
