@@ -118,3 +118,25 @@ def test_cli_shards_by_rank_and_reports_bad_videos(clips, tmp_path, monkeypatch,
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(UserError, match="RANK=2"):
         main(common)
+
+
+@pytest.mark.parametrize("name, args, width, norm", [
+    ("uniformerv2_tiny", {"num_classes": 0}, 64, "clip"),
+    ("internvideo_mm_tiny", {"with_caption": False}, 32, "clip"),
+    ("internvideo_cma_tiny", {"num_classes": 3, "mae_args": {"img_size": 32, "num_frames": 4},
+                              "mm_args": {"img_size": 32}}, 128, "imagenet"),
+    ("videomae_pretrain_vit_micro_patch16", {"img_size": 32, "num_frames": 4}, 96, "imagenet"),
+])
+def test_every_encoder_family_gives_one_feature_per_clip(name, args, width, norm):
+    model = create_model(name, **args).eval()
+    features_of, expected_norm = feature_function(model)
+    with torch.no_grad():
+        features = features_of(torch.randn(2, 3, 4, 32, 32))
+    assert features.shape == (2, width) and expected_norm == norm
+    if name == "internvideo_mm_tiny":  # the video-text model's embedding is L2-normalized
+        torch.testing.assert_close(features.norm(dim=1), torch.ones(2))
+
+
+def test_an_unknown_model_is_a_user_error():
+    with pytest.raises(UserError, match="does not know how to pool a Linear"):
+        feature_function(torch.nn.Linear(2, 2))
