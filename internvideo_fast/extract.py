@@ -202,7 +202,8 @@ def extract_features(model: torch.nn.Module, videos: list[tuple[str, str]], out_
     short_side = config.short_side or config.size
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
     skipped = [video_id for video_id, _ in videos if (out_dir / f"{video_id}.npy").exists()]
-    todo = [(video_id, path) for video_id, path in videos if video_id not in set(skipped)]
+    finished = set(skipped)
+    todo = [(video_id, path) for video_id, path in videos if video_id not in finished]
     done, bad, windows_total = [], {}, 0
     parts: dict[str, list[torch.Tensor]] = {}
     start = time.perf_counter()
