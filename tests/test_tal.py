@@ -37,14 +37,15 @@ def test_point_grid_and_assignment_by_hand():
     assert grid.position.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 0, 2, 4, 6]
     assert grid.level_sizes == [8, 4]
     # [2, 6] (class 1) and the longer [0, 8] (class 0). Level 0 (stride 1): the central region of [2, 6]
-    # is [2.5, 5.5] (points 3, 4, 5), but their longer distance (3, 2, 3) is not below 2. Level 1
-    # (stride 2): region [2, 6] -> points 2, 4, 6, longer distances 4, 2, 4 in [2, 100); [0, 8] also
-    # covers them, and the shorter segment wins. Offsets (x - 2, 6 - x) / 2.
+    # is (2.5, 5.5) (points 3, 4, 5); only point 4's longer distance (3, 2, 3) lies in [0, 2]. Level 1
+    # (stride 2): region (2, 6) -> point 4 only (longer distance 2, in [2, 100]); [0, 8]'s region (1, 7)
+    # holds points 2, 4, 6 (longer distances 6, 4, 6); at 4 the shorter segment wins.
+    # Offsets (x - a, b - x) / stride.
     classes, offsets = assign_targets(grid, torch.tensor([[2.0, 6.0], [0.0, 8.0]]), torch.tensor([1, 0]), 3)
     positive = classes.sum(1) > 0
-    assert positive.nonzero().flatten().tolist() == [9, 10, 11]
-    assert classes[positive].argmax(1).tolist() == [1, 1, 1]
-    assert offsets[positive].tolist() == [[0.0, 2.0], [1.0, 1.0], [2.0, 0.0]]
+    assert positive.nonzero().flatten().tolist() == [4, 9, 10, 11]
+    assert classes[positive].argmax(1).tolist() == [1, 0, 1, 0]
+    assert offsets[positive].tolist() == [[2.0, 2.0], [1.0, 3.0], [1.0, 1.0], [3.0, 1.0]]
     assert offsets[~positive].abs().sum() == 0
     none, _ = assign_targets(grid, torch.zeros(0, 2), torch.zeros(0, dtype=torch.int64), 3)
     assert none.sum() == 0

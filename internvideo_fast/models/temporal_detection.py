@@ -52,10 +52,10 @@ def assign_targets(grid: PointGrid, segments: torch.Tensor, labels: torch.Tensor
                    center_radius: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets of one video: ``(classes [P, num_classes] one-hot (zeros = background), offsets [P, 2])``.
 
-    A point ``x`` of stride ``s`` is positive for a segment ``[a, b]`` when it lies inside the segment's
-    central region ``[max(a, c - r s), min(b, c + r s)]`` (``c`` its centre, ``r = center_radius``) and the
-    longer of ``x - a``, ``b - x`` lies in the level's regression range ``[lo, hi)``. A point positive for
-    several segments takes the shortest. Offsets are ``(x - a, b - x) / s``."""
+    A point ``x`` of stride ``s`` is positive for a segment ``[a, b]`` when it lies strictly inside the
+    segment's central region ``(max(a, c - r s), min(b, c + r s))`` (``c`` its centre, ``r = center_radius``)
+    and the longer of ``x - a``, ``b - x`` lies in the level's regression range ``[lo, hi]`` (ActionFormer's
+    rules). A point positive for several segments takes the shortest. Offsets are ``(x - a, b - x) / s``."""
     points = grid.position.shape[0]
     classes = torch.zeros(points, num_classes, device=grid.position.device)
     offsets = torch.zeros(points, 2, device=grid.position.device)
@@ -66,10 +66,10 @@ def assign_targets(grid: PointGrid, segments: torch.Tensor, labels: torch.Tensor
     start, end = segments[None, :, 0], segments[None, :, 1]
     left, right = x - start, end - x
     centre = 0.5 * (start + end)
-    inside_centre = (x >= torch.maximum(start, centre - center_radius * stride)) & \
-                    (x <= torch.minimum(end, centre + center_radius * stride))
+    inside_centre = (x > torch.maximum(start, centre - center_radius * stride)) & \
+                    (x < torch.minimum(end, centre + center_radius * stride))
     longest = torch.maximum(left, right)
-    in_range = (longest >= grid.regression_range[:, :1]) & (longest < grid.regression_range[:, 1:])
+    in_range = (longest >= grid.regression_range[:, :1]) & (longest <= grid.regression_range[:, 1:])
     length = (end - start).expand(points, -1).clone()
     length[~(inside_centre & in_range)] = float("inf")
     shortest, chosen = length.min(dim=1)
