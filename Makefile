@@ -7,10 +7,15 @@ DEPS_STAMP := $(VENV)/.ivf-deps
 REQUIREMENTS := requirements/constraints.txt requirements/build.txt requirements/runtime.txt requirements/test.txt
 PYTEST_JOBS ?= 2
 
-.PHONY: demo test bench gpu-check gpu-dali device-kit build deps ffmpeg aot-check cuda-resources clean
+.PHONY: demo demo-downstream test bench gpu-check gpu-dali device-kit build deps ffmpeg aot-check cuda-resources clean
 
 demo: build
 	$(PY) -m internvideo_fast.cli demo
+
+# The downstream tasks' demos on generated data, each printing its metric against chance (one thread:
+# their tiny models lose more to thread synchronization on shared cores than they gain).
+demo-downstream: build
+	for task in tal open_set stal vqa; do OMP_NUM_THREADS=1 $(PY) -m internvideo_fast.cli demo --task $$task || exit 1; done
 
 # The AOT check of each kernel's default plan is part of `make test`; the sweep of every config is not.
 test: build

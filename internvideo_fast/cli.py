@@ -64,6 +64,11 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.task:  # the downstream tasks' demos: train/tasks/<task>.py
+        from internvideo_fast.train.tasks import demo_task
+
+        demo_task(args.task, args.out, args.device)
+        return 0
     from internvideo_fast.demo import run_demo
 
     _positive(args, "pretrain_steps", "finetune_steps", "multimodal_steps", "clips_per_class")
@@ -120,6 +125,7 @@ def _main(argv: list[str]) -> int:
     demo.add_argument("--multimodal-steps", type=int, help="steps of the video-text and CMA stages")
     demo.add_argument("--clips-per-class", type=int, default=64)
     demo.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    demo.add_argument("--task", choices=("tal", "open_set", "stal", "vqa"), help="a downstream task's demo instead")
     demo.set_defaults(run=_demo)
     masks = commands.add_parser("masks", help="tube masks on every backend, cross-checked")
     masks.add_argument("--batch", type=int, default=4)

@@ -5,7 +5,9 @@
 - `zero_shot --classes names.txt`: zero-shot action recognition of a video-text model (one class name per
   line, in label order);
 - `retrieval`: video<->text R@1/5/10 and median rank (the list must be a video-text list: data.text=true);
-- `multiple_choice --questions q.jsonl`: one `{"choices": [...], "answer": k}` line per video of the list.
+- `multiple_choice --questions q.jsonl`: one `{"choices": [...], "answer": k}` line per video of the list;
+- `tal`, `stal`, `open_set`, `vqa`: a downstream task's run (internvideo_fast/train/tasks/) on its own
+  validation data: mAP at tIoU thresholds, frame-mAP@0.5, open-set AUROC and closed-set accuracy, accuracy.
 
 A checkpoint not written by ivf-train (an official `{"model": ...}` file) needs `--model NAME` and the keys
 its config lacks, e.g. `model_args.num_classes=400 data.val_list=val.txt data.num_frames=16`.
@@ -23,6 +25,7 @@ import sys
 import torch
 
 from internvideo_fast.errors import UserError, run_cli
+from internvideo_fast.train.config import TASK_RECIPES
 
 
 def _read_lines(path: str, what: str) -> list[str]:
@@ -47,12 +50,18 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--model", help="registered model name, for checkpoints not written by ivf-train")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--task", default="classify", choices=("classify", "zero_shot", "retrieval", "multiple_choice"))
+    parser.add_argument("--task", default="classify",
+                        choices=("classify", "zero_shot", "retrieval", "multiple_choice", *TASK_RECIPES))
     parser.add_argument("--classes", help="zero_shot: a file of class names, one per line")
     parser.add_argument("--questions", help="multiple_choice: a JSON-lines file, one question per video")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides of the run's config")
     args = parser.parse_args(argv)
+    if args.task in TASK_RECIPES:  # the downstream tasks: internvideo_fast/train/tasks/<task>.py
+        from internvideo_fast.train.tasks import evaluate_task
+
+        print(json.dumps(evaluate_task(args.task, args.checkpoint, args.overrides, args.device)))
+        return 0
     if args.task == "zero_shot" and not args.classes:
         parser.error("--task zero_shot needs --classes")
     if args.task == "multiple_choice" and not args.questions:

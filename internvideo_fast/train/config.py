@@ -40,7 +40,14 @@ RECIPES: dict[str, str] = {
     "finetune": "classification fine-tuning (mixup / cutmix, label smoothing, layer decay)",
     "supervised_postpretrain": "supervised post-pretraining of either encoder on action labels",
     "cma": "cross-model attention over frozen backbones (CMA blocks + head train)",
+    "tal": "temporal action localization: an ActionFormer-style detector on ivf-extract features",
+    "stal": "spatio-temporal action localization: a RoIAlign head over person boxes (AVA CSV)",
+    "open_set": "open-set recognition: an evidential (Dirichlet) head on ivf-extract features",
+    "vqa": "video question answering: open-ended and multiple-choice heads on InternVideo-MM",
 }
+# The downstream tasks' recipes (internvideo_fast/train/tasks/): their `data` section is the task's own,
+# checked by the task against its keys.
+TASK_RECIPES = ("tal", "stal", "open_set", "vqa")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -328,7 +335,7 @@ def apply_override(config: dict, override: str, check: bool = True) -> None:
     must be one of the schema's and the value of its type and range (keys inside free-form mappings such as
     ``model_args.*`` are not checked)."""
     keys, value = _split_override(override)
-    if check:
+    if check and not (keys[0] == "data" and config.get("recipe") in TASK_RECIPES):
         _check_value(TrainingConfig, keys, value, f"override {override}")
     node = config
     for name in keys[:-1]:
@@ -469,6 +476,12 @@ def validate_config(config: dict, sources: dict[str, str] | None = None) -> dict
     from, for the messages. Raises :class:`ConfigError`."""
     sources = sources or {}
     merged = _merge(DEFAULTS, config)
+    task_data = None
+    if merged["recipe"] in TASK_RECIPES:
+        if not isinstance(config.get("data") or {}, dict):
+            raise ConfigError(f"data is a section (a mapping of keys), got {_show(config['data'])!r}")
+        task_data = copy.deepcopy(config.get("data") or {})
+        merged["data"] = {}
 
     def walk(cls, node: dict, done: tuple[str, ...]) -> dict:
         out = {}
@@ -482,6 +495,8 @@ def validate_config(config: dict, sources: dict[str, str] | None = None) -> dict
         return out
 
     checked = walk(TrainingConfig, merged, ())
+    if task_data is not None:
+        checked["data"] = task_data
     _check_model(checked["model"], _source_of(sources, "model"))
     return checked
 

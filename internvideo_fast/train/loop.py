@@ -30,7 +30,7 @@ from internvideo_fast.models import create_model
 from internvideo_fast.models.checkpoint import save_atomically
 from internvideo_fast.progress import RecentRate, format_duration
 from internvideo_fast.train import run_folder
-from internvideo_fast.train.config import to_yaml, validate_config
+from internvideo_fast.train.config import TASK_RECIPES, to_yaml, validate_config
 from internvideo_fast.train.distributed import DistContext, all_reduce_mean, cleanup, init_distributed
 from internvideo_fast.train.mixup import VideoMixup
 from internvideo_fast.train.optim import build_optimizer, learning_rate, restore_mode, set_learning_rate
@@ -124,6 +124,10 @@ def train(config: dict, device: str | None = None) -> dict:
     """Runs `config` (checked against internvideo_fast/train/config.py's schema); returns the per-step losses
     and the final evaluation (fine-tuning) of rank 0."""
     config = validate_config(config)
+    if config["recipe"] in TASK_RECIPES:  # the downstream tasks' recipes live in train/tasks/
+        from internvideo_fast.train.tasks import train_task
+
+        return train_task(config, device)
     if config["data"]["train_list"] is None:
         raise ConfigError("data.train_list is required: the list of training videos")
     if device is not None and device.startswith("cuda") and not torch.cuda.is_available():

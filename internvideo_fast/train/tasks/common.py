@@ -1,0 +1,91 @@
+"""What the downstream task recipes share: section defaults, the device, AdamW with warmup + cosine, logging,
+and checkpoints that carry their config (so ``ivf-eval --task`` rebuilds the model from the file alone)."""
+
+from __future__ import annotations
+
+import copy
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from internvideo_fast.errors import ConfigError
+from internvideo_fast.models.checkpoint import save_atomically
+from internvideo_fast.train.optim import learning_rate, set_learning_rate
+
+CHECKPOINT_NAME = "checkpoint.pth"
+
+
+def section(config: dict, name: str, defaults: dict) -> dict:
+    """``config[name]`` over ``defaults``; a key the task does not know is a ConfigError naming it."""
+    given = config.get(name) or {}
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]}: not a key of recipe {config['recipe']!r}",
+                          hint=f"known: {', '.join(sorted(defaults))}")
+    merged = copy.deepcopy(defaults)
+    merged.update(given)
+    return merged
+
+
+def require(values: dict, prefix: str, *keys: str) -> None:
+    for key in keys:
+        if values.get(key) in (None, ""):
+            raise ConfigError(f"{prefix}.{key} is required")
+
+
+def pick_device(device: str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Optimizer:
+    """AdamW on the trainable parameters (no decay on vectors) with linear warmup and a half-cosine to
+    ``min_lr``; ``step(loss)`` does backward, clipping and the update."""
+
+    def __init__(self, model: torch.nn.Module, total_steps: int, lr: float, weight_decay: float = 0.05,
+                 warmup_steps: int = 0, min_lr: float = 0.0, clip_grad: float | None = 1.0):
+        decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+        self.parameters = decay + no_decay
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+        self.total_steps, self.lr, self.min_lr, self.warmup = total_steps, lr, min_lr, warmup_steps
+        self.clip_grad = clip_grad
+        self.steps = 0
+
+    def step(self, loss: torch.Tensor) -> float:
+        lr = learning_rate(self.steps, self.total_steps, self.lr, self.min_lr, self.warmup)
+        set_learning_rate(self.optimizer, lr)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.clip_grad)
+        self.optimizer.step()
+        self.steps += 1
+        return lr
+
+
+def save_checkpoint(model: torch.nn.Module, config: dict, step: int, output_dir: str | Path, extra: dict | None = None) -> Path:
+    path = Path(output_dir) / CHECKPOINT_NAME
+    save_atomically({"model": model.state_dict(), "config": config, "step": step, **(extra or {})}, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, recipe: str) -> dict:
+    from internvideo_fast.errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    found = checkpoint.get("config", {}).get("recipe")
+    if found != recipe:
+        raise CheckpointError(f"{path}: a {found!r} checkpoint, not {recipe!r}")
+    return checkpoint
