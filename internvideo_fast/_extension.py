@@ -90,7 +90,8 @@ def _load(build_info: dict | None) -> tuple[ModuleType | None, str | None]:
             )
             return None, reason
         except ImportError as error:
-            built = build_info["torch"] if build_info else "an unrecorded torch (no _build_info.json)"
+            recorded = build_info["torch"] if build_info else None
+            built = f"torch {recorded}" if recorded else "a torch not recorded (no _build_info.json)"
             problem = (f"internvideo_fast._C could not be loaded ({error}); it was built against {built} "
                        f"and torch {torch.__version__} is installed")
     if not _allow_reference():

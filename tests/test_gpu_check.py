@@ -140,7 +140,9 @@ def test_bench_modules_own_tests_pass():
         [sys.executable, "-m", "pytest", ".", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
          "-o", "python_files=bench_*.py", "--benchmark-disable"],
         cwd=ROOT / "bench", capture_output=True, text=True, timeout=600,
-        env=dict(os.environ, TRITON_INTERPRET="1"),
+        # bench/ is the working folder: this checkout's package comes first, whichever one is installed.
+        env=dict(os.environ, TRITON_INTERPRET="1",
+                 PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-1000:]

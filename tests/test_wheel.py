@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from internvideo_fast._extension import public_version
 
@@ -44,26 +45,35 @@ def _run(command: list, cwd: Path, timeout: int = 600, **extra: str) -> subproce
     return result
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def source_copy(tmp_path_factory) -> Path:
-    copy = tmp_path_factory.mktemp("source")
-    for entry in SOURCES:
-        if (ROOT / entry).is_dir():
-            shutil.copytree(ROOT / entry, copy / entry, ignore=BUILD_OUTPUTS)
-        else:
-            shutil.copy2(ROOT / entry, copy / entry)
+    """A copy of the sources and the wheel built from it in dist/, made once per test run: pytest-xdist's
+    workers share the run's temporary folder and take turns through a lock."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's folder; each worker's own is below it
+    copy = shared / "wheel-source"
+    with FileLock(shared / "wheel-source.lock"):
+        if not list((copy / "dist").glob("internvideo_fast-*.whl")):
+            shutil.rmtree(copy, ignore_errors=True)
+            for entry in SOURCES:
+                if (ROOT / entry).is_dir():
+                    shutil.copytree(ROOT / entry, copy / entry, ignore=BUILD_OUTPUTS)
+                else:
+                    copy.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(ROOT / entry, copy / entry)
+            _run([sys.executable, "-m", "pip", "wheel", ".", "--no-build-isolation", "--no-deps", "--no-index",
+                  "-w", "dist"], cwd=copy, IVF_CUDA="0", MAX_JOBS="2")
     return copy
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def wheel(source_copy) -> Path:
-    _run([sys.executable, "-m", "pip", "wheel", ".", "--no-build-isolation", "--no-deps", "--no-index",
-          "-w", "dist"], cwd=source_copy, IVF_CUDA="0", MAX_JOBS="2")
     (built,) = (source_copy / "dist").glob("internvideo_fast-*.whl")
     return built
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fresh_python(wheel, tmp_path_factory) -> tuple[Path, Path]:
     """(python, site-packages) of a new venv holding only the wheel, plus a .pth line to the site-packages
     of this torch (torch, triton, numpy...; .pth files there are not run, so no editable install leaks in)."""
