@@ -70,4 +70,4 @@ ffmpeg:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; }
 
 clean:
-	rm -rf build internvideo_fast/_C*.so
+	rm -rf build internvideo_fast/_C*.so internvideo_fast/_build_info.json

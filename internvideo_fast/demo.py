@@ -17,8 +17,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
 
 def _mean(values: list[float]) -> float:
     return sum(values) / max(1, len(values))
@@ -26,6 +24,7 @@ def _mean(values: list[float]) -> float:
 
 def run_demo(out: str | Path = "demo_out", pretrain_steps: int | None = None, finetune_steps: int | None = None,
              clips_per_class: int = 64, device: str | None = None, multimodal_steps: int | None = None) -> dict:
+    from internvideo_fast.builtin_configs import shipped_configs
     from internvideo_fast.data import make_sample_dataset
     from internvideo_fast.train.config import load_config
     from internvideo_fast.train.loop import train
@@ -51,9 +50,9 @@ def run_demo(out: str | Path = "demo_out", pretrain_steps: int | None = None, fi
         if stage == "cma":
             overrides.append(f"pretrained_parts={{masked_encoder: {out / 'finetune' / 'checkpoint.pth'}, "
                              f"multimodal_encoder.model: {out / 'vl_pretrain' / 'checkpoint.pth'}}}")
-        return load_config(CONFIGS / name, overrides)
+        return load_config(shipped_configs()[name], overrides)
 
-    pretrain = train(config("demo_pretrain.yaml", "pretrain", pretrain_steps), device=device)
+    pretrain = train(config("demo_pretrain", "pretrain", pretrain_steps), device=device)
     losses = pretrain["losses"]
     window = max(1, len(losses) // 10)
     first, last = _mean(losses[:window]), _mean(losses[-window:])
@@ -61,7 +60,7 @@ def run_demo(out: str | Path = "demo_out", pretrain_steps: int | None = None, fi
     print(f"[demo] MAE pretraining: loss {first:.4f} -> {last:.4f}{change} over {len(losses)} steps "
           f"({time.perf_counter() - start:.0f} s so far)")
 
-    finetune = train(config("demo_finetune.yaml", "finetune", finetune_steps), device=device)
+    finetune = train(config("demo_finetune", "finetune", finetune_steps), device=device)
     accuracy = finetune["eval"]["top1"]
     ft_losses = finetune["losses"]
     window = max(1, len(ft_losses) // 10)
@@ -70,14 +69,14 @@ def run_demo(out: str | Path = "demo_out", pretrain_steps: int | None = None, fi
 
     png = out / "mae_reconstruction.png"
     visualize_checkpoint(out / "pretrain" / "checkpoint.pth", png)
-    vl = train(config("demo_vl_pretrain.yaml", "vl_pretrain", multimodal_steps, "train_captions.txt"), device=device)
+    vl = train(config("demo_vl_pretrain", "vl_pretrain", multimodal_steps, "train_captions.txt"), device=device)
     window = max(1, len(vl["losses"]) // 10)
     zero_shot, retrieval = _evaluate_video_text(out / "vl_pretrain" / "checkpoint.pth", sample, device)
     print(f"[demo] video-text pretraining: loss {_mean(vl['losses'][:window]):.3f} -> {_mean(vl['losses'][-window:]):.3f}; "
           f"zero-shot top-1 {zero_shot['top1']:.1%} (chance 25.0%); text->video R@1 {retrieval['t2v_R@1']:.1%} "
           f"over {retrieval['pairs']} clips")
 
-    cma = train(config("demo_cma.yaml", "cma", multimodal_steps), device=device)
+    cma = train(config("demo_cma", "cma", multimodal_steps), device=device)
     print(f"[demo] cross-model attention over the frozen backbones: validation top-1 {cma['eval']['top1']:.1%} "
           f"(the fine-tuned VideoMAE alone: {accuracy:.1%})")
     print(f"[demo] checkpoints under {out}/{{pretrain,finetune,vl_pretrain,cma}}/; reconstruction: {png}; "

@@ -21,6 +21,12 @@ settings.load_profile("ivf")
 
 HAS_CUDA = torch.cuda.is_available()
 
+# Under pytest-xdist each worker gets its share of the cores: tiny ops lose more to threads competing for
+# the same cores than they gain from them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 
 def pytest_configure(config):
     # A tuner dropping a candidate that disagreed with its default is a kernel bug: it fails the test it ran
