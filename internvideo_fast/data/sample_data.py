@@ -2,10 +2,11 @@
 
 Each clip shows a shaded, dark-outlined square (random colours, shading, size, speed and start) moving
 in one of ``num_classes`` directions (the class: direction ``2 pi c / num_classes``, jittered by up to
-+-10 degrees) over a smooth random background of plane waves, with one or two smaller shaded discs moving
-in random directions and bouncing off the borders, so a single frame says nothing and the motion of the
-right object decides the class. Every region is smooth away from the objects' edges, so a masked
-autoencoder can learn to fill in what it does not see (a noise texture would leave it nothing to learn).
++-10 degrees) over a background that blends two colours along a ramp, with one or two smaller shaded discs
+moving in random directions and bouncing off the borders, so a single frame says nothing and the motion of
+the right object decides the class. Every region is smooth away from the objects' edges and no region is
+flat, so a masked autoencoder can learn to fill in what it does not see (its per-tube normalized targets of
+a noise texture, or of a flat region's codec noise, would leave it nothing to learn).
 
 Layout under ``root``::
 
@@ -76,20 +77,17 @@ def class_names(num_classes: int) -> list[str]:
     return [f"at {round(360 * k / num_classes)} degrees" for k in range(num_classes)]
 
 
-def _smooth_field(rng: np.random.Generator, height: int, width: int, colour: np.ndarray, period: float,
-                  amplitude: float, waves: int = 3) -> np.ndarray:
-    """A smooth colour field around ``colour`` ([h, w, 3] floats in [0, 255]): a sum of `waves` plane waves
-    per channel, each of wavelength ``period`` to ``2 * period`` pixels, random direction and phase, summed
-    to at most ``amplitude``. Every patch of a few pixels holds a gentle ramp that its neighbours predict."""
+def _ramp_background(rng: np.random.Generator, height: int, width: int, colour: np.ndarray,
+                     amplitude: float = 60.0) -> np.ndarray:
+    """Two colours blended along a linear ramp in a random direction ([h, w, 3] floats in [0, 255]): the
+    colour moves by at most ``amplitude`` levels either way, every channel in the same direction. A patch
+    of it normalized by its own mean and std (the MAE target) is the same ramp wherever it lies, so the
+    visible patches predict the masked ones."""
     yy, xx = np.mgrid[:height, :width].astype(np.float64)
-    field = np.zeros((height, width, 3))
-    for channel in range(3):
-        for _ in range(waves):
-            angle = rng.uniform(0, 2 * np.pi)
-            frequency = 2 * np.pi / (period * rng.uniform(1.0, 2.0))
-            phase = rng.uniform(0, 2 * np.pi)
-            field[..., channel] += np.sin(frequency * (yy * np.sin(angle) + xx * np.cos(angle)) + phase)
-    return np.clip(colour[None, None] + field * (amplitude / waves), 0, 255)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = ((yy - height / 2) * np.sin(angle) + (xx - width / 2) * np.cos(angle)) / (0.7 * max(height, width))
+    delta = rng.choice([-1, 1]) * rng.uniform(0.75, 1.0, size=3) * amplitude
+    return np.clip(colour[None, None] + delta[None, None] * ramp[..., None], 0, 255)
 
 
 def _shaded_square(rng: np.random.Generator, side: int) -> np.ndarray:
@@ -137,8 +135,7 @@ def render_clip(label: int, num_classes: int, num_frames: int, size: tuple[int, 
     height, width = size
     scale = min(height, width) / 64.0
     pad = int(np.ceil(speed[1] * scale * num_frames)) + 1 if camera_pan else 0
-    scenery = _smooth_field(rng, height + 2 * pad, width + 2 * pad, rng.uniform(70, 180, size=3),
-                            period=24 * scale, amplitude=60.0)
+    scenery = _ramp_background(rng, height + 2 * pad, width + 2 * pad, rng.uniform(70, 185, size=3))
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
 
     side = int(rng.integers(max(6, int(target_side[0] * scale)), max(7, int(target_side[1] * scale)) + 1))
