@@ -73,7 +73,7 @@ def main() -> int:
     import common
     import host_overhead
     from gpu_check import _write_json_atomically
-    from internvideo_fast.ops.autotuning import tuning_report
+    from internvideo_fast.ops.framework.autotuning import tuning_report
 
     device = torch.device("cuda")
     card = torch.cuda.get_device_name()

@@ -14,13 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import CPU_TRITON, assert_close_to_reference, describe_difference, poisoned_outputs, needs_triton
+from internvideo_fast.layers.attention import MultiHeadCrossAttention
 from internvideo_fast.ops import use_backend
-from internvideo_fast.ops.attention_modules import MultiHeadCrossAttention
 from internvideo_fast.ops.cross_attention import OP_NAME, cross_attention, cross_attention_ref
 from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask
+from internvideo_fast.ops.framework.autotuning import force_plan
 
-# The module, not the function of the same name that internvideo_fast.ops exports.
-ca_module = importlib.import_module("internvideo_fast.ops.cross_attention")
+# The modules whose plans, launchers and kernels the tests inspect, force or spy on.
+ca_plans = importlib.import_module("internvideo_fast.ops.cross_attention.plans")
+ca_launch = importlib.import_module("internvideo_fast.ops.cross_attention.launch")
+ca_kernels_fwd = importlib.import_module("internvideo_fast.ops.cross_attention.kernels.forward")
+ca_kernels_bwd = importlib.import_module("internvideo_fast.ops.cross_attention.kernels.backward")
 
 # Max abs error against float64, relative to (1 + the largest expected magnitude): (outputs, gradients).
 TOLERANCE = {torch.float32: (2e-5, 1e-4), torch.float16: (3e-3, 1e-2)}
@@ -122,13 +126,13 @@ def test_split_keys_path_is_taken_and_matches_one_program(monkeypatch):
     """Sq = 1 against 256 keys splits the keys over programs (one split empty for the short sample) and
     gives the single-program result."""
     B, Sq, Sk, H, D = 2, 1, 256, 1, 64
-    block_n = ca_module._split_block_n(D, torch.float32)
-    assert ca_module._num_splits(B * H, Sq, Sk, block_n, torch.device("cpu")) > 1
+    block_n = ca_launch._split_block_n(D, torch.float32)
+    assert ca_launch._num_splits(B * H, Sq, Sk, block_n, torch.device("cpu")) > 1
     leaves, inputs = _qkv(B, Sq, Sk, H, D, torch.float32)
     lengths = torch.tensor([70, 256], dtype=torch.int32)
     with use_backend("triton", OP_NAME), poisoned_outputs():
         split_out, split_lse = cross_attention(*inputs, kv_lengths=lengths, return_lse=True)
-        monkeypatch.setattr(ca_module, "_num_splits", lambda *args: 1)
+        monkeypatch.setattr(ca_launch, "_num_splits", lambda *args: 1)
         one_out, one_lse = cross_attention(*inputs, kv_lengths=lengths, return_lse=True)
     ref_out, ref_lse = cross_attention_ref(*inputs, None, lengths, return_lse=True)
     _assert_close(split_out, ref_out, 2e-5, "split out")
@@ -160,13 +164,13 @@ def test_no_nan_with_a_single_key(Sk, lengths):
 def launched(monkeypatch):
     """Records (tuner, candidate labels) of every launch, then runs it as the op would."""
     calls = []
-    run = ca_module._run_candidates
+    run = ca_launch._run_candidates
 
     def recording(tuner, key, candidates, device, outputs):
         calls.append((tuner, [label for label, _ in candidates]))
         return run(tuner, key, candidates, device, outputs)
 
-    monkeypatch.setattr(ca_module, "_run_candidates", recording)
+    monkeypatch.setattr(ca_launch, "_run_candidates", recording)
     return calls
 
 
@@ -174,22 +178,22 @@ def launched(monkeypatch):
 def test_gradients_are_bitwise_deterministic(monkeypatch, launched):
     """deterministic=True launches the default tiles and the default backward plan alone, without the
     tuner (it would fail here) and whatever plan a test forces: bitwise the same run to run."""
-    monkeypatch.setattr(ca_module, "_FORCE_BACKWARD_PLAN", "atomic")
-    monkeypatch.setattr(ca_module, "launch_tuner", lambda name: pytest.fail(f"tuner {name} used"))
-    leaves, inputs = _qkv(2, 33, 70, 2, 64, torch.float16)
-    dout = torch.randn(2, 33, 2, 64).half()
-    runs = []
-    with use_backend("triton", OP_NAME):
-        for _ in range(2):
-            out = cross_attention(*inputs, deterministic=True, dropout_p=0.2, seed=3)
-            runs.append((out, *torch.autograd.grad(out, leaves, dout)))
-    for first, second in zip(*runs):
-        assert torch.equal(first, second)
-    aligned = ca_module._aligned16(*inputs)
-    plan = ("split", ca_module._default_tile("16bit", "bwd_dkdv", 64, aligned),
-            ca_module._default_tile("16bit", "bwd_dq", 64, aligned))
-    assert launched == 2 * [("cross_attention_fwd", ["M128_N64_w8_s3"]),
-                            ("cross_attention_bwd", [ca_module._plan_label(plan)])]
+    with force_plan("cross_attention_bwd", "atomic"):
+        monkeypatch.setattr(ca_launch, "launch_tuner", lambda name: pytest.fail(f"tuner {name} used"))
+        leaves, inputs = _qkv(2, 33, 70, 2, 64, torch.float16)
+        dout = torch.randn(2, 33, 2, 64).half()
+        runs = []
+        with use_backend("triton", OP_NAME):
+            for _ in range(2):
+                out = cross_attention(*inputs, deterministic=True, dropout_p=0.2, seed=3)
+                runs.append((out, *torch.autograd.grad(out, leaves, dout)))
+        for first, second in zip(*runs):
+            assert torch.equal(first, second)
+        aligned = ca_launch._aligned16(*inputs)
+        plan = ("split", ca_plans._default_tile("16bit", "bwd_dkdv", 64, aligned),
+                ca_plans._default_tile("16bit", "bwd_dq", 64, aligned))
+        assert launched == 2 * [("cross_attention_fwd", ["M128_N64_w8_s3"]),
+                                ("cross_attention_bwd", [ca_plans._plan_label(plan)])]
 
 
 # (B, Sq, Sk, H, D, dtype, kv_lengths, dropout_p): the atomic-dQ backward over odd lengths, D 32 / 80,
@@ -211,10 +215,10 @@ ATOMIC_CASES = [
 )
 def test_atomic_dq_backward_matches_float64_reference(monkeypatch, launched, B, Sq, Sk, H, D, dtype, lengths,
                                                       dropout_p):
-    monkeypatch.setattr(ca_module, "_FORCE_BACKWARD_PLAN", "atomic")
-    _check(B, Sq, Sk, H, D, dtype, lengths, dropout_p=dropout_p, seed=9)
-    backward = [labels for tuner, labels in launched if tuner == "cross_attention_bwd"]
-    assert len(backward) == 1 and len(backward[0]) == 1 and backward[0][0].startswith("atomic:"), launched
+    with force_plan("cross_attention_bwd", "atomic"):
+        _check(B, Sq, Sk, H, D, dtype, lengths, dropout_p=dropout_p, seed=9)
+        backward = [labels for tuner, labels in launched if tuner == "cross_attention_bwd"]
+        assert len(backward) == 1 and len(backward[0]) == 1 and backward[0][0].startswith("atomic:"), launched
 
 
 @needs_triton
@@ -227,13 +231,13 @@ def test_nondeterministic_backward_offers_the_tuner_every_plan(launched):
         torch.autograd.grad(out.float().sum(), leaves)
     (fwd_tuner, fwd_labels), (bwd_tuner, bwd_labels) = launched
     assert fwd_tuner == "cross_attention_fwd" and len(fwd_labels) >= 3  # 9 keys: one key block, no split
-    assert fwd_labels[0] == ca_module._tile_label(ca_module._CONFIGS["16bit"]["fwd"][64])
+    assert fwd_labels[0] == ca_plans._tile_label(ca_plans._CONFIGS["16bit"]["fwd"][64])
     assert bwd_tuner == "cross_attention_bwd" and bwd_labels[0].startswith("split:")
     assert any(label.startswith("atomic:") for label in bwd_labels[1:])
 
 
 def _registered_configs(kernel_fn, aligned_only_allowed):
-    from internvideo_fast.ops.kernel_registry import triton_kernels
+    from internvideo_fast.ops.framework.kernel_registry import triton_kernels
 
     return [
         config for spec in triton_kernels()
@@ -248,39 +252,39 @@ def _registered_configs(kernel_fn, aligned_only_allowed):
 def test_every_candidate_is_registered_for_the_aot_check_and_the_default_is_first(kind, aligned):
     """Every tile the launchers (tuning included) may use is in the kernel registry, in a spec the AOT
     check compiles in the launch's specialization; the first candidate is the fixed default."""
-    for block_d in ca_module._BLOCK_DS:
-        for kernel, tiles in ca_module._candidate_tiles(kind, block_d, aligned).items():
-            registered = _registered_configs(ca_module._ATTENTION_KERNELS[kernel], aligned)
+    for block_d in ca_plans._BLOCK_DS:
+        for kernel, tiles in ca_plans._candidate_tiles(kind, block_d, aligned).items():
+            registered = _registered_configs(ca_plans._ATTENTION_KERNELS[kernel], aligned)
             for tile in tiles:
-                config = ca_module._tile_config(kind, kernel, block_d, tile, **ca_module._FEATURES)
+                config = ca_plans._tile_config(kind, kernel, block_d, tile, **ca_plans._FEATURES)
                 assert config in registered, (kind, kernel, block_d, aligned, tile)
         for kernel in ("fwd", "fwd_split"):
-            tiles = ca_module._forward_tiles(kind, kernel, block_d, aligned)
-            assert tiles[0] == ca_module._CONFIGS[kind][kernel][block_d]
+            tiles = ca_plans._forward_tiles(kind, kernel, block_d, aligned)
+            assert tiles[0] == ca_plans._CONFIGS[kind][kernel][block_d]
             assert len(tiles) >= (3 if kind == "16bit" else 1)
-            assert ca_module._forward_tiles(kind, kernel, block_d, aligned, tune=False) == tiles[:1]
-        plans = ca_module._backward_plans(kind, block_d, aligned, deterministic=False)
-        assert ca_module._backward_plans(kind, block_d, aligned, deterministic=True) == plans[:1]
-        assert plans[0] == ("split", ca_module._default_tile(kind, "bwd_dkdv", block_d, aligned),
-                            ca_module._default_tile(kind, "bwd_dq", block_d, aligned))
+            assert ca_plans._forward_tiles(kind, kernel, block_d, aligned, tune=False) == tiles[:1]
+        plans = ca_plans._backward_plans(kind, block_d, aligned, deterministic=False)
+        assert ca_plans._backward_plans(kind, block_d, aligned, deterministic=True) == plans[:1]
+        assert plans[0] == ("split", ca_plans._default_tile(kind, "bwd_dkdv", block_d, aligned),
+                            ca_plans._default_tile(kind, "bwd_dq", block_d, aligned))
         if kind == "fp32" or aligned or block_d < 128:  # no atomic tile fits D = 128 unaligned
             assert any(plan[0] == "atomic" for plan in plans)
     # Today's fixed configs stay the defaults (a spot check of the tables the defaults read).
-    assert ca_module._backward_plans("16bit", 64, True, True) == [("split", (32, 64, 4, 2), (128, 64, 8, 3))]
-    assert ca_module._backward_plans("16bit", 128, False, True) == [("split", (16, 64, 8, 2), (64, 32, 4, 2))]
-    assert ca_module._forward_tiles("16bit", "fwd", 128, True)[0] == (128, 32, 8, 3)
+    assert ca_plans._backward_plans("16bit", 64, True, True) == [("split", (32, 64, 4, 2), (128, 64, 8, 3))]
+    assert ca_plans._backward_plans("16bit", 128, False, True) == [("split", (16, 64, 8, 2), (64, 32, 4, 2))]
+    assert ca_plans._forward_tiles("16bit", "fwd", 128, True)[0] == (128, 32, 8, 3)
 
 
 def test_every_tma_backward_tile_is_registered_for_the_aot_check():
     """The split_tma plans' dK/dV and dQ tiles, at every head-dim block, are in the TMA backward kernels'
     AOT specs (compiled 16-aligned only: TMA launches always are)."""
-    kernels = (ca_module._cross_attention_bwd_dkdv_tma_kernel, ca_module._cross_attention_bwd_dq_tma_kernel)
-    for block_d in ca_module._BLOCK_DS:
-        plans = ca_module._BWD_TMA_TUNE[block_d]
+    kernels = (ca_kernels_bwd._cross_attention_bwd_dkdv_tma_kernel, ca_kernels_bwd._cross_attention_bwd_dq_tma_kernel)
+    for block_d in ca_plans._BLOCK_DS:
+        plans = ca_plans._BWD_TMA_TUNE[block_d]
         assert plans and all(plan[0] == "split_tma" for plan in plans)
         for plan in plans:
             for tile, kernel in zip(plan[1:], kernels):
-                config = ca_module._tma_bwd_config(block_d, tile, **ca_module._FEATURES)
+                config = ca_plans._tma_bwd_config(block_d, tile, **ca_plans._FEATURES)
                 assert config in _registered_configs(kernel, aligned_only_allowed=True), (block_d, plan)
 
 
@@ -437,15 +441,11 @@ def test_fuzz_shapes(B, Sq, Sk, H, D, masked):
 def test_fuzz_shapes_atomic_dq_plan(B, Sq, Sk, D, masked):
     """The atomic-dQ backward (several key blocks adding into one dq row) over random shapes."""
     lengths = torch.randint(1, Sk + 1, (B,), dtype=torch.int32).tolist() if masked else None
-    previous = ca_module._FORCE_BACKWARD_PLAN
-    ca_module._FORCE_BACKWARD_PLAN = "atomic"  # hypothesis runs examples without function-scoped fixtures
-    try:
+    with force_plan("cross_attention_bwd", "atomic"):
         _check(B, Sq, Sk, 1, D, torch.float32, lengths)
-    finally:
-        ca_module._FORCE_BACKWARD_PLAN = previous
 
 
-# The TMA forward (_cross_attention_fwd_tma_kernel), forced with _FORCE_FORWARD_KERNEL = "tma": the
+# The TMA forward (_cross_attention_fwd_tma_kernel), forced with force_plan("cross_attention_fwd*", "tma"): the
 # interpreter runs its host descriptors over CPU tensors (16-bit only, fp16 since the interpreter's bf16
 # dot is broken). (B, Sq, Sk, H, D, kv_lengths, layout, dropout_p): Sq {1, 17, 64} x Sk {1, 31, 150} x
 # D {32, 40, 80} corners; Sq = 1 against 150 keys takes the split-key path; padded keys are NaN.
@@ -480,20 +480,21 @@ def _check_tma_forward(B, Sq, Sk, H, D, lengths=None, layout="bshd", dropout_p=0
         pointer_out = cross_attention(q, k, v, kv_lengths=kv_lengths, dropout_p=dropout_p, seed=seed)
         _poison_padded_keys(k, v, lengths)
         calls = []
-        run = ca_module._run_candidates
+        run = ca_launch._run_candidates
 
         def recording(tuner, key, candidates, device, outputs):
             calls.append([label for label, _ in candidates])
             return run(tuner, key, candidates, device, outputs)
 
-        previous = ca_module._FORCE_FORWARD_KERNEL, ca_module._run_candidates
-        ca_module._FORCE_FORWARD_KERNEL, ca_module._run_candidates = "tma", recording
+        previous = ca_launch._run_candidates
+        ca_launch._run_candidates = recording
         try:  # (not monkeypatch: hypothesis runs examples without function-scoped fixtures)
-            out, lse = cross_attention(
-                q, k, v, kv_lengths=kv_lengths, dropout_p=dropout_p, seed=seed, return_lse=True
-            )
+            with force_plan("cross_attention_fwd*", "tma"):
+                out, lse = cross_attention(
+                    q, k, v, kv_lengths=kv_lengths, dropout_p=dropout_p, seed=seed, return_lse=True
+                )
         finally:
-            ca_module._FORCE_FORWARD_KERNEL, ca_module._run_candidates = previous
+            ca_launch._run_candidates = previous
     assert calls and all(len(labels) == 1 and labels[0].startswith("tma:") for labels in calls), calls
     assert out.dtype == torch.float16 and out.shape == (B, Sq, H, D) and lse.dtype == torch.float32
     _assert_close(out, ref_out, TOLERANCE[torch.float16][0], "tma out")
@@ -516,10 +517,10 @@ def test_tma_forward_matches_float64_reference(B, Sq, Sk, H, D, lengths, layout,
 def test_tma_forward_split_keys_ignore_nan_in_padded_rows():
     """Sq = 1 against 150 keys: the split-key TMA forward (fp32 partials + combine); the short sample's
     tail block holds NaN rows 70..127 (real rows past its length), its last split is empty."""
-    assert ca_module._num_splits(2, 1, 150, ca_module._split_block_n(80, torch.float16),
+    assert ca_launch._num_splits(2, 1, 150, ca_launch._split_block_n(80, torch.float16),
                                  torch.device("cpu")) > 1
     label = _check_tma_forward(2, 1, 150, 1, 80, [150, 70])
-    assert label == ca_module._tma_label(ca_module._FWD_TMA_TUNE["fwd_split"][128][0])
+    assert label == ca_plans._tma_label(ca_plans._FWD_TMA_TUNE["fwd_split"][128][0])
 
 
 @needs_triton
@@ -531,19 +532,19 @@ def test_tma_forward_dropout_mask_is_bitwise_the_pytorch_mask(monkeypatch, Sq, S
     q = torch.zeros(B, Sq, H, D).half()
     k = torch.randn(B, Sk, H, D).half()
     v = torch.eye(Sk, D).reshape(1, Sk, 1, D).expand(B, Sk, H, D).contiguous().half()
-    assert ca_module._tma_layout_ok((9, 0), q, k, v)  # so the forced TMA kernel runs
-    monkeypatch.setattr(ca_module, "_FORCE_FORWARD_KERNEL", "tma")
-    with use_backend("triton", OP_NAME):
-        out = cross_attention(q, k, v, dropout_p=p, seed=seed)
-    kept = (out[..., :Sk] != 0).permute(0, 2, 1, 3)  # [B, H, Sq, Sk]
-    assert torch.equal(kept, dropout_keep_mask(seed, (B, H, Sq, Sk), p))
-    kept_values = out[..., :Sk][out[..., :Sk] != 0].float()
-    expected = torch.full_like(kept_values, 1 / (Sk * (1 - p)))
-    torch.testing.assert_close(kept_values, expected, rtol=1e-3, atol=0)
+    assert ca_launch._tma_layout_ok((9, 0), q, k, v)  # so the forced TMA kernel runs
+    with force_plan("cross_attention_fwd*", "tma"):
+        with use_backend("triton", OP_NAME):
+            out = cross_attention(q, k, v, dropout_p=p, seed=seed)
+        kept = (out[..., :Sk] != 0).permute(0, 2, 1, 3)  # [B, H, Sq, Sk]
+        assert torch.equal(kept, dropout_keep_mask(seed, (B, H, Sq, Sk), p))
+        kept_values = out[..., :Sk][out[..., :Sk] != 0].float()
+        expected = torch.full_like(kept_values, 1 / (Sk * (1 - p)))
+        torch.testing.assert_close(kept_values, expected, rtol=1e-3, atol=0)
 
 
 # The TMA backward (the split_tma plan: _cross_attention_bwd_dkdv_tma_kernel, then
-# _cross_attention_bwd_dq_tma_kernel), forced with _FORCE_BACKWARD_PLAN = "split_tma": fp16 under the
+# _cross_attention_bwd_dq_tma_kernel), forced with force_plan("cross_attention_bwd", "split_tma"): fp16 under the
 # interpreter, gradients against float64 while the padded keys hold NaN (B, Sq, Sk, H, D, kv_lengths,
 # layout, dropout_p): query and key blocks with tails, several key blocks per dq row (Sk = 150), one query
 # row, fewer keys than one block, head dims padded to the block (40, 80), both layouts, dropout.
@@ -577,17 +578,17 @@ def test_tma_backward_matches_float64_reference(monkeypatch, launched, B, Sq, Sk
     )
     with torch.no_grad():
         _poison_padded_keys(inputs[1], inputs[2], lengths)
-    monkeypatch.setattr(ca_module, "_FORCE_BACKWARD_PLAN", "split_tma")
-    with use_backend("triton", OP_NAME), poisoned_outputs():
-        _, _, grads = _run(
-            lambda q, k, v: cross_attention(q, k, v, kv_lengths=kv_lengths, dropout_p=dropout_p, seed=seed),
-            leaves, inputs, dout,
-        )
-    for name, grad, ref_grad in zip(("dq", "dk", "dv"), grads, ref_grads):
-        assert grad.dtype == torch.float16, name
-        _assert_close(grad, ref_grad, TOLERANCE[torch.float16][1], name)
-    backward = [labels for tuner, labels in launched if tuner == "cross_attention_bwd"]
-    assert len(backward) == 1 and len(backward[0]) == 1 and backward[0][0].startswith("split_tma:"), launched
+    with force_plan("cross_attention_bwd", "split_tma"):
+        with use_backend("triton", OP_NAME), poisoned_outputs():
+            _, _, grads = _run(
+                lambda q, k, v: cross_attention(q, k, v, kv_lengths=kv_lengths, dropout_p=dropout_p, seed=seed),
+                leaves, inputs, dout,
+            )
+        for name, grad, ref_grad in zip(("dq", "dk", "dv"), grads, ref_grads):
+            assert grad.dtype == torch.float16, name
+            _assert_close(grad, ref_grad, TOLERANCE[torch.float16][1], name)
+        backward = [labels for tuner, labels in launched if tuner == "cross_attention_bwd"]
+        assert len(backward) == 1 and len(backward[0]) == 1 and backward[0][0].startswith("split_tma:"), launched
 
 
 @needs_triton
@@ -611,50 +612,50 @@ def test_tma_eligibility():
     16 bytes; CPU tensors (the interpreter included) are never eligible."""
     good = _tma_tensor()
     bhsd_view = good.transpose(1, 2).contiguous().transpose(1, 2)
-    assert ca_module._tma_layout_ok((9, 0), good, good.bfloat16(), bhsd_view)
-    assert ca_module._tma_layout_ok((10, 0), good)
-    assert not ca_module._tma_layout_ok(None, good)
-    assert not ca_module._tma_layout_ok((8, 9), good)
-    assert not ca_module._tma_layout_ok((9, 0), good, good.float())
-    assert not ca_module._tma_layout_ok((9, 0), _tma_tensor((2, 5, 2, 36))[..., :32])  # 72-byte head stride
-    assert not ca_module._tma_layout_ok((9, 0), _tma_tensor((641,))[1:].view(2, 5, 2, 32))  # 2-byte base
-    assert not ca_module._tma_layout_ok((9, 0), _tma_tensor((1, 5, 2, 32)).expand(3, 5, 2, 32))  # stride 0
-    assert not ca_module._tma_eligible(good, good, good)
+    assert ca_launch._tma_layout_ok((9, 0), good, good.bfloat16(), bhsd_view)
+    assert ca_launch._tma_layout_ok((10, 0), good)
+    assert not ca_launch._tma_layout_ok(None, good)
+    assert not ca_launch._tma_layout_ok((8, 9), good)
+    assert not ca_launch._tma_layout_ok((9, 0), good, good.float())
+    assert not ca_launch._tma_layout_ok((9, 0), _tma_tensor((2, 5, 2, 36))[..., :32])  # 72-byte head stride
+    assert not ca_launch._tma_layout_ok((9, 0), _tma_tensor((641,))[1:].view(2, 5, 2, 32))  # 2-byte base
+    assert not ca_launch._tma_layout_ok((9, 0), _tma_tensor((1, 5, 2, 32)).expand(3, 5, 2, 32))  # stride 0
+    assert not ca_launch._tma_eligible(good, good, good)
 
 
 def test_tma_candidates_follow_the_pointer_tiles_and_are_registered(monkeypatch):
     """Where TMA is eligible, the forward tuner gets the pointer kernel's tiles (the default first), then the
     TMA tiles; deterministic=True and fp32 get none. Every TMA tile is registered for the AOT check in the
     aligned specialization."""
-    from internvideo_fast.ops.kernel_registry import triton_kernels
+    from internvideo_fast.ops.framework.kernel_registry import triton_kernels
 
     launched = []
-    monkeypatch.setattr(ca_module, "_tma_eligible", lambda *tensors: True)
-    monkeypatch.setattr(ca_module, "_run_candidates", lambda tuner, key, candidates, *_: launched.append(
+    monkeypatch.setattr(ca_launch, "_tma_eligible", lambda *tensors: True)
+    monkeypatch.setattr(ca_launch, "_run_candidates", lambda tuner, key, candidates, *_: launched.append(
         (tuner, [label for label, _ in candidates])))  # records, launches nothing
     for Sq, kernel in ((33, "fwd"), (1, "fwd_split")):
         for D in (32, 40, 64, 80, 128):
             q, k, v = (t.detach() for t in _qkv(2, Sq, 300, 2, D, torch.float16)[1])
             launched.clear()
-            ca_module._cross_attention_fwd_impl(q, k, v, None, None, 0.1, 0.0, False)
-            ca_module._cross_attention_fwd_impl(q, k, v, None, None, 0.1, 0.0, True)
-            ca_module._cross_attention_fwd_impl(q.float(), k.float(), v.float(), None, None, 0.1, 0.0, False)
-            block_d = ca_module._block_d(D)
-            aligned = ca_module._aligned16(q, k, v)
-            pointer = [ca_module._tile_label(t)
-                       for t in ca_module._forward_tiles("16bit", kernel, block_d, aligned)]
-            tma = [ca_module._tma_label(t) for t in ca_module._FWD_TMA_TUNE[kernel][block_d]]
+            ca_launch._cross_attention_fwd_impl(q, k, v, None, None, 0.1, 0.0, False)
+            ca_launch._cross_attention_fwd_impl(q, k, v, None, None, 0.1, 0.0, True)
+            ca_launch._cross_attention_fwd_impl(q.float(), k.float(), v.float(), None, None, 0.1, 0.0, False)
+            block_d = ca_launch._block_d(D)
+            aligned = ca_launch._aligned16(q, k, v)
+            pointer = [ca_plans._tile_label(t)
+                       for t in ca_plans._forward_tiles("16bit", kernel, block_d, aligned)]
+            tma = [ca_plans._tma_label(t) for t in ca_plans._FWD_TMA_TUNE[kernel][block_d]]
             assert launched[0] == (f"cross_attention_{kernel}", pointer + tma), (D, launched[0])
             assert launched[1][1] == pointer[:1]
             assert not any(label.startswith("tma:") for label in launched[2][1])
-    tma_kernel = ca_module._cross_attention_fwd_tma_kernel
+    tma_kernel = ca_kernels_fwd._cross_attention_fwd_tma_kernel
     registered = {spec.name: spec for spec in triton_kernels() if spec.kernel is tma_kernel}
-    for kernel, by_block_d in ca_module._FWD_TMA_TUNE.items():
+    for kernel, by_block_d in ca_plans._FWD_TMA_TUNE.items():
         spec = registered[f"cross_attention_{kernel}_tma"]
         assert spec.aligned_only and spec.multiplies_matrices
         for block_d, tiles in by_block_d.items():
             for tile in tiles:
-                config = ca_module._tma_config(block_d, tile, **ca_module._FEATURES)
+                config = ca_plans._tma_config(block_d, tile, **ca_plans._FEATURES)
                 assert config in spec.configs, (kernel, block_d, tile)
 
 
@@ -696,7 +697,7 @@ def test_module_matches_nn_multihead_attention(backend):
 
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_module_passes_deterministic_through(monkeypatch, deterministic):
-    import internvideo_fast.ops.attention_modules as attention_modules
+    import internvideo_fast.layers.attention as attention_modules
 
     seen = []
 
@@ -819,14 +820,14 @@ def test_gpu_every_tuning_candidate_flash_attn_rule(monkeypatch, Sq, Sk, D):
         counts[tuner] = len(candidates)
         return candidates[0][1]()
 
-    monkeypatch.setattr(ca_module, "_run_candidates", record)
+    monkeypatch.setattr(ca_launch, "_run_candidates", record)
     _gpu_rule(2, Sq, Sk, 4, D, torch.bfloat16, lengths=lengths)
     assert counts, "no tuned launch was seen"
     for index in range(1, max(counts.values())):
         def pick(tuner, key, candidates, device, outputs, index=index):
             return candidates[min(index, len(candidates) - 1)][1]()
 
-        monkeypatch.setattr(ca_module, "_run_candidates", pick)
+        monkeypatch.setattr(ca_launch, "_run_candidates", pick)
         _gpu_rule(2, Sq, Sk, 4, D, torch.bfloat16, lengths=lengths)
 
 
@@ -838,18 +839,18 @@ def test_gpu_tma_forward_ignores_nan_in_padded_keys(monkeypatch, Sq, Sk, layout)
     against the clean inputs' reference."""
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("TMA needs sm_90+")
-    monkeypatch.setattr(ca_module, "_FORCE_FORWARD_KERNEL", "tma")
-    B, H, D = 2, 4, 64
-    lengths = [Sk, max(1, Sk // 3)]
-    _, (q, k, v) = _qkv(B, Sq, Sk, H, D, torch.bfloat16, layout, device="cuda")
-    q, k, v = (t.detach() for t in (q, k, v))
-    kv_lengths = torch.tensor(lengths, dtype=torch.int32, device="cuda")
-    expected = cross_attention_ref(q.float(), k.float(), v.float(), None, kv_lengths, upcast=False)
-    baseline = cross_attention_ref(q, k, v, None, kv_lengths, upcast=False)
-    _poison_padded_keys(k, v, lengths)
-    with use_backend("triton", OP_NAME), poisoned_outputs():
-        out = cross_attention(q, k, v, kv_lengths=kv_lengths)
-    assert_close_to_reference(out, expected, baseline, name="out")
+    with force_plan("cross_attention_fwd*", "tma"):
+        B, H, D = 2, 4, 64
+        lengths = [Sk, max(1, Sk // 3)]
+        _, (q, k, v) = _qkv(B, Sq, Sk, H, D, torch.bfloat16, layout, device="cuda")
+        q, k, v = (t.detach() for t in (q, k, v))
+        kv_lengths = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+        expected = cross_attention_ref(q.float(), k.float(), v.float(), None, kv_lengths, upcast=False)
+        baseline = cross_attention_ref(q, k, v, None, kv_lengths, upcast=False)
+        _poison_padded_keys(k, v, lengths)
+        with use_backend("triton", OP_NAME), poisoned_outputs():
+            out = cross_attention(q, k, v, kv_lengths=kv_lengths)
+        assert_close_to_reference(out, expected, baseline, name="out")
 
 
 @pytest.mark.gpu
@@ -876,9 +877,9 @@ def test_gpu_tma_backward_ignores_nan_in_padded_keys(monkeypatch, Sq, Sk, D, lay
     expected, baseline = reference(True), reference(False)
     with torch.no_grad():
         _poison_padded_keys(inputs[1], inputs[2], lengths)
-    monkeypatch.setattr(ca_module, "_FORCE_BACKWARD_PLAN", "split_tma")
-    with use_backend("triton", OP_NAME), poisoned_outputs():
-        _, _, grads = _run(lambda q, k, v: cross_attention(q, k, v, kv_lengths=kv_lengths),
-                           leaves, inputs, dout)
-    for name, grad, ref, base in zip(("dq", "dk", "dv"), grads, expected[2], baseline[2]):
-        assert_close_to_reference(grad, ref, base, factor=3.0, name=name)
+    with force_plan("cross_attention_bwd", "split_tma"):
+        with use_backend("triton", OP_NAME), poisoned_outputs():
+            _, _, grads = _run(lambda q, k, v: cross_attention(q, k, v, kv_lengths=kv_lengths),
+                               leaves, inputs, dout)
+        for name, grad, ref, base in zip(("dq", "dk", "dv"), grads, expected[2], baseline[2]):
+            assert_close_to_reference(grad, ref, base, factor=3.0, name=name)

@@ -17,6 +17,7 @@ from torch import nn
 
 from helpers import CPU_TRITON, assert_close_to_reference, describe_difference, poisoned_outputs, needs_triton
 from internvideo_fast._extension import HAS_C
+from internvideo_fast.layers.mlp import FusedMLP, clip_mlp_key_map, remap_clip_mlp_keys
 from internvideo_fast.ops import use_backend
 from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask
 from internvideo_fast.ops.linear_act import (
@@ -28,11 +29,15 @@ from internvideo_fast.ops.linear_act import (
     linear_act,
     linear_act_ref,
 )
-from internvideo_fast.ops.mlp_modules import FusedMLP, clip_mlp_key_map, remap_clip_mlp_keys
-from internvideo_fast.ops.seeds import seed_tensor
+from internvideo_fast.ops.framework.autotuning import force_plan
+from internvideo_fast.ops.framework.seeds import seed_tensor
 
-# The module (the package's `linear_act` attribute is the function).
-linear_act_module = importlib.import_module("internvideo_fast.ops.linear_act")
+# The modules whose plans and launchers the tests inspect or force (the package's `linear_act` attribute
+# is the function).
+la_plans = importlib.import_module("internvideo_fast.ops.linear_act.plans")
+la_launch = importlib.import_module("internvideo_fast.ops.linear_act.launch")
+la_fused = importlib.import_module("internvideo_fast.ops.linear_act.fused_mlp")
+la_reference = importlib.import_module("internvideo_fast.ops.linear_act.reference")
 
 # Tolerances of the CPU tests against float64: (outputs, gradients) per dtype. The gradients sum over up
 # to 100 (dx) or 37 (dweight, dbias) products, so they get more room.
@@ -633,7 +638,7 @@ def _run_plan(label_prefix, x, w, b, activation, seed, dropout_p, interpreter, s
     pre = torch.full((M, N), float("nan"), dtype=x.dtype, device=x.device)
     seed_t = None if seed is None else seed_tensor(seed, x.device)
     plans = dict(
-        linear_act_module._fwd_plans(x, w, b, seed_t, y, pre, activation,
+        la_launch._fwd_plans(x, w, b, seed_t, y, pre, activation,
                                      activation != "none" if store_pre is None else store_pre, dropout_p,
                                      interpreter, True)
     )
@@ -737,9 +742,9 @@ def test_fused_dh_plan_matches_float64_and_the_unfused_plan(monkeypatch, rows, d
 
     results = {}
     for plan in ("unfused", "fused", "fused_persistent"):
-        monkeypatch.setattr(linear_act_module, "_FORCE_DH_PLAN", plan)
-        with use_backend("triton", OP_NAME), poisoned_outputs():
-            results[plan] = grads(lambda *a: fused_mlp(*a, activation, dropout_p, seed))
+        with force_plan("fused_mlp_dh", plan):
+            with use_backend("triton", OP_NAME), poisoned_outputs():
+                results[plan] = grads(lambda *a: fused_mlp(*a, activation, dropout_p, seed))
     expected = grads(lambda *a: fused_mlp_ref(*a, activation, dropout_p, seed, upcast=True))
     for plan in ("fused", "fused_persistent"):
         for name, fused, unfused, ref in zip(("dx", "dw1", "db1", "dw2", "db2"), results[plan],
@@ -758,9 +763,9 @@ def test_dpre_in_place_overwrites_its_input_with_the_same_result():
     dh, pre = torch.randn(37, HIDDEN).half(), torch.randn(37, HIDDEN).half()
     seed = seed_tensor(5, dh.device)
     args = (pre, "gelu", True, seed, 0.2, True)
-    dpre, dbias, h = linear_act_module._launch_dpre(dh, *args)
+    dpre, dbias, h = la_launch._launch_dpre(dh, *args)
     overwritten = dh.clone()
-    in_place = linear_act_module._launch_dpre(overwritten, *args, in_place=True)
+    in_place = la_launch._launch_dpre(overwritten, *args, in_place=True)
     assert in_place[0].data_ptr() == overwritten.data_ptr() and dpre.data_ptr() != dh.data_ptr()
     for name, actual, expected in zip(("dpre", "dbias", "h"), in_place, (dpre, dbias, h)):
         assert torch.equal(actual, expected), name
@@ -771,7 +776,7 @@ def test_fused_dh_plan_is_offered_only_for_tma_loadable_tensors():
         dz = torch.randn(5, 40).to(dtype)
         w2 = torch.randn(40, hidden).to(dtype)
         pre = torch.randn(5, hidden).to(dtype)
-        plans = linear_act_module._dh_plans(dz, w2, pre, "gelu", True, None, 0.0, True, True)
+        plans = la_fused._dh_plans(dz, w2, pre, "gelu", True, None, 0.0, True, True)
         return [label.split(":")[0] for label, _ in plans]
 
     fused = ["fused", "fused_persistent"] if CPU_TRITON else []
@@ -785,7 +790,7 @@ def test_tma_plans_only_for_16bit_inputs_with_16_byte_aligned_rows():
     def labels(dtype, in_features, hidden=16):
         x, w, b = _inputs((5, in_features), hidden, dtype)
         y = torch.empty(5, hidden, dtype=dtype)
-        plans = linear_act_module._fwd_plans(x, w, b, None, y, y, "gelu", False, 0.0, True, True)
+        plans = la_launch._fwd_plans(x, w, b, None, y, y, "gelu", False, 0.0, True, True)
         return [label.split(":")[0] for label, _ in plans]
 
     assert labels(torch.float16, 40) == ["pointer", "tma", "persistent", "cublas"]
@@ -822,7 +827,7 @@ def _check_mlp_gemm_bias_act(x, w, b, activation, schedule):
 @pytest.mark.parametrize("M, K, N", [(1, 8, 16), (37, 40, 100)])
 def test_mlp_gemm_bias_act_matches_float64_reference(M, K, N, dtype, activation):
     """The CPU kernel of the op behind the "cutlass" plans: the contract the sm_90 kernels are held to."""
-    for schedule in linear_act_module.CUTLASS_SCHEDULES:
+    for schedule in la_reference.CUTLASS_SCHEDULES:
         _check_mlp_gemm_bias_act(*_inputs((M, K), N, dtype), activation, schedule)
 
 
@@ -871,10 +876,10 @@ def test_cutlass_plans_need_the_sm90_build():
     """No "cutlass" plan on the CPU or under the interpreter, whatever the tensors."""
     x, w, b = _inputs((8, 64), 32, torch.float16)
     y = torch.empty(8, 32, dtype=torch.float16)
-    plans = linear_act_module._fwd_plans(x, w, b, None, y, y, "gelu", True, 0.0, True, True)
+    plans = la_launch._fwd_plans(x, w, b, None, y, y, "gelu", True, 0.0, True, True)
     labels = [label for label, _ in plans]
     assert not [label for label in labels if label.startswith("cutlass")], labels
-    assert not linear_act_module._cutlass_ok(x, w, y)
+    assert not la_launch._cutlass_ok(x, w, y)
 
 
 # ---------------------------------------------------------------------------------------------------- GPU
@@ -992,9 +997,9 @@ def test_gpu_every_forward_plan_matches_reference(dropout_p):
     for label, y, _ in _run_plan("", x, w, b, "gelu", seed if dropout_p else None, dropout_p, False):
         assert_close_to_reference(y, expected, baseline, name=label)
         seen += 1
-    tma_plans = len(linear_act_module._FWD_TMA_CONFIGS) + len(linear_act_module._FWD_PERSISTENT_CONFIGS)
-    cutlass_offered = dropout_p == 0.0 and linear_act_module._cutlass_ok(x, w)
-    cutlass = len(linear_act_module.CUTLASS_SCHEDULES) if cutlass_offered else 0
+    tma_plans = len(la_plans._FWD_TMA_CONFIGS) + len(la_plans._FWD_PERSISTENT_CONFIGS)
+    cutlass_offered = dropout_p == 0.0 and la_launch._cutlass_ok(x, w)
+    cutlass = len(la_reference.CUTLASS_SCHEDULES) if cutlass_offered else 0
     assert seen == 1 + tma_plans + cutlass + 1
 
 
@@ -1016,27 +1021,24 @@ def test_gpu_every_backward_plan_matches_reference(monkeypatch, dropout_p):
 
     expected = grads(lambda *a: fused_mlp_ref(*a, "gelu", dropout_p, seed, upcast=True))
     baseline = grads(lambda *a: fused_mlp_ref(*a, "gelu", dropout_p, seed))
-    monkeypatch.setattr(linear_act_module, "_FORCE_DH_PLAN", "unfused")
-    for plan in range(len(linear_act_module._BWD_GPU_PLANS)):
-        monkeypatch.setattr(linear_act_module, "_FORCE_DPRE_PLAN", plan)
-        with use_backend("triton", OP_NAME):
-            actual = grads(lambda *a: fused_mlp(*a, "gelu", dropout_p, seed))
-        for name, a, e, base in zip(("dx", "dw1", "db1", "dw2", "db2"), actual, expected, baseline):
-            assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (plan {plan})")
+    with force_plan("fused_mlp_dh", "unfused"):
+        for plan in range(len(la_plans._BWD_GPU_PLANS)):
+            with force_plan(OP_NAME + "_bwd", plan), use_backend("triton", OP_NAME):
+                actual = grads(lambda *a: fused_mlp(*a, "gelu", dropout_p, seed))
+            for name, a, e, base in zip(("dx", "dw1", "db1", "dw2", "db2"), actual, expected, baseline):
+                assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (plan {plan})")
     # The fused dh GEMM + elementwise kernel at each of its tiles.
-    monkeypatch.setattr(linear_act_module, "_FORCE_DH_PLAN", "fused")
-    for index in range(len(linear_act_module._DH_TMA_CONFIGS)):
-        monkeypatch.setattr(linear_act_module, "_DH_TMA_CONFIGS", linear_act_module._DH_TMA_CONFIGS[index:])
-        with use_backend("triton", OP_NAME):
+    for index in range(len(la_fused._DH_TMA_CONFIGS)):
+        monkeypatch.setattr(la_fused, "_DH_TMA_CONFIGS", la_fused._DH_TMA_CONFIGS[index:])
+        with force_plan("fused_mlp_dh", "fused"), use_backend("triton", OP_NAME):
             actual = grads(lambda *a: fused_mlp(*a, "gelu", dropout_p, seed))
         for name, a, e, base in zip(("dx", "dw1", "db1", "dw2", "db2"), actual, expected, baseline):
             assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (fused dh, tile {index})")
     # Its persistent form at each of its tiles.
-    monkeypatch.setattr(linear_act_module, "_FORCE_DH_PLAN", "fused_persistent")
-    for index in range(len(linear_act_module._DH_PERSISTENT_CONFIGS)):
-        monkeypatch.setattr(linear_act_module, "_DH_PERSISTENT_CONFIGS",
-                            linear_act_module._DH_PERSISTENT_CONFIGS[index:])
-        with use_backend("triton", OP_NAME):
+    for index in range(len(la_fused._DH_PERSISTENT_CONFIGS)):
+        monkeypatch.setattr(la_fused, "_DH_PERSISTENT_CONFIGS",
+                            la_fused._DH_PERSISTENT_CONFIGS[index:])
+        with force_plan("fused_mlp_dh", "fused_persistent"), use_backend("triton", OP_NAME):
             actual = grads(lambda *a: fused_mlp(*a, "gelu", dropout_p, seed))
         for name, a, e, base in zip(("dx", "dw1", "db1", "dw2", "db2"), actual, expected, baseline):
             assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (persistent dh, tile {index})")
@@ -1052,7 +1054,7 @@ def test_gpu_every_backward_plan_matches_reference(monkeypatch, dropout_p):
 def test_gpu_cutlass_mlp_gemm_bias_act_flash_attn_rule(M, K, N, dtype, activation):
     """The sm_90a CUTLASS kernels against float64 as their CPU twin is (tile tails in M and N included)."""
     case = _inputs((M, K), N, dtype, device="cuda")
-    if not linear_act_module._cutlass_ok(*case[:2]):
+    if not la_launch._cutlass_ok(*case[:2]):
         pytest.skip("needs an sm_90 GPU and a _C built with CUTLASS for sm_90a")
-    for schedule in linear_act_module.CUTLASS_SCHEDULES:
+    for schedule in la_reference.CUTLASS_SCHEDULES:
         _check_mlp_gemm_bias_act(*case, activation, schedule)

@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from internvideo_fast.models.layers import LayerNorm
-from internvideo_fast.ops.mlp_modules import FusedMLP
+from internvideo_fast.layers.mlp import FusedMLP
+from internvideo_fast.layers.norm import LayerNorm
 
 # The temperature's upper bound: logit_scale.exp() <= 100.
 LOGIT_SCALE_MAX = math.log(100.0)

@@ -17,7 +17,7 @@ Rules:
   skipped; if every candidate fails, the default's error is raised.
 - Candidates are checked as well as timed when the caller passes ``outputs`` (the tensors a launch wrote,
   from its result): each timed candidate runs once more on NaN-poisoned outputs
-  (:mod:`internvideo_fast.ops.outputs`) and must match the first candidate's results (the default, which
+  (:mod:`internvideo_fast.ops.framework.outputs`) and must match the first candidate's results (the default, which
   the float64-reference tests pin down on every machine) within rounding. One that disagrees, or leaves
   an element unwritten, is never chosen: it raises a :class:`TuningCandidateRejected` warning (an error in
   the tests) and is listed in :func:`tuning_report`. Alternative kernels may first run on a user's GPU; a
@@ -44,6 +44,7 @@ reports (``make gpu-check`` records the report).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import hashlib
@@ -51,18 +52,19 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 
-from internvideo_fast.ops.backend import triton_interpreter_on
-from internvideo_fast.ops.outputs import poison_, poisoned_outputs
+from internvideo_fast.ops.framework.backend import triton_interpreter_on
+from internvideo_fast.ops.framework.outputs import poison_, poisoned_outputs
 
 Candidate = tuple[str, Callable[[], object]]
 # What a candidate's launch wrote, given what it returned (None entries are skipped).
 Outputs = Callable[[object], Sequence[torch.Tensor | None]]
 _TUNERS: dict[str, LaunchTuner] = {}
+_FORCED_PLANS: dict[str, str | int] = {}  # tuner name pattern -> label or position (see force_plan)
 CRASH_MARK = "[autotune] crashed: "  # + "tuner:label", printed in IVF_AUTOTUNE=compile mode
 
 
@@ -118,8 +120,9 @@ def _device_usable(device: torch.device) -> bool:
 def _kernel_sources_digest() -> str:
     """Of every op module (the kernels and their launch plans): a cached choice is only as good as them."""
     digest = hashlib.sha1()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
+    ops = Path(__file__).parent.parent
+    for path in sorted(ops.rglob("*.py")):
+        digest.update(path.relative_to(ops).as_posix().encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -384,6 +387,45 @@ def _recording(launch: Callable[[], object], results: dict[str, object], label: 
 
 def _tensors(values) -> list[torch.Tensor]:
     return [value for value in values if value is not None]
+
+
+@contextlib.contextmanager
+def force_plan(tuner: str, label: str | int) -> Iterator[None]:
+    """Within the block, launches of the tuners whose names match `tuner` (a shell pattern) offer one
+    candidate instead of their list: the first whose label is `label` or starts with ``label:``, the
+    default where none does; an int `label` is a position in the list (the last where it is shorter).
+    Tests run every plan this way on every machine, where the tuner alone would run only the default."""
+    previous = _FORCED_PLANS.get(tuner)
+    _FORCED_PLANS[tuner] = label
+    try:
+        yield
+    finally:
+        if previous is None:
+            del _FORCED_PLANS[tuner]
+        else:
+            _FORCED_PLANS[tuner] = previous
+
+
+def forced_plan(tuner: str) -> str | int | None:
+    """The label or position :func:`force_plan` set for the tuner called `tuner`, or None."""
+    if not _FORCED_PLANS:
+        return None
+    for pattern, label in _FORCED_PLANS.items():
+        if fnmatch.fnmatchcase(tuner, pattern):
+            return label
+    return None
+
+
+def forced_candidates(tuner: str, candidates: Sequence[Candidate]) -> Sequence[Candidate]:
+    """`candidates` as :func:`force_plan` leaves them for the tuner called `tuner` (all when none is
+    forced). Works on any sequence of tuples whose first item is the label."""
+    forced = forced_plan(tuner)
+    if forced is None or not candidates:
+        return candidates
+    if isinstance(forced, int):
+        return [candidates[min(forced, len(candidates) - 1)]]
+    matching = [c for c in candidates if c[0] == forced or c[0].startswith(forced + ":")]
+    return matching[:1] or list(candidates[:1])
 
 
 def launch_tuner(name: str) -> LaunchTuner:

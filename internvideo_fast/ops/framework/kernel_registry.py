@@ -2,7 +2,7 @@
 
 Each op module registers its kernels at import time with :func:`register_triton_kernel`, giving the
 argument types and the exact configurations (block sizes, warps, stages) its launchers and autotuners
-use. ``internvideo_fast.ops.aot`` compiles every entry ahead of time for the H100 in ``make test``,
+use. ``internvideo_fast.ops.framework.aot`` compiles every entry ahead of time for the H100 in ``make test``,
 and ``make gpu-check`` reports the same list, so no kernel can be added without being checked.
 """
 

@@ -17,7 +17,7 @@ Matmul kernels are checked twice: as compiled for arbitrary arguments, and with 
 multiple of 16 (the specialization real ViT launches get, which pipelines deeper and uses more shared
 memory).
 
-Run it as ``python -m internvideo_fast.ops.aot`` (a table, exit 1 on any problem) with ``TRITON_INTERPRET``
+Run it as ``python -m internvideo_fast.ops.framework.aot`` (a table, exit 1 on any problem) with ``TRITON_INTERPRET``
 unset; ``make test`` runs it through tests/test_aot_sm90.py.
 """
 
@@ -33,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, triton_kernels
+from internvideo_fast.ops.framework.kernel_registry import KernelConfig, TritonKernelSpec, triton_kernels
 
 H100_SHARED_MEMORY_PER_BLOCK = 227 * 1024
 
