@@ -273,7 +273,7 @@ def test_tuning_report_lists_rejected_candidates(monkeypatch):
 
 @pytest.mark.parametrize("chunk", [3, 1 << 22])
 def test_disagreement_tolerates_rounding_and_names_real_differences(chunk):
-    from internvideo_fast.ops.framework.autotuning import disagreement
+    from internvideo_fast.ops.framework.agreement import disagreement
 
     torch.manual_seed(0)
     reference = torch.randn(7, 11)
