@@ -30,8 +30,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from common import Case, cuda_graphed
 from internvideo_fast.ops import use_backend
-from internvideo_fast.ops.autotuning import launch_tuner, length_bucket, tuning_choices
-from internvideo_fast.ops.backend import triton_runs_on
+from internvideo_fast.ops.framework.autotuning import launch_tuner, length_bucket, tuning_choices
+from internvideo_fast.ops.framework.backend import triton_runs_on
 from internvideo_fast.ops.cross_attention import OP_NAME, cross_attention
 
 # (name, B, H, D, Sq, Sk)
@@ -144,7 +144,7 @@ TUNE_SHAPES = SHAPES[:2] + [FLASH_GRID[2], FLASH_GRID[8]]  # CMA both ways; grid
 @contextlib.contextmanager
 def _attention_config(kernel: str, block_d: int, config: tuple[int, int, int, int]):
     """Launch `kernel` at `config` for 16-bit inputs, aligned or not, inside the block."""
-    module = importlib.import_module("internvideo_fast.ops.cross_attention")
+    module = importlib.import_module("internvideo_fast.ops.cross_attention.plans")
     tables = [module._CONFIGS["16bit"][kernel], module._ALIGNED_CONFIGS.setdefault(kernel, {})]
     saved = [dict(table) for table in tables]
     for table in tables:

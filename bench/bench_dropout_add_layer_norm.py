@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from common import Case, cuda_graphed
 from internvideo_fast.ops import use_backend
-from internvideo_fast.ops.backend import triton_runs_on
+from internvideo_fast.ops.framework.backend import triton_runs_on
 from internvideo_fast.ops.dropout_add_layer_norm import OP_NAME, dropout_add_layer_norm, dropout_add_rms_norm
 
 SIZES = [(8, 1568, 768), (8, 1568, 1024)]  # (clips, tokens, width)

@@ -23,9 +23,9 @@ from torch import nn
 
 from common import Case, cuda_graphed
 from internvideo_fast.ops import use_backend
-from internvideo_fast.ops.backend import triton_runs_on
+from internvideo_fast.ops.framework.backend import triton_runs_on
 from internvideo_fast.ops.linear_act import OP_NAME
-from internvideo_fast.ops.mlp_modules import FusedMLP
+from internvideo_fast.layers.mlp import FusedMLP
 
 SIZES = [(64 * 160, 768, 3072), (8 * 1568, 1024, 4096)]  # (rows, D, hidden)
 CPU_SIZES = [(2 * 160, 64, 256)]  # the CPU cases only prove the cases run
@@ -197,11 +197,11 @@ def fc1_plans(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> dict:
     the plans and the (y, pre) buffers our plans write into; the two cuBLAS plans return their result."""
     import importlib
 
-    linear_act_module = importlib.import_module("internvideo_fast.ops.linear_act")
+    la_launch = importlib.import_module("internvideo_fast.ops.linear_act.launch")
     y = torch.empty(x.shape[0], w.shape[0], device=x.device, dtype=x.dtype)
     pre = torch.empty_like(y)
     interpreter = x.device.type == "cpu"
-    plans = dict(linear_act_module._fwd_plans(x, w, b, None, y, pre, "gelu", True, 0.0, interpreter,
+    plans = dict(la_launch._fwd_plans(x, w, b, None, y, pre, "gelu", True, 0.0, interpreter,
                                               not interpreter))
     plans["cublas addmm"] = lambda: torch.addmm(b, x, w.t())
     plans["cublas addmm + gelu"] = lambda: F.gelu(torch.addmm(b, x, w.t()))
@@ -244,10 +244,10 @@ def dh_plans(dz: torch.Tensor, w2: torch.Tensor, pre: torch.Tensor) -> dict:
     its forward instead of recomputing it)."""
     import importlib
 
-    linear_act_module = importlib.import_module("internvideo_fast.ops.linear_act")
+    la_fused = importlib.import_module("internvideo_fast.ops.linear_act.fused_mlp")
     interpreter = dz.device.type == "cpu"
     plans = dict(
-        linear_act_module._dh_plans(dz, w2, pre, "gelu", True, None, 0.0, interpreter, not interpreter)
+        la_fused._dh_plans(dz, w2, pre, "gelu", True, None, 0.0, interpreter, not interpreter)
     )
 
     def eager():

@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from common import Case
+from internvideo_fast.layers.constants import IMAGENET_MEAN as MEAN
+from internvideo_fast.layers.constants import IMAGENET_STD as STD
+from internvideo_fast.layers.embedding import sinusoid_position_table
 from internvideo_fast.ops import mae_targets, masked_patch_embed, tube_mask, use_backend
-from internvideo_fast.ops.backend import available_backends
-from internvideo_fast.ops.embedding_modules import sinusoid_position_table
+from internvideo_fast.ops.framework.backend import available_backends
 from internvideo_fast.ops.mae_targets import mae_targets_ref
 from internvideo_fast.ops.tube_mask import tube_mask_official_numpy
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def cases(device: torch.device, quick: bool = False) -> list[Case]:

@@ -8,7 +8,7 @@ import torch
 
 from common import Case
 from internvideo_fast.ops import gather_tokens, scatter_tokens, tube_mask, use_backend
-from internvideo_fast.ops.backend import available_backends
+from internvideo_fast.ops.framework.backend import available_backends
 
 
 def cases(device: torch.device, quick: bool = False) -> list[Case]:

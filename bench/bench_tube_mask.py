@@ -9,7 +9,7 @@ import torch
 
 from common import Case
 from internvideo_fast.ops import tube_mask, use_backend
-from internvideo_fast.ops.backend import available_backends
+from internvideo_fast.ops.framework.backend import available_backends
 from internvideo_fast.ops.tube_mask import tube_mask_official_numpy
 
 SIZES = [(64, 8, 14, 14, 0.9), (256, 8, 14, 14, 0.9), (32, 8, 32, 32, 0.9)]

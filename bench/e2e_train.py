@@ -338,7 +338,7 @@ def extra_rows(device: torch.device, quick: bool = False, largest_batch_recipes=
     `largest_batch_recipes` (ours, eager; make gpu-check: pretraining only), and the GPU-time breakdown of
     the graphed pretraining step (bench/profile_step.py). The cache-warming run (IVF_AUTOTUNE=compile)
     skips all but the breakdown, whose step it compiles."""
-    from internvideo_fast.ops.autotuning import compile_only
+    from internvideo_fast.ops.framework.autotuning import compile_only
     from profile_step import breakdown
 
     _release()

@@ -227,7 +227,7 @@ def warm_kernel_cache(device_name: str, quick: bool, shard: int, shards: int) ->
     e2e module goes whole to one shard."""
     import torch
 
-    from internvideo_fast.ops.autotuning import TuningCandidateCrashed
+    from internvideo_fast.ops.framework.autotuning import TuningCandidateCrashed
 
     os.environ["IVF_AUTOTUNE"] = "compile"
     sys.path.insert(0, str(BENCH))
@@ -290,8 +290,8 @@ def _write_json_atomically(path: Path, payload: dict) -> None:
     os.replace(partial, path)
 
 
-# internvideo_fast.ops.autotuning.CRASH_MARK (a test keeps them equal): this process does not import the
-# package, which the device's Python finds only through the stages' PYTHONPATH.
+# internvideo_fast.ops.framework.autotuning.CRASH_MARK (a test keeps them equal): this process does not
+# import the package, which the device's Python finds only through the stages' PYTHONPATH.
 CRASH_MARK = "[autotune] crashed: "
 
 
@@ -316,7 +316,7 @@ def run_benchmarks(device_name: str, quick: bool, out_file: Path) -> None:
     sys.path.insert(0, str(BENCH))
     import common
 
-    from internvideo_fast.ops.autotuning import tuning_report
+    from internvideo_fast.ops.framework.autotuning import tuning_report
 
     device = torch.device(device_name)
     timer = common.time_cuda_ms if device.type == "cuda" else common.time_cpu_ms

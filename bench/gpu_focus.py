@@ -90,7 +90,7 @@ def main() -> int:
     import common
     import host_overhead
     from gpu_check import _write_json_atomically
-    from internvideo_fast.ops.autotuning import tuning_report
+    from internvideo_fast.ops.framework.autotuning import tuning_report
 
     if not dry_run and not torch.cuda.is_available():
         print("gpu_focus: no CUDA device; use --dry-run to check the script on CPU", file=sys.stderr)

@@ -42,7 +42,11 @@ def _stub_triton_launches() -> None:
 
     kernel_types = (triton.runtime.JITFunction, triton.runtime.Autotuner, InterpretedFunction)
     for name in ("cross_attention", "dropout_add_layer_norm", "linear_act"):
-        module = importlib.import_module(f"internvideo_fast.ops.{name}")
+        importlib.import_module(f"internvideo_fast.ops.{name}")
+    # Every module of the op packages: the launchers call the kernels through their own module's names.
+    modules = [module for name, module in list(sys.modules.items())
+               if name.startswith("internvideo_fast.ops.") and module is not None]
+    for module in modules:
         for attribute, value in list(vars(module).items()):
             if isinstance(value, kernel_types):
                 setattr(module, attribute, _NoLaunch())

@@ -68,7 +68,7 @@ def report(name: str, fn) -> str:
 
 def workloads(device: torch.device):
     from internvideo_fast.ops import cross_attention, dropout_add_layer_norm
-    from internvideo_fast.ops.mlp_modules import FusedMLP
+    from internvideo_fast.layers.mlp import FusedMLP
 
     dtype = torch.bfloat16
     # FFN at ViT-B pretraining size.

@@ -25,7 +25,7 @@ def _info(_: argparse.Namespace) -> int:
 
     import internvideo_fast
     from internvideo_fast import _extension
-    from internvideo_fast.ops.backend import available_backends, get_backend
+    from internvideo_fast.ops.framework.backend import available_backends, get_backend
 
     print(f"internvideo_fast {internvideo_fast.__version__}, torch {torch.__version__}, triton {triton.__version__}")
     if _extension.HAS_C:
@@ -82,7 +82,7 @@ def _masks(args: argparse.Namespace) -> int:
     import torch
 
     from internvideo_fast.ops import tube_mask, use_backend
-    from internvideo_fast.ops.backend import available_backends
+    from internvideo_fast.ops.framework.backend import available_backends
 
     _positive(args, "batch")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -108,7 +108,7 @@ def _masks(args: argparse.Namespace) -> int:
 
 
 def _aot_check(args: argparse.Namespace) -> int:
-    from internvideo_fast.ops import aot
+    from internvideo_fast.ops.framework import aot
 
     return aot.main(args.rest)
 

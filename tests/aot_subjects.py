@@ -7,8 +7,8 @@ import json
 import triton
 import triton.language as tl
 
-from internvideo_fast.ops.aot import compile_for_sm90
-from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, triton_kernels
+from internvideo_fast.ops.framework.aot import compile_for_sm90
+from internvideo_fast.ops.framework.kernel_registry import KernelConfig, TritonKernelSpec, triton_kernels
 
 
 @triton.jit

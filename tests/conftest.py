@@ -32,7 +32,7 @@ def pytest_configure(config):
     # A tuner dropping a candidate that disagreed with its default is a kernel bug: it fails the test it ran
     # in. (Here, not in pyproject.toml: resolving the class imports the package, and that must come after
     # TRITON_INTERPRET is set above.)
-    rejected = "internvideo_fast.ops.autotuning.TuningCandidateRejected"
+    rejected = "internvideo_fast.ops.framework.autotuning.TuningCandidateRejected"
     config.addinivalue_line("filterwarnings", f"error::{rejected}")
 
 

@@ -41,11 +41,11 @@ def assert_close_to_reference(
     )
 
 
-from internvideo_fast.ops.outputs import poison_, poisoned_outputs  # noqa: E402,F401  (re-exported for tests)
+from internvideo_fast.ops.framework.outputs import poison_, poisoned_outputs  # noqa: E402,F401  (re-exported for tests)
 
 import pytest  # noqa: E402
 
-from internvideo_fast.ops.backend import (  # noqa: E402
+from internvideo_fast.ops.framework.backend import (  # noqa: E402
     interpreter_problem,
     triton_interpreter_on,
     triton_runs_on,

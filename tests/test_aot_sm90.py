@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from internvideo_fast.ops.aot import default_variant
-from internvideo_fast.ops.kernel_registry import triton_kernels
+from internvideo_fast.ops.framework.aot import default_variant
+from internvideo_fast.ops.framework.kernel_registry import triton_kernels
 
 TESTS = Path(__file__).parent
 # The full sweep compiles a few hundred kernels on a cold cache (10+ minutes on two cores); its subprocess
@@ -35,12 +35,12 @@ def _run_without_interpreter(*command: str):
 
 @pytest.fixture(scope="module")
 def default_reports():
-    return _run_without_interpreter("-m", "internvideo_fast.ops.aot", "--json", "--default-only")
+    return _run_without_interpreter("-m", "internvideo_fast.ops.framework.aot", "--json", "--default-only")
 
 
 @pytest.fixture(scope="module")
 def registered_reports():
-    return _run_without_interpreter("-m", "internvideo_fast.ops.aot", "--json")
+    return _run_without_interpreter("-m", "internvideo_fast.ops.framework.aot", "--json")
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_mlp_elementwise_passes_keep_their_instruction_budget(registered_reports
 
 def test_loop_instruction_counts_reads_backward_branches():
     """A loop is a branch back to an earlier address; forward branches are not loops."""
-    from internvideo_fast.ops.aot import loop_instruction_counts
+    from internvideo_fast.ops.framework.aot import loop_instruction_counts
 
     sass = """
         /*0000*/                   MOV R1, c[0x0][0x28] ;                 /* 0x00000a0000017a02 */

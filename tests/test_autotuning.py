@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from helpers import needs_triton
-from internvideo_fast.ops.autotuning import LaunchTuner, TuningCandidateRejected, length_bucket
+from internvideo_fast.ops.framework.autotuning import (
+    LaunchTuner,
+    TuningCandidateRejected,
+    force_plan,
+    forced_candidates,
+    forced_plan,
+    length_bucket,
+)
 
 
 def _recording_candidates(calls, failing=()):
@@ -119,8 +126,30 @@ def test_length_bucket():
     assert [length_bucket(n) for n in (1, 2, 3, 16, 17, 1568, 2056)] == [1, 2, 4, 16, 32, 2048, 4096]
 
 
+def test_force_plan_leaves_one_candidate_by_label_prefix_or_position():
+    """A forced label picks the first candidate named it or ``label:...``, the default where none is; a
+    position picks that candidate, the last where the list is shorter; other tuners and the time outside
+    the block keep every candidate."""
+    candidates = [("split:a", 0), ("atomic:b", 1), ("atomic:c", 2), ("split_tma:d", 3)]
+    assert forced_plan("cross_attention_bwd") is None
+    with force_plan("cross_attention_bwd", "atomic"):
+        assert forced_plan("cross_attention_bwd") == "atomic"
+        assert forced_candidates("cross_attention_bwd", candidates) == [("atomic:b", 1)]
+        assert forced_candidates("cross_attention_fwd", candidates) == candidates
+        with force_plan("cross_attention_bwd", "split"):
+            assert forced_candidates("cross_attention_bwd", candidates) == [("split:a", 0)]
+        assert forced_candidates("cross_attention_bwd", candidates) == [("atomic:b", 1)]
+    with force_plan("cross_attention_bwd", "missing"):
+        assert forced_candidates("cross_attention_bwd", candidates) == [("split:a", 0)]
+    with force_plan("cross_attention_fwd*", 2):
+        assert forced_candidates("cross_attention_fwd_split", candidates) == [("atomic:c", 2)]
+        assert forced_candidates("cross_attention_fwd", candidates[:2]) == [("atomic:b", 1)]
+    assert forced_plan("cross_attention_fwd") is None
+    assert forced_candidates("cross_attention_bwd", candidates) == candidates
+
+
 def test_tuning_report_lists_each_timed_choice(monkeypatch):
-    from internvideo_fast.ops.autotuning import launch_tuner, tuning_report
+    from internvideo_fast.ops.framework.autotuning import launch_tuner, tuning_report
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("IVF_AUTOTUNE", raising=False)
@@ -194,7 +223,7 @@ def test_an_element_left_unwritten_is_caught_by_the_poison(monkeypatch):
 
 
 def test_candidates_allocating_their_outputs_are_checked_through_their_results(monkeypatch):
-    from internvideo_fast.ops.outputs import new_output
+    from internvideo_fast.ops.framework.outputs import new_output
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("IVF_AUTOTUNE", raising=False)
@@ -228,7 +257,7 @@ def test_without_outputs_nothing_is_checked(monkeypatch):
 
 
 def test_tuning_report_lists_rejected_candidates(monkeypatch):
-    from internvideo_fast.ops.autotuning import launch_tuner, tuning_report
+    from internvideo_fast.ops.framework.autotuning import launch_tuner, tuning_report
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("IVF_AUTOTUNE", raising=False)
@@ -244,7 +273,7 @@ def test_tuning_report_lists_rejected_candidates(monkeypatch):
 
 @pytest.mark.parametrize("chunk", [3, 1 << 22])
 def test_disagreement_tolerates_rounding_and_names_real_differences(chunk):
-    from internvideo_fast.ops.autotuning import disagreement
+    from internvideo_fast.ops.framework.agreement import disagreement
 
     torch.manual_seed(0)
     reference = torch.randn(7, 11)
@@ -279,7 +308,7 @@ def tuning_on_cpu(monkeypatch):
     candidate once and finds each later one faster, so the last candidate that agrees is chosen."""
     import itertools
 
-    from internvideo_fast.ops import autotuning
+    from internvideo_fast.ops.framework import autotuning
 
     monkeypatch.setattr(autotuning, "_TUNERS", {})
     calls = itertools.count(1)
@@ -371,9 +400,9 @@ def test_every_tuned_op_checks_its_candidates(tuning_on_cpu, monkeypatch):
     agree with the default, so the last one is chosen, and the results match the untuned ones."""
     from internvideo_fast.ops import use_backend
 
-    linear_act_module = importlib.import_module("internvideo_fast.ops.linear_act")
-    dh_plans = linear_act_module._dh_plans  # offer the fused dh kernels beside the default, as on a GPU
-    monkeypatch.setattr(linear_act_module, "_dh_plans",
+    la_fused = importlib.import_module("internvideo_fast.ops.linear_act.fused_mlp")
+    dh_plans = la_fused._dh_plans  # offer the fused dh kernels beside the default, as on a GPU
+    monkeypatch.setattr(la_fused, "_dh_plans",
                         lambda *args, with_fused: dh_plans(*args, with_fused=True))
     with use_backend("triton"):
         monkeypatch.setenv("IVF_AUTOTUNE", "0")
@@ -398,14 +427,14 @@ def test_every_tuned_op_checks_its_candidates(tuning_on_cpu, monkeypatch):
 def test_a_wrong_candidate_in_an_op_is_dropped_and_its_result_not_used(tuning_on_cpu, monkeypatch):
     from internvideo_fast.ops import linear_act, linear_act_ref, use_backend
 
-    linear_act_module = importlib.import_module("internvideo_fast.ops.linear_act")
-    fwd_plans = linear_act_module._fwd_plans
+    la_launch = importlib.import_module("internvideo_fast.ops.linear_act.launch")
+    fwd_plans = la_launch._fwd_plans
 
     def with_a_wrong_plan(x, weight, bias, seed, y, pre, *rest):
         plans = fwd_plans(x, weight, bias, seed, y, pre, *rest)
         return plans + [("wrong", lambda: (plans[0][1](), y[-1].zero_()))]  # forgets the last row's values
 
-    monkeypatch.setattr(linear_act_module, "_fwd_plans", with_a_wrong_plan)
+    monkeypatch.setattr(la_launch, "_fwd_plans", with_a_wrong_plan)
     x, weight, bias = torch.randn(5, 40), torch.randn(100, 40) / 40**0.5, torch.randn(100)
     expected_warning = pytest.warns(TuningCandidateRejected, match="'wrong' disagrees with 'pointer'")
     with use_backend("triton"), expected_warning:
@@ -436,7 +465,7 @@ def test_excluded_candidates_are_not_offered_but_the_default_always_is(monkeypat
 def _broken_device(monkeypatch, failing_label):
     """Candidate `failing_label` raises and leaves the (fake) device unusable, as an illegal memory access
     does to a CUDA context."""
-    from internvideo_fast.ops import autotuning
+    from internvideo_fast.ops.framework import autotuning
 
     broken = []
     monkeypatch.setattr(autotuning, "_device_usable", lambda device: not broken)
@@ -452,8 +481,8 @@ def _broken_device(monkeypatch, failing_label):
 
 
 def test_a_candidate_that_breaks_the_device_is_named_with_the_setting_that_skips_it(monkeypatch):
-    from internvideo_fast.ops import autotuning
-    from internvideo_fast.ops.autotuning import TuningCandidateCrashed
+    from internvideo_fast.ops.framework import autotuning
+    from internvideo_fast.ops.framework.autotuning import TuningCandidateCrashed
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("IVF_AUTOTUNE", raising=False)
@@ -469,7 +498,7 @@ def test_a_candidate_that_breaks_the_device_is_named_with_the_setting_that_skips
 
 def test_compile_mode_names_a_crashing_candidate_on_its_own_line(monkeypatch, capsys):
     """gpu-check's warming processes: the line lets the timing process run without that candidate."""
-    from internvideo_fast.ops.autotuning import CRASH_MARK, TuningCandidateCrashed
+    from internvideo_fast.ops.framework.autotuning import CRASH_MARK, TuningCandidateCrashed
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setenv("IVF_AUTOTUNE", "compile")
@@ -485,7 +514,7 @@ def test_compile_mode_names_a_crashing_candidate_on_its_own_line(monkeypatch, ca
 @pytest.fixture
 def choice_cache(monkeypatch, tmp_path):
     """IVF_AUTOTUNE_CACHE set to a fresh file; `new_process()` forgets what this process read."""
-    from internvideo_fast.ops import autotuning
+    from internvideo_fast.ops.framework import autotuning
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("IVF_AUTOTUNE", raising=False)
@@ -538,7 +567,7 @@ def test_choices_of_another_context_or_no_longer_offered_are_timed_again(choice_
 def test_processes_writing_the_cache_merge_their_choices(choice_cache):
     import json
 
-    from internvideo_fast.ops import autotuning
+    from internvideo_fast.ops.framework import autotuning
 
     one = LaunchTuner("one", timer=_fake_timer({"a": 3.0, "b": 1.0, "c": 2.0}))
     one.run("k", _recording_candidates([]), GPU)
@@ -553,7 +582,7 @@ def test_processes_writing_the_cache_merge_their_choices(choice_cache):
 
 
 def test_an_unwritable_cache_warns_and_tuning_goes_on(monkeypatch, tmp_path):
-    from internvideo_fast.ops import autotuning
+    from internvideo_fast.ops.framework import autotuning
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("IVF_AUTOTUNE", raising=False)

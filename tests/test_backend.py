@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from internvideo_fast import HAS_C
-from internvideo_fast.ops import backend as backend_module
+from internvideo_fast.ops.framework import backend as backend_module
 from internvideo_fast.ops import get_backend, set_backend, tube_mask, use_backend
-from internvideo_fast.ops.backend import available_backends, select_backend
+from internvideo_fast.ops.framework.backend import available_backends, select_backend
 
 
 @pytest.fixture(autouse=True)

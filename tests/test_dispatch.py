@@ -8,7 +8,7 @@ import torch.utils._python_dispatch
 
 from helpers import needs_triton
 from internvideo_fast.ops import use_backend
-from internvideo_fast.ops.dispatch import eager_op
+from internvideo_fast.ops.framework.dispatch import eager_op
 from internvideo_fast.ops.cross_attention import OP_NAME as ATTENTION_OP, cross_attention
 from internvideo_fast.ops.dropout_add_layer_norm import OP_NAME as LN_OP, dropout_add_layer_norm
 from internvideo_fast.ops.linear_act import OP_NAME as LINEAR_OP, fused_mlp, linear_act

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from helpers import CPU_TRITON, assert_close_to_reference, describe_difference, poisoned_outputs, needs_triton
 from internvideo_fast.ops import use_backend
+from internvideo_fast.ops.framework.autotuning import force_plan
 from internvideo_fast.ops.dropout_add_layer_norm import (
     OP_NAME,
     dropout_add_layer_norm,
@@ -21,7 +22,9 @@ from internvideo_fast.ops.dropout_add_layer_norm import (
     dropout_threshold,
 )
 
-ln_module = importlib.import_module("internvideo_fast.ops.dropout_add_layer_norm")
+# The modules whose launch plans and launchers the tests force or spy on.
+ln_plans = importlib.import_module("internvideo_fast.ops.dropout_add_layer_norm.plans")
+ln_launch = importlib.import_module("internvideo_fast.ops.dropout_add_layer_norm.launch")
 
 # Tolerances of the CPU tests against float64: (outputs, gradients) per dtype.
 TOLERANCE = {torch.float32: (2e-5, 1e-4), torch.float16: (4e-3, 2e-2)}
@@ -149,14 +152,14 @@ def test_dx_is_dresidual_when_nothing_scales_the_branch(monkeypatch, dropout_p, 
     """Without dropout and drop path dx = dresidual: the backward stores it once and hands both inputs the
     same buffer (one [rows, D] pass fewer); otherwise two buffers. Each grad equals the reference's."""
     stored = []
-    original = ln_module._dropout_add_layer_norm_bwd
+    original = ln_launch._dropout_add_layer_norm_bwd
 
     def spy(*args):
         dx, dresidual, dparams = original(*args)
         stored.append(dresidual.numel())
         return dx, dresidual, dparams
 
-    monkeypatch.setattr(ln_module, "_dropout_add_layer_norm_bwd", spy)
+    monkeypatch.setattr(ln_launch, "_dropout_add_layer_norm_bwd", spy)
     x, res, w, b, scale = _inputs((4, 6, 40), torch.float32, drop_path=drop_path)
     # Non-leaf inputs, as in a network: their grads are what the backward returned, not copies.
     x_leaf, res_leaf = _leaves(x, res)
@@ -386,26 +389,26 @@ def test_every_backward_plan_matches_float64_reference(monkeypatch):
     interpreter runs the pipelined row loop as a plain loop (the GPU test covers the pipelining). D = 608
     also gets the plans with fewer warps than the width's default (BLOCK_D 512 to 4096 only), the one-warp
     plans among them (16-byte aligned rows only), and D = 599 the per-element mask (no load stages there)."""
-    plans = {D: ln_module._labelled_backward_plans(D, ln_module._rows_aligned16(D))
+    plans = {D: ln_plans._labelled_backward_plans(D, ln_plans._rows_aligned16(D))
              for D in (100, 600, 608, 599)}
     assert len(plans[608]) == len(plans[600]) + 2 > len(plans[100])  # 600 * 2 bytes: rows not 16-aligned
     assert len(plans[600]) > len(plans[599]) > 1
     assert {config.constexprs["LOAD_STAGES"] for _, config, _ in plans[599]} == {1}
     assert plans[608][-1][0] == "w1_8per_sm_ld3"
-    for index in range(len(ln_module._BWD_PLAN_SHAPES)):
-        monkeypatch.setattr(ln_module, "_FORCE_BWD_PLAN", index)
-        for D in (100, 608, 599):
-            _check_against_reference((37, D), torch.float32, dropout_p=0.2, seed=3, drop_path=True)
-        _check_against_reference((37, 608), torch.float32, dropout_p=0.2, seed=3, norm="rms")
+    for index in range(len(ln_plans._BWD_PLAN_SHAPES)):
+        with force_plan(OP_NAME + "_bwd", index):
+            for D in (100, 608, 599):
+                _check_against_reference((37, D), torch.float32, dropout_p=0.2, seed=3, drop_path=True)
+            _check_against_reference((37, 608), torch.float32, dropout_p=0.2, seed=3, norm="rms")
 
 
 def test_rows_are_aligned_only_with_aligned_bases_and_widths():
     """The one-warp backward plans spill on rows that are not 16-byte aligned, so they are offered only
     where every base address and the width allow 16-byte aligned rows."""
     x = torch.randn(4 * 64 + 8)
-    assert ln_module._rows_aligned16(64, x[:256], None)
-    assert not ln_module._rows_aligned16(64, x[1:257])  # 4 bytes past an aligned base
-    assert not ln_module._rows_aligned16(40, x[:160])  # D = 40: Triton does not specialize D as aligned
+    assert ln_plans._rows_aligned16(64, x[:256], None)
+    assert not ln_plans._rows_aligned16(64, x[1:257])  # 4 bytes past an aligned base
+    assert not ln_plans._rows_aligned16(40, x[:160])  # D = 40: Triton does not specialize D as aligned
 
 
 @needs_triton
@@ -414,17 +417,17 @@ def test_every_forward_plan_matches_float64_reference(monkeypatch):
     row-loop kernel's plans (4 or 8 programs here: 37 rows in uneven blocks), with dropout, drop path and
     every optional input, at D = 600 (8-element mask groups) and 599 (per-element mask) and without the
     optional inputs at D = 300; widths outside the loop plans' blocks (D = 100) keep the default only."""
-    assert len(ln_module._labelled_forward_plans(100)) == 1
-    assert len(ln_module._labelled_forward_plans(600)) == 1 + len(ln_module._FWD_LOOP_PLAN_SHAPES)
-    unaligned = ln_module._labelled_forward_plans(599)
+    assert len(ln_plans._labelled_forward_plans(100)) == 1
+    assert len(ln_plans._labelled_forward_plans(600)) == 1 + len(ln_plans._FWD_LOOP_PLAN_SHAPES)
+    unaligned = ln_plans._labelled_forward_plans(599)
     stages = [config.constexprs.get("LOAD_STAGES", 1) for _, config, _ in unaligned]
     assert stages == [1, 1]  # the default and the one loop plan without load stages
-    for index in range(len(ln_module._labelled_forward_plans(600))):
-        monkeypatch.setattr(ln_module, "_FORCE_FWD_PLAN", index)
-        for D in (600, 599):
-            _check_against_reference((37, D), torch.float32, dropout_p=0.2, seed=3, drop_path=True)
-        _check_against_reference((5, 7, 300), torch.float16, residual=False, weight=False, bias=False)
-        _check_against_reference((37, 600), torch.float32, dropout_p=0.2, seed=3, norm="rms")
+    for index in range(len(ln_plans._labelled_forward_plans(600))):
+        with force_plan(OP_NAME + "_fwd", index):
+            for D in (600, 599):
+                _check_against_reference((37, D), torch.float32, dropout_p=0.2, seed=3, drop_path=True)
+            _check_against_reference((5, 7, 300), torch.float16, residual=False, weight=False, bias=False)
+            _check_against_reference((37, 600), torch.float32, dropout_p=0.2, seed=3, norm="rms")
 
 
 # ---------------------------------------------------------------------------------------------------- GPU
@@ -498,16 +501,16 @@ def test_gpu_every_backward_plan_flash_attn_rule(monkeypatch, D):
 
     expected = _forward_backward(lambda *a: reference(*a, upcast=True), *_leaves(x, res, w, b), dy, dr)
     baseline = _forward_backward(lambda *a: reference(*a, upcast=False), *_leaves(x, res, w, b), dy, dr)
-    for index in range(len(ln_module._BWD_PLAN_SHAPES)):
-        monkeypatch.setattr(ln_module, "_FORCE_BWD_PLAN", index)
-        with use_backend("triton", OP_NAME), poisoned_outputs():
-            actual = _forward_backward(
-                lambda *a: dropout_add_layer_norm(*a, dropout_p=0.1, drop_path_scale=scale, seed=seed),
-                *_leaves(x, res, w, b), dy, dr,
-            )
-        names = ("dx", "dresidual", "dweight", "dbias")
-        for name, a, e, base in zip(names, actual[2], expected[2], baseline[2]):
-            assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (plan {index})")
+    for index in range(len(ln_plans._BWD_PLAN_SHAPES)):
+        with force_plan(OP_NAME + "_bwd", index):
+            with use_backend("triton", OP_NAME), poisoned_outputs():
+                actual = _forward_backward(
+                    lambda *a: dropout_add_layer_norm(*a, dropout_p=0.1, drop_path_scale=scale, seed=seed),
+                    *_leaves(x, res, w, b), dy, dr,
+                )
+            names = ("dx", "dresidual", "dweight", "dbias")
+            for name, a, e, base in zip(names, actual[2], expected[2], baseline[2]):
+                assert_close_to_reference(a, e, base, factor=3.0, name=f"{name} (plan {index})")
 
 
 @pytest.mark.gpu
@@ -521,19 +524,19 @@ def test_gpu_every_forward_plan_flash_attn_rule(monkeypatch, D):
     keep = dropout_keep_mask(seed, shape, 0.1, device="cuda", elements_per_draw=8)
     expected = dropout_add_layer_norm_ref(x, res, w, b, keep, 0.1, 1e-6, scale, upcast=True)
     baseline = dropout_add_layer_norm_ref(x, res, w, b, keep, 0.1, 1e-6, scale, upcast=False)
-    plans = ln_module._labelled_forward_plans(D)
+    plans = ln_plans._labelled_forward_plans(D)
     assert len(plans) > 1
     flat = [t.reshape(-1, D) if t is not None and t.dim() > 1 else t for t in (x, res, w, b)]
     statistics = []
     for index in range(len(plans)):
-        monkeypatch.setattr(ln_module, "_FORCE_FWD_PLAN", index)
-        with use_backend("triton", OP_NAME), poisoned_outputs():
-            actual = dropout_add_layer_norm(x, res, w, b, dropout_p=0.1, drop_path_scale=scale, seed=seed)
-            outputs = ln_module._dropout_add_layer_norm_fwd_impl(
-                *flat, scale, torch.tensor(seed, device="cuda"), 0.1, 1e-6, False)
-        for name, a, e, base in zip(("normed", "new_residual"), actual, expected, baseline):
-            assert_close_to_reference(a, e, base, name=f"{name} ({plans[index][0]})")
-        statistics.append(outputs[2:])
+        with force_plan(OP_NAME + "_fwd", index):
+            with use_backend("triton", OP_NAME), poisoned_outputs():
+                actual = dropout_add_layer_norm(x, res, w, b, dropout_p=0.1, drop_path_scale=scale, seed=seed)
+                outputs = ln_launch._dropout_add_layer_norm_fwd_impl(
+                    *flat, scale, torch.tensor(seed, device="cuda"), 0.1, 1e-6, False)
+            for name, a, e, base in zip(("normed", "new_residual"), actual, expected, baseline):
+                assert_close_to_reference(a, e, base, name=f"{name} ({plans[index][0]})")
+            statistics.append(outputs[2:])
     for label, (mean, rstd) in zip((plan[0] for plan in plans[1:]), statistics[1:]):
         torch.testing.assert_close(mean, statistics[0][0], rtol=1e-6, atol=1e-6, msg=label)
         torch.testing.assert_close(rstd, statistics[0][1], rtol=1e-6, atol=1e-6, msg=label)

@@ -338,7 +338,7 @@ def test_crashed_candidates_from_the_warm_stage_output():
     bench stage is run without those candidates."""
     import importlib.util
 
-    from internvideo_fast.ops.autotuning import CRASH_MARK
+    from internvideo_fast.ops.framework.autotuning import CRASH_MARK
 
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)

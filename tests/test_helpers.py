@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers import assert_close_to_reference, poisoned_outputs
-from internvideo_fast.ops.outputs import new_output
+from internvideo_fast.ops.framework.outputs import new_output
 
 
 def test_flash_attn_rule_accepts_a_same_dtype_computation_and_rejects_a_worse_one():

@@ -4,7 +4,7 @@ import triton
 from hypothesis import given
 from hypothesis import strategies as st
 
-from internvideo_fast.ops.launch_math import cdiv, next_power_of_2
+from internvideo_fast.ops.framework.launch_math import cdiv, next_power_of_2
 
 
 @given(st.integers(0, 1 << 40), st.integers(1, 1 << 20))
@@ -25,6 +25,6 @@ def test_edges():
 def test_sm_count_off_cuda_is_one():
     import torch
 
-    from internvideo_fast.ops.launch_math import sm_count
+    from internvideo_fast.ops.framework.launch_math import sm_count
 
     assert sm_count(torch.device("cpu")) == 1

@@ -7,10 +7,11 @@ from hypothesis import strategies as st
 
 from helpers import poisoned_outputs
 from internvideo_fast import HAS_C
+from internvideo_fast.layers.constants import IMAGENET_MEAN as MEAN
+from internvideo_fast.layers.constants import IMAGENET_STD as STD
 from internvideo_fast.ops import mae_targets, mae_targets_ref, tube_mask, use_backend
 
 BACKENDS = ["reference"] + (["cpu"] if HAS_C else [])
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _official_target(video_normalized, mask, tubelet, patch, mean, std, eps=1e-6):

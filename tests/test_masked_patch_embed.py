@@ -8,12 +8,13 @@ from hypothesis import strategies as st
 
 from helpers import poisoned_outputs
 from internvideo_fast import HAS_C
+from internvideo_fast.layers.constants import IMAGENET_MEAN as MEAN
+from internvideo_fast.layers.constants import IMAGENET_STD as STD
+from internvideo_fast.layers.embedding import MaskedTubeEmbedding, sinusoid_position_table
 from internvideo_fast.ops import masked_patch_embed, masked_tubelet_patches, tube_mask, use_backend
-from internvideo_fast.ops.embedding_modules import MaskedTubeEmbedding, sinusoid_position_table
 from internvideo_fast.ops.masked_patch_embed import masked_patch_embed_ref, masked_tubelet_patches_ref
 
 BACKENDS = ["reference"] + (["cpu"] if HAS_C else [])
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # (batch, channels, frames, height, width, tubelet, patch, mask_ratio)
 GRIDS = [
     (2, 3, 4, 32, 48, 2, 16, 0.9),  # h != w

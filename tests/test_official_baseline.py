@@ -46,7 +46,7 @@ def test_official_loss_and_gradients_equal_ours(size, frames, ratio):
 
 
 def test_the_sinusoid_table_is_the_models():
-    from internvideo_fast.ops.embedding_modules import sinusoid_position_table
+    from internvideo_fast.layers.embedding import sinusoid_position_table
 
     torch.testing.assert_close(get_sinusoid_encoding_table(50, 24), sinusoid_position_table(50, 24))
 

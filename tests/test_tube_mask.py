@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from helpers import poisoned_outputs
 from internvideo_fast import HAS_C
 from internvideo_fast.ops import tube_mask, use_backend
-from internvideo_fast.ops.backend import triton_runs_on
+from internvideo_fast.ops.framework.backend import triton_runs_on
 from internvideo_fast.ops.tube_mask import (
     philox4x32_10_reference,
     tube_mask_official_numpy,

@@ -38,6 +38,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from internvideo_fast.layers.constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN", "CLIP_STD", "MULTISCALE_SCALES", "Box",
     "resize", "resize_short_side", "crop", "hflip", "center_crop", "three_crop", "normalize",
@@ -45,10 +47,6 @@ __all__ = [
     "VideoTransform", "build_transform", "mean_std",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MULTISCALE_SCALES = (1.0, 0.875, 0.75, 0.66)
 
 

@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from internvideo_fast.errors import CheckpointError
+from internvideo_fast.layers.mlp import FusedMLP
+from internvideo_fast.layers.norm import LayerNorm
 from internvideo_fast.models.checkpoint import listed_keys
-from internvideo_fast.models.layers import LayerNorm
-from internvideo_fast.ops.mlp_modules import FusedMLP
 
 # The temperature's upper bound: logit_scale.exp() <= 100.
 LOGIT_SCALE_MAX = math.log(100.0)

@@ -37,22 +37,16 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from internvideo_fast.layers.attention import MultiHeadCrossAttention
+from internvideo_fast.layers.drop import drop_path as _drop_path
+from internvideo_fast.layers.mlp import FusedMLP
 from internvideo_fast.models.checkpoint import register_checkpoint_loader
-from internvideo_fast.ops.attention_modules import MultiHeadCrossAttention
-from internvideo_fast.ops.mlp_modules import FusedMLP
 
 STREAMS = ("mm", "mae")  # multimodal (UniFormerV2) tokens, masked-encoder (VideoMAE) tokens
 
 
 def _other(stream: str) -> str:
     return "mae" if stream == "mm" else "mm"
-
-
-def _drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
-    if drop_prob == 0.0 or not training:
-        return x
-    keep = 1.0 - drop_prob
-    return x * x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep) / keep
 
 
 class CMABlock(nn.Module):

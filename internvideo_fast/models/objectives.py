@@ -34,9 +34,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from internvideo_fast.layers.attention import MultiHeadCrossAttention
+from internvideo_fast.layers.mlp import FusedMLP
 from internvideo_fast.models.clip_text import LOGIT_SCALE_MAX, CausalSelfAttention, LayerNorm
-from internvideo_fast.ops.attention_modules import MultiHeadCrossAttention
-from internvideo_fast.ops.mlp_modules import FusedMLP
 
 
 # ----------------------------------------------------------------------------------------------------

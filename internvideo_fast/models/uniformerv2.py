@@ -53,30 +53,21 @@ import torch.utils.checkpoint
 from torch import nn
 
 from internvideo_fast.errors import CheckpointError
+from internvideo_fast.layers.constants import CLIP_MEAN, CLIP_STD
+from internvideo_fast.layers.drop import drop_path
+from internvideo_fast.layers.norm import LayerNorm
 from internvideo_fast.models.checkpoint import (
     LoadReport, load_matching, read_checkpoint, register_checkpoint_loader, unwrap_state_dict,
 )
-from internvideo_fast.models.layers import LayerNorm
 from internvideo_fast.models.registry import register_model
 from internvideo_fast.ops.cross_attention import SUPPORTED_HEAD_DIMS, cross_attention
 from internvideo_fast.ops.linear_act import linear_act
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------------------------------
-def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
-    """Stochastic depth over the first dim of `x` (timm's ``DropPath``)."""
-    if drop_prob == 0.0 or not training:
-        return x
-    keep = 1.0 - drop_prob
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-    return x * mask / keep
-
-
 def _linspace(end: float, steps: int) -> list[float]:
     """``torch.linspace(0, end, steps).tolist()`` without a tensor (works under a meta device)."""
     return [end * i / (steps - 1) if steps > 1 else 0.0 for i in range(steps)]

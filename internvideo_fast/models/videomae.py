@@ -24,22 +24,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from internvideo_fast.errors import ConfigError
+from internvideo_fast.layers.constants import IMAGENET_MEAN, IMAGENET_STD
+from internvideo_fast.layers.drop import drop_path_scale
+from internvideo_fast.layers.embedding import MaskedTubeEmbedding, sinusoid_position_table
+from internvideo_fast.layers.mlp import FusedMLP
 from internvideo_fast.models.registry import register_model
 from internvideo_fast.ops import dropout_add_layer_norm, gather_tokens, mae_targets
-from internvideo_fast.ops.embedding_modules import MaskedTubeEmbedding, sinusoid_position_table
-from internvideo_fast.ops.mlp_modules import FusedMLP
 from internvideo_fast.ops.tube_mask import TubeMask
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def drop_path_scale(batch: int, drop_prob: float, training: bool, device, dtype) -> torch.Tensor | None:
-    """Stochastic depth as a per-sample scale: 0 for dropped samples, 1/keep for kept ones."""
-    if not training or drop_prob == 0.0:
-        return None
-    keep = 1.0 - drop_prob
-    return torch.empty(batch, device=device, dtype=dtype).bernoulli_(keep) / keep
 
 
 class Attention(nn.Module):

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from internvideo_fast.layers.norm import LayerNorm
 from internvideo_fast.models.clip_text import CLIPTextEncoder
-from internvideo_fast.models.layers import LayerNorm
 from internvideo_fast.models.objectives import CaptionDecoder, caption_loss, clamped_logit_scale, contrastive_loss
 from internvideo_fast.models.registry import create_model, register_model
 

@@ -147,9 +147,9 @@ def train(config: dict, device: str | None = None) -> dict:
 @contextlib.contextmanager
 def tuning_cache(config: dict):
     """``train.tuning_cache: auto``: the fused ops' run-time tuners keep their choices in
-    ``output_dir/tuning-choices.json`` (``IVF_AUTOTUNE_CACHE``, see internvideo_fast/ops/autotuning.py) for
-    the duration of the run, unless the variable is already set: a resumed run, and every rank, then runs
-    the plans the first run chose."""
+    ``output_dir/tuning-choices.json`` (``IVF_AUTOTUNE_CACHE``, see
+    internvideo_fast/ops/framework/autotuning.py) for the duration of the run, unless the variable is already
+    set: a resumed run, and every rank, then runs the plans the first run chose."""
     setting = config["train"].get("tuning_cache", "auto")
     if setting not in ("auto", None):
         raise ValueError(f"train.tuning_cache must be auto or null, got {setting!r}")

@@ -17,7 +17,7 @@ Rules:
   skipped; if every candidate fails, the default's error is raised.
 - Candidates are checked as well as timed when the caller passes ``outputs`` (the tensors a launch wrote,
   from its result): each timed candidate runs once more on NaN-poisoned outputs
-  (:mod:`internvideo_fast.ops.outputs`) and must match the first candidate's results (the default, which
+  (:mod:`internvideo_fast.ops.framework.outputs`) and must match the first candidate's results (the default, which
   the float64-reference tests pin down on every machine) within rounding. One that disagrees, or leaves
   an element unwritten, is never chosen: it raises a :class:`TuningCandidateRejected` warning (an error in
   the tests) and is listed in :func:`tuning_report`. Alternative kernels may first run on a user's GPU; a
@@ -44,6 +44,7 @@ reports (``make gpu-check`` records the report).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import hashlib
@@ -51,18 +52,20 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 
-from internvideo_fast.ops.backend import triton_interpreter_on
-from internvideo_fast.ops.outputs import poison_, poisoned_outputs
+from internvideo_fast.ops.framework.agreement import disagreement
+from internvideo_fast.ops.framework.backend import triton_interpreter_on
+from internvideo_fast.ops.framework.outputs import poison_, poisoned_outputs
 
 Candidate = tuple[str, Callable[[], object]]
 # What a candidate's launch wrote, given what it returned (None entries are skipped).
 Outputs = Callable[[object], Sequence[torch.Tensor | None]]
 _TUNERS: dict[str, LaunchTuner] = {}
+_FORCED_PLANS: dict[str, str | int] = {}  # tuner name pattern -> label or position (see force_plan)
 CRASH_MARK = "[autotune] crashed: "  # + "tuner:label", printed in IVF_AUTOTUNE=compile mode
 
 
@@ -118,8 +121,9 @@ def _device_usable(device: torch.device) -> bool:
 def _kernel_sources_digest() -> str:
     """Of every op module (the kernels and their launch plans): a cached choice is only as good as them."""
     digest = hashlib.sha1()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
+    ops = Path(__file__).parent.parent
+    for path in sorted(ops.rglob("*.py")):
+        digest.update(path.relative_to(ops).as_posix().encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -190,51 +194,6 @@ def _choice_cache(device: torch.device) -> _ChoiceCache | None:
 def length_bucket(length: int) -> int:
     """Lengths grouped for tuning keys: the next power of two (1, 2, 4, ..., 1024, 2048, ...)."""
     return 1 << max(0, int(length) - 1).bit_length()
-
-
-# Candidates differ from the default by summation order (tiles, split keys, atomics) and by where they round
-# to 16 bits, which moves an element by about one bf16 ulp (2^-8 relative); a wrong index, an unwritten
-# tile or a different dropout mask moves it by its own size.
-AGREEMENT_RTOL = 2.0**-5
-AGREEMENT_ATOL = 2.0**-6  # times the default's largest finite magnitude in that tensor
-
-
-def disagreement(reference: torch.Tensor, candidate: torch.Tensor, chunk: int = 1 << 22) -> str | None:
-    """Why `candidate` does not match `reference` within the tuners' tolerance, or None when it does.
-
-    Non-finite values must match exactly (NaN where the reference has NaN, the same infinities), so an
-    element left at its NaN poison fails. Compared `chunk` elements at a time: the fp32 temporaries stay
-    small beside a training job's tensors."""
-    if candidate.shape != reference.shape or candidate.dtype != reference.dtype:
-        return (f"{tuple(candidate.shape)} {candidate.dtype} against "
-                f"{tuple(reference.shape)} {reference.dtype}")
-    ref_all, got_all = reference.reshape(-1), candidate.reshape(-1)
-    chunks = [(start, min(start + chunk, ref_all.numel())) for start in range(0, ref_all.numel(), chunk)]
-    if not reference.is_floating_point():
-        mismatched = sum(int((got_all[a:b] != ref_all[a:b]).sum()) for a, b in chunks)
-        return f"{mismatched} of {ref_all.numel()} elements differ" if mismatched else None
-    scale = max((float(ref_all[a:b].float().nan_to_num(0.0, 0.0, 0.0).abs().max()) for a, b in chunks),
-                default=0.0)
-    nonfinite = beyond = 0
-    worst_error = worst_value = 0.0
-    for a, b in chunks:
-        ref, got = ref_all[a:b].float(), got_all[a:b].float()
-        finite = torch.isfinite(ref)
-        same_nonfinite = (got == ref) | (got.isnan() & ref.isnan())
-        nonfinite += int((~torch.where(finite, torch.isfinite(got), same_nonfinite)).sum())
-        error = torch.where(finite, (got - ref).abs(), 0.0).nan_to_num(nan=0.0, posinf=0.0)
-        excess = error - (AGREEMENT_RTOL * torch.where(finite, ref.abs(), 0.0) + AGREEMENT_ATOL * scale)
-        beyond += int((excess > 0).sum())
-        worst = int(excess.argmax())
-        if float(excess[worst]) > 0.0 and float(error[worst]) > worst_error:
-            worst_error, worst_value = float(error[worst]), float(ref[worst])
-    if nonfinite:
-        return (f"{nonfinite} of {ref_all.numel()} elements are non-finite where the default's are not, "
-                "or differ")
-    if beyond:
-        return (f"{beyond} of {ref_all.numel()} elements differ beyond rounding, the worst by "
-                f"{worst_error:.3g} at {worst_value:.3g} (largest magnitude {scale:.3g})")
-    return None
 
 
 def _time_ms(fn: Callable[[], object]) -> float:
@@ -384,6 +343,45 @@ def _recording(launch: Callable[[], object], results: dict[str, object], label: 
 
 def _tensors(values) -> list[torch.Tensor]:
     return [value for value in values if value is not None]
+
+
+@contextlib.contextmanager
+def force_plan(tuner: str, label: str | int) -> Iterator[None]:
+    """Within the block, launches of the tuners whose names match `tuner` (a shell pattern) offer one
+    candidate instead of their list: the first whose label is `label` or starts with ``label:``, the
+    default where none does; an int `label` is a position in the list (the last where it is shorter).
+    Tests run every plan this way on every machine, where the tuner alone would run only the default."""
+    previous = _FORCED_PLANS.get(tuner)
+    _FORCED_PLANS[tuner] = label
+    try:
+        yield
+    finally:
+        if previous is None:
+            del _FORCED_PLANS[tuner]
+        else:
+            _FORCED_PLANS[tuner] = previous
+
+
+def forced_plan(tuner: str) -> str | int | None:
+    """The label or position :func:`force_plan` set for the tuner called `tuner`, or None."""
+    if not _FORCED_PLANS:
+        return None
+    for pattern, label in _FORCED_PLANS.items():
+        if fnmatch.fnmatchcase(tuner, pattern):
+            return label
+    return None
+
+
+def forced_candidates(tuner: str, candidates: Sequence[Candidate]) -> Sequence[Candidate]:
+    """`candidates` as :func:`force_plan` leaves them for the tuner called `tuner` (all when none is
+    forced). Works on any sequence of tuples whose first item is the label."""
+    forced = forced_plan(tuner)
+    if forced is None or not candidates:
+        return candidates
+    if isinstance(forced, int):
+        return [candidates[min(forced, len(candidates) - 1)]]
+    matching = [c for c in candidates if c[0] == forced or c[0].startswith(forced + ":")]
+    return matching[:1] or list(candidates[:1])
 
 
 def launch_tuner(name: str) -> LaunchTuner:

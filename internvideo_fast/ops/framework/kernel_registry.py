@@ -2,9 +2,9 @@
 
 Each op module registers its kernels at import time with :func:`register_triton_kernel`, giving the
 argument types and the exact configurations (block sizes, warps, stages) its launchers and autotuners
-use, the default plan first. ``internvideo_fast.ops.aot`` compiles every entry ahead of time for the H100
-(``make aot-check``; ``make test`` compiles each kernel's first config), and ``make gpu-check`` reports the
-same list, so no kernel can be added without being checked.
+use, the default plan first. ``internvideo_fast.ops.framework.aot`` compiles every entry ahead of time for the
+H100 (``make aot-check``; ``make test`` compiles each kernel's first config), and ``make gpu-check`` reports
+the same list, so no kernel can be added without being checked.
 """
 
 from __future__ import annotations

@@ -1,21 +1,5 @@
-"""Masked tubelet embedding: embed only the visible tubes of a video, position embedding included.
-
-The official VideoMAE path embeds all ``N = T/t * H/p * W/p`` tubes with a Conv3d (kernel = stride =
-``(t, p, p)``), adds the position table to all of them, then keeps the visible ones with
-``x[~mask].reshape(B, -1, D)``. With ``n`` visible tokens (``n = N/10`` at mask ratio 0.9) we instead
-
-1. gather the pixels of the visible tubes only, normalizing them on the way (``(v/255 - mean[c]) / std[c]``
-   for uint8 video, ``(v - mean[c]) / std[c]`` for float video, nothing when mean/std are None):
-   ``patches [B, n, K]``, ``K = C*t*p*p`` in the Conv3d weight's ``(c, dt, dy, dx)`` order
-   (:func:`masked_tubelet_patches`, C++ CPU and CUDA kernels);
-2. run one GEMM, started from ``bias + pos_embed[ids]`` so the additions cost nothing extra:
-   ``out = bias + pos[ids] + patches @ weight.reshape(D, K).T`` (cuBLAS on GPU).
-
-This equals Conv3d on all tubes + position embedding + gather (tested), with a tenth of the FLOPs and
-pixel reads, no host sync and no graph break. Gradients flow to weight, bias, pos_embed (when it requires
-grad) and, for float video, to the video (each pixel belongs to at most one visible tube, so the backward
-is a deterministic scatter).
-"""
+"""The public ``masked_tubelet_patches`` / ``masked_patch_embed``: argument checks and the backend choice
+(see the package docstring)."""
 
 from __future__ import annotations
 
@@ -24,88 +8,16 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from internvideo_fast._extension import HAS_C
-from internvideo_fast.ops.backend import available_backends, select_backend
+import internvideo_fast.ops.masked_patch_embed.registration  # noqa: F401  (the C++ op's fake, autograd)
+from internvideo_fast.ops.framework.backend import available_backends, select_backend
+from internvideo_fast.ops.masked_patch_embed.reference import (
+    OP_NAME,
+    SUPPORTED_VIDEO_DTYPES,
+    masked_tubelet_patches_ref,
+)
 from internvideo_fast.ops.token_gather import gather_tokens
 
-OP_NAME = "masked_patch_embed"
-SUPPORTED_VIDEO_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.uint8)
 
-
-# ----------------------------------------------------------------------------------------------------
-# PyTorch references
-# ----------------------------------------------------------------------------------------------------
-def normalize_video(video: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> torch.Tensor:
-    """The loader's normalization: uint8 video to float32 in [0, 1], then ``(x - mean) / std`` per channel."""
-    x = video.float() / 255.0 if video.dtype == torch.uint8 else video
-    if mean is not None:
-        shape = (1, -1, 1, 1, 1)
-        x = (x - torch.tensor(mean, dtype=x.dtype, device=x.device).view(shape)) / torch.tensor(
-            std, dtype=x.dtype, device=x.device
-        ).view(shape)
-    return x
-
-
-def video_to_tubes(x: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
-    """``[B, C, T, H, W] -> [B, N, C*t*p*p]``: every tube's pixels in Conv3d weight order, tokens (t, h, w)."""
-    B, C, T, H, W = x.shape
-    x = x.reshape(B, C, T // tubelet, tubelet, H // patch, patch, W // patch, patch)
-    return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B, -1, C * tubelet * patch * patch)
-
-
-def masked_tubelet_patches_ref(video, ids, tubelet, patch, mean=None, std=None) -> torch.Tensor:
-    tubes = video_to_tubes(normalize_video(video, mean, std), tubelet, patch)
-    return tubes.gather(1, ids[..., None].expand(-1, -1, tubes.shape[-1]))
-
-
-def masked_patch_embed_ref(video, ids_keep, weight, bias=None, pos_embed=None, mean=None, std=None) -> torch.Tensor:
-    """The official path: Conv3d on every tube, + position table, then keep the visible tokens."""
-    x = normalize_video(video, mean, std).to(weight.dtype)
-    tokens = F.conv3d(x, weight, bias, stride=weight.shape[2:]).flatten(2).transpose(1, 2)
-    if pos_embed is not None:
-        tokens = tokens + pos_embed.reshape(-1, *tokens.shape[1:]).to(tokens.dtype)
-    return tokens.gather(1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))
-
-
-# ----------------------------------------------------------------------------------------------------
-# torch.library registration of the C++/CUDA op: fake implementations and autograd
-# ----------------------------------------------------------------------------------------------------
-def _patches_dtype(video: torch.Tensor) -> torch.dtype:
-    return torch.float32 if video.dtype == torch.uint8 else video.dtype
-
-
-if HAS_C:
-
-    @torch.library.register_fake("internvideo_fast::masked_tubelet_patches")
-    def _patches_fake(video, ids, tubelet, patch, mean=None, std=None):
-        B, C = video.shape[:2]
-        return video.new_empty(B, ids.shape[1], C * tubelet * patch * patch, dtype=_patches_dtype(video))
-
-    @torch.library.register_fake("internvideo_fast::masked_tubelet_patches_backward")
-    def _patches_backward_fake(grad, ids, video_shape, tubelet, patch, mean=None, std=None):
-        return grad.new_empty(video_shape)
-
-    def _setup_patches(ctx, inputs, output):
-        video, ids, tubelet, patch, mean, std = inputs
-        ctx.save_for_backward(ids)
-        ctx.arguments = (list(video.shape), tubelet, patch, mean, std)
-
-    def _backward_patches(ctx, grad):
-        (ids,) = ctx.saved_tensors
-        video_shape, tubelet, patch, mean, std = ctx.arguments
-        grad_video = torch.ops.internvideo_fast.masked_tubelet_patches_backward(
-            grad.contiguous(), ids, video_shape, tubelet, patch, mean, std
-        )
-        return grad_video, None, None, None, None, None
-
-    torch.library.register_autograd(
-        "internvideo_fast::masked_tubelet_patches", _backward_patches, setup_context=_setup_patches
-    )
-
-
-# ----------------------------------------------------------------------------------------------------
-# Public functions
-# ----------------------------------------------------------------------------------------------------
 def _check_video(video, ids, tubelet: int, patch: int, mean, std, ids_name: str) -> None:
     if not isinstance(video, torch.Tensor) or video.dim() != 5:
         raise ValueError(f"video must be a [B, C, T, H, W] tensor, got {getattr(video, 'shape', type(video).__name__)}")
@@ -150,7 +62,7 @@ def masked_tubelet_patches(
     std: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """The normalized pixels of the tubes that `ids` names: ``[B, n, C*tubelet*patch*patch]`` in Conv3d
-    weight order (see the module docstring). float32 for uint8 video, else video's dtype."""
+    weight order (see the package docstring). float32 for uint8 video, else video's dtype."""
     return _patches(video, ids, tubelet, patch, mean, std, "ids")
 
 
@@ -181,7 +93,7 @@ def masked_patch_embed(
             its dtype is the computation's dtype.
         bias: ``[D]`` or None.
         pos_embed: the position table ``[N, D]`` / ``[1, N, D]`` (shared) or ``[B, N, D]`` (per sample).
-        mean, std: per-channel normalization fused into the pixel gather (see the module docstring).
+        mean, std: per-channel normalization fused into the pixel gather (see the package docstring).
     """
     if not isinstance(weight, torch.Tensor) or weight.dim() != 5:
         raise ValueError(f"weight must be a Conv3d weight [D, C, tubelet, patch, patch], got {getattr(weight, 'shape', None)}")

@@ -17,8 +17,8 @@ Matmul kernels are checked twice: as compiled for arbitrary arguments, and with 
 multiple of 16 (the specialization real ViT launches get, which pipelines deeper and uses more shared
 memory).
 
-Run it as ``python -m internvideo_fast.ops.aot`` (a table, exit 1 on any problem) with ``TRITON_INTERPRET``
-unset. ``make test`` compiles each kernel's default plan alone (``--default-only``, see
+Run it as ``python -m internvideo_fast.ops.framework.aot`` (a table, exit 1 on any problem) with
+``TRITON_INTERPRET`` unset. ``make test`` compiles each kernel's default plan alone (``--default-only``, see
 :func:`default_variant`); ``make aot-check`` runs the full sweep of every config and variant
 (tests/test_aot_sm90.py, both through pytest).
 """
@@ -35,7 +35,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from internvideo_fast.ops.kernel_registry import KernelConfig, TritonKernelSpec, triton_kernels
+from internvideo_fast.ops.framework.kernel_registry import KernelConfig, TritonKernelSpec, triton_kernels
 
 H100_SHARED_MEMORY_PER_BLOCK = 227 * 1024
 

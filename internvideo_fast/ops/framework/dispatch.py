@@ -3,9 +3,8 @@
 Each Triton op is a ``torch.library.custom_op`` (schema, fake implementation, registered autograd) so that
 ``torch.compile(fullgraph=True)`` sees it. In eager mode the same call pays for the custom op's Python
 dispatch (argument defaults, the dispatcher's autograd and redispatch hops, ``torch._dynamo.disable``
-wrappers): measured on the 2-core CPU machine (``bench/host_overhead.py``) it was about 60% of the host time
-of one dropout_add_layer_norm forward, and on the H100 VM host time per call exceeded kernel time
-(``bench/results/NOTES.md``).
+wrappers): ``bench/host_overhead.py`` measures it at a large share of the host time of one
+dropout_add_layer_norm forward, and on a GPU host time per call can exceed kernel time (see bench/results).
 
 :func:`eager_op` returns a callable with the op's signature that
 

@@ -1,0 +1,1 @@
+"""cross_attention's Triton kernels: :mod:`.forward` and :mod:`.backward`."""
