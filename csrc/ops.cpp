@@ -23,15 +23,15 @@ void set_poison_outputs(bool enabled) { poison_outputs_flag().store(enabled); }
 TORCH_LIBRARY(internvideo_fast, m) {
   // Test support: fill every output with a poison value before the kernel writes it.
   m.def("_set_poison_outputs(bool enabled) -> ()", &internvideo_fast::set_poison_outputs);
-  // Tube masking (internvideo_fast/ops/tube_mask.py). `seed` is a one-element int64 tensor on the
+  // Tube masking (internvideo_fast/ops/tube_mask/). `seed` is a one-element int64 tensor on the
   // target device, so a captured CUDA graph can draw a new mask per step without a host sync.
   m.def(
       "tube_mask(Tensor seed, int batch, int frames, int height, int width, int num_masked) -> "
       "(Tensor ids_keep, Tensor ids_masked, Tensor mask)");
-  // Token gather / scatter (internvideo_fast/ops/token_gather.py): each is the other's backward.
+  // Token gather / scatter (internvideo_fast/ops/token_gather/): each is the other's backward.
   m.def("gather_tokens(Tensor x, Tensor ids) -> Tensor");
   m.def("scatter_tokens(Tensor x, Tensor ids, SymInt num_tokens) -> Tensor");
-  // Tubelet ops (internvideo_fast/ops/masked_patch_embed.py, mae_targets.py): the pixels of the tubes
+  // Tubelet ops (internvideo_fast/ops/masked_patch_embed/, mae_targets/): the pixels of the tubes
   // that `ids` names, normalized, in Conv3d weight order (c, dt, dy, dx) or in the MAE target order.
   m.def(
       "masked_tubelet_patches(Tensor video, Tensor ids, int tubelet, int patch, float[]? mean=None, "
@@ -39,7 +39,7 @@ TORCH_LIBRARY(internvideo_fast, m) {
   m.def(
       "masked_tubelet_patches_backward(Tensor grad, Tensor ids, SymInt[] video_shape, int tubelet, "
       "int patch, float[]? mean=None, float[]? std=None) -> Tensor");
-  // fc1's GEMM with the bias and activation in its epilogue (internvideo_fast/ops/linear_act.py): CUTLASS on
+  // fc1's GEMM with the bias and activation in its epilogue (internvideo_fast/ops/linear_act/): CUTLASS on
   // sm_90a (kernels/mlp_gemm_sm90.cu) when built with it, ATen on the CPU (csrc/mlp_gemm_cpu.cpp).
   m.def(
       "mlp_gemm_bias_act(Tensor x, Tensor weight, Tensor bias, str activation, str schedule, Tensor(a!) y, "

@@ -1,4 +1,4 @@
-// CPU kernels of gather_tokens / scatter_tokens: the math is in internvideo_fast/ops/token_gather.py.
+// CPU kernels of gather_tokens / scatter_tokens: the math is in internvideo_fast/ops/token_gather/.
 // Rows are moved as bytes, so every dtype takes the same path.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -1,4 +1,4 @@
-// CPU kernel of tube_mask: the math is in internvideo_fast/ops/tube_mask.py's docstring.
+// CPU kernel of tube_mask: the math is in internvideo_fast/ops/tube_mask/__init__.py's docstring.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

@@ -1,6 +1,6 @@
 // Shared by the CPU and CUDA tubelet kernels (masked_tubelet_patches, its backward, mae_targets):
-// index math and argument checks. The math is in internvideo_fast/ops/masked_patch_embed.py and
-// internvideo_fast/ops/mae_targets.py.
+// index math and argument checks. The math is in internvideo_fast/ops/masked_patch_embed/ and
+// internvideo_fast/ops/mae_targets/.
 #pragma once
 
 #include <ATen/core/Tensor.h>

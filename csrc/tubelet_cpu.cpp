@@ -1,5 +1,5 @@
 // CPU kernels of the tubelet ops: masked_tubelet_patches (+ backward) and mae_targets. The math is in
-// internvideo_fast/ops/masked_patch_embed.py and internvideo_fast/ops/mae_targets.py.
+// internvideo_fast/ops/masked_patch_embed/ and internvideo_fast/ops/mae_targets/.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

@@ -1,5 +1,5 @@
 // A CUTLASS GEMM for the MLP's fc1 (H100, sm_90a) with the bias and activation in its epilogue: the math
-// is in internvideo_fast/ops/linear_act.py (reference: csrc/mlp_gemm_cpu.cpp, the same op on the CPU).
+// is in internvideo_fast/ops/linear_act/ (reference: csrc/mlp_gemm_cpu.cpp, the same op on the CPU).
 //
 //   mlp_gemm_bias_act(x [M, K], weight [N, K], bias [N], activation, schedule, y [M, N], pre [M, N] or [0])
 //       pre = x @ weight.T + bias (rounded to x's dtype; not stored if pre is [0]), y = act(pre before

@@ -1,4 +1,4 @@
-// CUDA kernels of gather_tokens / scatter_tokens: the math is in internvideo_fast/ops/token_gather.py.
+// CUDA kernels of gather_tokens / scatter_tokens: the math is in internvideo_fast/ops/token_gather/.
 //
 // One warp per moved row, 16-byte vectors when the row allows it (ViT rows of 768 bf16 are 1536 B).
 // The ids are read on the device (no host sync); an id out of range moves nothing instead of touching

@@ -1,4 +1,4 @@
-// CUDA kernel of tube_mask: the math is in internvideo_fast/ops/tube_mask.py's docstring.
+// CUDA kernel of tube_mask: the math is in internvideo_fast/ops/tube_mask/__init__.py's docstring.
 //
 // One thread block per sample. Each spatial position gets a Philox key (csrc/philox.h); its rank
 // among the sample's keys (ties broken by position) decides whether it is masked, and its ordinal

@@ -1,5 +1,5 @@
 // CUDA kernels of the tubelet ops: masked_tubelet_patches (+ backward) and mae_targets. The math is in
-// internvideo_fast/ops/masked_patch_embed.py and internvideo_fast/ops/mae_targets.py.
+// internvideo_fast/ops/masked_patch_embed/ and internvideo_fast/ops/mae_targets/.
 //
 // Patches: one thread per output element; consecutive threads read consecutive pixels of a patch row, so
 // loads and stores are coalesced. The backward writes each pixel once (ids are unique): no atomics.
