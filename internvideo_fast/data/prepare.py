@@ -225,6 +225,8 @@ def prepare_video(src: str | os.PathLike, out: str | os.PathLike, settings: _Set
         except subprocess.TimeoutExpired:
             return "bad", f"timeout: ffmpeg ran over {settings.timeout_s:g}s"
         if result.returncode != 0:
+            if "partial file" in result.stderr or "after EOF" in result.stderr:  # the data ends before its frames
+                return "bad", f"truncated: ffmpeg stopped at the end of the data ({_last_lines(result.stderr)})"
             return "bad", f"ffmpeg failed (exit {result.returncode}): {_last_lines(result.stderr)}"
         frames = _output_frames(str(tmp), probe_timeout)
         if "partial file" in result.stderr:
