@@ -110,8 +110,9 @@ def cases(device: torch.device, quick: bool = False, shapes: list | None = None)
             out.append(Case("cross_attention_fwd_bwd", size, provider, forward_backward, baseline=baseline,
                             flops=int(3.5 * flops)))
             if on_gpu and (name, B, H, D, Sq, Sk) in SHAPES and provider != "sdpa-efficient":
-                # Replayed from CUDA graphs: the kernels' rate without the host time per call, which on the
-                # host cores of a cloud VM is close to our CMA forward + backward's GPU time (bench/results/NOTES.md).
+                # Replayed from CUDA graphs: the kernels' rate without the host time per call, which on a
+                # cloud VM's host cores is close to our CMA forward + backward's GPU time
+                # (bench/results/NOTES.md).
                 out.append(Case("cross_attention_fwd graph", size, provider, cuda_graphed(forward),
                                 baseline=baseline, flops=flops))
                 out.append(Case("cross_attention_fwd_bwd graph", size, provider,

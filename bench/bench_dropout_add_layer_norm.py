@@ -87,8 +87,8 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
 
             def forward_backward(fn=fn, leaves=leaves, scale=drop_path_scale, grads=grads):
                 # autograd.grad: the op's own backward, without the += of dx and dresidual into the leaves'
-                # .grad that .backward() adds (0.042 ms of ours' 0.156, bench/results/profile-*-run3.txt; x and residual
-                # are activations in a network, not leaves).
+                # .grad that .backward() adds (0.042 ms of ours' 0.156, bench/results/profile-*-run3.txt;
+                # x and residual are activations in a network, not leaves).
                 torch.autograd.grad(fn(*leaves, scale), leaves, grads, allow_unused=True)  # RMS: no bias
 
             baseline = name == "eager"

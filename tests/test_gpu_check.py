@@ -177,8 +177,8 @@ def test_plots_of_a_committed_gpu_result(tmp_path):
 
 
 def test_plots_add_a_row_for_cuda_graph_replays(tmp_path):
-    """With `... graph` rows (FFN, LayerNorm and attention replayed from CUDA graphs) a plot gets a second row of
-    panels, so it is taller than the same plot without them."""
+    """With `... graph` rows (FFN, LayerNorm and attention replayed from CUDA graphs) a plot gets a second
+    row of panels, so it is taller than the same plot without them."""
     import importlib.util
     import json
 
