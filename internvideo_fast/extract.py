@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from internvideo_fast.errors import UserError, run_cli
+from internvideo_fast.progress import Progress
 
 __all__ = ["ExtractConfig", "window_indices", "read_video_paths", "feature_function", "extract_features", "main"]
 
@@ -190,9 +191,11 @@ def _save_atomically(array: np.ndarray, path: Path) -> None:
 
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, videos: list[tuple[str, str]], out_dir: str | os.PathLike,
-                     config: ExtractConfig, device: torch.device | str = "cpu", log=print) -> dict:
+                     config: ExtractConfig, device: torch.device | str = "cpu", log=print,
+                     show_progress: bool = False) -> dict:
     """Extract every video of ``videos`` not yet in ``out_dir``. Returns ``{"done": [...], "skipped": [...],
-    "bad": {id: reason}, "windows": n, "seconds": s}``."""
+    "bad": {id: reason}, "windows": n, "seconds": s}``. `show_progress`: a bar on a terminal, a line every
+    30 s otherwise (stderr), over the videos to extract."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
@@ -206,9 +209,12 @@ def extract_features(model: torch.nn.Module, videos: list[tuple[str, str]], out_
     todo = [(video_id, path) for video_id, path in videos if video_id not in finished]
     done, bad, windows_total = [], {}, 0
     parts: dict[str, list[torch.Tensor]] = {}
+    progress = Progress(total=len(todo), desc="ivf-extract", unit="videos", enabled=show_progress)
     start = time.perf_counter()
     for video_id, path, item in _decoded_batches(todo, config):
         if isinstance(item, Exception):
+            if video_id not in bad:
+                progress.update(note=f"{len(bad) + 1} bad")
             bad[video_id] = f"{path}: {type(item).__name__}: {item}"
             parts.pop(video_id, None)
             log(f"bad video {video_id}: {bad[video_id]}")
@@ -228,6 +234,8 @@ def extract_features(model: torch.nn.Module, videos: list[tuple[str, str]], out_
             _save_atomically(array, out_dir / f"{video_id}.npy")
             done.append(video_id)
             windows_total += num_windows
+            progress.update()
+    progress.close()
     seconds = time.perf_counter() - start
     return {"done": done, "skipped": skipped, "bad": bad, "windows": windows_total, "seconds": seconds}
 
@@ -280,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ExtractConfig(args.frames, args.frame_stride, args.stride, args.size, args.short_side, args.batch,
                            args.mean_std, args.backend)
     model = _load_model(args)
-    result = extract_features(model, videos, args.out, config, device)
+    result = extract_features(model, videos, args.out, config, device, show_progress=True)
     rate = result["windows"] / max(result["seconds"], 1e-9)
     print(f"rank {rank}/{world}: {len(result['done'])} video(s) extracted ({result['windows']} windows, "
           f"{rate:.1f} clips/s), {len(result['skipped'])} already done, {len(result['bad'])} bad")

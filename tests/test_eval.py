@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -129,9 +130,14 @@ def test_training_checks_labels_before_the_first_step(lists, tmp_path):
 
 
 def _run(capsys, *argv):
+    """ivf-eval's exit code, stdout and stderr less its progress lines (plain lines off a terminal)."""
     code = ivf_eval(list(argv))
     out, err = capsys.readouterr()
-    return code, out, err
+    assert "\r" not in err
+    return code, out, "".join(line + "\n" for line in err.splitlines() if not PROGRESS.match(line))
+
+
+PROGRESS = re.compile(r"^ivf-eval: \d+/\d+ batches")
 
 
 def test_ivf_eval_official_checkpoint_needs_model(lists, official_checkpoint, capsys):
@@ -177,6 +183,13 @@ def test_ivf_eval_fails_on_dropped_videos(lists, tmp_path, capsys):
     assert code == 2 and "lists no video" in err
     code, out, err = _run(capsys, "--checkpoint", checkpoint, f"data.val_list={lists['label']}")
     assert code == 2 and "label.txt:4: label 7" in err
+
+
+def test_ivf_eval_shows_its_progress(lists, tmp_path, capsys):
+    checkpoint = str(_trained_checkpoint(tmp_path, lists["good"]))
+    assert ivf_eval(["--checkpoint", checkpoint]) == 0
+    progress = [line for line in capsys.readouterr().err.splitlines() if PROGRESS.match(line)]
+    assert progress and "(100%)" in progress[-1] and "done" in progress[-1], progress
 
 
 def test_ivf_eval_one_line_errors_and_debug(tmp_path, capsys):

@@ -113,6 +113,7 @@ def test_cli_shards_by_rank_and_reports_bad_videos(clips, tmp_path, monkeypatch,
     assert "bad: broken" in capsys.readouterr().out
     monkeypatch.setenv("RANK", "0")
     assert main(common) == 0
+    assert "ivf-extract: 2/2 videos (100%)" in capsys.readouterr().err  # progress: plain lines off a terminal
     assert sorted(p.name for p in out.glob("*.npy")) == ["long.npy", "short.npy"]
     assert np.load(out / "long.npy").shape == ((22 - 4) // 4 + 1, 96)
     monkeypatch.setenv("RANK", "2")

@@ -25,6 +25,7 @@ import sys
 import torch
 
 from internvideo_fast.errors import UserError, run_cli
+from internvideo_fast.progress import Progress
 from internvideo_fast.train.config import TASK_RECIPES
 
 
@@ -73,22 +74,26 @@ def _main(argv: list[str]) -> int:
                         hint="pass data.val_list=val.txt")
     device = torch.device(args.device)
     loader = _loader(config, "val", DistContext(0, 1, 0, device), 0)
+    # a bar on a terminal, a line every 30 s otherwise (on stderr: stdout keeps the results)
+    progress = Progress(total=len(loader), desc="ivf-eval", unit="batches")
     if args.task == "zero_shot":
         from internvideo_fast.eval import videotext
 
         names = _read_lines(args.classes, "--classes")
-        result = videotext.evaluate_zero_shot(model, loader, names, device)
+        result = videotext.evaluate_zero_shot(model, loader, names, device, progress=progress)
     elif args.task == "retrieval":
         from internvideo_fast.eval import videotext
 
-        result = videotext.evaluate_retrieval(model, loader, device)
+        result = videotext.evaluate_retrieval(model, loader, device, progress=progress)
     elif args.task == "multiple_choice":
         from internvideo_fast.eval import videotext
 
         questions = [json.loads(line) for line in _read_lines(args.questions, "--questions")]
-        result = videotext.evaluate_multiple_choice(model, loader, questions, device)
+        result = videotext.evaluate_multiple_choice(model, loader, questions, device, progress=progress)
     else:
-        result = evaluate(model, loader, device)
+        result = evaluate(model, loader, device, progress=progress)
+    progress.close()
+    if args.task == "classify":
         if result["videos"]:
             print(f"top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  videos {result['videos']} scored, "
                   f"{result['dropped']} dropped of {result['listed']}")

@@ -9,12 +9,14 @@ from internvideo_fast.eval.accounting import account, check_labels
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, num_classes: int | None = None) -> dict:
+def evaluate(model, loader, device, num_classes: int | None = None, progress=None) -> dict:
     """Averages softmax scores over every view of a video (batches carry `index`, the video's position in
     its list, so views of one video may arrive in any batches); returns top1/top5 over the scored videos,
     ``videos`` (scored), ``listed``, ``dropped`` and ``dropped_videos`` (path -> reason: videos the loader
     skipped as bad), and the most confused class pairs. A label outside the model's classes is a UserError
-    naming the list file and line. With no video scored, top1/top5 are NaN (``ivf-eval`` fails on it)."""
+    naming the list file and line. With no video scored, top1/top5 are NaN (``ivf-eval`` fails on it).
+    `progress` (an :class:`internvideo_fast.progress.Progress` over the loader's batches) is advanced per
+    batch."""
     was_training = model.training
     model.eval()
     scores: dict[int, torch.Tensor] = {}
@@ -26,6 +28,8 @@ def evaluate(model, loader, device, num_classes: int | None = None) -> dict:
         for row, (index, label) in zip(logits, pairs):
             scores[index] = scores.get(index, 0) + row
             labels[index] = label
+        if progress is not None:
+            progress.update()
     model.train(was_training)
     accounting = account(loader, scores)
     if not scores:

@@ -16,8 +16,10 @@ from internvideo_fast.models.videotext import DEFAULT_TEMPLATES, class_embedding
 
 
 @torch.no_grad()
-def video_embeddings(model, loader, device) -> tuple[torch.Tensor, list[int], list[int], list[str | None]]:
-    """Mean-over-views normalized embeddings ``[N, E]`` in list order, with labels and captions."""
+def video_embeddings(model, loader, device, progress=None
+                     ) -> tuple[torch.Tensor, list[int], list[int], list[str | None]]:
+    """Mean-over-views normalized embeddings ``[N, E]`` in list order, with labels and captions; `progress`
+    (a :class:`internvideo_fast.progress.Progress` over the loader's batches) is advanced per batch."""
     model.eval()
     sums: dict[int, torch.Tensor] = {}
     labels: dict[int, int] = {}
@@ -28,14 +30,16 @@ def video_embeddings(model, loader, device) -> tuple[torch.Tensor, list[int], li
         for row, index, label, caption in zip(features, batch["index"].tolist(), batch["label"].tolist(), batch_captions):
             sums[index] = sums.get(index, 0) + row
             labels[index], captions[index] = label, caption
+        if progress is not None:
+            progress.update()
     order = sorted(sums)
     embeddings = F.normalize(torch.stack([sums[i] for i in order]), dim=-1) if order else torch.empty(0)
     return embeddings, [labels[i] for i in order], order, [captions[i] for i in order]
 
 
 def evaluate_zero_shot(model, loader, class_names: Sequence[str], device,
-                       templates: Sequence[str] = DEFAULT_TEMPLATES) -> dict:
-    videos, labels, order, _ = video_embeddings(model, loader, device)
+                       templates: Sequence[str] = DEFAULT_TEMPLATES, progress=None) -> dict:
+    videos, labels, order, _ = video_embeddings(model, loader, device, progress)
     accounting = account(loader, order)
     if not order:
         return {"top1": float("nan"), "top5": float("nan"), "videos": 0, **accounting}
@@ -47,11 +51,11 @@ def evaluate_zero_shot(model, loader, class_names: Sequence[str], device,
             "videos": len(labels), **accounting}
 
 
-def evaluate_retrieval(model, loader, device) -> dict:
+def evaluate_retrieval(model, loader, device, progress=None) -> dict:
     """The loader must carry captions (a video-text list, `data.text: true`)."""
     from internvideo_fast.models.tokenizer import tokenize
 
-    videos, _, order, captions = video_embeddings(model, loader, device)
+    videos, _, order, captions = video_embeddings(model, loader, device, progress)
     accounting = account(loader, order)
     if not order:
         return {"pairs": 0, **accounting}
@@ -62,11 +66,11 @@ def evaluate_retrieval(model, loader, device) -> dict:
     return retrieval_metrics(videos, F.normalize(texts, dim=-1)) | {"pairs": len(captions), **accounting}
 
 
-def evaluate_multiple_choice(model, loader, questions: Sequence[dict], device) -> dict:
+def evaluate_multiple_choice(model, loader, questions: Sequence[dict], device, progress=None) -> dict:
     """`questions[i]` = ``{"choices": [...], "answer": k}`` for the i-th video of the loader's list."""
     from internvideo_fast.models.tokenizer import tokenize
 
-    videos, _, order, _ = video_embeddings(model, loader, device)
+    videos, _, order, _ = video_embeddings(model, loader, device, progress)
     correct = 0
     for row, index in zip(videos, order):
         question = questions[index]
