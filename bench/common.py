@@ -4,7 +4,10 @@ and by CUDA events in `make gpu-check`, so both measure the same calls."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -125,3 +128,17 @@ def format_rows(rows: list[dict]) -> str:
             f"{bandwidth:>8} {tflops:>8}"
         )
     return "\n".join(lines)
+
+
+def run_stage(command: list[str], cwd, env: dict[str, str], timeout: float) -> tuple[str, str]:
+    """Runs `command` in a process group of its own, so that a timeout kills its children too (xdist
+    workers, warming shards); returns ``(status, output)``: ``ok``, ``failed (exit N)`` or ``timed out``."""
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+        return ("ok" if process.returncode == 0 else f"failed (exit {process.returncode})"), output
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        return f"timed out after {timeout:.0f} s", output

@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+from common import run_stage  # noqa: E402  (bench/ is a folder of scripts, not a package)
 # The whole run must end within 8 minutes; IVF_GPU_CHECK_BUDGET_S shortens it to fit the time at hand.
 TOTAL_BUDGET_S = float(os.environ.get("IVF_GPU_CHECK_BUDGET_S", 450))
 STAGE_BUDGET_S = {"build": 210, "tests": 190, "warm": 150, "bench": 450}
@@ -70,16 +71,7 @@ class Stages:
         timeout = max(5.0, min(STAGE_BUDGET_S[name], left - reserve))
         start = time.monotonic()
         print(f"[gpu-check] {name}: {' '.join(command)} (timeout {timeout:.0f} s)", flush=True)
-        # Its own session, so that a timeout kills the stage's children too (xdist workers, warming shards).
-        process = subprocess.Popen(command, cwd=ROOT, env=env or _env(), stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        try:
-            output, _ = process.communicate(timeout=timeout)
-            status = "ok" if process.returncode == 0 else f"failed (exit {process.returncode})"
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            output, _ = process.communicate()
-            status = f"timed out after {timeout:.0f} s"
+        status, output = run_stage(command, ROOT, env or _env(), timeout)
         result = {"status": status, "seconds": round(time.monotonic() - start, 1), "tail": output[-4000:],
                   "output": output}
         self.results[name] = result

@@ -1,4 +1,4 @@
-"""The DALI-on-the-GPU run, in one command that ends within 6.5 minutes on a lent GPU machine.
+"""The DALI-on-the-GPU run, in one command that ends within 6.5 minutes on a GPU machine.
 
 ``python bench/gpu_dali.py [--parts build/device-kit/parts] [--kit-target build/device-kit/installed]
 [--budget-s 390] [--dry-run]``
@@ -34,7 +34,6 @@ import datetime
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -42,6 +41,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+from common import run_stage  # noqa: E402  (bench/ is a folder of scripts, not a package)
 GPU_TESTS = ("tests/test_data_dali.py", "tests/test_data_prefetch.py")
 # Seconds each stage may take at most, and the time it leaves for the stages after it.
 STAGE_BUDGET_S = {"install": 60, "tests": 90, "loader": 130, "train": 110}
@@ -60,15 +61,7 @@ class Stages:
         timeout = max(5.0, min(STAGE_BUDGET_S[name], left - min(RESERVE_S[name], 0.45 * self.budget_s)))
         start = time.monotonic()
         print(f"[gpu-dali] {name}: {' '.join(command)} (timeout {timeout:.0f} s)", flush=True)
-        process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, start_new_session=True)
-        try:
-            output, _ = process.communicate(timeout=timeout)
-            status = "ok" if process.returncode == 0 else f"failed (exit {process.returncode})"
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            output, _ = process.communicate()
-            status = f"timed out after {timeout:.0f} s"
+        status, output = run_stage(command, ROOT, self.env, timeout)
         result = {"status": status, "seconds": round(time.monotonic() - start, 1), "tail": output[-3000:]}
         self.results[name] = result
         print(f"[gpu-dali] {name}: {status} in {result['seconds']} s", flush=True)

@@ -6,8 +6,15 @@ import pytest
 
 from internvideo_fast.train.config import load_config
 from internvideo_fast.train.tasks import TASK_RECIPES, task_module
+from internvideo_fast.train.tasks.common import task_sections
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _sections(recipe: str, config: dict):
+    module = task_module(recipe)
+    return task_sections(config, module.DATA_DEFAULTS, module.TRAIN_DEFAULTS, module.OPTIM_DEFAULTS,
+                         getattr(module, "MODEL_DEFAULTS", None))
 
 
 @pytest.mark.parametrize("name, recipe", [("tal_thumos14_actionformer.yaml", "tal"),
@@ -17,7 +24,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_shipped_configs_are_valid(name, recipe):
     config = load_config(CONFIGS / name)
     assert config["recipe"] == recipe in TASK_RECIPES
-    sections = task_module(recipe)._sections(config)
+    sections = _sections(recipe, config)
     assert sections[0]["batch_size"] >= 1
 
 
@@ -26,4 +33,4 @@ def test_an_unknown_key_is_named():
 
     config = load_config(CONFIGS / "open_set_evidential.yaml", ["data.batchsize=3"])
     with pytest.raises(ConfigError, match="data.batchsize: not a key of recipe 'open_set'"):
-        task_module("open_set")._sections(config)
+        _sections("open_set", config)

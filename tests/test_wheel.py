@@ -45,7 +45,7 @@ def _run(command: list, cwd: Path, timeout: int = 600, **extra: str) -> subproce
     return result
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def source_copy(tmp_path_factory) -> Path:
     """A copy of the sources and the wheel built from it in dist/, made once per test run: pytest-xdist's
     workers share the run's temporary folder and take turns through a lock."""
@@ -67,13 +67,13 @@ def source_copy(tmp_path_factory) -> Path:
     return copy
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def wheel(source_copy) -> Path:
     (built,) = (source_copy / "dist").glob("internvideo_fast-*.whl")
     return built
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def fresh_python(wheel, tmp_path_factory) -> tuple[Path, Path]:
     """(python, site-packages) of a new venv holding only the wheel, plus a .pth line to the site-packages
     of this torch (torch, triton, numpy...; .pth files there are not run, so no editable install leaks in)."""

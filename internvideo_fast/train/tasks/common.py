@@ -29,6 +29,25 @@ def section(config: dict, name: str, defaults: dict) -> dict:
     return merged
 
 
+def task_sections(config: dict, data_defaults: dict, train_defaults: dict, optim_defaults: dict,
+                  model_defaults: dict | None = None) -> tuple[dict, dict, dict, dict | None]:
+    """A task recipe's ``(data, train, optim, model_args)`` over its defaults. ``train`` and ``optim`` accept
+    every key of the training schema (the resolved config carries them all) but keep the task's own;
+    ``model_args`` is None when the task takes none (`model_defaults` None)."""
+    from internvideo_fast.train.config import DEFAULTS
+
+    def shared(name: str, defaults: dict) -> dict:
+        given = section(config, name, {**{k: None for k in DEFAULTS[name]}, **defaults})
+        return {**defaults, **{k: v for k, v in given.items() if k in defaults and v is not None}}
+
+    data = section(config, "data", data_defaults)
+    model = None
+    if model_defaults is not None:
+        model = section({"recipe": config["recipe"], "model_args": config.get("model_args")}, "model_args",
+                        model_defaults)
+    return data, shared("train", train_defaults), shared("optim", optim_defaults), model
+
+
 def require(values: dict, prefix: str, *keys: str) -> None:
     for key in keys:
         if values.get(key) in (None, ""):
@@ -70,6 +89,12 @@ class Optimizer:
         self.optimizer.step()
         self.steps += 1
         return lr
+
+
+def loss_values(losses: list[torch.Tensor]) -> list[float]:
+    """The step losses, kept on the device during training (a read per step would make the host wait for
+    every step), as numbers in one read."""
+    return torch.stack(losses).float().tolist() if losses else []
 
 
 def save_checkpoint(model: torch.nn.Module, config: dict, step: int, output_dir: str | Path, extra: dict | None = None) -> Path:

@@ -33,7 +33,8 @@ from internvideo_fast.errors import ConfigError, UserError
 from internvideo_fast.eval.recognition_metrics import closed_set_accuracy, open_set_auroc
 from internvideo_fast.models.evidential import EvidentialHead, evidential_loss
 from internvideo_fast.train.tasks.common import (
-    Optimizer, load_checkpoint, pick_device, require, save_checkpoint, section, seed_everything,
+    Optimizer, load_checkpoint, loss_values, pick_device, require, save_checkpoint, seed_everything,
+    task_sections,
 )
 
 DATA_DEFAULTS = {"features": None, "train_list": None, "val_list": None, "num_known": None, "batch_size": 64,
@@ -43,16 +44,6 @@ OPTIM_DEFAULTS = {"base_lr": 1e-3, "min_lr": 0.0, "weight_decay": 0.05, "warmup_
 MODEL_DEFAULTS = {"hidden": 0, "dropout": 0.0, "activation": "exp"}
 
 
-def _sections(config: dict):
-    from internvideo_fast.train.config import DEFAULTS
-
-    data = section(config, "data", DATA_DEFAULTS)
-    train = section(config, "train", {**{k: None for k in DEFAULTS["train"]}, **TRAIN_DEFAULTS})
-    optim = section(config, "optim", {**{k: None for k in DEFAULTS["optim"]}, **OPTIM_DEFAULTS})
-    train = {**TRAIN_DEFAULTS, **{k: v for k, v in train.items() if k in TRAIN_DEFAULTS and v is not None}}
-    optim = {**OPTIM_DEFAULTS, **{k: v for k, v in optim.items() if k in OPTIM_DEFAULTS and v is not None}}
-    model = section({"recipe": "open_set", "model_args": config.get("model_args")}, "model_args", MODEL_DEFAULTS)
-    return data, train, optim, model
 
 
 def load_features(features_dir: str, list_file: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +76,8 @@ def _build(model_args: dict, in_dim: int, num_known: int) -> EvidentialHead:
 
 
 def train(config: dict, device: str | None = None) -> dict:
-    data, train_cfg, optim, model_args = _sections(config)
+    data, train_cfg, optim, model_args = task_sections(config, DATA_DEFAULTS, TRAIN_DEFAULTS, OPTIM_DEFAULTS,
+                                                       MODEL_DEFAULTS)
     require(data, "data", "features", "train_list")
     device = pick_device(device)
     seed_everything(train_cfg["seed"])
@@ -114,7 +106,7 @@ def train(config: dict, device: str | None = None) -> dict:
             kl_weight = min(1.0, step / max(1, data["annealing_steps"]))
             loss = evidential_loss(model(features[index]), labels[index], kl_weight, data["loss"])
             lr = optimizer.step(loss)
-            losses.append(loss.item())
+            losses.append(loss.detach())
             step += 1
             if step % train_cfg["log_every"] == 0 or step == total:
                 print(f"open_set step {step}/{total} loss {losses[-1]:.4f} kl weight {kl_weight:.2f} lr {lr:.2e}",
@@ -122,7 +114,7 @@ def train(config: dict, device: str | None = None) -> dict:
             if step == total:
                 break
     checkpoint = save_checkpoint(model, config, step, train_cfg["output_dir"])
-    result = {"losses": losses, "steps": step, "checkpoint": str(checkpoint)}
+    result = {"losses": loss_values(losses), "steps": step, "checkpoint": str(checkpoint)}
     if data["val_list"]:
         result["eval"] = evaluate_model(model, config, device)
         print(f"open_set validation: AUROC {result['eval']['auroc']:.4f} closed-set accuracy "

@@ -47,7 +47,8 @@ from internvideo_fast.errors import ConfigError
 from internvideo_fast.eval.detection_metrics import frame_map
 from internvideo_fast.models.ava_head import ActionDetector
 from internvideo_fast.train.tasks.common import (
-    Optimizer, load_checkpoint, pick_device, require, save_checkpoint, section, seed_everything,
+    Optimizer, load_checkpoint, loss_values, pick_device, require, save_checkpoint, seed_everything,
+    task_sections,
 )
 
 ACTIONS = ("red", "green", "blue", "walking")
@@ -153,16 +154,6 @@ OPTIM_DEFAULTS = {"base_lr": 1e-4, "min_lr": 0.0, "weight_decay": 0.05, "warmup_
 MODEL_DEFAULTS = {"resolution": 7, "sampling_ratio": 2, "dropout": 0.5, "encoder_args": {}}
 
 
-def _sections(config: dict):
-    from internvideo_fast.train.config import DEFAULTS
-
-    data = section(config, "data", DATA_DEFAULTS)
-    train = section(config, "train", {**{k: None for k in DEFAULTS["train"]}, **TRAIN_DEFAULTS})
-    optim = section(config, "optim", {**{k: None for k in DEFAULTS["optim"]}, **OPTIM_DEFAULTS})
-    train = {**TRAIN_DEFAULTS, **{k: v for k, v in train.items() if k in TRAIN_DEFAULTS and v is not None}}
-    optim = {**OPTIM_DEFAULTS, **{k: v for k, v in optim.items() if k in OPTIM_DEFAULTS and v is not None}}
-    model = section({"recipe": "stal", "model_args": config.get("model_args")}, "model_args", MODEL_DEFAULTS)
-    return data, train, optim, model
 
 
 def keyframes(rows: list[BoxDetection], num_classes: int, where: str) -> list[dict]:
@@ -246,7 +237,8 @@ def _build(config: dict, model_args: dict, num_classes: int, load_pretrained: bo
 def train(config: dict, device: str | None = None) -> dict:
     from internvideo_fast.data.annotations import read_ava_csv
 
-    data, train_cfg, optim, model_args = _sections(config)
+    data, train_cfg, optim, model_args = task_sections(config, DATA_DEFAULTS, TRAIN_DEFAULTS, OPTIM_DEFAULTS,
+                                                       MODEL_DEFAULTS)
     require(data, "data", "root", "train_csv")
     device = pick_device(device)
     seed_everything(train_cfg["seed"])
@@ -268,14 +260,14 @@ def train(config: dict, device: str | None = None) -> dict:
             video, boxes, labels, _ = batch
             loss = F.binary_cross_entropy_with_logits(model(video.to(device), boxes.to(device)), labels.to(device))
             lr = optimizer.step(loss)
-            losses.append(loss.item())
+            losses.append(loss.detach())
             step += 1
             if step % train_cfg["log_every"] == 0 or step == total:
                 print(f"stal step {step}/{total} loss {losses[-1]:.4f} lr {lr:.2e}", flush=True)
             if step == total:
                 break
     checkpoint = save_checkpoint(model, config, step, train_cfg["output_dir"])
-    result = {"losses": losses, "steps": step, "checkpoint": str(checkpoint)}
+    result = {"losses": loss_values(losses), "steps": step, "checkpoint": str(checkpoint)}
     if data["val_csv"]:
         result["eval"] = evaluate_model(model, config, device)
         print(f"stal validation: frame-mAP@0.5 {result['eval']['mAP']:.4f} over {result['eval']['keyframes']} "

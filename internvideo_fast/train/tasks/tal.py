@@ -40,7 +40,8 @@ from internvideo_fast.errors import ConfigError, UserError
 from internvideo_fast.eval.detection_metrics import ACTIVITYNET_TIOUS, THUMOS14_TIOUS, tal_map
 from internvideo_fast.models.actionformer import ActionFormer, ActionFormerConfig
 from internvideo_fast.train.tasks.common import (
-    Optimizer, load_checkpoint, pick_device, require, save_checkpoint, section, seed_everything,
+    Optimizer, load_checkpoint, loss_values, pick_device, require, save_checkpoint, seed_everything,
+    task_sections,
 )
 
 DATA_DEFAULTS = {
@@ -62,17 +63,6 @@ class TALVideo:
     fps: float
 
 
-def _sections(config: dict) -> tuple[dict, dict, dict]:
-    from internvideo_fast.train.config import DEFAULTS
-
-    allowed_train = {**{k: None for k in DEFAULTS["train"]}, **TRAIN_DEFAULTS}
-    allowed_optim = {**{k: None for k in DEFAULTS["optim"]}, **OPTIM_DEFAULTS}
-    data = section(config, "data", DATA_DEFAULTS)
-    train = {**TRAIN_DEFAULTS, **{k: v for k, v in section(config, "train", allowed_train).items()
-                                  if k in TRAIN_DEFAULTS and v is not None}}
-    optim = {**OPTIM_DEFAULTS, **{k: v for k, v in section(config, "optim", allowed_optim).items()
-                                  if k in OPTIM_DEFAULTS and v is not None}}
-    return data, train, optim
 
 
 def tious_of(value) -> tuple[float, ...]:
@@ -159,7 +149,7 @@ def build_model(config: dict) -> ActionFormer:
 
 
 def train(config: dict, device: str | None = None) -> dict:
-    data, train_cfg, optim = _sections(config)
+    data, train_cfg, optim, _ = task_sections(config, DATA_DEFAULTS, TRAIN_DEFAULTS, OPTIM_DEFAULTS)
     device = pick_device(device)
     seed_everything(train_cfg["seed"])
     videos, annotations = load_videos(data, data["train_subset"])
@@ -187,7 +177,7 @@ def train(config: dict, device: str | None = None) -> dict:
             features, valid, segments, labels = collate(items, multiple)
             out = model.loss(features.to(device), valid.to(device), segments, labels)
             lr = optimizer.step(out["loss"])
-            losses.append(out["loss"].item())
+            losses.append(out["loss"].detach())
             step += 1
             if step % train_cfg["log_every"] == 0 or step == total:
                 print(f"tal step {step}/{total} loss {losses[-1]:.4f} (cls {out['classification']:.3f} "
@@ -195,7 +185,7 @@ def train(config: dict, device: str | None = None) -> dict:
             if step == total:
                 break
     checkpoint = save_checkpoint(model, config, step, train_cfg["output_dir"])
-    result = {"losses": losses, "steps": step, "checkpoint": str(checkpoint)}
+    result = {"losses": loss_values(losses), "steps": step, "checkpoint": str(checkpoint)}
     if data["val_subset"]:
         result["eval"] = evaluate_model(model, config, device)
         print(f"tal validation: mAP {result['eval']['mAP']:.4f} "

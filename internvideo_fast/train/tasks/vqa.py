@@ -50,7 +50,8 @@ from internvideo_fast.data.annotations import read_qa
 from internvideo_fast.errors import ConfigError
 from internvideo_fast.eval.recognition_metrics import normalize_answer, vqa_accuracy
 from internvideo_fast.train.tasks.common import (
-    Optimizer, load_checkpoint, pick_device, require, save_checkpoint, section, seed_everything,
+    Optimizer, load_checkpoint, loss_values, pick_device, require, save_checkpoint, seed_everything,
+    task_sections,
 )
 from internvideo_fast.train.tasks.vqa_data import answer_vocabulary
 
@@ -183,16 +184,6 @@ MODEL_DEFAULTS = {"dim": 512, "depth": 2, "num_heads": 8, "dropout": 0.1, "freez
                   "encoder_args": {}}
 
 
-def _sections(config: dict):
-    from internvideo_fast.train.config import DEFAULTS
-
-    data = section(config, "data", DATA_DEFAULTS)
-    train = section(config, "train", {**{k: None for k in DEFAULTS["train"]}, **TRAIN_DEFAULTS})
-    optim = section(config, "optim", {**{k: None for k in DEFAULTS["optim"]}, **OPTIM_DEFAULTS})
-    train = {**TRAIN_DEFAULTS, **{k: v for k, v in train.items() if k in TRAIN_DEFAULTS and v is not None}}
-    optim = {**OPTIM_DEFAULTS, **{k: v for k, v in optim.items() if k in OPTIM_DEFAULTS and v is not None}}
-    model = section({"recipe": "vqa", "model_args": config.get("model_args")}, "model_args", MODEL_DEFAULTS)
-    return data, train, optim, model
 
 
 def _records(data: dict, key: str):
@@ -248,7 +239,8 @@ def _losses(model, video, records, answer_id: dict, context: int, device):
 
 
 def train(config: dict, device: str | None = None) -> dict:
-    data, train_cfg, optim, model_args = _sections(config)
+    data, train_cfg, optim, model_args = task_sections(config, DATA_DEFAULTS, TRAIN_DEFAULTS, OPTIM_DEFAULTS,
+                                                       MODEL_DEFAULTS)
     require(data, "data", "root", "train_qa")
     device = pick_device(device)
     seed_everything(train_cfg["seed"])
@@ -274,14 +266,14 @@ def train(config: dict, device: str | None = None) -> dict:
             if loss is None:
                 continue
             lr = optimizer.step(loss)
-            losses.append(loss.item())
+            losses.append(loss.detach())
             step += 1
             if step % train_cfg["log_every"] == 0 or step == total:
                 print(f"vqa step {step}/{total} loss {losses[-1]:.4f} lr {lr:.2e}", flush=True)
             if step == total:
                 break
     checkpoint = save_checkpoint(model, config, step, train_cfg["output_dir"])
-    result = {"losses": losses, "steps": step, "checkpoint": str(checkpoint)}
+    result = {"losses": loss_values(losses), "steps": step, "checkpoint": str(checkpoint)}
     if data["val_qa"]:
         result["eval"] = evaluate_model(model, config, device)
         print(f"vqa validation: {json.dumps(result['eval'])}", flush=True)
