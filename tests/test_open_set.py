@@ -68,6 +68,7 @@ def test_open_set_recipe_end_to_end(tmp_path):
     assert result["eval"]["closed_set_accuracy"] > 0.8 and result["eval"]["auroc"] > 0.7
     again = evaluate_task("open_set", result["checkpoint"], [], "cpu")
     assert again["auroc"] == pytest.approx(result["eval"]["auroc"])
+    config["train"] = {**config["train"], "output_dir": str(tmp_path / "errors")}  # a fresh folder: no overwrite
     with pytest.raises(ConfigError, match="data.val_lst"):
         train_task({**config, "data": {**config["data"], "val_lst": "x"}}, "cpu")
     (tmp_path / "bad.txt").write_text("class0_000 0\nmissing_video 1\n")

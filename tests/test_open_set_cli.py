@@ -26,5 +26,13 @@ def test_open_set_through_ivf_train_eval_and_demo(tmp_path, capsys):
                       "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["known"] == 9 and result["unknown"] == 3
+    # the run-folder rules of every recipe: no silent overwrite, no resume, the config beside the checkpoint
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert train_main(["--config", str(config), "--device", "cpu"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert train_main(["--config", str(config), "--device", "cpu", "--resume", "auto"]) == 2
+    assert "does not resume" in capsys.readouterr().err
+    assert train_main(["--config", str(config), "--device", "cpu", "--overwrite"]) == 0
+    capsys.readouterr()
     assert cli.main(["demo", "--task", "open_set", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
     assert "open-set demo: AUROC" in capsys.readouterr().out

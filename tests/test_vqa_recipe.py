@@ -52,4 +52,5 @@ def test_vqa_recipe_trains_and_evaluates(tmp_path, capsys):
     questions.append({"video_id": 1, "question": "", "choices": ["x", "y"], "answer": 1})
     (tmp_path / "mixed.json").write_text(json.dumps(questions))
     with pytest.raises(ConfigError, match=r"data.train_qa: .*\[2, 3\] choices"):
-        train_task({**config, "data": {**config["data"], "train_qa": str(tmp_path / "mixed.json")}}, "cpu")
+        train_task({**config, "data": {**config["data"], "train_qa": str(tmp_path / "mixed.json")},
+                    "train": {**config["train"], "output_dir": str(tmp_path / "mixed")}}, "cpu")

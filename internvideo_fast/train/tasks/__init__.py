@@ -19,6 +19,18 @@ def task_module(name: str):
 
 
 def train_task(config: dict, device: str | None = None) -> dict:
+    """``ivf-train`` for a downstream recipe, under the run-folder rules of every recipe: a folder that holds
+    a run is not overwritten without ``train.overwrite`` (these recipes train in one go: no resume), and the
+    resolved config is saved beside the checkpoint."""
+    from internvideo_fast.errors import ConfigError
+    from internvideo_fast.train import run_folder
+    from internvideo_fast.train.config import to_yaml
+
+    if config["train"].get("resume"):
+        raise ConfigError(f"train.resume: recipe {config['recipe']!r} trains in one go and does not resume",
+                          hint="--overwrite starts the run afresh")
+    run_folder.check_output_dir(config["train"], None)
+    run_folder.prepare_output_dir(config, to_yaml)
     return task_module(config["recipe"]).train(config, device)
 
 
