@@ -258,3 +258,25 @@ def test_loader_benchmark_runs_every_available_loader(tmp_path):
     assert {"torch+torchcodec", "torch+pyav"} <= loaders
     assert all("error" not in row and row["clips_per_s"] > 0 for row in result["rows"]), result["rows"]
     assert result["cpu_augmentation_ms_per_clip"] > 0
+
+
+def test_caption_tokens_come_from_the_workers(corpus, tmp_path):
+    """A video-text list's batches carry `tokens` [B, max_text_len] (CLIP ids, one row per view) and the
+    record indices of the captions cut to max_text_len."""
+    from internvideo_fast.models.tokenizer import tokenize
+
+    root, sample, good, _ = corpus
+    captions = ["a square moving left", "a square moving to the right across the whole frame quickly", "up"]
+    text_list = tmp_path / "captions.txt"
+    text_list.write_text("".join(f"{r.path}\t{captions[i % 3]}\n" for i, r in enumerate(good[:6])))
+    cfg = _cfg(corpus, list_file=str(text_list), root=str(root), text=True, max_text_len=8, num_workers=1,
+               repeated_aug=2, shuffle=False)
+    batches = list(build_loader(cfg, seed=0))
+    assert len(batches) == 2
+    for batch in batches:
+        expected = tokenize(batch["caption"], context_length=8)
+        assert batch["tokens"].shape == (6, 8) and torch.equal(batch["tokens"], expected)
+        assert batch["tokens"][:, -1].tolist().count(49407) == 2  # the long caption's two views end in EOT
+    assert [batch["captions_cut"] for batch in batches] == [[1], [4]]
+    with pytest.raises(ValueError, match="max_text_len must be an int >= 2"):
+        _cfg(corpus, list_file=str(text_list), text=True, max_text_len=1)

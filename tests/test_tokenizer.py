@@ -68,6 +68,11 @@ def test_truncation(tokenizer):
     assert out[1, :7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]
     with pytest.raises(ValueError, match="longer than context_length"):
         tokenize(LONG_TEXT, truncate=False)
+    assert tokenize([LONG_TEXT], context_length=5)[0].tolist() == LONG_EXPECTED[:4] + [49407]
+    from internvideo_fast.models.tokenizer import get_tokenizer
+
+    assert get_tokenizer().ids(LONG_TEXT, 5) == (LONG_EXPECTED[:4] + [49407], True)
+    assert get_tokenizer().ids("a photo of a cat", 7) == ([49406, 320, 1125, 539, 320, 2368, 49407], False)
     # exactly at the limit: no truncation needed
     assert tokenize("a photo of a cat", context_length=7, truncate=False)[0, -1].item() == 49407
 

@@ -190,16 +190,23 @@ def test_supervised_postpretraining_of_the_multimodal_encoder(sample_data, tmp_p
     assert len(result["losses"]) == 2 and "eval" in result
 
 
-def test_vl_pretraining_on_a_video_text_list(sample_data, tmp_path):
+def test_vl_pretraining_on_a_video_text_list(sample_data, tmp_path, capsys):
+    """Captions are tokenized to data.max_text_len in the loader; a longer one is cut, named once and counted."""
     directions = ["right", "down", "left", "up"]
     lines = (sample_data / "train.txt").read_text().splitlines()
     text_list = tmp_path / "captions.txt"
-    text_list.write_text("".join(f"{line.split()[0]}\ta square moving {directions[int(line.split()[1])]}\n" for line in lines))
+    captions = [f"a square moving {directions[int(line.split()[1])]}" for line in lines]
+    captions[0] = "a square moving " + " and then ".join(directions)  # 15 tokens with SOT and EOT
+    text_list.write_text("".join(f"{line.split()[0]}\t{caption}\n" for line, caption in zip(lines, captions)))
     path = _config(sample_data, tmp_path / "vl", "mae_pretrain", max_steps=3)
     config = load_config(path, ["recipe=vl_pretrain", "model=internvideo_mm_tiny", "model_args={}",
-                                f"data.train_list={text_list}", "data.text=true"])
+                                f"data.train_list={text_list}", "data.text=true", "data.max_text_len=8",
+                                "data.batch_size=4", "data.shuffle=false"])
     result = train(config, device="cpu")
     assert len(result["losses"]) == 3 and all(math.isfinite(loss) for loss in result["losses"])
+    out = capsys.readouterr().out
+    assert f"the caption of {lines[0].split()[0]} in {text_list} is longer than data.max_text_len = 8" in out
+    assert result["captions_cut"] == 1 and "1 captions were longer than data.max_text_len = 8" in out
 
 
 def test_the_tuning_cache_lives_in_the_output_dir_for_the_run(tmp_path, monkeypatch):

@@ -27,6 +27,23 @@ def test_vl_objective_trains_both_towers_and_the_decoder():
     assert model.visual_proj.grad is not None
 
 
+def test_vl_objective_runs_the_video_tower_once_and_matches_separate_passes():
+    torch.manual_seed(0)
+    model = create_model("internvideo_mm_tiny").eval()  # eval: no dropout, so two passes would agree
+    video, tokens = torch.randn(3, 3, 4, 32, 32), tokenize(["a dog runs", "juggling balls", "archery"])
+    runs, run = [], model.visual._run
+    model.visual._run = lambda *args, **kwargs: runs.append(1) or run(*args, **kwargs)
+    out = model(video, tokens)
+    assert len(runs) == 1
+    from internvideo_fast.models.objectives import caption_loss, contrastive_loss
+
+    expected_contrastive = contrastive_loss(model.encode_video(video), model.encode_text(tokens),
+                                            model.text.logit_scale)
+    expected_caption = caption_loss(model.caption_decoder, model.visual.forward_tokens(video), tokens)
+    torch.testing.assert_close(out["contrastive"], expected_contrastive)
+    torch.testing.assert_close(out["caption"], expected_caption)
+
+
 def test_zero_shot_classification_is_scaled_cosine_similarity_to_prompt_ensembles():
     model = create_model("internvideo_mm_tiny", with_caption=False).eval()
     video = torch.randn(2, 3, 4, 32, 32)

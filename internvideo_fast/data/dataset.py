@@ -7,6 +7,8 @@
   ``v % crops``);
 - ``label``: int64 scalar, ``index``: int64 scalar (the record actually returned, see below);
 - ``frame_indices``: int64 ``[T]`` (or ``[V, T]``), the frame numbers decoded;
+- video-text records: ``caption`` (str) and, with ``max_text_len``, ``tokens`` (int64 ``[max_text_len]``,
+  CLIP ids, zero padding) and ``caption_cut`` (the caption was longer and is cut to ``max_text_len``);
 - ``bad_videos``: a list of ``(path, reason)`` for files found bad while producing this sample (usually
   empty); the loader collects these from every worker into one summary and removes the key from batches.
 
@@ -74,7 +76,7 @@ class VideoDataset(torch.utils.data.Dataset):
     def __init__(self, records: Sequence[VideoRecord], root: str | os.PathLike | None,
                  sampler: Callable, transform: Callable, reader: str = "auto", on_error: str = "replace",
                  max_retries: int = 10, decode_timeout_s: float | None = 60.0, seed: int = 0,
-                 log_bad: bool = True):
+                 log_bad: bool = True, max_text_len: int | None = None):
         if on_error not in ON_ERROR_MODES:
             raise ValueError(f"on_error must be one of {ON_ERROR_MODES}, got {on_error!r}")
         self.records = list(records)
@@ -88,6 +90,7 @@ class VideoDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.log_bad = log_bad
+        self.max_text_len = max_text_len
         self._bad: dict[str, str] = {}
         self._replaced = 0
         self._skipped = 0
@@ -143,6 +146,13 @@ class VideoDataset(torch.utils.data.Dataset):
                   "index": torch.tensor(index, dtype=torch.int64), "frame_indices": frame_indices.to(torch.int64)}
         if hasattr(record, "caption"):  # video-text lists
             sample["caption"] = record.caption
+            if self.max_text_len is not None:
+                from internvideo_fast.models.tokenizer import get_tokenizer
+
+                ids, cut = get_tokenizer().ids(record.caption, self.max_text_len)
+                sample["tokens"] = torch.zeros(self.max_text_len, dtype=torch.int64)
+                sample["tokens"][: len(ids)] = torch.tensor(ids, dtype=torch.int64)
+                sample["caption_cut"] = cut
         return sample
 
     def __getitem__(self, index: int) -> dict:

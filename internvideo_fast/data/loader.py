@@ -82,6 +82,9 @@ class DataConfig:
     pin_memory: bool = False
     prefetch_factor: int = 2
     text: bool = False  # a video-text list (`path<TAB>caption`): batches carry `caption` (a list of str)
+    # token ids per caption (SOT and EOT included) of a video-text list, tokenized in the workers (`tokens`
+    # [B, max_text_len]); a longer caption is cut to it, as CLIP's truncate=True, and counted (`captions_cut`)
+    max_text_len: int = 77
     extra: dict = field(default_factory=dict)  # room for loader-specific options (DALI)
 
     def __post_init__(self):
@@ -89,6 +92,8 @@ class DataConfig:
             raise ValueError(f"sampling must be 'dense' or 'segment', got {self.sampling!r}")
         if self.loader not in ("auto", "torch", "dali"):
             raise ValueError(f"loader must be 'auto', 'torch' or 'dali', got {self.loader!r}")
+        if isinstance(self.max_text_len, bool) or not isinstance(self.max_text_len, int) or self.max_text_len < 2:
+            raise ValueError(f"max_text_len must be an int >= 2 (SOT and EOT), got {self.max_text_len!r}")
         if self.mean is not None:
             self.mean = tuple(self.mean)
         if self.std is not None:
@@ -147,7 +152,7 @@ def collate_samples(samples: list[dict | None]) -> dict:
             kept.append(sample)
     if not kept:
         return {"bad_videos": reports, "skipped": skipped, "empty": True}
-    videos, labels, indices, frames, views, captions = [], [], [], [], [], []
+    videos, labels, indices, frames, views, captions, tokens, cut = [], [], [], [], [], [], [], []
     for sample in kept:
         video, frame_indices = sample["video"], sample["frame_indices"]
         if video.dim() == 4:
@@ -160,11 +165,17 @@ def collate_samples(samples: list[dict | None]) -> dict:
         views.append(torch.arange(count, dtype=torch.int64))
         if "caption" in sample:
             captions.extend([sample["caption"]] * count)
+        if "tokens" in sample:
+            tokens.append(sample["tokens"].expand(count, -1))
+            if sample["caption_cut"]:
+                cut.append(int(sample["index"]))
     batch = {"video": torch.cat(videos), "label": torch.cat(labels), "index": torch.cat(indices),
              "frame_indices": torch.cat(frames), "view": torch.cat(views), "bad_videos": reports,
              "skipped": skipped}
     if captions:
         batch["caption"] = captions
+    if tokens:
+        batch["tokens"], batch["captions_cut"] = torch.cat(tokens), cut
     return batch
 
 
@@ -289,7 +300,7 @@ def build_video_dataset(cfg: DataConfig, seed: int = 0) -> VideoDataset:
     return VideoDataset(
         records, cfg.resolved_root(), cfg.build_sampler(), cfg.build_transform(), reader=cfg.reader,
         on_error=on_error, max_retries=cfg.max_retries, decode_timeout_s=cfg.decode_timeout_s, seed=seed,
-        log_bad=False,
+        log_bad=False, max_text_len=cfg.max_text_len if cfg.text else None,
     )
 
 

@@ -166,17 +166,21 @@ class CLIPTokenizer:
         for row, text in enumerate(texts):
             if not isinstance(text, str):
                 raise ValueError(f"texts must be strings, got {type(text).__name__} at index {row}")
-            ids = [self.sot_id] + self.encode(text) + [self.eot_id]
-            if len(ids) > context_length:
-                if not truncate:
-                    raise ValueError(
-                        f"text {row} has {len(ids)} tokens, longer than context_length {context_length}: "
-                        f"{text[:60]!r}..."
-                    )
-                ids = ids[:context_length]
-                ids[-1] = self.eot_id
+            ids, cut = self.ids(text, context_length)
+            if cut and not truncate:
+                raise ValueError(
+                    f"text {row} is longer than context_length {context_length} tokens: {text[:60]!r}..."
+                )
             result[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         return result
+
+    def ids(self, text: str, context_length: int = CONTEXT_LENGTH) -> tuple[list[int], bool]:
+        """``([SOT, ids..., EOT], cut)``: at most `context_length` ids; a longer text is cut so that the last
+        kept id is EOT (``cut`` True)."""
+        ids = [self.sot_id] + self.encode(text) + [self.eot_id]
+        if len(ids) <= context_length:
+            return ids, False
+        return ids[: context_length - 1] + [self.eot_id], True
 
 
 @functools.lru_cache(maxsize=4)

@@ -38,20 +38,30 @@ class VideoTextModel(nn.Module):
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """L2-normalized video embeddings ``[B, E]``."""
-        return F.normalize(self.visual_ln_post(self.visual.forward_features(video)) @ self.visual_proj, dim=-1)
+        return self._embed_video_feature(self.visual.forward_features(video))
+
+    def _embed_video_feature(self, feature: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.visual_ln_post(feature) @ self.visual_proj, dim=-1)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """L2-normalized text embeddings ``[N, E]`` of token ids ``[N, 77]``."""
         return F.normalize(self.text(tokens), dim=-1)
 
     def forward(self, video: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The `vl_pretrain` objective: symmetric InfoNCE (all ranks' pairs) + the caption LM loss."""
-        video_features = self.encode_video(video)
+        """The `vl_pretrain` objective: symmetric InfoNCE (all ranks' pairs) + the caption LM loss.
+
+        The video tower runs once: with a caption decoder, its tokens (the fused video feature first, then the
+        last block's tokens) feed the decoder and their first token the contrastive loss."""
+        if self.caption_decoder is None:
+            video_feature, video_tokens = self.visual.forward_features(video), None
+        else:
+            video_tokens = self.visual.forward_tokens(video, include_global=True)
+            video_feature = video_tokens[:, 0]
         text_features = self.encode_text(tokens)
-        contrastive = contrastive_loss(video_features, text_features, self.text.logit_scale)
+        contrastive = contrastive_loss(self._embed_video_feature(video_feature), text_features,
+                                       self.text.logit_scale)
         out = {"contrastive": contrastive, "loss": contrastive}
-        if self.caption_decoder is not None:
-            video_tokens = self.visual.forward_tokens(video)
+        if video_tokens is not None:
             caption = caption_loss(self.caption_decoder, video_tokens, tokens)
             out["caption"] = caption
             out["loss"] = contrastive + self.caption_weight * caption

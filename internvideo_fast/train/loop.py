@@ -228,6 +228,7 @@ def _train(config: dict, ctx: DistContext) -> dict:
     losses: list[float] = []
     pending_losses: list[torch.Tensor] = []
     loader, batches, batches_epoch, known_bad = None, None, -1, {}
+    cut_captions: set[int] = set()
     model.train()
     tick, clips_since = time.perf_counter(), 0
     pace = RecentRate(stop_step, start=step)
@@ -241,6 +242,8 @@ def _train(config: dict, ctx: DistContext) -> dict:
                 loader.check_labels(mixup.num_classes)
             batches, batches_epoch = iter(loader), epoch
         batch = next(batches)
+        if batch.get("captions_cut"):
+            _report_cut_captions(batch["captions_cut"], loader, config, ctx, cut_captions)
         lr = learning_rate(step, total_steps, optim_cfg["lr"], optim_cfg["min_lr"], optim_cfg["warmup_steps"])
         set_learning_rate(optimizer, lr)
         draw = step_seed(seed, step) + ctx.rank
@@ -278,7 +281,11 @@ def _train(config: dict, ctx: DistContext) -> dict:
     known_bad = _report_bad_videos(loader, batches_epoch, ctx, known_bad)
     if saved_step != step:
         _save(model, optimizer, step, config, ctx, output_dir, amp)
-    result = {"losses": losses, "steps": step, "bad_videos": known_bad}
+    if cut_captions and ctx.is_main:
+        shard = " of rank 0's shard" if ctx.world_size > 1 else ""
+        print(f"{len(cut_captions)} captions{shard} were longer than data.max_text_len = "
+              f"{config['data']['max_text_len']} tokens and were cut to it")
+    result = {"losses": losses, "steps": step, "bad_videos": known_bad, "captions_cut": len(cut_captions)}
     if finetune and config["data"]["val_list"] and ctx.is_main:
         if metrics.validate(model, config, step, result, broadcast=False):
             run_folder.keep_as_best(output_dir, step)
@@ -370,6 +377,17 @@ def _wrap_ddp(model, ctx: DistContext, graphed: bool):
         wrapped = DistributedDataParallel(model, device_ids=[ctx.device.index])
     torch.cuda.current_stream().wait_stream(stream)
     return wrapped
+
+
+def _report_cut_captions(indices: list[int], loader, config: dict, ctx: DistContext, seen: set[int]) -> None:
+    """Names the first caption cut to ``data.max_text_len`` (CLIP's truncation) and remembers every one, so
+    the run ends with their count."""
+    if not seen and ctx.is_main:
+        record = loader.dataset.records[indices[0]]
+        print(f"the caption of {record.path} in {config['data']['train_list']} is longer than "
+              f"data.max_text_len = {config['data']['max_text_len']} tokens and is cut to it (CLIP's "
+              "truncation); the run ends with the count of such captions")
+    seen.update(indices)
 
 
 def _report_bad_videos(loader, epoch: int, ctx: DistContext, known: dict[str, str]) -> dict[str, str]:

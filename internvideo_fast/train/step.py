@@ -62,9 +62,11 @@ def step_inputs(batch: Mapping, recipe: str, device: torch.device, draw: int, mi
         video, targets = mixup(video, labels, torch.Generator().manual_seed(draw))
         return {"video": video, "targets": targets}
     if recipe == "vl_pretrain":
-        from internvideo_fast.models.tokenizer import tokenize
+        if "tokens" not in batch:
+            from internvideo_fast.models.tokenizer import tokenize
 
-        return {"video": video, "tokens": tokenize(batch["caption"]).to(device, non_blocking=True)}
+            batch = dict(batch, tokens=tokenize(batch["caption"]))
+        return {"video": video, "tokens": batch["tokens"].to(device, non_blocking=True)}
     return {"video": video, "seed": torch.full((), draw, dtype=torch.int64, device=device)}
 
 
