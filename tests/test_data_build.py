@@ -58,8 +58,8 @@ def test_auto_choice(monkeypatch, cuda, dali_error, expected):
     if dali_error:
         assert "DALI is not installed" in reason and "nvidia-dali-cuda130" in reason
     assert choose_loader(DataConfig(list_file="x.txt", loader="torch"))[0] == "torch"
-    # video-text lists stay on the torch loader: the DALI loader reads no captions
-    assert choose_loader(DataConfig(list_file="x.txt", loader="auto", text=True))[0] == "torch"
+    # video-text lists take the same choice (the DALI loader carries their captions and tokens)
+    assert choose_loader(DataConfig(list_file="x.txt", loader="auto", text=True))[0] == expected
 
 
 def test_auto_without_dali_logs_one_line_and_builds_torch(monkeypatch, caplog, sample):

@@ -147,6 +147,24 @@ def test_train_mode_matches_torch_loader(vp9):
         assert torch.equal(a["frame_indices"], b["frame_indices"]) and torch.equal(a["video"], b["video"])
 
 
+def test_video_text_lists_carry_the_torch_loaders_captions_and_tokens(vp9, tmp_path):
+    """A video-text list through DALI: the caption, token and cut-caption fields of the torch loader's batches."""
+    root, sample, _ = vp9
+    records = read_video_list(sample.train_list)
+    captions = ["a square moving left", "a square moving to the right across the whole frame quickly", "up"]
+    text_list = tmp_path / "captions.txt"
+    text_list.write_text("".join(f"{r.path}\t{captions[i % 3]}\n" for i, r in enumerate(records)))
+    cfg = _cfg(text_list, root=str(root), train=True, text=True, max_text_len=8, num_frames=4, stride=2,
+               repeated_aug=2, loader="dali")
+    dali_batches, torch_batches = list(build_loader(cfg, seed=3)), list(_torch(cfg, seed=3))
+    _compare(dali_batches, torch_batches, exact_video=False)
+    for d, t in zip(dali_batches, torch_batches):
+        assert d["caption"] == t["caption"] and torch.equal(d["tokens"], t["tokens"])
+        assert d["captions_cut"] == t["captions_cut"]
+    cut = [i for batch in dali_batches for i in batch["captions_cut"]]
+    assert sorted(cut) == [i for i in range(len(records)) if i % 3 == 1]
+
+
 def test_random_resized_crop_matches(vp9):
     root, sample, _ = vp9
     cfg = _cfg(sample.train_list, train=True, num_frames=3, stride=5, img_size=16, crop="random_resized",

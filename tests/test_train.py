@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from internvideo_fast.data import make_sample_dataset
+from internvideo_fast.errors import ConfigError
 from internvideo_fast.models import create_model
 from internvideo_fast.train.config import load_config
 from internvideo_fast.train.loop import train
@@ -207,6 +208,10 @@ def test_vl_pretraining_on_a_video_text_list(sample_data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"the caption of {lines[0].split()[0]} in {text_list} is longer than data.max_text_len = 8" in out
     assert result["captions_cut"] == 1 and "1 captions were longer than data.max_text_len = 8" in out
+    with pytest.raises(ConfigError, match=r"data.max_text_len = 78 is longer than the model's text takes \(77"):
+        train(load_config(path, ["recipe=vl_pretrain", "model=internvideo_mm_tiny", "model_args={}",
+                                 f"data.train_list={text_list}", "data.text=true", "data.max_text_len=78",
+                                 "train.overwrite=true"]), device="cpu")
 
 
 def test_the_tuning_cache_lives_in_the_output_dir_for_the_run(tmp_path, monkeypatch):

@@ -6,8 +6,8 @@
 - ``loader: torch``: the torch loader (CPU decoding in ``num_workers`` processes);
 - ``loader: dali``: the DALI loader (:mod:`.dali`; NVDEC on a GPU); a :class:`ConfigError` naming
   ``data.loader`` when DALI does not import;
-- ``loader: auto``: DALI's GPU pipeline when a CUDA device is present, DALI imports and the list is a
-  labelled one (the DALI loader reads no captions); otherwise the torch loader. Decoding on the GPU
+- ``loader: auto``: DALI's GPU pipeline when a CUDA device is present and DALI imports (labelled and
+  video-text lists alike); otherwise the torch loader. Decoding on the GPU
   takes the work off the host's cores, which feed the GPU at a fraction of the training step's rate
   (``bench/loader.py``, ``bench/loader_train.py``). The choice and its reason are logged once per process
   as one line (``loader auto: torch (NVIDIA DALI is not installed ...)``).
@@ -42,8 +42,6 @@ def choose_loader(cfg: DataConfig) -> tuple[str, str]:
             raise ConfigError(f"data.loader: 'dali' needs NVIDIA DALI, which does not import here ({error})",
                               hint="pip install nvidia-dali-cuda130, or data.loader: torch")
         return "dali", "data.loader is dali"
-    if getattr(cfg, "text", False):
-        return "torch", "a video-text list: the DALI loader reads labelled lists only"
     if not torch.cuda.is_available():
         return "torch", "no CUDA device"
     error = dali_import_error()

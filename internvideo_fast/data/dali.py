@@ -6,6 +6,7 @@
 
     video float32 [B, C, T, H, W] normalized (CUDA with a GPU pipeline, CPU with device_id=None)
     label, index, view int64 [B]; frame_indices int64 [B, T]   (CPU tensors, as the torch loader)
+    video-text lists: caption (list of str), tokens int64 [B, max_text_len], captions_cut (record indices)
 
 Two DALI decoders, chosen by ``cfg.extra["dali_decoder"]``:
 
@@ -64,6 +65,7 @@ from internvideo_fast.data.dataset import VideoDataset, sample_seed
 from internvideo_fast.data.decode import DecodeError, open_video, run_with_timeout
 from internvideo_fast.data.loader import DataConfig, VideoLoader, build_video_dataset, collate_samples
 from internvideo_fast.data.sampling import ShortVideoError
+from internvideo_fast.models.tokenizer import tokenize_captions
 
 __all__ = ["dali_available", "dali_import_error", "dali_error_summary", "build_dali_loader", "DaliVideoLoader", "probe_video", "write_dali_file_list",
            "CPU_CODECS"]
@@ -378,9 +380,21 @@ class DaliVideoLoader(VideoLoader):
         return None if batch.pop("empty", False) else batch
 
     def __iter__(self):
-        if self.decoder == "reader":
-            yield from self._iter_reader()
-            return
+        batches = self._iter_reader() if self.decoder == "reader" else self._iter_frames()
+        for batch in batches:
+            yield self._with_captions(batch) if self.cfg.text else batch
+
+    def _with_captions(self, batch: dict) -> dict:
+        """A video-text list's fields, tokenized here per batch (the torch fallback's batch has them)."""
+        if "tokens" in batch:
+            return batch
+        indices = batch["index"].tolist()
+        captions = [self.dataset.records[i].caption for i in indices]
+        tokens, cut_rows = tokenize_captions(captions, self.cfg.max_text_len)
+        cut = list(dict.fromkeys(indices[row] for row in cut_rows))  # one entry per video, not per view
+        return dict(batch, caption=captions, tokens=tokens, captions_cut=cut)
+
+    def _iter_frames(self):
         self.probe()
         plan = []
         for batch in self.batches()[self.start_step:]:
@@ -521,7 +535,5 @@ def build_dali_loader(cfg: DataConfig, split: str = "train", rank: int = 0, worl
     error = dali_import_error()
     if error is not None:
         raise ImportError(f"loader='dali' needs NVIDIA DALI ({error}): pip install nvidia-dali-cuda130 (or .[dali])")
-    if getattr(cfg, "text", False):
-        raise NotImplementedError("the DALI loader reads labelled lists only; use loader='torch' for video-text lists")
     return DaliVideoLoader(cfg, build_video_dataset(cfg, seed), rank, world_size, seed, start_step=start_step,
                            split=split)

@@ -147,12 +147,10 @@ class VideoDataset(torch.utils.data.Dataset):
         if hasattr(record, "caption"):  # video-text lists
             sample["caption"] = record.caption
             if self.max_text_len is not None:
-                from internvideo_fast.models.tokenizer import get_tokenizer
+                from internvideo_fast.models.tokenizer import tokenize_captions
 
-                ids, cut = get_tokenizer().ids(record.caption, self.max_text_len)
-                sample["tokens"] = torch.zeros(self.max_text_len, dtype=torch.int64)
-                sample["tokens"][: len(ids)] = torch.tensor(ids, dtype=torch.int64)
-                sample["caption_cut"] = cut
+                tokens, cut = tokenize_captions([record.caption], self.max_text_len)
+                sample["tokens"], sample["caption_cut"] = tokens[0], bool(cut)
         return sample
 
     def __getitem__(self, index: int) -> dict:

@@ -82,7 +82,7 @@ class DataConfig:
     pin_memory: bool = False
     prefetch_factor: int = 2
     text: bool = False  # a video-text list (`path<TAB>caption`): batches carry `caption` (a list of str)
-    # token ids per caption (SOT and EOT included) of a video-text list, tokenized in the workers (`tokens`
+    # token ids per caption (SOT and EOT included) of a video-text list, tokenized by the loader (`tokens`
     # [B, max_text_len]); a longer caption is cut to it, as CLIP's truncate=True, and counted (`captions_cut`)
     max_text_len: int = 77
     extra: dict = field(default_factory=dict)  # room for loader-specific options (DALI)

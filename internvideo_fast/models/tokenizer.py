@@ -183,6 +183,20 @@ class CLIPTokenizer:
         return ids[: context_length - 1] + [self.eot_id], True
 
 
+def tokenize_captions(captions: Sequence[str], context_length: int = CONTEXT_LENGTH) -> tuple[torch.Tensor, list[int]]:
+    """Training captions: ``(ids [N, context_length] int64, rows cut)``, a caption longer than the context cut
+    as :func:`tokenize` does (its last kept id EOT) and its row listed, so the caller can report it."""
+    tokenizer = get_tokenizer()
+    tokens = torch.zeros(len(captions), context_length, dtype=torch.int64)
+    cut_rows = []
+    for row, caption in enumerate(captions):
+        ids, cut = tokenizer.ids(caption, context_length)
+        tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
+        if cut:
+            cut_rows.append(row)
+    return tokens, cut_rows
+
+
 @functools.lru_cache(maxsize=4)
 def get_tokenizer(bpe_path: str | None = None) -> CLIPTokenizer:
     """A shared :class:`CLIPTokenizer` (building one reads the 1.3 MB merges file, ~0.2 s)."""

@@ -181,6 +181,7 @@ def _train(config: dict, ctx: DistContext) -> dict:
                          **config["model_args"]).to(ctx.device)
     finetune = config["recipe"] in CLASSIFICATION_RECIPES
     _load_parts(model, config.get("pretrained_parts") or {}, ctx, strict=strict)
+    _check_text_length(model, config)
     batch_size = config["data"].get("batch_size", 8)
     global_batch = batch_size * ctx.world_size
     optim_cfg["lr"] = optim_cfg["base_lr"] * global_batch / 256
@@ -377,6 +378,18 @@ def _wrap_ddp(model, ctx: DistContext, graphed: bool):
         wrapped = DistributedDataParallel(model, device_ids=[ctx.device.index])
     torch.cuda.current_stream().wait_stream(stream)
     return wrapped
+
+
+def _check_text_length(model, config: dict) -> None:
+    """A video-text run's captions must fit the text tower and the caption decoder (their positions)."""
+    if not config["data"].get("text"):
+        return
+    length = config["data"].get("max_text_len", 77)
+    for part in ("text", "caption_decoder"):
+        context = getattr(getattr(model, part, None), "context_length", None)
+        if context is not None and length > context:
+            raise ConfigError(f"data.max_text_len = {length} is longer than the model's {part} takes "
+                              f"({context} positions)", hint=f"set data.max_text_len <= {context}")
 
 
 def _report_cut_captions(indices: list[int], loader, config: dict, ctx: DistContext, seen: set[int]) -> None:
