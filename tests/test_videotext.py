@@ -86,3 +86,29 @@ def test_multiple_choice_picks_the_closest_caption():
     assert picked.tolist() == expected
     with pytest.raises(ValueError, match="same number"):
         multiple_choice(model, video, [["a"], ["b", "c"]])
+
+
+def test_retrieval_embeds_the_loaders_caption_tokens():
+    """Captions are embedded from the loader's tokens (cut to data.max_text_len as in training), not
+    re-tokenized at 77 ids: a caption longer than the training length would reach untrained positions."""
+    from internvideo_fast.eval.videotext import evaluate_retrieval
+    from internvideo_fast.models.tokenizer import tokenize_captions
+
+    torch.manual_seed(0)
+    model = create_model("internvideo_mm_tiny", with_caption=False).eval()
+    captions = ["a dog runs across the field and jumps over a fence", "juggling three balls", "archery"]
+    tokens, cut = tokenize_captions(captions, 6)
+    assert cut == [0]
+    video = torch.randn(3, 3, 4, 32, 32)
+    batch = {"video": video, "index": torch.arange(3), "label": torch.zeros(3, dtype=torch.int64),
+             "caption": captions, "tokens": tokens}
+    embedded, encode_text = [], model.encode_text
+    model.encode_text = lambda ids: embedded.append(ids) or encode_text(ids)
+    result = evaluate_retrieval(model, [batch], "cpu")
+    assert len(embedded) == 1 and torch.equal(embedded[0], tokens)
+    with torch.no_grad():
+        expected = retrieval_metrics(model.encode_video(video), encode_text(tokens))
+    assert {k: result[k] for k in expected} == expected and result["pairs"] == 3
+    del batch["tokens"]  # a loader without tokens: CLIP's 77 ids
+    evaluate_retrieval(model, [batch], "cpu")
+    assert torch.equal(embedded[1], tokenize(captions))

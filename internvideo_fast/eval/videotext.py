@@ -17,29 +17,35 @@ from internvideo_fast.models.videotext import DEFAULT_TEMPLATES, class_embedding
 
 @torch.no_grad()
 def video_embeddings(model, loader, device, progress=None
-                     ) -> tuple[torch.Tensor, list[int], list[int], list[str | None]]:
-    """Mean-over-views normalized embeddings ``[N, E]`` in list order, with labels and captions; `progress`
-    (a :class:`internvideo_fast.progress.Progress` over the loader's batches) is advanced per batch."""
+                     ) -> tuple[torch.Tensor, list[int], list[int], list[str | None], list[torch.Tensor | None]]:
+    """Mean-over-views normalized embeddings ``[N, E]`` in list order, with labels, captions and the loader's
+    caption tokens (``data.max_text_len`` ids, as in training); `progress` (a
+    :class:`internvideo_fast.progress.Progress` over the loader's batches) is advanced per batch."""
     model.eval()
     sums: dict[int, torch.Tensor] = {}
     labels: dict[int, int] = {}
     captions: dict[int, str | None] = {}
+    tokens: dict[int, torch.Tensor | None] = {}
     for batch in loader:
         features = model.encode_video(batch["video"].to(device)).float().cpu()
-        batch_captions = batch.get("caption", [None] * features.shape[0])
-        for row, index, label, caption in zip(features, batch["index"].tolist(), batch["label"].tolist(), batch_captions):
+        rows = features.shape[0]
+        batch_captions = batch.get("caption", [None] * rows)
+        batch_tokens = batch["tokens"].cpu() if "tokens" in batch else [None] * rows
+        for row, index, label, caption, ids in zip(features, batch["index"].tolist(), batch["label"].tolist(),
+                                                   batch_captions, batch_tokens):
             sums[index] = sums.get(index, 0) + row
-            labels[index], captions[index] = label, caption
+            labels[index], captions[index], tokens[index] = label, caption, ids
         if progress is not None:
             progress.update()
     order = sorted(sums)
     embeddings = F.normalize(torch.stack([sums[i] for i in order]), dim=-1) if order else torch.empty(0)
-    return embeddings, [labels[i] for i in order], order, [captions[i] for i in order]
+    return (embeddings, [labels[i] for i in order], order, [captions[i] for i in order],
+            [tokens[i] for i in order])
 
 
 def evaluate_zero_shot(model, loader, class_names: Sequence[str], device,
                        templates: Sequence[str] = DEFAULT_TEMPLATES, progress=None) -> dict:
-    videos, labels, order, _ = video_embeddings(model, loader, device, progress)
+    videos, labels, order, _, _ = video_embeddings(model, loader, device, progress)
     accounting = account(loader, order)
     if not order:
         return {"top1": float("nan"), "top5": float("nan"), "videos": 0, **accounting}
@@ -52,16 +58,19 @@ def evaluate_zero_shot(model, loader, class_names: Sequence[str], device,
 
 
 def evaluate_retrieval(model, loader, device, progress=None) -> dict:
-    """The loader must carry captions (a video-text list, `data.text: true`)."""
+    """The loader must carry captions (a video-text list, `data.text: true`). Captions are embedded from the
+    loader's tokens, cut to ``data.max_text_len`` as in training (the text tower's later positions are
+    untrained when it trained on shorter ids), or at CLIP's 77 ids from a loader without tokens."""
     from internvideo_fast.models.tokenizer import tokenize
 
-    videos, _, order, captions = video_embeddings(model, loader, device, progress)
+    videos, _, order, captions, tokens = video_embeddings(model, loader, device, progress)
     accounting = account(loader, order)
     if not order:
         return {"pairs": 0, **accounting}
     if any(c is None for c in captions):
         raise ValueError("retrieval needs a video-text list (data.text: true)")
-    texts = torch.cat([model.encode_text(tokenize(captions[i:i + 256]).to(device)).float().cpu()
+    ids = torch.stack(tokens) if all(t is not None for t in tokens) else tokenize(captions)
+    texts = torch.cat([model.encode_text(ids[i:i + 256].to(device)).float().cpu()
                        for i in range(0, len(captions), 256)])
     return retrieval_metrics(videos, F.normalize(texts, dim=-1)) | {"pairs": len(captions), **accounting}
 
@@ -70,7 +79,7 @@ def evaluate_multiple_choice(model, loader, questions: Sequence[dict], device, p
     """`questions[i]` = ``{"choices": [...], "answer": k}`` for the i-th video of the loader's list."""
     from internvideo_fast.models.tokenizer import tokenize
 
-    videos, _, order, _ = video_embeddings(model, loader, device, progress)
+    videos, _, order, _, _ = video_embeddings(model, loader, device, progress)
     correct = 0
     for row, index in zip(videos, order):
         question = questions[index]
