@@ -112,3 +112,22 @@ def test_retrieval_embeds_the_loaders_caption_tokens():
     del batch["tokens"]  # a loader without tokens: CLIP's 77 ids
     evaluate_retrieval(model, [batch], "cpu")
     assert torch.equal(embedded[1], tokenize(captions))
+
+
+def test_zero_shot_prompts_must_fit_the_trained_text_length():
+    from types import SimpleNamespace
+
+    from internvideo_fast.errors import ConfigError
+    from internvideo_fast.eval.videotext import evaluate_zero_shot
+
+    model = create_model("internvideo_mm_tiny", with_caption=False)
+    batch = {"video": torch.randn(2, 3, 4, 32, 32), "index": torch.arange(2), "label": torch.tensor([0, 1])}
+
+    class Loader(list):
+        cfg = SimpleNamespace(max_text_len=8)
+
+    names = ["running", "juggling"]
+    assert evaluate_zero_shot(model, Loader([batch]), names, "cpu", templates=("{}",))["videos"] == 2
+    with pytest.raises(ConfigError, match=r"a zero-shot prompt does not fit data.max_text_len = 8 ids: .*"
+                                          r"a video of a person running"):
+        evaluate_zero_shot(model, Loader([batch]), names, "cpu")  # "a video of a person running." is 9 ids

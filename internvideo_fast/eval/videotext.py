@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from internvideo_fast.errors import ConfigError
 from internvideo_fast.eval.accounting import account
 from internvideo_fast.models.videotext import DEFAULT_TEMPLATES, class_embeddings, retrieval_metrics
 
@@ -45,11 +46,18 @@ def video_embeddings(model, loader, device, progress=None
 
 def evaluate_zero_shot(model, loader, class_names: Sequence[str], device,
                        templates: Sequence[str] = DEFAULT_TEMPLATES, progress=None) -> dict:
+    model.eval()
+    # Prompts must fit the length the text tower trained with (its later positions are untrained).
+    length = getattr(getattr(loader, "cfg", None), "max_text_len", 77)
+    try:
+        classes = class_embeddings(model, class_names, templates, length).float().cpu()
+    except ValueError as error:
+        raise ConfigError(f"a zero-shot prompt does not fit data.max_text_len = {length} ids: {error}",
+                          hint="shorter class names or templates, or a model trained on longer captions")
     videos, labels, order, _, _ = video_embeddings(model, loader, device, progress)
     accounting = account(loader, order)
     if not order:
         return {"top1": float("nan"), "top5": float("nan"), "videos": 0, **accounting}
-    classes = class_embeddings(model, class_names, templates).float().cpu()
     scores = videos @ classes.t()
     truth = torch.tensor(labels)
     top = scores.topk(min(5, len(class_names)), dim=1).indices
