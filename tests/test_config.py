@@ -51,6 +51,8 @@ def test_an_unknown_key_in_a_file_names_the_file_and_line(tmp_path):
     ("optim.betas=[0.9]", "optim.betas must be two numbers in [0, 1)"),
     ("data.test_crops=2", "data.test_crops must be one of 1 | 3, got 2"),
     ("data.normalization=imagnet", "data.normalization must be one of imagenet | clip"),
+    ("data.max_text_len=1", "data.max_text_len must be at least 2 (the start and end tokens), got 1"),
+    ("data.normalize_on_device=true", "unknown config key data.normalize_on_device"),  # set by ivf-train only
     ("recipe=pretrain", "recipe must be one of " + " | ".join(RECIPES)),
     ("pretrained=true", "hub downloads are not supported"),
     ("train=3", "train is a section"),
@@ -104,7 +106,7 @@ def test_the_schema_covers_every_key_and_the_data_config():
     config = load_config(None)
     assert set(config) == {"recipe", "model", "model_args", "pretrained", "pretrained_parts", "load", "eval",
                            "data", "optim", "train"}
-    data_fields = {spec.name for spec in dataclasses.fields(DataConfig)} - {"list_file", "train"}
+    data_fields = {spec.name for spec in dataclasses.fields(DataConfig)} - {"list_file", "train", "normalize_on_device"}
     assert set(config["data"]) == data_fields | {"train_list", "val_list"}
     assert config == DEFAULTS
     assert {"train.keep_checkpoints", "train.overwrite", "train.precision", "optim.layer_decay"} <= set(valid_keys())

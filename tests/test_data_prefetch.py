@@ -55,10 +55,9 @@ def test_len_and_bad_depth():
 
 
 @pytest.mark.gpu
+@pytest.mark.gpu
 def test_cuda_copies_on_a_side_stream():
     """Batches land on the GPU equal to the host's, their copies made on the prefetcher's own stream."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs a GPU")
     prefetcher = DevicePrefetcher(_batches(6), "cuda", depth=2)
     on_device = torch.full((2, 3, 4, 5, 5), -1.0, device="cuda")
     total = torch.zeros((), device="cuda")
@@ -70,3 +69,37 @@ def test_cuda_copies_on_a_side_stream():
     assert float(total) == expected
     device_batch = {"video": on_device}
     assert next(iter(DevicePrefetcher([device_batch], "cuda")))["video"] is on_device  # already there
+
+
+def _uint8_views(seed: int):
+    """The same views twice: normalized by the transform on the host, and left as uint8."""
+    from internvideo_fast.data.transforms import build_transform
+
+    clip = torch.randint(0, 256, (6, 3, 30, 41), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    kwargs = dict(train=True, img_size=24, num_sample=2, flip=True, crop="random_resized", normalization="clip")
+    host = build_transform(**kwargs)(clip, torch.Generator().manual_seed(seed))
+    raw = build_transform(**kwargs, normalize=False)(clip, torch.Generator().manual_seed(seed))
+    return host, raw
+
+
+def test_normalize_after_the_copy_gives_the_hosts_values():
+    """normalize=(mean, std): a uint8 video becomes exactly what the workers' normalization gives; a float
+    video (normalized already) passes unchanged."""
+    from internvideo_fast.data.transforms import CLIP_MEAN, CLIP_STD
+
+    host, raw = _uint8_views(0)
+    assert raw.dtype == torch.uint8 and raw.shape == host.shape
+    batches = [{"video": raw, "label": torch.tensor([0, 1])}, {"video": host, "label": torch.tensor([1, 0])}]
+    out = list(DevicePrefetcher(batches, "cpu", normalize=(CLIP_MEAN, CLIP_STD)))
+    assert out[0]["video"].dtype == torch.float32 and torch.equal(out[0]["video"], host)
+    assert out[1]["video"] is host
+    assert list(DevicePrefetcher(batches[:1], "cpu"))[0]["video"].dtype == torch.uint8  # no normalize: as is
+
+
+@pytest.mark.gpu
+def test_cuda_normalization_equals_the_hosts():
+    from internvideo_fast.data.transforms import CLIP_MEAN, CLIP_STD
+
+    host, raw = _uint8_views(1)
+    batch = next(iter(DevicePrefetcher([{"video": raw}], "cuda", normalize=(CLIP_MEAN, CLIP_STD))))
+    assert batch["video"].is_cuda and torch.equal(batch["video"].cpu(), host)

@@ -114,3 +114,21 @@ def test_bad_arguments():
         build_transform(test_crops=5)
     with pytest.raises(ValueError):
         build_transform()(torch.zeros(3, 4, 8, 8))
+
+
+@pytest.mark.parametrize("train,crop,test_crops", [(True, "multiscale", 1), (True, "random_resized", 1),
+                                                  (False, "center", 3)])
+def test_unnormalized_views_normalize_to_the_same_values(train, crop, test_crops):
+    """normalize=False leaves uint8 views; normalize_video of them is the normalized transform's output,
+    bit for bit (the GPU feed of ivf-train relies on it)."""
+    from internvideo_fast.data.transforms import normalize_video
+
+    clip = torch.randint(0, 256, (5, 3, 37, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    kwargs = dict(train=train, img_size=28, crop=crop, flip=True, num_sample=2, test_crops=test_crops,
+                  short_side=32)
+    normalized = build_transform(**kwargs)(clip, torch.Generator().manual_seed(7))
+    raw = build_transform(**kwargs, normalize=False)(clip, torch.Generator().manual_seed(7))
+    assert raw.dtype == torch.uint8
+    assert torch.equal(normalize_video(raw, IMAGENET_MEAN, IMAGENET_STD), normalized)
+    with pytest.raises(ValueError, match="normalize=False takes uint8 clips"):
+        build_transform(**kwargs, normalize=False)(clip.float())

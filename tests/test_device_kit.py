@@ -185,6 +185,7 @@ def test_gpu_dali_dry_run(tmp_path):
     assert {row["loader"] for row in result["loader"]["rows"]} >= {"torch+pyav"}
     feeds = {row["feed"]: row for row in result["train"]["rows"]}
     assert feeds["synthetic"]["clips_per_s"] > 0 and feeds["torch"]["of_synthetic"] > 0
+    assert feeds["torch-uint8"]["of_synthetic"] > 0
 
 
 def test_loader_bench_on_kit_style_clips(tmp_path):

@@ -382,3 +382,32 @@ def test_run_folder_rules(tmp_path):
     assert run_folder.resolve_resume(train_cfg | {"overwrite": True}) is None
     (tmp_path / "checkpoint.pth").write_bytes(b"y")  # a run folder as the resume path: its checkpoint.pth
     assert run_folder.resolve_resume(train_cfg | {"resume": str(tmp_path)}) == tmp_path / "checkpoint.pth"
+
+
+def test_a_gpu_run_feeds_uint8_batches_through_the_prefetcher(sample_data, tmp_path):
+    """On a GPU, ivf-train's loader leaves the video unnormalized (uint8) and pinned, and DevicePrefetcher
+    copies and normalizes it on a side stream: the same videos as the CPU feed, to the bit."""
+    from internvideo_fast.data import DevicePrefetcher
+    from internvideo_fast.train.distributed import DistContext
+    from internvideo_fast.train.loop import _device_feed, _loader
+
+    config = load_config(_config(sample_data, tmp_path / "feed", "finetune"), ["data.repeated_aug=2"])
+    gpu = DistContext(0, 1, 0, torch.device("cuda"))
+    loader = _loader(config, "train", gpu, 0, device_feed=True)
+    assert loader.cfg.normalize_on_device and loader.cfg.pin_memory
+    feed = _device_feed(loader, gpu)  # built, not iterated: no GPU needed
+    assert isinstance(feed, DevicePrefetcher) and feed.device.type == "cuda" and feed.depth == 2
+    assert feed.normalize == loader.cfg.normalization_constants()
+
+    cpu = DistContext(0, 1, 0, torch.device("cpu"))
+    plain_loader = _loader(config, "train", cpu, 0)
+    assert _device_feed(plain_loader, cpu) is plain_loader  # the CPU feed: the loader as it is
+    config["data"]["pin_memory"] = False  # an explicit choice is kept (and there is no GPU to pin for)
+    raw = _loader(config, "train", cpu, 0, device_feed=True)
+    assert raw.cfg.pin_memory is False and next(iter(raw))["video"].dtype == torch.uint8
+    plain = list(plain_loader)
+    fed = list(_device_feed(raw, cpu))  # uint8 batches are normalized wherever they go
+    assert len(plain) == len(fed) > 0
+    for a, b in zip(plain, fed):
+        assert a["video"].dtype == b["video"].dtype == torch.float32 and torch.equal(a["video"], b["video"])
+        assert torch.equal(a["label"], b["label"])

@@ -79,7 +79,11 @@ class DataConfig:
     decode_timeout_s: float | None = 60.0
     reader: str = "auto"  # auto | torchcodec | pyav
     loader: str = "auto"  # auto | torch | dali
-    pin_memory: bool = False
+    pin_memory: bool | None = None  # None: pinned when ivf-train feeds a GPU, else not
+    # the torch loader's video leaves the workers unnormalized (uint8, a quarter of the bytes to pin and copy)
+    # and DevicePrefetcher(normalize=cfg.normalization_constants()) normalizes it on the GPU; ivf-train sets
+    # it for its GPU feed (it is not a config key: a consumer without that prefetcher would get raw pixels)
+    normalize_on_device: bool = False
     prefetch_factor: int = 2
     text: bool = False  # a video-text list (`path<TAB>caption`): batches carry `caption` (a list of str)
     # token ids per caption (SOT and EOT included) of a video-text list, tokenized by the loader (`tokens`
@@ -111,12 +115,17 @@ class DataConfig:
             return DenseSampler(self.num_frames, self.stride, self.train, self.test_clips, self.short_video)
         return SegmentSampler(self.clip_len, self.train, self.test_clips, self.short_video)
 
-    def build_transform(self):
+    def normalization_constants(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(mean, std)`` in [0, 1] units: ``mean`` / ``std`` when given, else ``normalization``'s."""
         mean, std = mean_std(self.normalization)
+        return tuple(self.mean or mean), tuple(self.std or std)
+
+    def build_transform(self):
+        mean, std = self.normalization_constants()
         return build_transform(
             train=self.train, img_size=self.img_size, short_side=self.short_side,
-            crop=self.crop or "multiscale", flip=self.flip, mean=self.mean or mean, std=self.std or std,
-            num_sample=self.repeated_aug, test_crops=self.test_crops,
+            crop=self.crop or "multiscale", flip=self.flip, mean=mean, std=std,
+            num_sample=self.repeated_aug, test_crops=self.test_crops, normalize=not self.normalize_on_device,
         )
 
 
@@ -235,7 +244,7 @@ class VideoLoader:
         options = {"prefetch_factor": self.cfg.prefetch_factor} if workers > 0 else {}
         return torch.utils.data.DataLoader(
             self.dataset, batch_sampler=_BatchList(batches), num_workers=workers, collate_fn=collate_samples,
-            pin_memory=self.cfg.pin_memory, **options,
+            pin_memory=bool(self.cfg.pin_memory), **options,
         )
 
     def __iter__(self):

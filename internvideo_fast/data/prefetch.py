@@ -11,6 +11,10 @@ through with their tensors moved by ``.to(device)``.
 
 The loader is read at most ``depth`` batches ahead of the batch being consumed, so decoding (in the loader's
 worker processes or on DALI's threads) and the copies overlap the step.
+
+``normalize=(mean, std)``: a uint8 ``video`` (a torch loader with ``normalize_on_device``) is normalized
+after its copy, on the side stream (:func:`~internvideo_fast.data.transforms.normalize_video`: the values the
+workers would have produced); a float video (normalized already, e.g. by DALI) passes as it is.
 """
 
 from __future__ import annotations
@@ -20,16 +24,21 @@ from typing import Iterable, Iterator
 
 import torch
 
+from internvideo_fast.data.transforms import normalization_tensors, normalize_video
+
 __all__ = ["DevicePrefetcher"]
 
 
 class DevicePrefetcher:
     """Iterable over ``loader``'s batches (dicts of tensors and other values) moved to ``device``."""
 
-    def __init__(self, loader: Iterable[dict], device: torch.device | str, depth: int = 2, pin_memory: bool = True):
+    def __init__(self, loader: Iterable[dict], device: torch.device | str, depth: int = 2, pin_memory: bool = True,
+                 normalize: tuple | None = None):
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.loader = loader
+        self.normalize = normalize
+        self._normalization: dict = {}  # (device, channels) -> normalization_tensors, made once
         self.device = torch.device(device)
         self.depth = int(depth)
         self.pin_memory = pin_memory
@@ -46,16 +55,26 @@ class DevicePrefetcher:
             value = value.pin_memory()
         return value.to(self.device, non_blocking=self.cuda)
 
+    def _move(self, batch: dict) -> dict:
+        moved = {key: self._copy(value) for key, value in batch.items()}
+        video = moved.get("video")
+        if self.normalize is not None and isinstance(video, torch.Tensor) and video.dtype == torch.uint8:
+            key = (video.device, video.shape[-4])
+            if key not in self._normalization:
+                self._normalization[key] = normalization_tensors(*self.normalize, video.shape[-4], video.device)
+            moved["video"] = normalize_video(video, *self.normalize, tensors=self._normalization[key])
+        return moved
+
     def _start(self, batch: dict):
         """Starts the copies of one batch; returns ``(moved batch, event or None)``."""
         if not self.cuda:
-            return {key: self._copy(value) for key, value in batch.items()}, None
+            return self._move(batch), None
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         # The side stream must not copy from (or into) memory the consumer's stream is still producing.
         self._stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self._stream):
-            moved = {key: self._copy(value) for key, value in batch.items()}
+            moved = self._move(batch)
             event = torch.cuda.Event()
             event.record(self._stream)
         return moved, event

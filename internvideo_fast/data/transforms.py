@@ -3,7 +3,8 @@
 Input: a clip ``[T, C, H, W]``, uint8 (as decoded) or float in [0, 255]. Output of a
 :class:`VideoTransform`: float32 ``[C, T, H, W]`` normalized with ``mean``/``std`` given in [0, 1] units
 (ImageNet for VideoMAE, CLIP's for CLIP-initialised models), one tensor per view, stacked to
-``[V, C, T, H, W]``.
+``[V, C, T, H, W]``. With ``normalize=False`` the views stay as resized, uint8 for uint8 input (a quarter
+of the bytes to move to the GPU), and :func:`normalize_video` normalizes them there, to the same values.
 
 Every random choice is drawn from a ``torch.Generator`` passed in (the dataset seeds one per sample), and
 one choice is shared by all frames of a clip (temporal consistency, as in the official Group* transforms).
@@ -42,7 +43,8 @@ from internvideo_fast.layers.constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN", "CLIP_STD", "MULTISCALE_SCALES", "Box",
-    "resize", "resize_short_side", "crop", "hflip", "center_crop", "three_crop", "normalize",
+    "resize", "resize_short_side", "crop", "hflip", "center_crop", "three_crop", "normalize", "normalize_video",
+    "normalization_tensors",
     "multi_scale_crop_box", "random_resized_crop_box", "center_crop_box", "three_crop_boxes",
     "VideoTransform", "build_transform", "mean_std",
 ]
@@ -126,14 +128,34 @@ def three_crop(x: torch.Tensor, size: int) -> list[torch.Tensor]:
     return [crop(x, box) for box in three_crop_boxes(x.shape[-2], x.shape[-1], size)]
 
 
+def normalization_tensors(mean: Sequence[float], std: Sequence[float], channels: int, device=None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean * 255`` and ``1 / (std * 255)`` as float32 ``[channels]`` on `device` (one formula for every
+    normalization, so the host's and the device's results agree bit for bit)."""
+    mean_t = torch.tensor(mean, dtype=torch.float32)[:channels] * 255.0
+    inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32)[:channels] * 255.0)
+    return mean_t.to(device), inv_std.to(device)
+
+
 def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """``[T, C, H, W]`` in [0, 255] -> float32 ``[C, T, H, W]``, ``(x / 255 - mean) / std``."""
     _check_clip(x)
-    channels = x.shape[1]
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)[:, :channels] * 255.0
-    inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)[:, :channels] * 255.0)
-    out = (x.to(torch.float32) - mean_t) * inv_std
+    mean_t, inv_std = normalization_tensors(mean, std, x.shape[1])
+    out = (x.to(torch.float32) - mean_t.view(1, -1, 1, 1)) * inv_std.view(1, -1, 1, 1)
     return out.permute(1, 0, 2, 3).contiguous()
+
+
+def normalize_video(video: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                    tensors: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Views left unnormalized (``[..., C, T, H, W]`` in [0, 255], any device) -> float32, the values
+    :func:`normalize` gives on the host. `tensors`: :func:`normalization_tensors` already on the video's
+    device (building them copies from the host, which waits for the copying stream's work)."""
+    if video.dim() < 4:
+        raise ValueError(f"video must be [..., C, T, H, W], got {tuple(video.shape)}")
+    if tensors is None:
+        tensors = normalization_tensors(mean, std, video.shape[-4], video.device)
+    mean_t, inv_std = tensors
+    return (video.to(torch.float32) - mean_t.view(-1, 1, 1, 1)) * inv_std.view(-1, 1, 1, 1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -225,6 +247,7 @@ class VideoTransform:
     std: tuple[float, ...] = IMAGENET_STD
     num_sample: int = 1
     test_crops: int = 1
+    normalize: bool = True  # False: views as resized ([C, T, H, W], uint8 for uint8 input)
 
     def __post_init__(self):
         if self.crop not in ("multiscale", "random_resized", "center"):
@@ -267,10 +290,15 @@ class VideoTransform:
         out = resize(crop(clip, box), (self.img_size, self.img_size))
         if flip:
             out = hflip(out)
+        if not self.normalize:
+            return out.permute(1, 0, 2, 3).contiguous()
         return normalize(out, self.mean, self.std)
 
     def __call__(self, clip: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_clip(clip)
+        if not self.normalize and clip.dtype != torch.uint8:
+            # a float view left unnormalized could not be told from a normalized one downstream
+            raise ValueError(f"normalize=False takes uint8 clips (as decoded), got {clip.dtype}")
         views = self.boxes(clip.shape[-2], clip.shape[-1], generator)
         return torch.stack([self.apply(clip, box, flip) for box, flip in views])
 
@@ -278,10 +306,10 @@ class VideoTransform:
 def build_transform(train: bool = True, img_size: int = 224, short_side: int | None = None,
                     crop: str = "multiscale", flip: bool = False, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                     num_sample: int = 1, test_crops: int = 1, scales: Sequence[float] = MULTISCALE_SCALES,
-                    normalization: str | None = None) -> VideoTransform:
+                    normalization: str | None = None, normalize: bool = True) -> VideoTransform:
     """A :class:`VideoTransform`; ``normalization="imagenet"|"clip"`` overrides ``mean``/``std``."""
     if normalization is not None:
         mean, std = mean_std(normalization)
     return VideoTransform(train=train, img_size=img_size, short_side=short_side, crop=crop, flip=flip,
                           mean=tuple(mean), std=tuple(std), num_sample=num_sample, test_crops=test_crops,
-                          scales=tuple(scales))
+                          scales=tuple(scales), normalize=normalize)

@@ -147,14 +147,14 @@ class TrainConfig:
 
 
 def _data_config_class():
-    """``data.*``: the fields of DataConfig (less ``list_file`` and ``train``, which the loop sets per split)
-    plus ``train_list`` / ``val_list``."""
+    """``data.*``: the fields of DataConfig (less ``list_file`` and ``train``, which the loop sets per split,
+    and ``normalize_on_device``, which it sets for its GPU feed) plus ``train_list`` / ``val_list``."""
     from internvideo_fast.data.loader import DataConfig
 
     hints = typing.get_type_hints(DataConfig)
     fields = [("train_list", str | None, key(None)), ("val_list", str | None, key(None))]
     for spec in dataclasses.fields(DataConfig):
-        if spec.name in ("list_file", "train"):
+        if spec.name in ("list_file", "train", "normalize_on_device"):
             continue
         default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
         if isinstance(default, tuple):
@@ -179,6 +179,7 @@ _DATA_CHECKS: dict[str, Callable] = {
     "max_retries": NON_NEGATIVE, "decode_timeout_s": POSITIVE,
     "reader": OneOf(("auto", "torchcodec", "pyav")), "loader": OneOf(("auto", "torch", "dali")),
     "prefetch_factor": AT_LEAST_ONE,
+    "max_text_len": lambda v: None if v >= 2 else "must be at least 2 (the start and end tokens)",
 }
 
 DataSection = _data_config_class()

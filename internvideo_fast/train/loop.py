@@ -82,13 +82,31 @@ def _data_config(config: dict, split: str):
     return DataConfig(list_file=list_file, train=split == "train", **fields)
 
 
-def _loader(config: dict, split: str, ctx: DistContext, epoch: int, start_step: int = 0):
+def _loader(config: dict, split: str, ctx: DistContext, epoch: int, start_step: int = 0,
+            device_feed: bool = False):
+    """`split`'s loader; with `device_feed` its batches are made for :func:`_device_feed` (the torch loader's
+    video pinned and unnormalized, as uint8)."""
+    import dataclasses
+
     from internvideo_fast.data import build_loader
 
-    return build_loader(
-        _data_config(config, split), split=split, rank=ctx.rank, world_size=ctx.world_size,
-        seed=config["train"]["seed"] + 1000 * epoch, start_step=start_step,
-    )
+    cfg = _data_config(config, split)
+    if device_feed:
+        cfg = dataclasses.replace(cfg, normalize_on_device=True,
+                                  pin_memory=True if cfg.pin_memory is None else cfg.pin_memory)
+    return build_loader(cfg, split=split, rank=ctx.rank, world_size=ctx.world_size,
+                        seed=config["train"]["seed"] + 1000 * epoch, start_step=start_step)
+
+
+def _device_feed(loader, ctx: DistContext):
+    """The training batches on a GPU: copied from pinned memory on a side stream two batches ahead of the step,
+    the video normalized there (:class:`~internvideo_fast.data.DevicePrefetcher`), so neither the copy nor
+    the normalization waits on the host between steps. On a CPU the loader's batches as they are."""
+    from internvideo_fast.data import DevicePrefetcher
+
+    if ctx.device.type != "cuda" and not loader.cfg.normalize_on_device:
+        return loader
+    return DevicePrefetcher(loader, ctx.device, depth=2, normalize=loader.cfg.normalization_constants())
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -230,6 +248,7 @@ def _train(config: dict, ctx: DistContext) -> dict:
     pending_losses: list[torch.Tensor] = []
     loader, batches, batches_epoch, known_bad = None, None, -1, {}
     cut_captions: set[int] = set()
+    device_feed = ctx.device.type == "cuda"
     model.train()
     tick, clips_since = time.perf_counter(), 0
     pace = RecentRate(stop_step, start=step)
@@ -237,11 +256,11 @@ def _train(config: dict, ctx: DistContext) -> dict:
         epoch, step_in_epoch = divmod(step, steps_per_epoch)
         if batches_epoch != epoch:
             known_bad = _report_bad_videos(loader if batches_epoch >= 0 else None, batches_epoch, ctx, known_bad)
-            loader = _loader(config, "train", ctx, epoch, start_step=step_in_epoch)
+            loader = _loader(config, "train", ctx, epoch, start_step=step_in_epoch, device_feed=device_feed)
             loader.remember_bad(known_bad)
             if mixup is not None:  # a label beyond the head: an error naming the list line, not an index error
                 loader.check_labels(mixup.num_classes)
-            batches, batches_epoch = iter(loader), epoch
+            batches, batches_epoch = iter(_device_feed(loader, ctx)), epoch
         batch = next(batches)
         if batch.get("captions_cut"):
             _report_cut_captions(batch["captions_cut"], loader, config, ctx, cut_captions)
