@@ -106,7 +106,8 @@ def test_the_schema_covers_every_key_and_the_data_config():
     config = load_config(None)
     assert set(config) == {"recipe", "model", "model_args", "pretrained", "pretrained_parts", "load", "eval",
                            "data", "optim", "train"}
-    data_fields = {spec.name for spec in dataclasses.fields(DataConfig)} - {"list_file", "train", "normalize_on_device"}
+    set_by_the_loop = {"list_file", "train", "normalize_on_device"}
+    data_fields = {spec.name for spec in dataclasses.fields(DataConfig)} - set_by_the_loop
     assert set(config["data"]) == data_fields | {"train_list", "val_list"}
     assert config == DEFAULTS
     assert {"train.keep_checkpoints", "train.overwrite", "train.precision", "optim.layer_decay"} <= set(valid_keys())

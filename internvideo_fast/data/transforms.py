@@ -3,7 +3,7 @@
 Input: a clip ``[T, C, H, W]``, uint8 (as decoded) or float in [0, 255]. Output of a
 :class:`VideoTransform`: float32 ``[C, T, H, W]`` normalized with ``mean``/``std`` given in [0, 1] units
 (ImageNet for VideoMAE, CLIP's for CLIP-initialised models), one tensor per view, stacked to
-``[V, C, T, H, W]``. With ``normalize=False`` the views stay as resized, uint8 for uint8 input (a quarter
+``[V, C, T, H, W]``. With ``normalize=False`` (uint8 clips only) the views stay uint8 as resized (a quarter
 of the bytes to move to the GPU), and :func:`normalize_video` normalizes them there, to the same values.
 
 Every random choice is drawn from a ``torch.Generator`` passed in (the dataset seeds one per sample), and
@@ -247,7 +247,7 @@ class VideoTransform:
     std: tuple[float, ...] = IMAGENET_STD
     num_sample: int = 1
     test_crops: int = 1
-    normalize: bool = True  # False: views as resized ([C, T, H, W], uint8 for uint8 input)
+    normalize: bool = True  # False: uint8 views as resized ([C, T, H, W]); takes uint8 clips only
 
     def __post_init__(self):
         if self.crop not in ("multiscale", "random_resized", "center"):

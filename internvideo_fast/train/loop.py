@@ -16,6 +16,7 @@ and the ETA (remaining steps x the recent time per step).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import time
@@ -86,8 +87,6 @@ def _loader(config: dict, split: str, ctx: DistContext, epoch: int, start_step: 
             device_feed: bool = False):
     """`split`'s loader; with `device_feed` its batches are made for :func:`_device_feed` (the torch loader's
     video pinned and unnormalized, as uint8)."""
-    import dataclasses
-
     from internvideo_fast.data import build_loader
 
     cfg = _data_config(config, split)
@@ -101,7 +100,8 @@ def _loader(config: dict, split: str, ctx: DistContext, epoch: int, start_step: 
 def _device_feed(loader, ctx: DistContext):
     """The training batches on a GPU: copied from pinned memory on a side stream two batches ahead of the step,
     the video normalized there (:class:`~internvideo_fast.data.DevicePrefetcher`), so neither the copy nor
-    the normalization waits on the host between steps. On a CPU the loader's batches as they are."""
+    the normalization waits on the host between steps. On a CPU the loader's batches as they are (normalized
+    here if the loader leaves them uint8)."""
     from internvideo_fast.data import DevicePrefetcher
 
     if ctx.device.type != "cuda" and not loader.cfg.normalize_on_device:
