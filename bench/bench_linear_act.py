@@ -134,8 +134,9 @@ def cases(device: torch.device, quick: bool = False) -> list[Case]:
     return out
 
 
-def saved_bytes(fn) -> int:
-    """Bytes of the distinct storages autograd saves for backward while `fn` runs."""
+def saved_bytes(fn) -> tuple[int, object]:
+    """``(bytes, fn())``: the bytes of the distinct storages autograd saves for backward while `fn` runs
+    (parameters included, counted once), and what `fn` returned."""
     storages = {}
 
     def pack(tensor):
@@ -144,8 +145,8 @@ def saved_bytes(fn) -> int:
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        fn()
-    return sum(storages.values())
+        out = fn()
+    return sum(storages.values()), out
 
 
 def memory_rows(device: torch.device, drop: float = 0.1, quick: bool = False) -> list[dict]:
@@ -172,7 +173,7 @@ def memory_rows(device: torch.device, drop: float = 0.1, quick: bool = False) ->
         for name, fn in providers.items():
             row = {"op": "ffn memory", "size": size, "provider": name}
             if name != "compiled":  # compiled graphs save inside their own autograd function
-                row["saved_bytes"] = saved_bytes(lambda fn=fn: fn(x))
+                row["saved_bytes"] = saved_bytes(lambda fn=fn: fn(x))[0]
                 if name == "eager":
                     eager_saved = row["saved_bytes"]
                 row["bytes_saved_vs_eager"] = eager_saved - row["saved_bytes"]

@@ -37,6 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from internvideo_fast.data.transforms import (
+    center_crop, mean_std, normalization_tensors, normalize_video, short_side_size,
+)
 from internvideo_fast.errors import UserError, run_cli
 from internvideo_fast.progress import Progress
 
@@ -119,26 +122,16 @@ def feature_function(model: torch.nn.Module) -> tuple[Callable[[torch.Tensor], t
                     hint="use a VideoMAE, UniFormerV2, InternVideo-MM or CMA model")
 
 
-def _mean_std(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from internvideo_fast.data.transforms import mean_std
-
-    return mean_std(name)
-
-
-def preprocess(frames: torch.Tensor, size: int, short_side: int, mean, std) -> torch.Tensor:
+def preprocess(frames: torch.Tensor, size: int, short_side: int, mean, std, tensors=None) -> torch.Tensor:
     """uint8 frames ``[B, T, 3, H, W]`` (on the device) -> normalized clips ``[B, 3, T, size, size]``:
-    bilinear resize of the short side, centre crop, ``(x / 255 - mean) / std``."""
-    from internvideo_fast.data.transforms import center_crop, short_side_size
-
+    bilinear resize of the short side, centre crop, ``(x / 255 - mean) / std``. `tensors`:
+    :func:`~internvideo_fast.data.transforms.normalization_tensors` on the frames' device, made once."""
     batch, length = frames.shape[:2]
     x = frames.reshape(batch * length, *frames.shape[2:]).float()
     height, width = short_side_size(x.shape[-2], x.shape[-1], short_side)
     if (height, width) != tuple(x.shape[-2:]):
         x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-    x = center_crop(x, size)
-    mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1) * 255.0
-    std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1) * 255.0
-    x = (x - mean_t) / std_t
+    x = normalize_video(center_crop(x, size)[:, :, None], mean, std, tensors)[:, :, 0]  # channels at -4
     return x.reshape(batch, length, 3, *x.shape[-2:]).transpose(1, 2).contiguous()
 
 
@@ -201,7 +194,8 @@ def extract_features(model: torch.nn.Module, videos: list[tuple[str, str]], out_
     device = torch.device(device)
     model = model.to(device).eval()
     features_of, default_norm = feature_function(model)
-    mean, std = _mean_std(default_norm if config.mean_std == "auto" else config.mean_std)
+    mean, std = mean_std(default_norm if config.mean_std == "auto" else config.mean_std)
+    normalization = normalization_tensors(mean, std, 3, device)  # once: a host copy per batch would wait
     short_side = config.short_side or config.size
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
     skipped = [video_id for video_id, _ in videos if (out_dir / f"{video_id}.npy").exists()]
@@ -222,7 +216,7 @@ def extract_features(model: torch.nn.Module, videos: list[tuple[str, str]], out_
         if video_id in bad:
             continue
         frames, offset, num_windows = item
-        clips = preprocess(frames.to(device, non_blocking=True), config.size, short_side, mean, std)
+        clips = preprocess(frames.to(device, non_blocking=True), config.size, short_side, mean, std, normalization)
         if autocast is not None:
             with autocast:
                 features = features_of(clips)

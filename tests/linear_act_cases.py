@@ -1,6 +1,8 @@
 """Shared by the linear_act tests: module handles, tolerances and helpers against float64."""
 
 import importlib
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,9 @@ from internvideo_fast._extension import HAS_C
 from internvideo_fast.ops import use_backend
 from internvideo_fast.ops.linear_act import OP_NAME, apply_activation_ref, linear_act, linear_act_ref
 from internvideo_fast.ops.framework.seeds import seed_tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from bench_linear_act import saved_bytes  # noqa: E402  (the benchmark's measure of the saved bytes)
 
 # The modules whose plans and launchers the tests inspect or force (the package's `linear_act` attribute
 # is the function).
@@ -73,21 +78,6 @@ def _check_against_reference(shape, dtype, activation, bias=True, out_features=H
         if a is not None:
             assert a.dtype == dtype, name
             _assert_close(a, e, grad_tol, name)
-
-
-def _saved_bytes(fn) -> tuple[int, torch.Tensor]:
-    """Bytes of the distinct storages autograd saves for backward while `fn` runs (parameters included,
-    counted once)."""
-    storages = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = fn()
-    return sum(storages.values()), out
 
 
 def _run_plan(label_prefix, x, w, b, activation, seed, dropout_p, interpreter, store_pre=None):

@@ -12,7 +12,7 @@ from internvideo_fast.layers.mlp import FusedMLP
 from internvideo_fast.ops import use_backend
 from internvideo_fast.ops.dropout_add_layer_norm import dropout_keep_mask
 from internvideo_fast.ops.linear_act import OP_NAME, fused_mlp, fused_mlp_ref, linear_act, linear_act_ref
-from linear_act_cases import HIDDEN, IN, TOLERANCE, _assert_close, _inputs, _leaves, _saved_bytes
+from linear_act_cases import HIDDEN, IN, TOLERANCE, _assert_close, _inputs, _leaves, saved_bytes
 
 
 # ------------------------------------------------------------------------------------------------ dropout
@@ -158,8 +158,8 @@ def test_fused_mlp_saves_fewer_bytes_than_eager(drop):
     eager[3].load_state_dict(mlp.fc2.state_dict())
     x = torch.randn(2, 19, IN, requires_grad=True)
     with use_backend("triton", OP_NAME):
-        fused_bytes, y = _saved_bytes(lambda: mlp(x))
-    eager_bytes, y_eager = _saved_bytes(lambda: eager(x))
+        fused_bytes, y = saved_bytes(lambda: mlp(x))
+    eager_bytes, y_eager = saved_bytes(lambda: eager(x))
     y.sum().backward()  # the saved tensors suffice for the backward
     assert x.grad is not None and mlp.fc2.weight.grad is not None
     activation_bytes = rows * HIDDEN * 4

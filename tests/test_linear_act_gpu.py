@@ -21,7 +21,7 @@ from linear_act_cases import (
     _inputs,
     _leaves,
     _run_plan,
-    _saved_bytes,
+    saved_bytes,
 )
 
 
@@ -119,8 +119,8 @@ def test_gpu_fused_mlp_saves_activation_memory():
     ).cuda().to(torch.bfloat16)
     x = torch.randn(64, 160, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     with use_backend("triton", OP_NAME):
-        fused_bytes, _ = _saved_bytes(lambda: mlp(x))
-    eager_bytes, _ = _saved_bytes(lambda: eager(x))
+        fused_bytes, _ = saved_bytes(lambda: mlp(x))
+    eager_bytes, _ = saved_bytes(lambda: eager(x))
     assert eager_bytes - fused_bytes >= rows * hidden * 2
 
 

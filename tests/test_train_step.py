@@ -40,9 +40,10 @@ def _batches(recipe: str, steps: int = 3) -> list[dict]:
     generator = torch.Generator().manual_seed(7)
     out = []
     for i in range(steps):
+        captions = [f"a square moving {i} {j}" for j in range(batch)]
         out.append({"video": torch.randn(batch, 3, frames, side, side, generator=generator),
                     "label": torch.randint(0, 3, (batch,), generator=generator),
-                    "caption": [f"a square moving {i} {j}" for j in range(batch)]})
+                    "caption": captions, "tokens": tokenize(captions)})  # as the loaders give them
     return out
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from internvideo_fast.errors import ConfigError
 from internvideo_fast.eval.accounting import account
+from internvideo_fast.models.tokenizer import CONTEXT_LENGTH
 from internvideo_fast.models.videotext import DEFAULT_TEMPLATES, class_embeddings, retrieval_metrics
 
 
@@ -48,7 +49,7 @@ def evaluate_zero_shot(model, loader, class_names: Sequence[str], device,
                        templates: Sequence[str] = DEFAULT_TEMPLATES, progress=None) -> dict:
     model.eval()
     # Prompts must fit the length the text tower trained with (its later positions are untrained).
-    length = getattr(getattr(loader, "cfg", None), "max_text_len", 77)
+    length = getattr(getattr(loader, "cfg", None), "max_text_len", CONTEXT_LENGTH)
     try:
         classes = class_embeddings(model, class_names, templates, length).float().cpu()
     except ValueError as error:

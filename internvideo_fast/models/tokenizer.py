@@ -160,19 +160,29 @@ class CLIPTokenizer:
         ``truncate=True``), or raises ``ValueError``."""
         if isinstance(texts, str):
             texts = [texts]
+        result, cut_rows = self.tokens_and_cuts(texts, context_length)
+        if cut_rows and not truncate:
+            row = cut_rows[0]
+            raise ValueError(
+                f"text {row} is longer than context_length {context_length} tokens: {texts[row][:60]!r}..."
+            )
+        return result
+
+    def tokens_and_cuts(self, texts: Sequence[str], context_length: int = CONTEXT_LENGTH
+                        ) -> tuple[torch.Tensor, list[int]]:
+        """``(ids [N, context_length] int64, rows cut)``: each text as :meth:`ids` gives it, zero padded."""
         if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 2:
             raise ValueError(f"context_length must be an int >= 2, got {context_length!r}")
         result = torch.zeros(len(texts), context_length, dtype=torch.long)
+        cut_rows = []
         for row, text in enumerate(texts):
             if not isinstance(text, str):
                 raise ValueError(f"texts must be strings, got {type(text).__name__} at index {row}")
             ids, cut = self.ids(text, context_length)
-            if cut and not truncate:
-                raise ValueError(
-                    f"text {row} is longer than context_length {context_length} tokens: {text[:60]!r}..."
-                )
             result[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        return result
+            if cut:
+                cut_rows.append(row)
+        return result, cut_rows
 
     def ids(self, text: str, context_length: int = CONTEXT_LENGTH) -> tuple[list[int], bool]:
         """``([SOT, ids..., EOT], cut)``: at most `context_length` ids; a longer text is cut so that the last
@@ -186,15 +196,7 @@ class CLIPTokenizer:
 def tokenize_captions(captions: Sequence[str], context_length: int = CONTEXT_LENGTH) -> tuple[torch.Tensor, list[int]]:
     """Training captions: ``(ids [N, context_length] int64, rows cut)``, a caption longer than the context cut
     as :func:`tokenize` does (its last kept id EOT) and its row listed, so the caller can report it."""
-    tokenizer = get_tokenizer()
-    tokens = torch.zeros(len(captions), context_length, dtype=torch.int64)
-    cut_rows = []
-    for row, caption in enumerate(captions):
-        ids, cut = tokenizer.ids(caption, context_length)
-        tokens[row, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
-        if cut:
-            cut_rows.append(row)
-    return tokens, cut_rows
+    return get_tokenizer().tokens_and_cuts(captions, context_length)
 
 
 @functools.lru_cache(maxsize=4)

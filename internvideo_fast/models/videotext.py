@@ -70,16 +70,17 @@ class VideoTextModel(nn.Module):
 
 @torch.no_grad()
 def class_embeddings(model: VideoTextModel, class_names: Sequence[str],
-                     templates: Sequence[str] = DEFAULT_TEMPLATES, context_length: int = 77) -> torch.Tensor:
+                     templates: Sequence[str] = DEFAULT_TEMPLATES, context_length: int | None = None) -> torch.Tensor:
     """One normalized text embedding per class: the mean over prompt templates (CLIP's prompt ensembling).
-    A prompt longer than `context_length` ids (the length the text tower trained with) is a ValueError."""
-    from internvideo_fast.models.tokenizer import tokenize
+    A prompt longer than `context_length` ids (the length the text tower trained with; None: CLIP's 77) is a
+    ValueError."""
+    from internvideo_fast.models.tokenizer import CONTEXT_LENGTH, tokenize
 
     device = model.visual_proj.device
     embeddings = []
     for name in class_names:
         prompts = [t.format(name) for t in templates]
-        features = model.encode_text(tokenize(prompts, context_length, truncate=False).to(device))
+        features = model.encode_text(tokenize(prompts, context_length or CONTEXT_LENGTH, truncate=False).to(device))
         embeddings.append(F.normalize(features.mean(0), dim=-1))
     return torch.stack(embeddings)
 

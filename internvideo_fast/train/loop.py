@@ -401,9 +401,9 @@ def _wrap_ddp(model, ctx: DistContext, graphed: bool):
 
 def _check_text_length(model, config: dict) -> None:
     """A video-text run's captions must fit the text tower and the caption decoder (their positions)."""
-    if not config["data"].get("text"):
+    if not config["data"]["text"]:
         return
-    length = config["data"].get("max_text_len", 77)
+    length = config["data"]["max_text_len"]
     for part in ("text", "caption_decoder"):
         context = getattr(getattr(model, part, None), "context_length", None)
         if context is not None and length > context:

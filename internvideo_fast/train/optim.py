@@ -50,9 +50,8 @@ def build_optimizer(model: nn.Module, optim: dict, device: torch.device, graph_r
         return torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), fused=device.type == "cuda")
     for group in groups:
         group["lr"] = torch.tensor(optim["lr"] * group["lr_scale"], dtype=torch.float32, device=device)
-    optimizer = torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), fused=True,
-                                  capturable=device.type == "cuda")
-    return optimizer
+    return torch.optim.AdamW(groups, lr=optim["lr"], betas=tuple(optim["betas"]), fused=True,
+                             capturable=device.type == "cuda")
 
 
 def restore_mode(optimizer: torch.optim.Optimizer, device: torch.device, graph_ready: bool) -> None:

@@ -61,11 +61,7 @@ def step_inputs(batch: Mapping, recipe: str, device: torch.device, draw: int, mi
         labels = batch["label"].to(device, non_blocking=True)
         video, targets = mixup(video, labels, torch.Generator().manual_seed(draw))
         return {"video": video, "targets": targets}
-    if recipe == "vl_pretrain":
-        if "tokens" not in batch:
-            from internvideo_fast.models.tokenizer import tokenize
-
-            batch = dict(batch, tokens=tokenize(batch["caption"]))
+    if recipe == "vl_pretrain":  # the loaders tokenize the captions (data.max_text_len)
         return {"video": video, "tokens": batch["tokens"].to(device, non_blocking=True)}
     return {"video": video, "seed": torch.full((), draw, dtype=torch.int64, device=device)}
 

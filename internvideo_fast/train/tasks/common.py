@@ -66,7 +66,8 @@ def seed_everything(seed: int) -> None:
 
 class Optimizer:
     """AdamW on the trainable parameters (no decay on vectors) with linear warmup and a half-cosine to
-    ``min_lr``; ``step(loss)`` does backward, clipping and the update."""
+    ``min_lr``; ``step(loss)`` does backward, clipping and the update, and keeps the loss (on the device:
+    :func:`finish` reads them all at once)."""
 
     def __init__(self, model: torch.nn.Module, total_steps: int, lr: float, weight_decay: float = 0.05,
                  warmup_steps: int = 0, min_lr: float = 0.0, clip_grad: float | None = 1.0):
@@ -78,6 +79,7 @@ class Optimizer:
         self.total_steps, self.lr, self.min_lr, self.warmup = total_steps, lr, min_lr, warmup_steps
         self.clip_grad = clip_grad
         self.steps = 0
+        self.losses: list[torch.Tensor] = []
 
     def step(self, loss: torch.Tensor) -> float:
         lr = learning_rate(self.steps, self.total_steps, self.lr, self.min_lr, self.warmup)
@@ -87,8 +89,32 @@ class Optimizer:
         if self.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.clip_grad)
         self.optimizer.step()
+        self.losses.append(loss.detach())
         self.steps += 1
         return lr
+
+    @property
+    def done(self) -> bool:
+        return self.steps >= self.total_steps
+
+    def log_due(self, every: int) -> bool:
+        """Whether the step just taken gets a log line: every `every` steps and the last."""
+        return self.steps % every == 0 or self.steps == self.total_steps
+
+
+def task_optimizer(model: torch.nn.Module, steps_per_epoch: int, train_cfg: dict, optim: dict) -> Optimizer:
+    """The task's :class:`Optimizer` over ``train.epochs`` epochs of `steps_per_epoch` steps, at most
+    ``train.max_steps``, with the ``optim`` section's settings."""
+    total = train_cfg["epochs"] * max(1, steps_per_epoch)
+    total = min(total, train_cfg["max_steps"] or total)
+    return Optimizer(model, total, optim["base_lr"], optim["weight_decay"], optim["warmup_steps"], optim["min_lr"],
+                     optim["clip_grad"])
+
+
+def finish(model: torch.nn.Module, config: dict, optimizer: Optimizer, output_dir: str | Path) -> dict:
+    """Saves the checkpoint; the run's ``{"losses", "steps", "checkpoint"}``."""
+    checkpoint = save_checkpoint(model, config, optimizer.steps, output_dir)
+    return {"losses": loss_values(optimizer.losses), "steps": optimizer.steps, "checkpoint": str(checkpoint)}
 
 
 def loss_values(losses: list[torch.Tensor]) -> list[float]:
@@ -114,3 +140,15 @@ def load_checkpoint(path: str | Path, recipe: str) -> dict:
     if found != recipe:
         raise CheckpointError(f"{path}: a {found!r} checkpoint, not {recipe!r}")
     return checkpoint
+
+
+def checkpoint_config(path: str | Path, recipe: str, overrides: list[str]) -> tuple[dict, dict]:
+    """``(checkpoint, config)`` of a `recipe` checkpoint for ``ivf-eval --task``, the `overrides` applied to
+    the config it carries."""
+    from internvideo_fast.train.config import apply_override
+
+    checkpoint = load_checkpoint(path, recipe)
+    config = checkpoint["config"]
+    for override in overrides:
+        apply_override(config, override)
+    return checkpoint, config

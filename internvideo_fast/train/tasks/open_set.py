@@ -33,7 +33,7 @@ from internvideo_fast.errors import ConfigError, UserError
 from internvideo_fast.eval.recognition_metrics import closed_set_accuracy, open_set_auroc
 from internvideo_fast.models.evidential import EvidentialHead, evidential_loss
 from internvideo_fast.train.tasks.common import (
-    Optimizer, load_checkpoint, loss_values, pick_device, require, save_checkpoint, seed_everything,
+    checkpoint_config, finish, pick_device, require, seed_everything, task_optimizer,
     task_sections,
 )
 
@@ -90,31 +90,23 @@ def train(config: dict, device: str | None = None) -> dict:
     config["model_args"] = {**model_args, "in_dim": features.shape[1]}
     model = _build(model_args, features.shape[1], num_known).to(device)
     batch = min(data["batch_size"], len(labels))
-    steps_per_epoch = max(1, len(labels) // batch)
-    total = train_cfg["epochs"] * steps_per_epoch
-    total = min(total, train_cfg["max_steps"] or total)
-    optimizer = Optimizer(model, total, optim["base_lr"], optim["weight_decay"], optim["warmup_steps"],
-                          optim["min_lr"], optim["clip_grad"])
+    optimizer = task_optimizer(model, len(labels) // batch, train_cfg, optim)
     generator = torch.Generator().manual_seed(train_cfg["seed"])
     features, labels = features.to(device), labels.to(device)
-    losses, step = [], 0
     model.train()
-    while step < total:
+    while not optimizer.done:
         order = torch.randperm(len(labels), generator=generator).to(device)
         for first in range(0, len(order) - batch + 1, batch):
             index = order[first:first + batch]
-            kl_weight = min(1.0, step / max(1, data["annealing_steps"]))
+            kl_weight = min(1.0, optimizer.steps / max(1, data["annealing_steps"]))
             loss = evidential_loss(model(features[index]), labels[index], kl_weight, data["loss"])
             lr = optimizer.step(loss)
-            losses.append(loss.detach())
-            step += 1
-            if step % train_cfg["log_every"] == 0 or step == total:
-                print(f"open_set step {step}/{total} loss {losses[-1]:.4f} kl weight {kl_weight:.2f} lr {lr:.2e}",
-                      flush=True)
-            if step == total:
+            if optimizer.log_due(train_cfg["log_every"]):
+                print(f"open_set step {optimizer.steps}/{optimizer.total_steps} loss {loss:.4f} kl weight "
+                      f"{kl_weight:.2f} lr {lr:.2e}", flush=True)
+            if optimizer.done:
                 break
-    checkpoint = save_checkpoint(model, config, step, train_cfg["output_dir"])
-    result = {"losses": loss_values(losses), "steps": step, "checkpoint": str(checkpoint)}
+    result = finish(model, config, optimizer, train_cfg["output_dir"])
     if data["val_list"]:
         result["eval"] = evaluate_model(model, config, device)
         print(f"open_set validation: AUROC {result['eval']['auroc']:.4f} closed-set accuracy "
@@ -136,12 +128,7 @@ def evaluate_model(model: EvidentialHead, config: dict, device) -> dict:
 
 def evaluate(checkpoint_path: str, overrides: list[str], device: str | None = None) -> dict:
     """``ivf-eval --task open_set --checkpoint runs/open_set/checkpoint.pth [data.val_list=...]``."""
-    from internvideo_fast.train.config import apply_override
-
-    checkpoint = load_checkpoint(checkpoint_path, "open_set")
-    config = checkpoint["config"]
-    for override in overrides:
-        apply_override(config, override)
+    checkpoint, config = checkpoint_config(checkpoint_path, "open_set", overrides)
     require(config["data"], "data", "val_list")
     args = config["model_args"]
     model = _build(args, args["in_dim"], config["data"]["num_known"])

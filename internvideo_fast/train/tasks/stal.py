@@ -47,7 +47,7 @@ from internvideo_fast.errors import ConfigError
 from internvideo_fast.eval.detection_metrics import frame_map
 from internvideo_fast.models.ava_head import ActionDetector
 from internvideo_fast.train.tasks.common import (
-    Optimizer, load_checkpoint, loss_values, pick_device, require, save_checkpoint, seed_everything,
+    Optimizer, checkpoint_config, finish, pick_device, require, seed_everything, task_optimizer,
     task_sections,
 )
 
@@ -247,27 +247,20 @@ def train(config: dict, device: str | None = None) -> dict:
     config["data"], config["model_args"] = data, model_args
     model = _build(config, model_args, data["num_classes"]).to(device)
     loader = _loader(items, data, True, train_cfg["seed"])
-    total = train_cfg["epochs"] * max(1, len(loader))
-    total = min(total, train_cfg["max_steps"] or total)
-    optimizer = Optimizer(model, total, optim["base_lr"], optim["weight_decay"], optim["warmup_steps"],
-                          optim["min_lr"], optim["clip_grad"])
-    losses, step = [], 0
+    optimizer = task_optimizer(model, len(loader), train_cfg, optim)
     model.train()
-    while step < total:
+    while not optimizer.done:
         for batch in loader:
             if batch is None:
                 continue
             video, boxes, labels, _ = batch
             loss = F.binary_cross_entropy_with_logits(model(video.to(device), boxes.to(device)), labels.to(device))
             lr = optimizer.step(loss)
-            losses.append(loss.detach())
-            step += 1
-            if step % train_cfg["log_every"] == 0 or step == total:
-                print(f"stal step {step}/{total} loss {losses[-1]:.4f} lr {lr:.2e}", flush=True)
-            if step == total:
+            if optimizer.log_due(train_cfg["log_every"]):
+                print(f"stal step {optimizer.steps}/{optimizer.total_steps} loss {loss:.4f} lr {lr:.2e}", flush=True)
+            if optimizer.done:
                 break
-    checkpoint = save_checkpoint(model, config, step, train_cfg["output_dir"])
-    result = {"losses": loss_values(losses), "steps": step, "checkpoint": str(checkpoint)}
+    result = finish(model, config, optimizer, train_cfg["output_dir"])
     if data["val_csv"]:
         result["eval"] = evaluate_model(model, config, device)
         print(f"stal validation: frame-mAP@0.5 {result['eval']['mAP']:.4f} over {result['eval']['keyframes']} "
@@ -304,12 +297,7 @@ def evaluate_model(model: ActionDetector, config: dict, device) -> dict:
 
 def evaluate(checkpoint_path: str, overrides: list[str], device: str | None = None) -> dict:
     """``ivf-eval --task stal --checkpoint runs/stal/checkpoint.pth [data.proposals_csv=... ]``."""
-    from internvideo_fast.train.config import apply_override
-
-    checkpoint = load_checkpoint(checkpoint_path, "stal")
-    config = checkpoint["config"]
-    for override in overrides:
-        apply_override(config, override)
+    checkpoint, config = checkpoint_config(checkpoint_path, "stal", overrides)
     require(config["data"], "data", "val_csv")
     device = pick_device(device)
     model = _build(config, config["model_args"], config["data"]["num_classes"], load_pretrained=False)

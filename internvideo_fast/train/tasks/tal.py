@@ -40,7 +40,7 @@ from internvideo_fast.errors import ConfigError, UserError
 from internvideo_fast.eval.detection_metrics import ACTIVITYNET_TIOUS, THUMOS14_TIOUS, tal_map
 from internvideo_fast.models.actionformer import ActionFormer, ActionFormerConfig
 from internvideo_fast.train.tasks.common import (
-    Optimizer, load_checkpoint, loss_values, pick_device, require, save_checkpoint, seed_everything,
+    checkpoint_config, finish, pick_device, require, seed_everything, task_optimizer,
     task_sections,
 )
 
@@ -159,17 +159,13 @@ def train(config: dict, device: str | None = None) -> dict:
     config["data"] = {**data, "classes": annotations.classes}
     model = build_model(config).to(device)
     batch_size = data["batch_size"]
-    steps_per_epoch = max(1, len(videos) // batch_size)
-    total = train_cfg["epochs"] * steps_per_epoch
-    total = min(total, train_cfg["max_steps"] or total)
-    optimizer = Optimizer(model, total, optim["base_lr"], optim["weight_decay"], optim["warmup_steps"],
-                          optim["min_lr"], optim["clip_grad"])
+    optimizer = task_optimizer(model, len(videos) // batch_size, train_cfg, optim)
     rng = random.Random(train_cfg["seed"])
     multiple = model.length_multiple
     max_len = _pad_to(data["max_seq_len"], multiple)
-    losses, step, tick = [], 0, time.perf_counter()
+    tick = time.perf_counter()
     model.train()
-    while step < total:
+    while not optimizer.done:
         order = list(range(len(videos)))
         rng.shuffle(order)
         for first in range(0, len(order) - batch_size + 1, batch_size):
@@ -177,15 +173,13 @@ def train(config: dict, device: str | None = None) -> dict:
             features, valid, segments, labels = collate(items, multiple)
             out = model.loss(features.to(device), valid.to(device), segments, labels)
             lr = optimizer.step(out["loss"])
-            losses.append(out["loss"].detach())
-            step += 1
-            if step % train_cfg["log_every"] == 0 or step == total:
-                print(f"tal step {step}/{total} loss {losses[-1]:.4f} (cls {out['classification']:.3f} "
-                      f"reg {out['regression']:.3f}) lr {lr:.2e} {time.perf_counter() - tick:.0f}s", flush=True)
-            if step == total:
+            if optimizer.log_due(train_cfg["log_every"]):
+                print(f"tal step {optimizer.steps}/{optimizer.total_steps} loss {out['loss']:.4f} "
+                      f"(cls {out['classification']:.3f} reg {out['regression']:.3f}) lr {lr:.2e} "
+                      f"{time.perf_counter() - tick:.0f}s", flush=True)
+            if optimizer.done:
                 break
-    checkpoint = save_checkpoint(model, config, step, train_cfg["output_dir"])
-    result = {"losses": loss_values(losses), "steps": step, "checkpoint": str(checkpoint)}
+    result = finish(model, config, optimizer, train_cfg["output_dir"])
     if data["val_subset"]:
         result["eval"] = evaluate_model(model, config, device)
         print(f"tal validation: mAP {result['eval']['mAP']:.4f} "
@@ -221,12 +215,7 @@ def evaluate_model(model: ActionFormer, config: dict, device) -> dict:
 
 def evaluate(checkpoint_path: str, overrides: list[str], device: str | None = None) -> dict:
     """``ivf-eval --task tal --checkpoint runs/tal/checkpoint.pth [data.val_subset=test ...]``."""
-    from internvideo_fast.train.config import apply_override
-
-    checkpoint = load_checkpoint(checkpoint_path, "tal")
-    config = checkpoint["config"]
-    for override in overrides:
-        apply_override(config, override)
+    checkpoint, config = checkpoint_config(checkpoint_path, "tal", overrides)
     device = pick_device(device)
     model = build_model(config)
     model.load_state_dict(checkpoint["model"])

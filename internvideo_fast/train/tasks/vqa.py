@@ -50,7 +50,7 @@ from internvideo_fast.data.annotations import read_qa
 from internvideo_fast.errors import ConfigError
 from internvideo_fast.eval.recognition_metrics import normalize_answer, vqa_accuracy
 from internvideo_fast.train.tasks.common import (
-    Optimizer, load_checkpoint, loss_values, pick_device, require, save_checkpoint, seed_everything,
+    Optimizer, checkpoint_config, finish, pick_device, require, seed_everything, task_optimizer,
     task_sections,
 )
 from internvideo_fast.train.tasks.vqa_data import answer_vocabulary
@@ -251,14 +251,10 @@ def train(config: dict, device: str | None = None) -> dict:
     config["model_args"] = model_args
     model = _build(config, model_args, len(answers)).to(device)
     loader = _loader(records, data, True, train_cfg["seed"])
-    total = train_cfg["epochs"] * max(1, len(loader))
-    total = min(total, train_cfg["max_steps"] or total)
-    optimizer = Optimizer(model, total, optim["base_lr"], optim["weight_decay"], optim["warmup_steps"],
-                          optim["min_lr"], optim["clip_grad"])
+    optimizer = task_optimizer(model, len(loader), train_cfg, optim)
     answer_id = {answer: index for index, answer in enumerate(answers)}
-    losses, step = [], 0
     model.train()
-    while step < total:
+    while not optimizer.done:
         for batch in loader:
             if batch is None:
                 continue
@@ -266,14 +262,11 @@ def train(config: dict, device: str | None = None) -> dict:
             if loss is None:
                 continue
             lr = optimizer.step(loss)
-            losses.append(loss.detach())
-            step += 1
-            if step % train_cfg["log_every"] == 0 or step == total:
-                print(f"vqa step {step}/{total} loss {losses[-1]:.4f} lr {lr:.2e}", flush=True)
-            if step == total:
+            if optimizer.log_due(train_cfg["log_every"]):
+                print(f"vqa step {optimizer.steps}/{optimizer.total_steps} loss {loss:.4f} lr {lr:.2e}", flush=True)
+            if optimizer.done:
                 break
-    checkpoint = save_checkpoint(model, config, step, train_cfg["output_dir"])
-    result = {"losses": loss_values(losses), "steps": step, "checkpoint": str(checkpoint)}
+    result = finish(model, config, optimizer, train_cfg["output_dir"])
     if data["val_qa"]:
         result["eval"] = evaluate_model(model, config, device)
         print(f"vqa validation: {json.dumps(result['eval'])}", flush=True)
@@ -317,12 +310,7 @@ def evaluate_model(model, config: dict, device) -> dict:
 
 def evaluate(checkpoint_path: str, overrides: list[str], device: str | None = None) -> dict:
     """``ivf-eval --task vqa --checkpoint runs/vqa/checkpoint.pth [data.val_qa=test_qa.json ...]``."""
-    from internvideo_fast.train.config import apply_override
-
-    checkpoint = load_checkpoint(checkpoint_path, "vqa")
-    config = checkpoint["config"]
-    for override in overrides:
-        apply_override(config, override)
+    checkpoint, config = checkpoint_config(checkpoint_path, "vqa", overrides)
     require(config["data"], "data", "val_qa")
     device = pick_device(device)
     model = _build(config, config["model_args"], len(config["data"]["answers"]), load_pretrained=False)
