@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from internvideo_fast.errors import ConfigError
 from internvideo_fast.eval.accounting import account
-from internvideo_fast.models.tokenizer import CONTEXT_LENGTH
+from internvideo_fast.models.tokenizer import CONTEXT_LENGTH, get_tokenizer
 from internvideo_fast.models.videotext import DEFAULT_TEMPLATES, class_embeddings, retrieval_metrics
 
 
@@ -50,11 +50,12 @@ def evaluate_zero_shot(model, loader, class_names: Sequence[str], device,
     model.eval()
     # Prompts must fit the length the text tower trained with (its later positions are untrained).
     length = getattr(getattr(loader, "cfg", None), "max_text_len", CONTEXT_LENGTH)
-    try:
-        classes = class_embeddings(model, class_names, templates, length).float().cpu()
-    except ValueError as error:
-        raise ConfigError(f"a zero-shot prompt does not fit data.max_text_len = {length} ids: {error}",
-                          hint="shorter class names or templates, or a model trained on longer captions")
+    prompts = [template.format(name) for name in class_names for template in templates]
+    cut = get_tokenizer().tokens_and_cuts(prompts, length)[1]
+    if cut:
+        raise ConfigError(f"the zero-shot prompt {prompts[cut[0]]!r} is longer than data.max_text_len = {length} "
+                          "ids", hint="shorter class names or templates, or a model trained on longer captions")
+    classes = class_embeddings(model, class_names, templates, length).float().cpu()
     videos, labels, order, _, _ = video_embeddings(model, loader, device, progress)
     accounting = account(loader, order)
     if not order:
